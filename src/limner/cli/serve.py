@@ -1,0 +1,25 @@
+"""`limner serve`: run the server in this process."""
+
+from __future__ import annotations
+
+import argparse
+
+from limner import config
+
+
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    lines = "\n".join(f"  {name:<26} {text}" for name, text in config.describe())
+    parser = commands.add_parser(
+        "serve", help="start the server",
+        description="Start limner's server.",
+        epilog=f"Environment variables:\n{lines}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from limner.server.app import serve
+
+    serve()
+    return 0

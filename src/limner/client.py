@@ -1,0 +1,288 @@
+"""The Python SDK: `Client` and `AsyncClient`, one method per endpoint over one `_call`.
+
+    >>> from limner import Client
+    >>> client = Client()                      # LIMNER_HOST, default http://127.0.0.1:11434
+    >>> reply = client.chat("bakllava", [{"role": "user", "content": "What is this?",
+    ...                                   "images": ["cat.png"]}])
+    >>> print(reply.message.content)
+
+Pictures may be paths, bytes or PIL images. `stream=True` returns an iterator of typed
+chunks. Errors are raised as the classes of `limner.errors`, whether the server answered
+with a status or sent an `{"error"}` line mid-stream. This module never imports the
+server, the engines or torch.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+from collections.abc import AsyncIterator, Iterator, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+from pydantic import BaseModel
+
+from limner import config
+from limner.errors import ConnectError, InvalidRequest, LimnerError, from_status
+from limner.store.blobs import file_digest
+from limner.types import (
+    ChatResponse,
+    GenerateResponse,
+    ListResponse,
+    ProcessResponse,
+    ProgressResponse,
+    ShowResponse,
+)
+
+Reply = TypeVar("Reply", bound=BaseModel)
+ImageInput = str | bytes | os.PathLike[str] | Any  # Any: a PIL image
+PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+def encode_image(image: ImageInput) -> str:
+    """Raw base64 of a picture given as a path, bytes, a PIL image, or already base64."""
+    if isinstance(image, bytes):
+        return base64.b64encode(image).decode()
+    if isinstance(image, os.PathLike) or (isinstance(image, str) and Path(image).expanduser().is_file()):
+        return base64.b64encode(Path(image).expanduser().read_bytes()).decode()
+    if isinstance(image, str):
+        if image.lower().endswith(PICTURE_SUFFIXES):
+            raise InvalidRequest(f"picture file {image} does not exist")
+        return image  # assumed base64; the server checks it
+    if hasattr(image, "save"):
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return base64.b64encode(buffer.getvalue()).decode()
+    raise InvalidRequest(f"cannot send a {type(image).__name__} as a picture")
+
+
+def _messages(messages: Sequence[dict[str, Any] | BaseModel]) -> list[dict[str, Any]]:
+    out = []
+    for message in messages:
+        data = message.model_dump(exclude_none=True) if isinstance(message, BaseModel) else dict(message)
+        if data.get("images"):
+            data["images"] = [encode_image(i) for i in data["images"]]
+        out.append(data)
+    return out
+
+
+def _body(**fields: Any) -> dict[str, Any]:
+    return {key.rstrip("_"): value for key, value in fields.items() if value is not None}
+
+
+class _Base:
+    def __init__(self, host: str | None = None) -> None:
+        self.host = config.parse_host(host) if host else config.host()
+
+    def _error(self, response_status: int, text: str) -> LimnerError:
+        try:
+            message = json.loads(text)["error"]
+        except (ValueError, KeyError, TypeError):
+            message = text or f"HTTP {response_status}"
+        return from_status(response_status, str(message))
+
+
+def _line(line: str, cls: type[Reply]) -> Reply:
+    data = json.loads(line)
+    if "error" in data:
+        raise from_status(-1, data["error"])
+    return cls.model_validate(data)
+
+
+class Client(_Base):
+    """A blocking client. Every method mirrors one endpoint of the native API."""
+
+    def __init__(self, host: str | None = None, **httpx_kwargs: Any) -> None:
+        super().__init__(host)
+        httpx_kwargs.setdefault("timeout", None)
+        self._http = httpx.Client(base_url=self.host, **httpx_kwargs)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    # --- the one transport ---
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.ConnectError:
+            raise ConnectError(self.host) from None
+        if response.status_code >= 400:
+            raise self._error(response.status_code, response.text)
+        return response
+
+    def _call(self, path: str, body: dict[str, Any], cls: type[Reply], stream: bool) -> Any:
+        if not stream:
+            return cls.model_validate(self._send("POST", path, json={**body, "stream": False}).json())
+        return self._stream(path, body, cls)
+
+    def _stream(self, path: str, body: dict[str, Any], cls: type[Reply]) -> Iterator[Reply]:
+        try:
+            with self._http.stream("POST", path, json={**body, "stream": True}) as response:
+                if response.status_code >= 400:
+                    raise self._error(response.status_code, response.read().decode())
+                for line in response.iter_lines():
+                    if line:
+                        yield _line(line, cls)
+        except httpx.ConnectError:
+            raise ConnectError(self.host) from None
+
+    # --- endpoints ---
+
+    def generate(
+        self, model: str, prompt: str = "", *, images: Sequence[ImageInput] | None = None,
+        system: str | None = None, format: str | dict[str, Any] | None = None,
+        options: dict[str, Any] | None = None, keep_alive: float | str | None = None, stream: bool = False,
+    ) -> GenerateResponse | Iterator[GenerateResponse]:  # fmt: skip
+        """Answer one prompt (with pictures); `stream=True` yields chunks as they come."""
+        pictures = [encode_image(i) for i in images] if images else None
+        body = _body(model=model, prompt=prompt, images=pictures, system=system, format=format,
+                     options=options, keep_alive=keep_alive)  # fmt: skip
+        result: GenerateResponse | Iterator[GenerateResponse] = self._call("/api/generate", body, GenerateResponse, stream)
+        return result
+
+    def chat(
+        self, model: str, messages: Sequence[dict[str, Any] | BaseModel] = (), *,
+        format: str | dict[str, Any] | None = None, options: dict[str, Any] | None = None,
+        keep_alive: float | str | None = None, stream: bool = False,
+    ) -> ChatResponse | Iterator[ChatResponse]:  # fmt: skip
+        """Continue a conversation; each message may carry `images`."""
+        body = _body(model=model, messages=_messages(messages), format=format, options=options,
+                     keep_alive=keep_alive)  # fmt: skip
+        result: ChatResponse | Iterator[ChatResponse] = self._call("/api/chat", body, ChatResponse, stream)
+        return result
+
+    def list(self) -> ListResponse:
+        return ListResponse.model_validate(self._send("GET", "/api/tags").json())
+
+    def ps(self) -> ProcessResponse:
+        return ProcessResponse.model_validate(self._send("GET", "/api/ps").json())
+
+    def show(self, model: str) -> ShowResponse:
+        return ShowResponse.model_validate(self._send("POST", "/api/show", json={"model": model}).json())
+
+    def copy(self, source: str, destination: str) -> None:
+        self._send("POST", "/api/copy", json={"source": source, "destination": destination})
+
+    def delete(self, model: str) -> None:
+        self._send("DELETE", "/api/delete", json={"model": model})
+
+    def create(
+        self, model: str, *, from_: str | None = None, files: dict[str, str] | None = None,
+        system: str | None = None, template: str | None = None, license: str | list[str] | None = None,
+        parameters: dict[str, Any] | None = None, messages: Sequence[dict[str, Any]] | None = None,
+        stream: bool = False,
+    ) -> ProgressResponse | Iterator[ProgressResponse]:  # fmt: skip
+        """Create a model from uploaded files (see `create_blob`) or from another model."""
+        body = _body(model=model, from_=from_, files=files, system=system, template=template,
+                     license=license, parameters=parameters, messages=messages)  # fmt: skip
+        result: ProgressResponse | Iterator[ProgressResponse] = self._call("/api/create", body, ProgressResponse, stream)
+        return result
+
+    def create_blob(self, path: str | os.PathLike[str]) -> str:
+        """Upload a file unless the server has it; returns its digest."""
+        digest = file_digest(Path(path))
+        if self._http.head(f"/api/blobs/{digest}").status_code != 200:
+            with open(path, "rb") as f:
+                self._send("POST", f"/api/blobs/{digest}", content=f)
+        return digest
+
+    def version(self) -> str:
+        return str(self._send("GET", "/api/version").json()["version"])
+
+    def is_running(self) -> bool:
+        try:
+            return self._http.head("/").status_code == 200
+        except httpx.HTTPError:
+            return False
+
+
+class AsyncClient(_Base):
+    """The same methods as `Client`, awaited; streams are async iterators."""
+
+    def __init__(self, host: str | None = None, **httpx_kwargs: Any) -> None:
+        super().__init__(host)
+        httpx_kwargs.setdefault("timeout", None)
+        self._http = httpx.AsyncClient(base_url=self.host, **httpx_kwargs)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    async def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = await self._http.request(method, path, **kwargs)
+        except httpx.ConnectError:
+            raise ConnectError(self.host) from None
+        if response.status_code >= 400:
+            raise self._error(response.status_code, response.text)
+        return response
+
+    async def _call(self, path: str, body: dict[str, Any], cls: type[Reply], stream: bool) -> Any:
+        if not stream:
+            return cls.model_validate((await self._send("POST", path, json={**body, "stream": False})).json())
+        return self._stream(path, body, cls)
+
+    async def _stream(self, path: str, body: dict[str, Any], cls: type[Reply]) -> AsyncIterator[Reply]:
+        try:
+            async with self._http.stream("POST", path, json={**body, "stream": True}) as response:
+                if response.status_code >= 400:
+                    raise self._error(response.status_code, (await response.aread()).decode())
+                async for line in response.aiter_lines():
+                    if line:
+                        yield _line(line, cls)
+        except httpx.ConnectError:
+            raise ConnectError(self.host) from None
+
+    async def generate(
+        self, model: str, prompt: str = "", *, images: Sequence[ImageInput] | None = None,
+        system: str | None = None, format: str | dict[str, Any] | None = None,
+        options: dict[str, Any] | None = None, keep_alive: float | str | None = None, stream: bool = False,
+    ) -> GenerateResponse | AsyncIterator[GenerateResponse]:  # fmt: skip
+        pictures = [encode_image(i) for i in images] if images else None
+        body = _body(model=model, prompt=prompt, images=pictures, system=system, format=format,
+                     options=options, keep_alive=keep_alive)  # fmt: skip
+        result: GenerateResponse | AsyncIterator[GenerateResponse] = await self._call("/api/generate", body, GenerateResponse, stream)
+        return result
+
+    async def chat(
+        self, model: str, messages: Sequence[dict[str, Any] | BaseModel] = (), *,
+        format: str | dict[str, Any] | None = None, options: dict[str, Any] | None = None,
+        keep_alive: float | str | None = None, stream: bool = False,
+    ) -> ChatResponse | AsyncIterator[ChatResponse]:  # fmt: skip
+        body = _body(model=model, messages=_messages(messages), format=format, options=options,
+                     keep_alive=keep_alive)  # fmt: skip
+        result: ChatResponse | AsyncIterator[ChatResponse] = await self._call("/api/chat", body, ChatResponse, stream)
+        return result
+
+    async def list(self) -> ListResponse:
+        return ListResponse.model_validate((await self._send("GET", "/api/tags")).json())
+
+    async def ps(self) -> ProcessResponse:
+        return ProcessResponse.model_validate((await self._send("GET", "/api/ps")).json())
+
+    async def show(self, model: str) -> ShowResponse:
+        return ShowResponse.model_validate((await self._send("POST", "/api/show", json={"model": model})).json())
+
+    async def copy(self, source: str, destination: str) -> None:
+        await self._send("POST", "/api/copy", json={"source": source, "destination": destination})
+
+    async def delete(self, model: str) -> None:
+        await self._send("DELETE", "/api/delete", json={"model": model})
+
+    async def version(self) -> str:
+        return str((await self._send("GET", "/api/version")).json()["version"])

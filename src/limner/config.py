@@ -1,0 +1,157 @@
+"""Every LIMNER_* environment variable: one accessor and one line of description each.
+
+`describe()` feeds `limner serve --help`. Values are stripped of spaces and quotes, as
+Ollama's envconfig does.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from limner.errors import InvalidRequest
+
+FOREVER = math.inf
+
+
+@dataclass(frozen=True)
+class Variable:
+    name: str
+    default: str
+    description: str
+
+
+VARIABLES = [
+    Variable("LIMNER_HOST", "127.0.0.1:11434", "address the server binds and clients call"),
+    Variable("LIMNER_MODELS", "~/.limner/models", "model store (may be an Ollama models folder)"),
+    Variable("LIMNER_KEEP_ALIVE", "5m", "how long an idle model stays loaded (-1: forever)"),
+    Variable("LIMNER_MAX_LOADED_MODELS", "3", "most models loaded at once (idle LRU evicted)"),
+    Variable("LIMNER_MAX_QUEUE", "512", "most requests waiting for a model; more get 503"),
+    Variable("LIMNER_LOAD_TIMEOUT", "5m", "how long a model may take to load"),
+    Variable("LIMNER_MAX_BODY_BYTES", "104857600", "largest request body (413 beyond)"),
+    Variable("LIMNER_MAX_IMAGE_PIXELS", "50000000", "largest decoded picture, in pixels (413)"),
+    Variable("LIMNER_ORIGINS", "", "extra allowed browser origins, comma-separated"),
+    Variable("LIMNER_DEBUG", "0", "1: debug logging, including runner output"),
+]
+
+
+def _get(name: str) -> str:
+    default = next(v.default for v in VARIABLES if v.name == name)
+    value = os.environ.get(name, "").strip().strip("\"'").strip()
+    return value or default
+
+
+def describe() -> list[tuple[str, str]]:
+    """(name, description with default) for help texts."""
+    return [(v.name, f"{v.description} (default {v.default or 'none'})") for v in VARIABLES]
+
+
+def host() -> str:
+    """The base URL, from LIMNER_HOST: `http://127.0.0.1:11434` by default."""
+    return parse_host(_get("LIMNER_HOST"))
+
+
+def parse_host(value: str) -> str:
+    """Ollama's rules: a missing port is 11434, but 80 for http:// and 443 for https://."""
+    value = value.strip() or "127.0.0.1:11434"
+    scheme, port = "http", 11434
+    if "://" in value:
+        scheme = value.split("://", 1)[0]
+        port = 443 if scheme == "https" else 80
+    else:
+        value = f"http://{value}"
+    parts = urlsplit(value)
+    hostname = parts.hostname or "127.0.0.1"
+    if ":" in hostname:
+        hostname = f"[{hostname}]"
+    path = parts.path.rstrip("/")
+    return f"{scheme}://{hostname}:{parts.port or port}{path}"
+
+
+def bind() -> tuple[str, int]:
+    """(interface, port) the server listens on."""
+    parts = urlsplit(host())
+    return (parts.hostname or "127.0.0.1", parts.port or 11434)
+
+
+def models() -> Path:
+    return Path(_get("LIMNER_MODELS")).expanduser()
+
+
+def keep_alive() -> float:
+    """Seconds; the variable also takes bare integers as seconds."""
+    raw = _get("LIMNER_KEEP_ALIVE")
+    if re.fullmatch(r"-?\d+", raw):
+        seconds = float(raw)
+        return FOREVER if seconds < 0 else seconds
+    return parse_keep_alive(raw)
+
+
+def max_loaded_models() -> int:
+    return max(1, int(_get("LIMNER_MAX_LOADED_MODELS")))
+
+
+def max_queue() -> int:
+    return max(1, int(_get("LIMNER_MAX_QUEUE")))
+
+
+def load_timeout() -> float:
+    return parse_keep_alive(_get("LIMNER_LOAD_TIMEOUT"))
+
+
+def max_body_bytes() -> int:
+    return int(_get("LIMNER_MAX_BODY_BYTES"))
+
+
+def max_image_pixels() -> int:
+    return int(_get("LIMNER_MAX_IMAGE_PIXELS"))
+
+
+def origins() -> list[str]:
+    return [o.strip() for o in _get("LIMNER_ORIGINS").split(",") if o.strip()]
+
+
+def debug() -> bool:
+    return _get("LIMNER_DEBUG") not in ("", "0", "false")
+
+
+_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+
+
+def parse_keep_alive(value: float | int | str) -> float:
+    """keep_alive as Ollama reads it: a number is seconds, a string is a Go duration.
+
+    Returns seconds; FOREVER (inf) for any negative value; 0 means unload after use.
+    """
+    if isinstance(value, bool):
+        raise InvalidRequest("keep_alive must be a number of seconds or a duration like '5m'")
+    if isinstance(value, int | float):
+        return FOREVER if value < 0 else float(value)
+    text = value.strip()
+    sign = -1.0 if text.startswith("-") else 1.0
+    body = text.lstrip("+-")
+    if body == "0":
+        return 0.0
+    if not body or _DURATION.sub("", body):
+        raise InvalidRequest(f'time: missing unit in duration "{text}"')
+    seconds = sum(float(n) * _UNITS[u] for n, u in _DURATION.findall(body))
+    return FOREVER if sign < 0 and seconds > 0 else seconds
+
+
+def format_duration(seconds: float) -> str:
+    """A Go-style duration string, e.g. 300 -> '5m0s'; inf -> '-1s'."""
+    if seconds == FOREVER:
+        return "-1s"
+    whole = int(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes}m{secs}s"
+    if minutes:
+        return f"{minutes}m{secs}s"
+    return f"{seconds:g}s"

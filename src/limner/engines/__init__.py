@@ -1,0 +1,121 @@
+"""The engine seam: what every engine receives and yields, and the table that picks one.
+
+Engines know nothing about HTTP or the store layout. They receive a folder holding the
+model's files under their relative names, and yield typed steps. Heavy libraries (torch,
+transformers, llama_cpp, diffusers) are imported only inside the engine modules, which are
+imported only inside a runner process.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Protocol
+
+from limner.errors import InvalidRequest
+
+
+@dataclass
+class Message:
+    """One chat turn; `images` are encoded picture files (PNG, JPEG, WebP)."""
+
+    role: str
+    content: str = ""
+    images: list[bytes] = field(default_factory=list)
+
+
+@dataclass
+class Options:
+    """Ollama's runtime options with Ollama's defaults (api/types.go DefaultOptions)."""
+
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.9
+    min_p: float = 0.0
+    seed: int = -1  # -1: random
+    num_predict: int = -1  # -1: until a stop, the end-of-sequence token or the window
+    stop: list[str] = field(default_factory=list)
+    repeat_penalty: float = 1.0
+    repeat_last_n: int = 64
+    num_ctx: int = 0  # 0: the model's own context length
+    format: str = ""  # "" or "json"
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Options:
+        """Options from merged request values; unknown keys are ignored, as Ollama does."""
+        known = {f.name: f for f in fields(cls)}
+        opts = cls()
+        for key, value in values.items():
+            if key not in known or value is None:
+                continue
+            setattr(opts, key, _coerce(key, value, type(getattr(opts, key))))
+        return opts
+
+
+def _coerce(key: str, value: Any, kind: type) -> Any:
+    if kind is list:
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list) or not all(isinstance(s, str) for s in items):
+            raise InvalidRequest(f'option "{key}" must be of type array')
+        return items
+    if kind is str:
+        if not isinstance(value, str):
+            raise InvalidRequest(f'option "{key}" must be of type string')
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        name = "integer" if kind is int else "float32"
+        raise InvalidRequest(f'option "{key}" must be of type {name}')
+    return int(value) if kind is int else float(value)
+
+
+@dataclass
+class Piece:
+    """A piece of generated text (may be empty while a multi-byte character is pending)."""
+
+    text: str
+
+
+@dataclass
+class Done:
+    """The end of a chat: counts and durations in nanoseconds."""
+
+    done_reason: str  # "stop" | "length"
+    prompt_eval_count: int
+    eval_count: int
+    image_tokens: int = 0
+    prompt_eval_duration: int = 0
+    eval_duration: int = 0
+
+
+ChatStep = Piece | Done
+
+
+class ChatEngine(Protocol):
+    """A loaded vision chat model. `cancelled()` is polled between tokens."""
+
+    def chat(
+        self, messages: list[Message], options: Options, cancelled: Callable[[], bool]
+    ) -> Iterator[ChatStep]: ...
+
+    def memory_bytes(self) -> int: ...
+
+
+EngineFactory = Callable[[Path, Options], ChatEngine]
+
+# model_format in the manifest config -> "module:factory", imported lazily in the runner.
+ENGINES: dict[str, str] = {
+    "safetensors": "limner.engines.llava_transformers:load",
+    "fake": "limner.engines.fake:load",
+}
+
+
+def engine_for(model_format: str) -> EngineFactory:
+    """The engine factory for a model format, imported on first use."""
+    target = ENGINES.get(model_format)
+    if target is None:
+        raise InvalidRequest(f"no engine can run models of format {model_format!r}")
+    module, _, name = target.partition(":")
+    factory: EngineFactory = getattr(importlib.import_module(module), name)
+    return factory

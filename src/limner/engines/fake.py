@@ -1,0 +1,73 @@
+"""A scripted chat engine for tests of everything above the engine seam.
+
+It runs in a real runner process like any engine. A model folder whose config.json says
+`"model_type": "limner-fake"` selects it. It answers by echoing the last message word by
+word and obeys `num_predict` and `stop`, so tests see real streams. Words in the last
+message script misbehaviour:
+
+    SLOW   sleep `token_delay` (config, default 0.2 s) before every word; 100 words
+    CRASH  emit one word, then kill the process (a runner crash mid-stream)
+    HANG   emit one word, then never answer again
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from limner.engines import ChatStep, Done, Message, Options, Piece
+from limner.errors import InvalidImage
+
+IMAGE_TOKENS = 576
+
+
+class FakeEngine:
+    def __init__(self, folder: Path) -> None:
+        config = json.loads((folder / "config.json").read_text())
+        time.sleep(config.get("load_delay", 0.0))
+        if config.get("fail_load"):
+            raise RuntimeError("this fake model is scripted to fail loading")
+        self.token_delay: float = config.get("token_delay", 0.2)
+
+    def memory_bytes(self) -> int:
+        return 1024
+
+    def chat(self, messages: list[Message], options: Options, cancelled: Callable[[], bool]) -> Iterator[ChatStep]:
+        images = [image for m in messages for image in m.images]
+        if any(not image.startswith((b"\x89PNG", b"\xff\xd8", b"RIFF")) for image in images):
+            raise InvalidImage("the fake engine reads only PNG, JPEG and WebP pictures")
+        last = messages[-1].content if messages else ""
+        words = _script(last, len(images))
+        prompt_tokens = sum(len(m.content.split()) for m in messages) + IMAGE_TOKENS * len(images)
+        text, count = "", 0
+        for word in words:
+            if cancelled() or (0 <= options.num_predict <= count):
+                break
+            if "SLOW" in last:
+                time.sleep(self.token_delay)
+            piece = word if count == 0 else " " + word
+            if any(stop in text + piece for stop in options.stop):
+                yield Done("stop", prompt_tokens, count, IMAGE_TOKENS * len(images))
+                return
+            text += piece
+            count += 1
+            yield Piece(piece)
+            if "CRASH" in last:
+                os._exit(3)
+            if "HANG" in last:
+                time.sleep(3600)
+        reason = "length" if 0 <= options.num_predict <= count else "stop"
+        yield Done(reason, prompt_tokens, count, IMAGE_TOKENS * len(images), 1000, 1000 * count)
+
+
+def _script(last: str, pictures: int) -> list[str]:
+    if "SLOW" in last:
+        return [f"w{i}" for i in range(100)]
+    return [f"I see {pictures} picture(s).", "You", "said:", *last.split()]
+
+
+def load(folder: Path, options: Options) -> FakeEngine:
+    return FakeEngine(folder)

@@ -1,0 +1,245 @@
+"""One loaded model in its own worker process, and the server's handle on it.
+
+Child side (`python -m limner.runner`): reads JSON lines on stdin, hosts one engine, and
+writes JSON lines on stdout. The first line loads the model; then `chat` requests are
+served one at a time while `cancel` lines are read concurrently, so a request can be
+stopped between two tokens. When stdin closes (the server exited or was killed) the
+runner exits at once, so no runner outlives its server.
+
+Parent side (`RunnerProcess`): spawns the child with asyncio, waits for it to be ready,
+and turns each request into an async iterator of step messages. If the child dies, every
+request it held ends with RunnerFailed.
+
+Messages (one JSON object per line):
+    server -> runner   {"op": "load", "format", "files": {name: path}, "options"}
+                       {"op": "chat", "id", "messages": [{role, content, images: [b64]}], "options"}
+                       {"op": "cancel", "id"}
+    runner -> server   {"type": "ready", "memory", "load_duration"} | {"type": "load_error", ...}
+                       {"type": "piece", "id", "text"} | {"type": "done", "id", ...Done fields}
+                       {"type": "error", "id", "status", "message"}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import itertools
+import json
+import os
+import queue
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import IO, Any
+
+from limner.engines import Done, Message, Options, engine_for
+from limner.errors import LimnerError, RunnerFailed
+
+STREAM_LIMIT = 64 * 1024 * 1024  # one line may carry several base64 pictures
+
+
+# --- parent side ----------------------------------------------------------------------
+
+
+class RunnerProcess:
+    """The server's handle on one runner process."""
+
+    def __init__(self, process: asyncio.subprocess.Process, memory: int, load_duration: int) -> None:
+        self.process = process
+        self.memory = memory
+        self.load_duration = load_duration
+        self._ids = itertools.count(1)
+        self._queues: dict[int, asyncio.Queue[dict[str, Any]]] = {}
+        self._reader = asyncio.create_task(self._read())
+
+    @classmethod
+    async def start(
+        cls, model_format: str, files: dict[str, Path], options: dict[str, Any], timeout: float
+    ) -> RunnerProcess:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "limner.runner",
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            limit=STREAM_LIMIT,
+        )  # fmt: skip
+        load = {"op": "load", "format": model_format, "options": options,
+                "files": {name: str(path) for name, path in files.items()}}  # fmt: skip
+        try:
+            await _send(process, load)
+            assert process.stdout is not None
+            line = await asyncio.wait_for(process.stdout.readline(), timeout)
+        except BaseException:
+            await _kill(process)
+            raise
+        reply = json.loads(line) if line else {"type": "load_error", "message": "runner exited while loading", "status": 500}
+        if reply["type"] != "ready":
+            await _kill(process)
+            raise _error(reply)
+        return cls(process, reply["memory"], reply["load_duration"])
+
+    @property
+    def alive(self) -> bool:
+        return self.process.returncode is None and not self._reader.done()
+
+    async def chat(self, messages: list[dict[str, Any]], options: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """Yield `piece` messages then one `done`; raise on `error`. Closing early cancels."""
+        request_id = next(self._ids)
+        inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._queues[request_id] = inbox
+        finished = False
+        try:
+            if not self.alive:
+                raise RunnerFailed("the model's runner has stopped; try again")
+            await _send(self.process, {"op": "chat", "id": request_id, "messages": messages, "options": options})
+            while True:
+                reply = await inbox.get()
+                if reply["type"] == "error":
+                    finished = True
+                    raise _error(reply)
+                yield reply
+                if reply["type"] == "done":
+                    finished = True
+                    return
+        finally:
+            self._queues.pop(request_id, None)
+            if not finished and self.alive:
+                # No await here: this runs while the request's task is being cancelled.
+                with contextlib.suppress(OSError, RuntimeError):
+                    assert self.process.stdin is not None
+                    self.process.stdin.write(json.dumps({"op": "cancel", "id": request_id}).encode() + b"\n")
+
+    async def _read(self) -> None:
+        assert self.process.stdout is not None
+        while line := await self.process.stdout.readline():
+            reply = json.loads(line)
+            inbox = self._queues.get(reply.get("id", -1))
+            if inbox is not None:
+                inbox.put_nowait(reply)
+        code = await self.process.wait()
+        crash = {"type": "error", "status": 500,
+                 "message": f"the model's runner stopped unexpectedly (exit code {code}); the next request starts a new one"}  # fmt: skip
+        for inbox in self._queues.values():
+            inbox.put_nowait(crash)
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Ask the runner to exit; kill it if it does not within `grace` seconds."""
+        if self.process.returncode is None:
+            with contextlib.suppress(OSError, RuntimeError):
+                assert self.process.stdin is not None
+                self.process.stdin.close()
+            try:
+                await asyncio.wait_for(self.process.wait(), grace)
+            except TimeoutError:
+                await _kill(self.process)
+        await asyncio.gather(self._reader, return_exceptions=True)
+
+    def kill_now(self) -> None:
+        """For interpreter exit: no event loop needed."""
+        if self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.kill()
+
+
+async def _send(process: asyncio.subprocess.Process, message: dict[str, Any]) -> None:
+    assert process.stdin is not None
+    process.stdin.write(json.dumps(message).encode() + b"\n")
+    await process.stdin.drain()
+
+
+async def _kill(process: asyncio.subprocess.Process) -> None:
+    if process.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        await process.wait()
+
+
+def _error(reply: dict[str, Any]) -> LimnerError:
+    return LimnerError(reply.get("message", "runner error"), reply.get("status", 500))
+
+
+# --- child side -----------------------------------------------------------------------
+
+
+def main() -> None:
+    # The protocol owns the real stdout; anything a library prints goes to stderr.
+    out = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    load = json.loads(sys.stdin.readline() or "{}")
+    with tempfile.TemporaryDirectory(prefix="limner-model-") as folder:
+        try:
+            started = time.perf_counter_ns()
+            engine = engine_for(load["format"])(_link_files(load["files"], Path(folder)), Options.from_dict(load.get("options", {})))
+            loaded = time.perf_counter_ns() - started
+        except Exception as exc:  # noqa: BLE001 - reported to the server, which maps it
+            _write(out, {"type": "load_error", **_describe(exc)})
+            return
+        _write(out, {"type": "ready", "memory": engine.memory_bytes(), "load_duration": loaded})
+        _serve(engine, out)
+
+
+def _link_files(files: dict[str, str], folder: Path) -> Path:
+    """A folder with the model's files under their relative names, as engines expect."""
+    for name, target in files.items():
+        link = folder / name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(target)
+    return folder
+
+
+def _serve(engine: Any, out: IO[str]) -> None:
+    work: queue.Queue[dict[str, Any]] = queue.Queue()
+    cancelled: set[int] = set()
+
+    def read_stdin() -> None:
+        for line in sys.stdin:
+            message = json.loads(line)
+            if message["op"] == "cancel":
+                cancelled.add(message["id"])
+            else:
+                work.put(message)
+        os._exit(0)  # the server closed our stdin: exit now, even mid-generation
+
+    threading.Thread(target=read_stdin, daemon=True).start()
+    while True:
+        request = work.get()
+        _chat(engine, request, lambda rid=request["id"]: rid in cancelled, out)
+        cancelled.discard(request["id"])
+
+
+def _chat(engine: Any, request: dict[str, Any], is_cancelled: Any, out: IO[str]) -> None:
+    rid = request["id"]
+    try:
+        messages = [
+            Message(role=m["role"], content=m.get("content") or "", images=[base64.b64decode(i) for i in m.get("images") or []])
+            for m in request["messages"]
+        ]
+        for step in engine.chat(messages, Options.from_dict(request.get("options", {})), is_cancelled):
+            if is_cancelled():
+                break
+            if isinstance(step, Done):
+                _write(out, {"type": "done", "id": rid, **asdict(step)})
+                return
+            if step.text:
+                _write(out, {"type": "piece", "id": rid, "text": step.text})
+        _write(out, {"type": "error", "id": rid, "status": 499, "message": "request canceled"})
+    except Exception as exc:  # noqa: BLE001 - one bad request must not stop the runner
+        _write(out, {"type": "error", "id": rid, **_describe(exc)})
+
+
+def _describe(exc: Exception) -> dict[str, Any]:
+    if isinstance(exc, LimnerError):
+        return {"status": exc.status, "message": exc.message}
+    print(f"runner error: {exc!r}", file=sys.stderr)
+    return {"status": 500, "message": f"the model failed: {type(exc).__name__}: {exc}"}
+
+
+def _write(out: IO[str], message: dict[str, Any]) -> None:
+    out.write(json.dumps(message) + "\n")
+
+
+if __name__ == "__main__":
+    main()

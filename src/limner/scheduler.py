@@ -1,0 +1,240 @@
+"""The scheduler owns every loaded model: load, share, queue, expire, evict, unload.
+
+`lease(name)` is the only way to a model. A lease counts as a reference; a model whose
+references drop to zero starts its keep_alive timer (0: unload now; inf: never). Each
+runner serves one request at a time; requests wait in a queue bounded by LIMNER_MAX_QUEUE
+and beyond it get ServerBusy (503). Models load one at a time; when LIMNER_MAX_LOADED_MODELS
+are loaded, the least recently used idle one is unloaded first (if none is idle, the
+load waits for one to become idle). The runner factory is injected so tests can count
+and fake loads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from limner.errors import ServerBusy
+from limner.names import ModelName
+from limner.runner import RunnerProcess
+from limner.store.manifests import Store
+
+log = logging.getLogger("limner.scheduler")
+
+
+class Runner(Protocol):
+    memory: int
+    load_duration: int
+
+    @property
+    def alive(self) -> bool: ...
+
+    def chat(self, messages: list[dict[str, Any]], options: dict[str, Any]) -> AsyncIterator[dict[str, Any]]: ...
+
+    async def stop(self, grace: float = 5.0) -> None: ...
+
+    def kill_now(self) -> None: ...
+
+
+StartRunner = Callable[[str, dict[str, Path], dict[str, Any], float], Awaitable[Runner]]
+
+
+@dataclass
+class Loaded:
+    """A model in memory, as /api/ps shows it."""
+
+    key: str
+    name: ModelName
+    digest: str
+    runner: Runner
+    keep_alive: float
+    config: dict[str, Any]
+    size: int
+    references: int = 0
+    last_used: float = field(default_factory=time.monotonic)
+    expires_at: float = math.inf  # wall-clock seconds; inf while in use or forever
+    slot: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(1))
+    timer: asyncio.TimerHandle | None = None
+    fresh: bool = True  # the first lease after a load reports load_duration
+
+    @property
+    def context_length(self) -> int:
+        return int(self.config.get("context_length", 0))
+
+
+class Scheduler:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        start_runner: StartRunner = RunnerProcess.start,
+        max_loaded: int = 3,
+        max_queue: int = 512,
+        keep_alive: float = 300.0,
+        load_timeout: float = 300.0,
+    ) -> None:
+        self.store = store
+        self.start_runner = start_runner
+        self.max_loaded = max_loaded
+        self.max_queue = max_queue
+        self.keep_alive = keep_alive
+        self.load_timeout = load_timeout
+        self.loaded: dict[str, Loaded] = {}
+        self.loads = 0  # how many runners were started, for tests and logs
+        self._pending = 0
+        self._load_lock = asyncio.Lock()
+        self._became_idle = asyncio.Event()
+        self._stopping: set[asyncio.Task[None]] = set()
+
+    # --- leasing ---
+
+    @contextlib.asynccontextmanager
+    async def lease(self, name: ModelName, keep_alive: float | None = None) -> AsyncIterator[Loaded]:
+        """Hold a loaded model for one request; the caller has the runner to itself."""
+        if self._pending >= self.max_queue:
+            raise ServerBusy()
+        self._pending += 1
+        model: Loaded | None = None
+        try:
+            model = await self._acquire(name, keep_alive)
+            await model.slot.acquire()
+        except BaseException:
+            if model is not None:
+                self._release(model)
+            raise
+        finally:
+            self._pending -= 1
+        try:
+            yield model
+        finally:
+            model.slot.release()
+            model.fresh = False
+            self._release(model)
+
+    async def _acquire(self, name: ModelName, keep_alive: float | None) -> Loaded:
+        entry = self.store.entry(name)
+        async with self._load_lock:
+            model = self.loaded.get(entry.digest)
+            if model is not None and not model.runner.alive:
+                log.warning("runner for %s stopped; loading it again", model.name)
+                await self._unload(model)
+                model = None
+            if model is None:
+                model = await self._load(name, entry.digest, keep_alive)
+            model.references += 1
+            model.last_used = time.monotonic()
+            model.expires_at = math.inf
+            if model.timer is not None:
+                model.timer.cancel()
+                model.timer = None
+            if keep_alive is not None:
+                model.keep_alive = keep_alive  # the last request's keep_alive wins
+            return model
+
+    async def _load(self, name: ModelName, digest: str, keep_alive: float | None) -> Loaded:
+        while len(self.loaded) >= self.max_loaded:
+            await self._evict_one()
+        manifest = self.store.entry(name).manifest
+        config = self.store.config(manifest)
+        files = self.store.files(manifest)
+        template = manifest.layer("application/vnd.ollama.image.template")
+        if template is not None:  # a template layer replaces the model's own chat template
+            files["chat_template.jinja"] = self.store.blobs.open_path(template.digest)
+        params = self.store.json_layer(manifest, "application/vnd.ollama.image.params") or {}
+        log.info("loading %s", name)
+        runner = await self.start_runner(config["model_format"], files, params, self.load_timeout)
+        self.loads += 1
+        model = Loaded(
+            key=digest, name=name, digest=digest, runner=runner,
+            keep_alive=self.keep_alive if keep_alive is None else keep_alive,
+            config=config, size=manifest.size(),
+        )  # fmt: skip
+        self.loaded[digest] = model
+        return model
+
+    async def _evict_one(self) -> None:
+        """Unload the least recently used idle model, waiting for one to become idle."""
+        while not any(m.references == 0 for m in self.loaded.values()):
+            self._became_idle.clear()
+            await self._became_idle.wait()
+        idle = [m for m in self.loaded.values() if m.references == 0]
+        victim = min(idle, key=lambda m: m.last_used)
+        log.info("unloading %s to make room", victim.name)
+        await self._unload(victim)
+
+    def _release(self, model: Loaded) -> None:
+        # Synchronous on purpose: it runs in `finally` blocks of cancelled requests,
+        # where a cancelled task must not await anything.
+        model.references -= 1
+        model.last_used = time.monotonic()
+        if model.references > 0 or self.loaded.get(model.key) is not model:
+            return
+        if not model.runner.alive or model.keep_alive <= 0:
+            self._unload_soon(model)
+        else:
+            self._start_timer(model)
+        self._became_idle.set()
+
+    def _start_timer(self, model: Loaded) -> None:
+        if model.keep_alive == math.inf:
+            model.expires_at = math.inf
+            return
+        model.expires_at = time.time() + model.keep_alive
+        loop = asyncio.get_running_loop()
+        model.timer = loop.call_later(model.keep_alive, self._expire, model)
+
+    def _expire(self, model: Loaded) -> None:
+        if model.references == 0 and self.loaded.get(model.key) is model:
+            log.info("keep_alive expired for %s", model.name)
+            self._unload_soon(model)
+
+    def _unload_soon(self, model: Loaded) -> None:
+        """Forget the model now and stop its runner in the background."""
+        if self.loaded.get(model.key) is model:
+            del self.loaded[model.key]
+        task = asyncio.get_running_loop().create_task(self._unload(model))
+        self._stopping.add(task)
+        task.add_done_callback(self._stopping.discard)
+
+    async def _unload(self, model: Loaded) -> None:
+        if model.timer is not None:
+            model.timer.cancel()
+        if self.loaded.get(model.key) is model:
+            del self.loaded[model.key]
+        await model.runner.stop()
+
+    # --- explicit load / unload (empty prompts) ---
+
+    async def unload(self, name: ModelName) -> None:
+        """keep_alive 0 with an empty prompt: unload now, or when the last request ends."""
+        entry = self.store.entry(name)
+        model = self.loaded.get(entry.digest)
+        if model is None:
+            return
+        model.keep_alive = 0
+        if model.references == 0:
+            await self._unload(model)
+
+    async def settle(self) -> None:
+        """Wait until runners being stopped in the background have stopped."""
+        while self._stopping:
+            await asyncio.gather(*list(self._stopping), return_exceptions=True)
+
+    def running(self) -> list[Loaded]:
+        return sorted(self.loaded.values(), key=lambda m: m.expires_at, reverse=True)
+
+    async def close(self) -> None:
+        """Stop every runner (server shutdown)."""
+        await asyncio.gather(*(self._unload(m) for m in list(self.loaded.values())))
+        await self.settle()
+
+    def kill_all(self) -> None:
+        for model in self.loaded.values():
+            model.runner.kill_now()

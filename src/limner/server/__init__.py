@@ -1,0 +1,1 @@
+"""The HTTP API (FastAPI): one module per resource, routes in app.py."""

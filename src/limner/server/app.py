@@ -1,0 +1,149 @@
+"""The HTTP API: the route table, the error mapping, and the server's lifetime.
+
+Every LimnerError becomes `{"error": message}` with the class's status here, and only
+here. Anything else is logged and answered with a generic 500 that carries no traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from importlib.metadata import version as package_version
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from limner import config
+from limner.errors import LimnerError, TooLarge
+from limner.scheduler import Scheduler
+from limner.server import chat, models
+from limner.server.state import State
+from limner.store import Store
+
+log = logging.getLogger("limner.server")
+
+
+def version() -> str:
+    return package_version("limner")
+
+
+def create_app(store: Store, scheduler: Scheduler) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await scheduler.close()  # SIGINT/SIGTERM: every runner stops with the server
+
+    app = FastAPI(title="limner", version=version(), lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.limner = State(store=store, scheduler=scheduler)
+    app.add_exception_handler(LimnerError, _limner_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)
+    app.add_middleware(BodyLimit, limit=config.max_body_bytes(), exempt=("/api/blobs/",))
+
+    route = app.add_api_route
+    route("/", _running, methods=["GET", "HEAD"])
+    route("/api/version", _version, methods=["GET", "HEAD"])
+    route("/api/generate", chat.generate, methods=["POST"])
+    route("/api/chat", chat.chat, methods=["POST"])
+    route("/api/tags", models.tags, methods=["GET", "HEAD"])
+    route("/api/show", models.show, methods=["POST"])
+    route("/api/ps", models.ps, methods=["GET"])
+    route("/api/copy", models.copy, methods=["POST"])
+    route("/api/delete", models.delete, methods=["DELETE"])
+    route("/api/create", models.create, methods=["POST"])
+    route("/api/blobs/{digest}", models.blob_exists, methods=["HEAD"])
+    route("/api/blobs/{digest}", models.blob_upload, methods=["POST"])
+    return app
+
+
+async def _running(request: Request) -> Response:
+    return PlainTextResponse("Ollama is running")  # clients and scripts match this text
+
+
+async def _version(request: Request) -> Response:
+    return JSONResponse({"version": version()})
+
+
+async def _limner_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, LimnerError)
+    return JSONResponse({"error": exc.message}, status_code=exc.status)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    text = {404: "404 page not found", 405: "405 method not allowed"}.get(exc.status_code, str(exc.detail))
+    return JSONResponse({"error": text}, status_code=exc.status_code)
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> Response:
+    log.exception("unexpected error in %s %s", request.method, request.url.path)
+    return JSONResponse({"error": "internal error; see the server log"}, status_code=500)
+
+
+class BodyLimit:
+    """413 for bodies over the limit, from Content-Length or while reading a chunked body."""
+
+    def __init__(self, app: ASGIApp, limit: int, exempt: tuple[str, ...]) -> None:
+        self.app, self.limit, self.exempt = app, limit, exempt
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"].startswith(self.exempt):
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await _send_error(send, TooLarge(self._message()))
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise TooLarge(self._message())
+            return message
+
+        await self.app(scope, limited, send)
+
+    def _message(self) -> str:
+        return f"request body is larger than {self.limit} bytes (LIMNER_MAX_BODY_BYTES); send less"
+
+
+async def _send_error(send: Send, exc: LimnerError) -> None:
+    response = JSONResponse({"error": exc.message}, status_code=exc.status)
+    scope: dict[str, Any] = {"type": "http"}
+
+    async def no_receive() -> Message:
+        return {"type": "http.disconnect"}
+
+    await response(scope, no_receive, send)
+
+
+def build(store: Store | None = None) -> FastAPI:
+    """The app as `limner serve` runs it, configured from LIMNER_* variables."""
+    store = store or Store(config.models())
+    scheduler = Scheduler(
+        store,
+        max_loaded=config.max_loaded_models(),
+        max_queue=config.max_queue(),
+        keep_alive=config.keep_alive(),
+        load_timeout=config.load_timeout(),
+    )
+    return create_app(store, scheduler)
+
+
+def serve(host: str | None = None, port: int | None = None) -> None:
+    """Run the server until SIGINT/SIGTERM; shutdown stops every runner."""
+    import uvicorn
+
+    bind_host, bind_port = config.bind()
+    logging.basicConfig(level=logging.DEBUG if config.debug() else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
+    app = build()
+    log.info("limner %s listening on %s:%s, models in %s", version(), host or bind_host, port or bind_port, config.models())
+    uvicorn.run(app, host=host or bind_host, port=port or bind_port, log_level="warning", timeout_graceful_shutdown=3)

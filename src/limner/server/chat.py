@@ -1,0 +1,179 @@
+"""POST /api/chat and /api/generate: check, lease the model, stream the runner's steps.
+
+Both endpoints share one path: the request becomes a list of messages (the model's stored
+messages and system prompt first), pictures are checked here, options are merged
+(Ollama's defaults < the model's params layer < the request), and the runner's pieces are
+re-encoded as Ollama's chunks.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import Response
+
+from limner import config
+from limner.engines import Options
+from limner.errors import InvalidRequest
+from limner.names import ModelName
+from limner.server import pictures
+from limner.server.state import State, parse_body
+from limner.server.streaming import respond
+from limner.store import manifests as m
+from limner.types import ChatRequest, GenerateRequest
+
+
+def now() -> str:
+    """RFC 3339 with nanosecond-style precision and a Z, as Ollama's created_at."""
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+async def chat(request: Request) -> Response:
+    body = await parse_body(request, ChatRequest)
+    state: State = request.app.state.limner
+    name = _stored_name(state, body.model)
+    messages = [_wire_message(msg.model_dump(), f"message {i}") for i, msg in enumerate(body.messages or [], 1)]
+    keep_alive = _keep_alive(body.keep_alive)
+    if not messages:
+        return await _load_or_unload(state, name, keep_alive, chat=True)
+    steps = _run(state, name, messages, body.options, body.format, keep_alive, replace_system=None)
+    return await respond(_chat_chunks(body.model, steps), body.stream is not False, _aggregate_chat)
+
+
+async def generate(request: Request) -> Response:
+    body = await parse_body(request, GenerateRequest)
+    state: State = request.app.state.limner
+    name = _stored_name(state, body.model)
+    if body.raw:
+        raise InvalidRequest("raw mode is not supported by limner's LLaVA engines; send the prompt without raw")
+    keep_alive = _keep_alive(body.keep_alive)
+    if not body.prompt and not body.images:
+        return await _load_or_unload(state, name, keep_alive, chat=False)
+    message = _wire_message({"role": "user", "content": body.prompt, "images": body.images}, "prompt")
+    steps = _run(state, name, [message], body.options, body.format, keep_alive, replace_system=body.system)
+    return await respond(_generate_chunks(body.model, steps), body.stream is not False, _aggregate_generate)
+
+
+def _stored_name(state: State, text: str) -> ModelName:
+    """The stored model's name; 404 `model 'NAME' not found` with NAME as sent."""
+    if not text:
+        raise InvalidRequest("model is required")
+    return state.store.resolve(text)
+
+
+def _keep_alive(value: float | str | None) -> float | None:
+    return None if value is None else config.parse_keep_alive(value)
+
+
+def _wire_message(message: dict[str, Any], label: str) -> dict[str, Any]:
+    """A message for the runner: role lower-cased, pictures decoded and checked."""
+    images = pictures.decode_base64(message.get("images") or [], label)
+    for number, data in enumerate(images, 1):
+        pictures.check(data, f"{label} picture {number}")
+    return {
+        "role": message["role"].lower(),
+        "content": message.get("content") or "",
+        "images": message.get("images") or [],
+    }
+
+
+async def _load_or_unload(state: State, name: ModelName, keep_alive: float | None, chat: bool) -> Response:
+    """An empty prompt loads the model; with keep_alive 0 it unloads it (Ollama's rule)."""
+    if keep_alive == 0:
+        await state.scheduler.unload(name)
+        reason = "unload"
+    else:
+        async with state.scheduler.lease(name, keep_alive):
+            pass
+        reason = "load"
+    reply: dict[str, Any] = {"model": name.display(), "created_at": now(), "done": True, "done_reason": reason}
+    if chat:
+        reply["message"] = {"role": "assistant", "content": ""}
+    else:
+        reply["response"] = ""
+    return await respond(_once(reply), stream=False)
+
+
+async def _once(item: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    yield item
+
+
+async def _run(
+    state: State,
+    name: ModelName,
+    messages: list[dict[str, Any]],
+    request_options: dict[str, Any] | None,
+    format_: Any,
+    keep_alive: float | None,
+    replace_system: str | None,
+) -> AsyncIterator[dict[str, Any]]:
+    """Yield the runner's `piece` and `done` messages, the done one with durations added."""
+    started = time.perf_counter_ns()
+    manifest = state.store.entry(name).manifest
+    options = {**(state.store.json_layer(manifest, m.PARAMS) or {}), **(request_options or {})}
+    options["format"] = _format(format_)
+    Options.from_dict(options)  # 400 on a badly typed option, before anything loads
+    messages = _with_model_context(state, manifest, messages, replace_system)
+    async with state.scheduler.lease(name, keep_alive) as model:
+        load_duration = model.runner.load_duration if model.fresh else 0
+        async for step in model.runner.chat(messages, options):
+            if step["type"] == "done":
+                step["load_duration"] = load_duration
+                step["total_duration"] = time.perf_counter_ns() - started
+            yield step
+
+
+def _format(value: Any) -> str:
+    if value in (None, ""):
+        return ""
+    if value == "json" or isinstance(value, dict):
+        return "json"  # a JSON schema constrains the answer to JSON (not yet to the schema)
+    raise InvalidRequest(f'invalid format: {value!r}; expected "json" or a valid JSON Schema object')
+
+
+def _with_model_context(
+    state: State, manifest: m.Manifest, messages: list[dict[str, Any]], replace_system: str | None
+) -> list[dict[str, Any]]:
+    stored = state.store.json_layer(manifest, m.MESSAGES) or []
+    system = replace_system if replace_system is not None else state.store.text(manifest, m.SYSTEM)
+    history = [{"role": s["role"], "content": s.get("content", ""), "images": []} for s in stored]
+    if system and not (messages and messages[0]["role"] == "system"):
+        history.insert(0, {"role": "system", "content": system, "images": []})
+    return history + messages
+
+
+def _metrics(step: dict[str, Any]) -> dict[str, Any]:
+    keys = ("total_duration", "load_duration", "prompt_eval_count", "prompt_eval_duration",
+            "eval_count", "eval_duration", "image_tokens")  # fmt: skip
+    return {"done_reason": step["done_reason"], **{k: step[k] for k in keys}}
+
+
+async def _chat_chunks(model: str, steps: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+    async for step in steps:
+        chunk: dict[str, Any] = {"model": model, "created_at": now()}
+        if step["type"] == "piece":
+            yield {**chunk, "message": {"role": "assistant", "content": step["text"]}, "done": False}
+        else:
+            yield {**chunk, "message": {"role": "assistant", "content": ""}, "done": True, **_metrics(step)}
+
+
+async def _generate_chunks(model: str, steps: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+    async for step in steps:
+        chunk: dict[str, Any] = {"model": model, "created_at": now()}
+        if step["type"] == "piece":
+            yield {**chunk, "response": step["text"], "done": False}
+        else:
+            yield {**chunk, "response": "", "done": True, **_metrics(step)}
+
+
+def _aggregate_chat(chunks: list[dict[str, Any]]) -> dict[str, Any]:
+    text = "".join(c["message"]["content"] for c in chunks)
+    return {**chunks[-1], "message": {"role": "assistant", "content": text}}
+
+
+def _aggregate_generate(chunks: list[dict[str, Any]]) -> dict[str, Any]:
+    return {**chunks[-1], "response": "".join(c["response"] for c in chunks)}

@@ -1,0 +1,53 @@
+"""The one streaming convention (Ollama's), written down once.
+
+- `stream` true (the default): NDJSON, one object per line, no blank lines; the last line
+  has `done: true` or `status: "success"`.
+- `stream` false: one JSON object, the final one, with text fields concatenated.
+- An error before the first line is a real HTTP status with `{"error": ...}` (the first
+  item is computed before any byte is sent); after it, a last `{"error": ...}` line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from limner.errors import LimnerError
+
+log = logging.getLogger("limner.server")
+
+Aggregate = Callable[[list[dict[str, Any]]], dict[str, Any]]
+
+
+def last_only(chunks: list[dict[str, Any]]) -> dict[str, Any]:
+    return chunks[-1]
+
+
+async def respond(chunks: AsyncIterator[dict[str, Any]], stream: bool, aggregate: Aggregate = last_only) -> Response:
+    first = await anext(chunks)  # errors here become real statuses
+    if not stream:
+        collected = [first]
+        async for chunk in chunks:
+            collected.append(chunk)
+        return JSONResponse(aggregate(collected))
+    return StreamingResponse(_lines(first, chunks), media_type="application/x-ndjson")
+
+
+async def _lines(first: dict[str, Any], rest: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
+    yield _line(first)
+    try:
+        async for chunk in rest:
+            yield _line(chunk)
+    except LimnerError as exc:
+        yield _line({"error": exc.message})
+    except Exception:  # noqa: BLE001 - after the first byte an error line is all we can send
+        log.exception("stream failed")
+        yield _line({"error": "internal error; see the server log"})
+
+
+def _line(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"

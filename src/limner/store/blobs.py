@@ -1,0 +1,115 @@
+"""Content-addressed blobs: `blobs/sha256-<hex>`, written to a temporary file, hashed, renamed.
+
+A digest is validated against `^sha256[:-][0-9a-f]{64}$` before it becomes a path, so no
+user-supplied digest can name a file outside the blobs folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from limner.errors import InvalidRequest, NotFound
+
+DIGEST = re.compile(r"^sha256[:-]([0-9a-f]{64})$")
+
+
+def normalize(digest: str) -> str:
+    """`sha256:<hex>` from either separator; InvalidRequest if it is not a digest."""
+    match = DIGEST.match(digest)
+    if match is None:
+        raise InvalidRequest("invalid digest format")
+    return f"sha256:{match.group(1)}"
+
+
+class BlobStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def path(self, digest: str) -> Path:
+        return self.root / normalize(digest).replace(":", "-")
+
+    def exists(self, digest: str) -> bool:
+        return self.path(digest).is_file()
+
+    def open_path(self, digest: str) -> Path:
+        """The path of a blob that must exist."""
+        path = self.path(digest)
+        if not path.is_file():
+            raise NotFound(f'blob "{normalize(digest)}" not found')
+        return path
+
+    def incoming(self) -> Incoming:
+        """A temporary file to stream a new blob into; `commit` names it by its hash."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        return Incoming(self)
+
+    def write(self, chunks: Iterable[bytes], expected: str | None = None) -> tuple[str, int]:
+        """Store bytes; returns (digest, size). A wrong `expected` digest stores nothing."""
+        incoming = self.incoming()
+        try:
+            for chunk in chunks:
+                incoming.write(chunk)
+            return incoming.commit(expected)
+        finally:
+            incoming.discard()
+
+    def write_bytes(self, data: bytes) -> tuple[str, int]:
+        return self.write([data])
+
+    def remove(self, digest: str) -> None:
+        self.path(digest).unlink(missing_ok=True)
+
+    def digests(self) -> set[str]:
+        if not self.root.is_dir():
+            return set()
+        found = set()
+        for entry in self.root.iterdir():
+            match = DIGEST.match(entry.name)
+            if match:
+                found.add(f"sha256:{match.group(1)}")
+        return found
+
+
+class Incoming:
+    """A blob being written: hashed as it arrives, renamed only once verified."""
+
+    def __init__(self, blobs: BlobStore) -> None:
+        self.blobs = blobs
+        fd, name = tempfile.mkstemp(prefix=".incoming-", dir=blobs.root)
+        self.path = Path(name)
+        self.file = os.fdopen(fd, "wb")
+        self.sha = hashlib.sha256()
+        self.size = 0
+
+    def write(self, chunk: bytes) -> None:
+        self.sha.update(chunk)
+        self.file.write(chunk)
+        self.size += len(chunk)
+
+    def commit(self, expected: str | None = None) -> tuple[str, int]:
+        digest = f"sha256:{self.sha.hexdigest()}"
+        if expected is not None and digest != normalize(expected):
+            raise InvalidRequest(f'digest mismatch, expected "{normalize(expected)}", got "{digest}"')
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        os.replace(self.path, self.blobs.path(digest))
+        return digest, self.size
+
+    def discard(self) -> None:
+        """Remove the temporary file unless it was committed (safe to call twice)."""
+        self.file.close()
+        self.path.unlink(missing_ok=True)
+
+
+def file_digest(path: Path) -> str:
+    sha = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            sha.update(chunk)
+    return f"sha256:{sha.hexdigest()}"

@@ -1,0 +1,204 @@
+"""Model creation: files already uploaded as blobs, or another model, become a new manifest.
+
+Weights are recognised by their content, never by their file name: safetensors and GGUF
+are accepted, pickle (and the zip archives torch saves pickles in) is refused before
+anything is written. The manifest is the last thing written, atomically, so a failed
+create leaves no model behind.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from limner.errors import InvalidRequest, UnsafeWeights
+from limner.names import ModelName
+from limner.store import manifests as m
+from limner.store.blobs import normalize
+from limner.store.manifests import Layer, Manifest, Store
+from limner.types import CreateRequest, ProgressResponse
+
+SAFETENSORS, GGUF, PICKLE, OTHER = "safetensors", "gguf", "pickle", "other"
+MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
+
+
+def sniff(path: Path) -> str:
+    """What a file holds, from its first bytes."""
+    with path.open("rb") as f:
+        head = f.read(16)
+    if head[:4] == b"GGUF":
+        return GGUF
+    if head[:4] == b"PK\x03\x04" or (len(head) > 1 and head[0] == 0x80 and 2 <= head[1] <= 5):
+        return PICKLE  # torch.save zip archive, or a raw pickle stream
+    if len(head) >= 9:
+        (length,) = struct.unpack("<Q", head[:8])
+        if 2 <= length <= min(MAX_SAFETENSORS_HEADER, path.stat().st_size - 8) and head[8:9] == b"{":
+            return SAFETENSORS
+    return OTHER
+
+
+def safetensors_header(path: Path) -> dict[str, Any]:
+    with path.open("rb") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        header: dict[str, Any] = json.loads(f.read(length))
+    header.pop("__metadata__", None)
+    return header
+
+
+def check_relative(name: str) -> str:
+    """A file name inside a model folder, proven not to escape it."""
+    clean = posixpath.normpath(name.replace("\\", "/"))
+    if not name or name.startswith(("/", "\\")) or clean.startswith("..") or ":" in name:
+        raise InvalidRequest(f"file path must be relative: {name!r}")
+    return clean
+
+
+def create(store: Store, request: CreateRequest) -> Iterator[ProgressResponse]:
+    """Validate everything, then yield progress while writing. Errors come before any write."""
+    name = ModelName.parse(request.model or request.name or "")
+    layers, config = _base_layers(store, request)
+    extras = _extra_layers(store, request, layers)
+    return _write(store, name, layers, extras, config)
+
+
+def _base_layers(store: Store, request: CreateRequest) -> tuple[list[Layer], dict[str, Any]]:
+    if request.files:
+        return _layers_from_files(store, request.files)
+    if request.from_:
+        base = store.entry(store.resolve(request.from_, quote='"'))
+        parent = base.name.display()
+        layers = [layer.model_copy(update={"from_": layer.from_ or parent}) for layer in base.manifest.layers]
+        return layers, {**store.config(base.manifest), "parent_model": parent}
+    raise InvalidRequest("neither 'from' or 'files' was specified")
+
+
+def _layers_from_files(store: Store, files: dict[str, str]) -> tuple[list[Layer], dict[str, Any]]:
+    layers, kinds = [], {}
+    for raw_name, digest in sorted(files.items()):
+        name = check_relative(raw_name)
+        try:
+            path = store.blobs.path(normalize(digest))
+        except InvalidRequest:
+            raise InvalidRequest(f"invalid digest format for {raw_name!r}") from None
+        if not path.is_file():
+            raise InvalidRequest(f'blob "{digest}" for {raw_name!r} not found; upload it first')
+        kind = sniff(path)
+        if kind == PICKLE:
+            raise UnsafeWeights(
+                f"{raw_name!r} holds pickle weights, which can run code when loaded; "
+                "convert it to safetensors first"
+            )
+        kinds[name] = (kind, path)
+        media = m.MODEL if kind in (SAFETENSORS, GGUF) else m.FILE
+        layers.append(Layer(mediaType=media, digest=normalize(digest), size=path.stat().st_size, name=name))
+    return layers, _config_for_folder(kinds)
+
+
+def _config_for_folder(kinds: dict[str, tuple[str, Path]]) -> dict[str, Any]:
+    if "config.json" not in kinds:
+        raise InvalidRequest("the model files need a config.json (a Hugging Face model folder)")
+    hf = json.loads(kinds["config.json"][1].read_text())
+    weights = [path for kind, path in kinds.values() if kind == SAFETENSORS]
+    model_type = hf.get("model_type")
+    if model_type == "limner-fake":
+        return {"model_format": "fake", "model_family": "fake", "capabilities": ["completion", "vision"],
+                "model_info": {"general.architecture": "fake", "fake.context_length": 4096}}
+    if model_type != "llava":
+        raise InvalidRequest(f"model_type {model_type!r} is not supported yet; limner runs LLaVA-family models")
+    if not weights:
+        raise InvalidRequest("no safetensors weights among the model files")
+    return _llava_config(hf, weights)
+
+
+def _llava_config(hf: dict[str, Any], weights: list[Path]) -> dict[str, Any]:
+    text, vision = hf.get("text_config", {}), hf.get("vision_config", {})
+    params, dtypes = 0, set()
+    for path in weights:
+        for tensor in safetensors_header(path).values():
+            count = 1
+            for dim in tensor["shape"]:
+                count *= dim
+            params += count
+            dtypes.add(tensor["dtype"])
+    side, patch = vision.get("image_size", 336), vision.get("patch_size", 14)
+    context = text.get("max_position_embeddings", 32768)
+    info = {
+        "general.architecture": "llava",
+        "general.parameter_count": params,
+        "llava.context_length": context,
+        "llava.embedding_length": text.get("hidden_size", 4096),
+        "llava.block_count": text.get("num_hidden_layers", 32),
+        "llava.attention.head_count": text.get("num_attention_heads", 32),
+        "llava.attention.head_count_kv": text.get("num_key_value_heads", 8),
+        "llava.attention.sliding_window": text.get("sliding_window"),
+        "llava.text_model": text.get("model_type", "mistral"),
+        "llava.vision.image_size": side,
+        "llava.vision.patch_size": patch,
+        "llava.vision.image_tokens": (side // patch) ** 2,
+        "llava.vision.block_count": vision.get("num_hidden_layers"),
+        "llava.vision.embedding_length": vision.get("hidden_size"),
+    }
+    return {
+        "model_format": SAFETENSORS,
+        "model_family": "llava",
+        "model_families": ["llava", text.get("model_type", "mistral"), "clip"],
+        "model_type": human_count(params),
+        "file_type": "/".join(sorted(d.upper() for d in dtypes)),
+        "capabilities": ["completion", "vision"],
+        "context_length": context,
+        "embedding_length": text.get("hidden_size", 4096),
+        "model_info": {k: v for k, v in info.items() if v is not None},
+    }
+
+
+def human_count(count: int) -> str:
+    """Ollama's parameter_size: 7.2B, 312M, 217K."""
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if count >= size:
+            return f"{count / size:.1f}".rstrip("0").rstrip(".") + unit
+    return str(count)
+
+
+def _extra_layers(store: Store, request: CreateRequest, base: list[Layer]) -> dict[str, bytes]:
+    """The text layers a request sets; each replaces the base model's layer of that type."""
+    extras: dict[str, bytes] = {}
+    if request.system is not None:
+        extras[m.SYSTEM] = request.system.encode()
+    if request.template is not None:
+        extras[m.TEMPLATE] = request.template.encode()
+    if request.license is not None:
+        lines = [request.license] if isinstance(request.license, str) else request.license
+        extras[m.LICENSE] = "\n".join(lines).encode()
+    if request.messages is not None:
+        messages = [msg.model_dump(exclude_none=True) for msg in request.messages]
+        extras[m.MESSAGES] = json.dumps(messages).encode()
+    if request.parameters is not None:
+        params = {}
+        old = next((lyr for lyr in base if lyr.mediaType == m.PARAMS), None)
+        if old is not None:
+            params = json.loads(store.blobs.open_path(old.digest).read_bytes())
+        extras[m.PARAMS] = json.dumps({**params, **request.parameters}).encode()
+    return extras
+
+
+def _write(
+    store: Store, name: ModelName, layers: list[Layer], extras: dict[str, bytes], config: dict[str, Any]
+) -> Iterator[ProgressResponse]:
+    yield ProgressResponse(status="parsing model files")
+    for layer in layers:
+        yield ProgressResponse(status=f"using existing layer {layer.digest}")
+    layers = [layer for layer in layers if layer.mediaType not in extras]
+    for media, data in extras.items():
+        digest, size = store.blobs.write_bytes(data)
+        yield ProgressResponse(status=f"creating new layer {digest}")
+        layers.append(Layer(mediaType=media, digest=digest, size=size))
+    config = {**config, "architecture": "amd64", "os": "linux"}
+    config_digest, config_size = store.blobs.write_bytes(json.dumps(config).encode())
+    manifest = Manifest(config=Layer(mediaType=m.CONFIG_TYPE, digest=config_digest, size=config_size), layers=layers)
+    yield ProgressResponse(status="writing manifest")
+    store.write(name, manifest)
+    yield ProgressResponse(status="success")

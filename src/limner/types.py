@@ -1,0 +1,192 @@
+"""Wire models for every request and response of the native API (Ollama's shapes).
+
+Shared by the SDK, the server and the tests; imports nothing from limner. Requests ignore
+unknown fields, as Ollama does. Responses are dumped without None fields, so optional
+metrics appear only where they were measured; required fields (`response`,
+`message.role`, `models`, `model_info`) always have a value.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+KeepAlive = float | str | None
+Format = Literal["", "json"] | dict[str, Any] | None
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+
+class _Response(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    def wire(self) -> dict[str, Any]:
+        """The JSON object as sent: by alias, None fields left out."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+# --- chat and generate ---------------------------------------------------------------
+
+
+class Message(_Request):
+    role: str  # any string; lower-cased by the server
+    content: str | None = ""  # may be missing: the ollama client drops empty keys
+    images: list[str] | None = None  # raw standard base64 (no data: prefix)
+    thinking: str | None = None
+
+
+class GenerateRequest(_Request):
+    model: str = ""
+    prompt: str | None = ""  # empty: only load (or unload with keep_alive 0)
+    system: str | None = None  # replaces the model's system message
+    template: str | None = None  # a Jinja chat template replacing the model's
+    images: list[str] | None = None
+    format: Format = None  # "json" constrains the answer to JSON
+    options: dict[str, Any] | None = None  # Ollama's options; unknown keys ignored
+    keep_alive: KeepAlive = None  # seconds or a Go duration; absent: LIMNER_KEEP_ALIVE
+    stream: bool | None = True  # NDJSON by default
+    raw: bool | None = False  # true: the prompt is sent to the model as is
+    context: list[int] | None = None  # deprecated; ignored by limner
+
+
+class ChatRequest(_Request):
+    model: str = ""
+    messages: list[Message] | None = None  # empty: only load (or unload)
+    format: Format = None
+    options: dict[str, Any] | None = None
+    keep_alive: KeepAlive = None
+    stream: bool | None = True
+    tools: list[dict[str, Any]] | None = None  # accepted; tiny LLaVA models call no tools
+
+
+class Metrics(_Response):
+    total_duration: int | None = None  # nanoseconds
+    load_duration: int | None = None
+    prompt_eval_count: int | None = None  # includes every picture's tokens
+    prompt_eval_duration: int | None = None
+    eval_count: int | None = None
+    eval_duration: int | None = None
+    image_tokens: int | None = None  # limner: how many prompt tokens the pictures took
+
+
+class GenerateResponse(Metrics):
+    model: str
+    created_at: str
+    response: str = ""
+    done: bool = False
+    done_reason: str | None = None  # stop | length | load | unload
+    context: list[int] | None = None
+
+
+class ChatMessage(_Response):
+    role: str = "assistant"
+    content: str = ""
+    images: list[str] | None = None
+    thinking: str | None = None
+
+
+class ChatResponse(Metrics):
+    model: str
+    created_at: str
+    message: ChatMessage = Field(default_factory=ChatMessage)
+    done: bool = False
+    done_reason: str | None = None
+
+
+# --- models ----------------------------------------------------------------------------
+
+
+class ModelDetails(_Response):
+    parent_model: str = ""
+    format: str = ""
+    family: str = ""
+    families: list[str] | None = None
+    parameter_size: str = ""
+    quantization_level: str = ""
+
+
+class ListedModel(_Response):
+    name: str
+    model: str
+    modified_at: datetime
+    size: int
+    digest: str
+    details: ModelDetails = Field(default_factory=ModelDetails)
+
+
+class ListResponse(_Response):
+    models: list[ListedModel] = Field(default_factory=list)
+
+
+class RunningModel(_Response):
+    name: str
+    model: str
+    size: int
+    digest: str
+    details: ModelDetails = Field(default_factory=ModelDetails)
+    expires_at: datetime
+    size_vram: int = 0
+    context_length: int = 0
+
+
+class ProcessResponse(_Response):
+    models: list[RunningModel] = Field(default_factory=list)
+
+
+class ShowRequest(_Request):
+    model: str = ""
+    name: str | None = None  # legacy alias of model
+    verbose: bool | None = False
+
+
+class ShowResponse(_Response):
+    license: str | None = None
+    modelfile: str = ""
+    parameters: str | None = None
+    template: str | None = None
+    system: str | None = None
+    details: ModelDetails = Field(default_factory=ModelDetails)
+    messages: list[dict[str, Any]] | None = None
+    model_info: dict[str, Any] = Field(default_factory=dict)  # always present
+    capabilities: list[str] = Field(default_factory=list)
+    modified_at: datetime | None = None
+
+
+class CopyRequest(_Request):
+    source: str = ""
+    destination: str = ""
+
+
+class DeleteRequest(_Request):
+    model: str = ""
+    name: str | None = None
+
+
+class CreateRequest(_Request):
+    model: str = ""
+    name: str | None = None  # deprecated alias of model
+    from_: str | None = Field(default=None, alias="from")
+    files: dict[str, str] | None = None  # relative file name -> "sha256:<hex>" blob
+    adapters: dict[str, str] | None = None
+    template: str | None = None
+    system: str | None = None
+    license: str | list[str] | None = None
+    parameters: dict[str, Any] | None = None
+    messages: list[Message] | None = None
+    quantize: str | None = None
+    stream: bool | None = True
+
+
+class ProgressResponse(_Response):
+    status: str
+    digest: str | None = None
+    total: int | None = None
+    completed: int | None = None
+
+
+class VersionResponse(_Response):
+    version: str

@@ -1,0 +1,109 @@
+"""Shared fixtures: a temporary store for every test, fake models, and real servers on loopback."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+from PIL import Image
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+from limner.scheduler import Scheduler  # noqa: E402
+from limner.server.app import create_app  # noqa: E402
+from limner.store import Store  # noqa: E402
+from limner.store.create import create  # noqa: E402
+from limner.types import CreateRequest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def models_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own empty store, and never the user's."""
+    root = tmp_path / "models"
+    monkeypatch.setenv("LIMNER_MODELS", str(root))
+    return root
+
+
+@pytest.fixture
+def store(models_dir: Path) -> Store:
+    return Store(models_dir)
+
+
+def add_model(store: Store, name: str, files: dict[str, bytes]) -> None:
+    """Store a model from file contents, through the same path /api/create takes."""
+    digests = {rel: store.blobs.write_bytes(data)[0] for rel, data in files.items()}
+    for _ in create(store, CreateRequest(model=name, files=digests)):
+        pass
+
+
+def add_fake(store: Store, name: str = "fake", **config: Any) -> None:
+    """A model served by the scripted fake engine (see limner/engines/fake.py)."""
+    add_model(store, name, {"config.json": json.dumps({"model_type": "limner-fake", **config}).encode()})
+
+
+def picture(fmt: str = "PNG", size: tuple[int, int] = (64, 48), color: str = "red") -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class ThreadServer:
+    """A real uvicorn server on loopback, in a thread of the test process."""
+
+    def __init__(self, scheduler: Scheduler) -> None:
+        self.scheduler = scheduler
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        app = create_app(scheduler.store, scheduler)
+        self.server = uvicorn.Server(uvicorn.Config(app, port=self.port, log_level="warning", timeout_graceful_shutdown=2))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> ThreadServer:
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("test server did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+@pytest.fixture
+def make_server(store: Store) -> Iterator[Any]:
+    """Start servers with custom scheduler settings; each stops at the end of the test."""
+    started: list[ThreadServer] = []
+
+    def start(**settings: Any) -> ThreadServer:
+        settings.setdefault("keep_alive", 300.0)
+        server = ThreadServer(Scheduler(store, **settings)).__enter__()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.__exit__()
+
+
+@pytest.fixture
+def server(make_server: Any) -> Any:
+    return make_server()
