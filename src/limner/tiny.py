@@ -87,7 +87,7 @@ CORPUS = [
     "There is a sign that reads 'Open every day from nine to five'.",
     "In the centre of the picture, a dog is running along the sandy beach.",
     "The text in the image is written in black letters on a yellow board.",
-    "Answer in JSON: {\"object\": \"cat\", \"count\": 1, \"colours\": [\"black\", \"white\"]}",
+    'Answer in JSON: {"object": "cat", "count": 1, "colours": ["black", "white"]}',
     "Numbers: 0 1 2 3 4 5 6 7 8 9 10 12 25 100 336 576 1024 4096.",
     "Hello, world! Thank you very much. Yes, no, maybe; perhaps later.",
 ]
@@ -105,8 +105,8 @@ def write_tiny_llava(dest: Path, seed: int = 0) -> Path:
 
     # 1. Tokenizer: byte-fallback BPE with Llama/Mistral's ids and conventions.
     tokenizer = _tokenizer()
-    image_id = tokenizer.token_to_id(IMAGE_TOKEN)
-    pad_id = tokenizer.token_to_id(PAD_TOKEN)
+    ids = tokenizer.get_vocab(with_added_tokens=True)
+    image_id, pad_id = ids[IMAGE_TOKEN], ids[PAD_TOKEN]
     (dest / "tokenizer.json").write_text(tokenizer.to_str(pretty=True), encoding="utf-8")
     _write_json(dest / "tokenizer_config.json", _tokenizer_config(tokenizer))
     _write_json(
@@ -133,7 +133,8 @@ def write_tiny_llava(dest: Path, seed: int = 0) -> Path:
     # 3. Model config and generation defaults.
     _write_json(dest / "config.json", _model_config(image_id, pad_id))
     _write_json(
-        dest / "generation_config.json", {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": pad_id}
+        dest / "generation_config.json",
+        {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": pad_id},
     )
 
     # 4. Weights under the canonical llava-hf names.
@@ -180,8 +181,9 @@ def _special(content: str) -> AddedToken:
 
 
 def _tokenizer_config(tok: Tokenizer) -> dict[str, Any]:
+    ids = tok.get_vocab(with_added_tokens=True)
     added = {
-        str(tok.token_to_id(t)): {
+        str(ids[t]): {
             "content": t,
             "lstrip": False,
             "normalized": False,
@@ -291,7 +293,9 @@ def _weights(seed: int) -> dict[str, np.ndarray]:
             normal(f"{name}.bias", out)
 
     # Text model: Mistral (no biases, RMSNorm, grouped-query attention).
-    h, heads, kv, hd = (TEXT[k] for k in ("hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim"))
+    h, heads, kv, hd = (
+        TEXT[k] for k in ("hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim")
+    )
     lm = "language_model.model"
     normal(f"{lm}.embed_tokens.weight", PADDED_VOCAB, h)
     for i in range(TEXT["num_hidden_layers"]):

@@ -9,12 +9,12 @@ metrics appear only where they were measured; required fields (`response`,
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 KeepAlive = float | str | None
-Format = Literal["", "json"] | dict[str, Any] | None
+Format = str | dict[str, Any] | None  # "" | "json" | a JSON schema; checked by the server
 
 
 class _Request(BaseModel):

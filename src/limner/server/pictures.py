@@ -52,7 +52,7 @@ def check(data: bytes, label: str) -> None:
             image.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise TooLarge(f"{label} decodes to too many pixels (LIMNER_MAX_IMAGE_PIXELS={limit})") from None
-    except InvalidImage | TooLarge:
+    except (InvalidImage, TooLarge):
         raise
     except (OSError, SyntaxError, ValueError) as exc:
         reason = "truncated or corrupt" if "truncated" in str(exc) or image_opened(data) else "not a picture"

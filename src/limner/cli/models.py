@@ -1,0 +1,336 @@
+"""Model management commands: list/ls, ps, show, rm, cp, create, stop.
+
+Output follows `ollama`'s: the same tables, sizes (`4.7 GB`), times (`2 days ago`) and
+messages (`deleted 'M'`), so scripts written for one work with the other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from limner.client import Client
+    from limner.types import ShowResponse
+
+Commands = argparse._SubParsersAction[argparse.ArgumentParser]
+SHOW_FIELDS = ("license", "modelfile", "parameters", "template", "system")
+TINY_KINDS = ("llava",)
+
+
+def add_parsers(commands: Commands) -> None:
+    ls = commands.add_parser("list", aliases=["ls"], help="list models")
+    ls.add_argument("prefix", nargs="?", default="", help="only names starting with this")
+    ls.set_defaults(run=list_models)
+
+    ps = commands.add_parser("ps", help="list running models")
+    ps.set_defaults(run=running_models)
+
+    show = commands.add_parser("show", help="show information for a model")
+    show.add_argument("model")
+    for field in SHOW_FIELDS:
+        show.add_argument(f"--{field}", action="store_true", help=f"show the model's {field}")
+    show.set_defaults(run=show_model)
+
+    rm = commands.add_parser("rm", help="remove models")
+    rm.add_argument("models", nargs="+", metavar="MODEL")
+    rm.set_defaults(run=remove_models)
+
+    cp = commands.add_parser("cp", help="copy a model")
+    cp.add_argument("source")
+    cp.add_argument("destination")
+    cp.set_defaults(run=copy_model)
+
+    stop = commands.add_parser("stop", help="stop (unload) a running model")
+    stop.add_argument("model")
+    stop.set_defaults(run=stop_model)
+
+    create = commands.add_parser(
+        "create", help="create a model from a Hugging Face folder",
+        description="Create a model from a local Hugging Face LLaVA folder, or a tiny "
+        "random-weight one for tests (--tiny llava).",
+    )  # fmt: skip
+    create.add_argument("model")
+    source = create.add_mutually_exclusive_group(required=True)
+    source.add_argument("--from", dest="folder", metavar="PATH", help="a Hugging Face model folder")
+    source.add_argument("--tiny", choices=TINY_KINDS, help="a tiny model with random weights")
+    create.set_defaults(run=create_model)
+
+
+def client() -> Client:
+    from limner.client import Client
+
+    return Client()
+
+
+# --- list and ps ------------------------------------------------------------------------
+
+
+def list_models(args: argparse.Namespace) -> int:
+    rows = [
+        [m.name, m.digest.removeprefix("sha256:")[:12], human_bytes(m.size), human_time(m.modified_at)]
+        for m in client().list().models
+        if m.name.startswith(args.prefix)
+    ]
+    print(table(["NAME", "ID", "SIZE", "MODIFIED"], rows))
+    return 0
+
+
+def running_models(args: argparse.Namespace) -> int:
+    rows = []
+    for m in client().ps().models:
+        until = "Stopping..." if m.expires_at < now(m.expires_at) else human_time(m.expires_at)
+        rows.append([m.name, m.digest.removeprefix("sha256:")[:12], human_bytes(m.size),
+                     processor(m.size, m.size_vram), str(m.context_length or ""), until])  # fmt: skip
+    print(table(["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL"], rows))
+    return 0
+
+
+def processor(size: int, size_vram: int) -> str:
+    if size_vram == 0:
+        return "100% CPU"
+    if size_vram == size:
+        return "100% GPU"
+    if size_vram > size or size == 0:
+        return "Unknown"
+    cpu = round((size - size_vram) / size * 100)
+    return f"{cpu}%/{100 - cpu}% CPU/GPU"
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    """Left-aligned columns three spaces apart, with no trailing spaces."""
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = ["   ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in [header, *rows]]
+    return "\n".join(lines)
+
+
+def human_bytes(size: int) -> str:
+    """Ollama's format.HumanBytes: decimal units, one decimal below 10 unless whole."""
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if size >= scale:
+            value = size / scale
+            if value >= 10 or value == math.trunc(value):
+                return f"{int(value)} {unit}"
+            return f"{value:.1f} {unit}"
+    return f"{size} B"
+
+
+def now(reference: datetime) -> datetime:
+    return datetime.now(reference.tzinfo) if reference.tzinfo else datetime.now()
+
+
+def human_time(moment: datetime) -> str:
+    """`2 days ago`, `4 minutes from now`, or `Forever` beyond twenty years."""
+    seconds = (now(moment) - moment).total_seconds()
+    if seconds < -20 * 365 * 86400:
+        return "Forever"
+    if seconds < 0:
+        return f"{human_duration(-seconds)} from now"
+    return f"{human_duration(seconds)} ago"
+
+
+def human_duration(seconds: float) -> str:
+    """Ollama's format.humanDuration, unit by unit."""
+    if seconds < 1:
+        return "Less than a second"
+    if int(seconds) == 1:
+        return "1 second"
+    if seconds < 60:
+        return f"{int(seconds)} seconds"
+    minutes = int(seconds // 60)
+    if minutes == 1:
+        return "About a minute"
+    if minutes < 60:
+        return f"{minutes} minutes"
+    hours = round(seconds / 3600)
+    if hours == 1:
+        return "About an hour"
+    for limit, divisor, unit in ((48, 1, "hours"), (24 * 14, 24, "days"), (24 * 60, 24 * 7, "weeks"),
+                                 (24 * 730, 24 * 30, "months")):  # fmt: skip
+        if hours < limit:
+            return f"{hours // divisor} {unit}"
+    return f"{int(seconds // 3600) // 24 // 365} years"
+
+
+# --- show -------------------------------------------------------------------------------
+
+
+def show_model(args: argparse.Namespace) -> int:
+    chosen = [field for field in SHOW_FIELDS if getattr(args, field)]
+    if len(chosen) > 1:
+        print("Error: only one of '--license', '--modelfile', '--parameters', '--system', "
+              "or '--template' can be specified", file=sys.stderr)  # fmt: skip
+        return 1
+    info = client().show(args.model)
+    print(show_field(info, chosen[0]) if chosen else format_show(info))
+    return 0
+
+
+NO_FIELD = {
+    "license": "No license was specified for this model.",
+    "parameters": "No parameters were specified for this model.",
+    "system": "No system message was specified for this model.",
+    "template": "No prompt template was specified for this model.",
+}
+
+
+def show_field(info: ShowResponse, field: str) -> str:
+    value = getattr(info, field)
+    return str(value).rstrip("\n") if value else NO_FIELD.get(field, "")
+
+
+def format_show(info: ShowResponse) -> str:
+    """`ollama show`'s sections: Model, Projector, Capabilities, Parameters, System, License."""
+    sections = [
+        ("Model", model_rows(info)),
+        ("Projector", projector_rows(info)),
+        ("Capabilities", [[c] for c in info.capabilities]),
+        ("Parameters", [line.split(None, 1) for line in (info.parameters or "").splitlines() if line.strip()]),
+        ("System", head(info.system or "", 2)),
+        ("License", head(info.license or "", 2)),
+    ]
+    blocks = [f"  {title}\n" + _indent(table(_pad(rows), _pad(rows)[1:]) if rows else "")
+              for title, rows in sections if rows]  # fmt: skip
+    return "\n\n".join(blocks) + "\n"
+
+
+def _pad(rows: list[list[str]]) -> list[list[str]]:
+    width = max(len(row) for row in rows)
+    return [row + [""] * (width - len(row)) for row in rows]
+
+
+def _indent(text: str) -> str:
+    return "\n".join(f"    {line}".rstrip() for line in text.splitlines())
+
+
+def model_rows(info: ShowResponse) -> list[list[str]]:
+    mi = info.model_info
+    arch = str(mi.get("general.architecture") or info.details.family)
+    params = info.details.parameter_size or _human_count(mi.get("general.parameter_count"))
+    rows = [["architecture", arch], ["parameters", params]]
+    for key, label in (("context_length", "context length"), ("embedding_length", "embedding length")):
+        if f"{arch}.{key}" in mi:
+            rows.append([label, str(mi[f"{arch}.{key}"])])
+    rows.append(["quantization", info.details.quantization_level])
+    return rows
+
+
+def projector_rows(info: ShowResponse) -> list[list[str]]:
+    """LLaVA's vision tower, from the `<arch>.vision.*` keys of model_info."""
+    arch = str(info.model_info.get("general.architecture", ""))
+    labels = (("image_size", "image size"), ("patch_size", "patch size"),
+              ("image_tokens", "image tokens"), ("embedding_length", "embedding length"))  # fmt: skip
+    return [[label, str(info.model_info[f"{arch}.vision.{key}"])]
+            for key, label in labels if f"{arch}.vision.{key}" in info.model_info]  # fmt: skip
+
+
+def _human_count(value: Any) -> str:
+    if not isinstance(value, int | float):
+        return ""
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if value >= scale:
+            return f"{value / scale:.1f}".rstrip("0").rstrip(".") + unit
+    return str(int(value))
+
+
+def head(text: str, count: int) -> list[list[str]]:
+    """The first `count` non-empty lines, then `...` when there are more."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return [[line] for line in lines[:count]] + ([["..."]] if len(lines) > count else [])
+
+
+# --- rm, cp, stop -----------------------------------------------------------------------
+
+
+def remove_models(args: argparse.Namespace) -> int:
+    from limner.errors import LimnerError, NotFound
+
+    sdk = client()
+    for model in args.models:
+        try:
+            sdk.generate(model, keep_alive=0)  # unload first, as `ollama rm` does
+        except NotFound:
+            pass
+        except LimnerError:
+            print(f"Warning: unable to stop model '{model}'", file=sys.stderr)
+        sdk.delete(model)
+        print(f"deleted '{model}'")
+    return 0
+
+
+def copy_model(args: argparse.Namespace) -> int:
+    client().copy(args.source, args.destination)
+    print(f"copied '{args.source}' to '{args.destination}'")
+    return 0
+
+
+def stop_model(args: argparse.Namespace) -> int:
+    from limner.errors import LimnerError, NotFound
+
+    sdk = client()
+    try:
+        sdk.show(args.model)
+    except NotFound:
+        raise LimnerError(f'couldn\'t find model "{args.model}" to stop') from None
+    sdk.generate(args.model, keep_alive=0)
+    return 0
+
+
+# --- create -----------------------------------------------------------------------------
+
+
+def create_model(args: argparse.Namespace) -> int:
+    if args.tiny:
+        from limner.tiny import write_tiny_llava
+
+        with tempfile.TemporaryDirectory(prefix="limner-tiny-") as tmp:
+            print(f"writing a tiny {args.tiny} model with random weights")
+            folder = write_tiny_llava(Path(tmp), seed=0)
+            upload_folder(client(), args.model, folder)
+        return 0
+    folder = Path(args.folder).expanduser()
+    if not folder.is_dir():
+        from limner.errors import InvalidRequest
+
+        raise InvalidRequest(f"'{args.folder}' is not a folder; --from takes a Hugging Face model folder")
+    upload_folder(client(), args.model, folder)
+    return 0
+
+
+def upload_folder(sdk: Client, model: str, folder: Path, out: Any = None) -> None:
+    """Upload every file of `folder` (once per digest), then create `model` from them."""
+    out = out or sys.stdout
+    files = {}
+    for relname, path in folder_files(folder):
+        print(f"copying file {relname} ({human_bytes(path.stat().st_size)})", file=out, flush=True)
+        files[relname] = sdk.create_blob(path)
+    for status in _statuses(sdk.create(model, files=files, stream=True)):
+        print(status, file=out, flush=True)
+
+
+def _statuses(progress: Iterable[Any]) -> Iterator[str]:
+    for step in progress:
+        yield step.status
+
+
+def folder_files(folder: Path) -> list[tuple[str, Path]]:
+    """Regular files below `folder` as (relative posix name, path), hidden ones left out.
+
+    Symbolic links are followed: a Hugging Face cache snapshot is a folder of links.
+    """
+    found = []
+    for path in sorted(folder.rglob("*")):
+        relative = path.relative_to(folder)
+        if path.is_file() and not any(part.startswith(".") for part in relative.parts):
+            found.append((relative.as_posix(), path))
+    if not found:
+        from limner.errors import InvalidRequest
+
+        raise InvalidRequest(f"the folder '{folder}' holds no files")
+    return found

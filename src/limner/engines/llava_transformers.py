@@ -1,0 +1,492 @@
+"""LLaVA-1.5 / BakLLaVA chat on transformers (`LlavaForConditionalGeneration`), fp32 on CPU.
+
+This module knows nothing about HTTP or the store layout: it receives a folder in the llava-hf
+layout (config.json, model.safetensors, tokenizer and processor files, chat_template.jinja)
+and yields `Piece` steps as text streams out, then one `Done` with counts and durations.
+
+Generation is a hand-written token loop over a KV cache rather than `model.generate`, so that
+`cancelled()` is polled between tokens and sampling (Ollama's options, JSON mode) is ours:
+
+    engine = load(Path("tiny-llava"), Options())
+    for step in engine.chat([Message("user", "What is this?", [png])], Options(), lambda: False):
+        print(step)
+
+Counting follows the processor: one picture is 576 `<image>` tokens for a CLIP-336/14 tower
+(the CLS token is dropped by strategy "default"), and the prompt count includes them and BOS.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from PIL import Image
+from transformers import AutoProcessor, LlavaForConditionalGeneration
+from transformers.utils import logging as transformers_logging
+
+from limner.engines import ChatStep, Done, Message, Options, Piece
+from limner.errors import InvalidImage, InvalidRequest, TooLarge
+
+PICTURE_FORMATS = ("PNG", "JPEG", "WEBP")
+
+
+def load(folder: Path, options: Options) -> LlavaTransformers:
+    """Load the model and processor in `folder`; runtime options arrive with each chat."""
+    return LlavaTransformers(Path(folder))
+
+
+class LlavaTransformers:
+    """A loaded LLaVA model: `chat()` streams one answer at a time."""
+
+    def __init__(self, folder: Path) -> None:
+        # A runner's log is no terminal: no progress bars.
+        transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+        # from_pretrained leaves the model in eval mode (no dropout).
+        self.model = LlavaForConditionalGeneration.from_pretrained(
+            folder, local_files_only=True, dtype=torch.float32
+        )
+        self.processor = AutoProcessor.from_pretrained(folder, local_files_only=True)  # type: ignore[no-untyped-call]
+        self.tokenizer = self.processor.tokenizer
+        config = self.model.config
+        text_config = config.get_text_config()
+        self.image_token_id: int = config.image_token_index
+        self.context_length: int = text_config.max_position_embeddings
+        eos = self.model.generation_config.eos_token_id
+        eos = self.tokenizer.eos_token_id if eos is None else eos
+        self.eos_ids: set[int] = set(eos) if isinstance(eos, list) else {eos}
+        self.banned = self._banned_mask(text_config.vocab_size)
+        self._json_pieces: list[str | None] | None = None  # built on the first JSON request
+
+    def memory_bytes(self) -> int:
+        return sum(p.numel() * p.element_size() for p in self.model.parameters())
+
+    def chat(
+        self, messages: list[Message], options: Options, cancelled: Callable[[], bool]
+    ) -> Iterator[ChatStep]:
+        """Stream the assistant's answer to `messages`, then one `Done`."""
+        started = time.perf_counter_ns()
+        _check_options(options)
+        num_ctx = options.num_ctx or self.context_length
+
+        # 1. Prompt: the model's chat template, pictures decoded and preprocessed.
+        inputs = self._inputs(messages)
+        prompt_ids: list[int] = inputs["input_ids"][0].tolist()
+        prompt_count = len(prompt_ids)
+        image_tokens = prompt_ids.count(self.image_token_id)
+        if prompt_count > num_ctx:
+            raise InvalidRequest(
+                f"the prompt is {prompt_count} tokens ({image_tokens} for pictures) but the "
+                f"context window is {num_ctx}; shorten the conversation or raise num_ctx"
+            )
+
+        def done(reason: str, generated: list[int], prefilled: int, finished: int) -> Done:
+            return Done(
+                done_reason=reason,
+                prompt_eval_count=prompt_count,
+                eval_count=len(generated),
+                image_tokens=image_tokens,
+                prompt_eval_duration=prefilled - started,
+                eval_duration=finished - prefilled,
+            )
+
+        # Every token of the answer must fit both budgets; None means unlimited.
+        limit = num_ctx - prompt_count
+        if options.num_predict >= 0:
+            limit = min(limit, options.num_predict)
+        if limit == 0 or cancelled():
+            now = time.perf_counter_ns()
+            yield done("length" if limit == 0 else "stop", [], now, now)
+            return
+
+        # 2. Prefill: the whole prompt and the pictures, once; later steps reuse the cache.
+        with torch.inference_mode():
+            out = self.model(**inputs, use_cache=True, logits_to_keep=1)
+        prefilled = time.perf_counter_ns()
+
+        # 3. Decode one token at a time until a stop, the end-of-sequence token or a limit.
+        sampler = _Sampler(options, self.banned, num_ctx)
+        history = [t for t in prompt_ids if t != self.image_token_id]  # for repeat_penalty
+        text = _TextStream(self.tokenizer, options.stop)
+        grammar = _JsonGrammar(self._pieces_for_json()) if options.format == "json" else None
+        generated: list[int] = []
+        reason = "stop"
+        while True:
+            scores = sampler.scores(out.logits[0, -1], history)
+            if grammar is None:
+                token: int | None = sampler.pick(scores)
+            else:
+                token = grammar.pick(sampler.order(scores), budget=limit - len(generated) - 1)
+            if token is None or token in self.eos_ids:
+                break
+            generated.append(token)
+            history.append(token)
+            piece, hit_stop = text.update(generated)
+            if piece:
+                yield Piece(piece)
+            if hit_stop or (grammar is not None and grammar.complete):
+                break
+            if len(generated) >= limit:
+                reason = "length"
+                break
+            if cancelled():
+                break
+            with torch.inference_mode():
+                out = self.model(input_ids=torch.tensor([[token]]), cache=out.cache, use_cache=True)
+
+        # 4. Text held back for a possible stop string or a partial character is real output.
+        rest = text.flush()
+        if rest:
+            yield Piece(rest)
+        yield done(reason, generated, prefilled, time.perf_counter_ns())
+
+    def _inputs(self, messages: list[Message]) -> Any:
+        if not messages:
+            raise InvalidRequest("a chat needs at least one message")
+        conversation = []
+        pictures: list[Image.Image] = []
+        for message in messages:
+            if self.processor.image_token in message.content:
+                raise InvalidRequest(
+                    f"message text may not contain {self.processor.image_token!r}; "
+                    "attach pictures through the message's images instead"
+                )
+            # llava-hf templates render a turn's pictures first, then its text.
+            parts: list[dict[str, str]] = [{"type": "image"} for _ in message.images]
+            parts.append({"type": "text", "text": message.content})
+            conversation.append({"role": message.role, "content": parts})
+            pictures += [_open_picture(data, len(pictures) + 1) for data in message.images]
+        prompt = self.processor.apply_chat_template(
+            conversation, add_generation_prompt=True, tokenize=False
+        )
+        return self.processor(text=prompt, images=pictures or None, return_tensors="pt")
+
+    def _banned_mask(self, rows: int) -> torch.Tensor:
+        # Ids the model may score but must never emit: padded-vocab rows past the tokenizer
+        # (random and fine-tuned models do pick them), picture placeholders, <pad>, <s>, <unk>.
+        banned = set(range(len(self.tokenizer), rows)) | {self.image_token_id}
+        banned |= set(self.tokenizer.all_special_ids) - self.eos_ids
+        mask = torch.zeros(rows)
+        mask[sorted(i for i in banned if i < rows)] = float("-inf")
+        return mask
+
+    def _pieces_for_json(self) -> list[str | None]:
+        # The text each token adds mid-answer, found by decoding it after an anchor (this
+        # keeps its leading space). Tokens that add nothing or a partial character are None.
+        if self._json_pieces is None:
+            anchor = self.tokenizer.encode("a", add_special_tokens=False)
+            prefix = self.tokenizer.decode(anchor)
+            texts = self.tokenizer.batch_decode(
+                [[*anchor, i] for i in range(len(self.tokenizer))], skip_special_tokens=True
+            )
+            self._json_pieces = [
+                t[len(prefix) :] if len(t) > len(prefix) and "\ufffd" not in t else None
+                for t in texts
+            ]
+        return self._json_pieces
+
+
+def _check_options(options: Options) -> None:
+    if options.format not in ("", "json"):
+        raise InvalidRequest(f'format must be "" or "json", not {options.format!r}')
+    if options.num_ctx < 0:
+        raise InvalidRequest(
+            f"num_ctx must be 0 (the model's own) or positive, not {options.num_ctx}"
+        )
+
+
+def _open_picture(data: bytes, number: int) -> Image.Image:
+    """Decode one picture to RGB, or say which picture is wrong and what is accepted."""
+    try:
+        with Image.open(io.BytesIO(data), formats=PICTURE_FORMATS) as picture:
+            picture.load()
+            # Palette transparency must go through RGBA, or Pillow warns and guesses.
+            if picture.mode == "P" and "transparency" in picture.info:
+                return picture.convert("RGBA").convert("RGB")
+            return picture.convert("RGB")
+    except Image.DecompressionBombError as error:
+        raise TooLarge(f"picture {number} is too large to decode: {error}") from error
+    except (OSError, ValueError, SyntaxError) as error:
+        raise InvalidImage(
+            f"picture {number} could not be decoded ({error}); send PNG, JPEG or WebP files"
+        ) from error
+
+
+class _Sampler:
+    """Ollama's sampling options over one step's logits (llama.cpp's order: penalties,
+    top_k, top_p, min_p, then temperature). Temperature 0 is greedy."""
+
+    def __init__(self, options: Options, banned: torch.Tensor, num_ctx: int) -> None:
+        self.options = options
+        self.banned = banned
+        self.last_n = num_ctx if options.repeat_last_n == -1 else max(options.repeat_last_n, 0)
+        self.generator = torch.Generator()
+        if options.seed >= 0:
+            self.generator.manual_seed(options.seed)
+        else:
+            self.generator.seed()
+
+    def scores(self, logits: torch.Tensor, history: list[int]) -> torch.Tensor:
+        """Logits with banned ids at -inf and the repeat penalty applied."""
+        scores = logits.float() + self.banned
+        penalty = self.options.repeat_penalty
+        if penalty != 1.0 and self.last_n > 0 and history:
+            seen = torch.tensor(sorted(set(history[-self.last_n :])))
+            picked = scores[seen]
+            scores[seen] = torch.where(picked > 0, picked / penalty, picked * penalty)
+        return scores
+
+    def pick(self, scores: torch.Tensor) -> int:
+        return int(torch.argmax(self._keys(scores)))
+
+    def order(self, scores: torch.Tensor) -> Iterator[int]:
+        """Every allowed id, most wanted first: the sampling order, then the filtered-out
+        ids by score (for the JSON grammar, which may refuse all sampled candidates)."""
+        keys = self._keys(scores)
+        sampled = torch.isfinite(keys)
+        yield from _ranked(keys, sampled)
+        yield from _ranked(scores, torch.isfinite(scores) & ~sampled)
+
+    def _keys(self, scores: torch.Tensor) -> torch.Tensor:
+        # Greedy ranks by score. Sampling ranks by log p + Gumbel noise: the first key is a
+        # draw from p, and the order is a draw without replacement (the Gumbel-max trick).
+        if self.options.temperature <= 0:
+            return scores
+        kept = self._filter(scores)
+        noise = torch.empty_like(kept).exponential_(generator=self.generator)
+        return kept / self.options.temperature - torch.log(noise)
+
+    def _filter(self, scores: torch.Tensor) -> torch.Tensor:
+        top_k, top_p, min_p = self.options.top_k, self.options.top_p, self.options.min_p
+        if 0 < top_k < scores.numel():
+            kth = torch.topk(scores, top_k).values[-1]
+            scores = scores.masked_fill(scores < kth, float("-inf"))
+        probs = torch.softmax(scores, dim=-1)
+        if 0 < top_p < 1:
+            # Keep the smallest set of best tokens whose probability reaches top_p.
+            sorted_probs, ids = torch.sort(probs, descending=True)
+            before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
+            scores = scores.clone()
+            scores[ids[before >= top_p]] = float("-inf")
+        if min_p > 0:
+            scores = scores.masked_fill(probs < min_p * probs.max(), float("-inf"))
+        return scores
+
+
+def _ranked(values: torch.Tensor, where: torch.Tensor) -> Iterator[int]:
+    ids = torch.nonzero(where).flatten()
+    yield from ids[torch.argsort(values[ids], descending=True, stable=True)].tolist()
+
+
+class _TextStream:
+    """Generated ids to text deltas. Holds back a trailing partial UTF-8 character (U+FFFD
+    while its bytes are incomplete) and any tail that could be the start of a stop string."""
+
+    def __init__(self, tokenizer: Any, stops: list[str]) -> None:
+        self.tokenizer = tokenizer
+        self.stops = [s for s in stops if s]
+        self.text = ""
+        self.sent = 0  # characters of self.text already emitted
+
+    def update(self, ids: list[int]) -> tuple[str, bool]:
+        """The new text to emit, and whether a stop string ended the answer."""
+        # Decoding every id again keeps the tokenizer's own joining rules (spaces, bytes).
+        self.text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        stable = self.text.rstrip("\ufffd")
+        hits = [i for i in (stable.find(s, self.sent) for s in self.stops) if i >= 0]
+        if hits:
+            end = min(hits)
+            piece = stable[self.sent : end]
+            self.text, self.sent = stable[:end], end  # the stop string is never emitted
+            return piece, True
+        end = max(self.sent, len(stable) - self._stop_prefix(stable))
+        piece, self.sent = stable[self.sent : end], end
+        return piece, False
+
+    def flush(self) -> str:
+        piece, self.sent = self.text[self.sent :], len(self.text)
+        return piece
+
+    def _stop_prefix(self, text: str) -> int:
+        # Length of the longest tail of `text` that begins some stop string.
+        return max(
+            (k for s in self.stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0
+        )
+
+
+class _JsonState(NamedTuple):
+    mode: str  # see _JsonGrammar.step
+    stack: str = ""  # open containers, "{" or "["
+    key: bool = False  # the string being read is an object key
+    left: int = 0  # hex digits left in a \\u escape
+    rest: str = ""  # letters left in true/false/null
+    spaces: int = 0  # whitespace run outside strings
+
+
+_START = _JsonState("start")
+_SPACES = " \t\n\r"
+_MAX_SPACES = 20  # as llama.cpp's json.gbnf bounds whitespace: a model must not idle forever
+_LITERALS = {"t": "rue", "f": "alse", "n": "ull"}
+_ESCAPES = '"\\/bfnrt'
+_HEX = "0123456789abcdefABCDEF"
+# Characters that finish each open mode most briefly (before closing the open containers).
+_CLOSING = {"start": "{}", "key": '"":0', "colon": ":0", "value": "0", "sign": "0", "dot": "0"}
+_CLOSING |= {"exp": "0", "expsign": "0"}
+# RFC 8259 numbers, -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?, as (mode, class) -> mode;
+# classes: "0", "1" (any of 1-9), "e" (e or E), and the character itself otherwise.
+_NUMBER = {
+    ("sign", "0"): "zero",
+    ("sign", "1"): "int",
+    ("zero", "."): "dot",
+    ("zero", "e"): "exp",
+    ("int", "0"): "int",
+    ("int", "1"): "int",
+    ("int", "."): "dot",
+    ("int", "e"): "exp",
+    ("dot", "0"): "frac",
+    ("dot", "1"): "frac",
+    ("frac", "0"): "frac",
+    ("frac", "1"): "frac",
+    ("frac", "e"): "exp",
+    ("exp", "+"): "expsign",
+    ("exp", "-"): "expsign",
+    ("exp", "0"): "expdig",
+    ("exp", "1"): "expdig",
+    ("expsign", "0"): "expdig",
+    ("expsign", "1"): "expdig",
+    ("expdig", "0"): "expdig",
+    ("expdig", "1"): "expdig",
+}
+_NUMBER_ENDS = {"zero", "int", "frac", "expdig"}
+
+
+def _char_class(c: str) -> str:
+    return "1" if c in "123456789" else "e" if c in "eE" else c
+
+
+class _JsonGrammar:
+    """Constrains an answer to one JSON object (the root Ollama's format "json" allows).
+
+    Each step takes the first candidate whose text keeps the answer a valid JSON prefix and
+    leaves enough budget to close it, so a limited answer still ends as complete JSON: the
+    budget rule relies on one-character tokens for `"`, `:`, `0`, `}` and `]`, which every
+    byte-fallback vocabulary has.
+    """
+
+    def __init__(self, pieces: list[str | None]) -> None:
+        self.pieces = pieces
+        self.state = _START
+
+    @property
+    def complete(self) -> bool:
+        return self.state.mode == "done"
+
+    def pick(self, candidates: Iterator[int], budget: int) -> int | None:
+        """The first acceptable candidate; `budget` is how many tokens may follow it."""
+        for token in candidates:
+            piece = self.pieces[token] if token < len(self.pieces) else None
+            state = self.feed(self.state, piece) if piece else None
+            if state is not None and len(self.closing(state)) <= budget:
+                self.state = state
+                return token
+        return None
+
+    @classmethod
+    def feed(cls, state: _JsonState | None, text: str) -> _JsonState | None:
+        for char in text:
+            if state is None:
+                return None
+            state = cls.step(state, char)
+        return state
+
+    @staticmethod
+    def closing(state: _JsonState) -> str:
+        """The shortest text that completes the JSON value from `state`."""
+        mode = state.mode
+        if mode in ("string", "escape", "hex"):
+            end = '"' + (":0" if state.key else "")
+            head = "n" if mode == "escape" else "0" * state.left if mode == "hex" else ""
+            tail = head + end
+        elif mode == "literal":
+            tail = state.rest
+        else:
+            tail = _CLOSING.get(mode, "")
+        return tail + "".join("}" if c == "{" else "]" for c in reversed(state.stack))
+
+    @classmethod
+    def step(cls, s: _JsonState, c: str) -> _JsonState | None:
+        """One character. Modes: start, object (after "{"), key (after "," in an object),
+        colon, value, array (after "["), after (a value ended), string, escape, hex,
+        literal, the number modes (sign, zero, int, dot, frac, exp, expsign, expdig), done."""
+        mode = s.mode
+        if mode == "string":
+            if c == '"':
+                return s._replace(mode="colon" if s.key else "after", spaces=0)
+            if c == "\\":
+                return s._replace(mode="escape")
+            return None if ord(c) < 0x20 else s
+        if mode == "escape":
+            if c == "u":
+                return s._replace(mode="hex", left=4)
+            return s._replace(mode="string") if c in _ESCAPES else None
+        if mode == "hex":
+            if c not in _HEX:
+                return None
+            return s._replace(mode="hex" if s.left > 1 else "string", left=s.left - 1)
+        if mode == "literal":
+            if c != s.rest[0]:
+                return None
+            return s._replace(mode="literal" if len(s.rest) > 1 else "after", rest=s.rest[1:])
+        if mode in ("sign", "zero", "int", "dot", "frac", "exp", "expsign", "expdig"):
+            return cls._number(s, c)
+        if mode == "done":
+            return None
+        if c in _SPACES:
+            return s._replace(spaces=s.spaces + 1) if s.spaces < _MAX_SPACES else None
+        s = s._replace(spaces=0)
+        if mode == "start":
+            return s._replace(mode="object", stack="{") if c == "{" else None
+        if mode in ("object", "key"):
+            if c == '"':
+                return s._replace(mode="string", key=True)
+            return cls._close(s) if c == "}" and mode == "object" else None
+        if mode == "colon":
+            return s._replace(mode="value") if c == ":" else None
+        if mode == "array" and c == "]":
+            return cls._close(s)
+        if mode in ("value", "array"):
+            return cls._value(s, c)
+        # mode == "after": a separator or the bracket that closes the innermost container
+        top = s.stack[-1]
+        if c == ",":
+            return s._replace(mode="key" if top == "{" else "value")
+        return cls._close(s) if c == ("}" if top == "{" else "]") else None
+
+    @staticmethod
+    def _value(s: _JsonState, c: str) -> _JsonState | None:
+        if c in "{[":
+            return s._replace(mode="object" if c == "{" else "array", stack=s.stack + c)
+        if c == '"':
+            return s._replace(mode="string", key=False)
+        if c in _LITERALS:
+            return s._replace(mode="literal", rest=_LITERALS[c])
+        if c == "-":
+            return s._replace(mode="sign")
+        nxt = _NUMBER.get(("sign", _char_class(c)))  # digits start a number as after "-"
+        return s._replace(mode=nxt) if nxt else None
+
+    @classmethod
+    def _number(cls, s: _JsonState, c: str) -> _JsonState | None:
+        nxt = _NUMBER.get((s.mode, _char_class(c)))
+        if nxt is not None:
+            return s._replace(mode=nxt)
+        # A complete number ends at the first character that cannot extend it.
+        return cls.step(s._replace(mode="after"), c) if s.mode in _NUMBER_ENDS else None
+
+    @staticmethod
+    def _close(s: _JsonState) -> _JsonState:
+        stack = s.stack[:-1]
+        return s._replace(mode="after" if stack else "done", stack=stack)
