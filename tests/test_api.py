@@ -177,7 +177,8 @@ def test_a_full_queue_answers_503(store: Store, make_server: Any) -> None:
     server = make_server(max_queue=1)
     url = f"{server.url}/api/generate"
     with httpx.stream("POST", url, json={"model": "slow", "prompt": "SLOW"}, timeout=30) as first:
-        next(first.iter_lines())  # the runner is busy with a 10 s answer
+        lines_ = first.iter_lines()  # kept: a collected iterator closes the connection
+        next(lines_)  # the runner is busy with a 10 s answer
         queued = threading.Thread(target=httpx.post, args=(url,), kwargs={"json": {"model": "slow", "prompt": "q"}, "timeout": 30})
         queued.start()
         wait_until(lambda: server.scheduler._pending == 1)

@@ -104,10 +104,15 @@ def processor(size: int, size_vram: int) -> str:
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:
-    """Left-aligned columns three spaces apart, with no trailing spaces."""
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    lines = ["   ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in [header, *rows]]
-    return "\n".join(lines)
+    return columns([header, *rows])
+
+
+def columns(rows: list[list[str]]) -> str:
+    """Left-aligned columns four spaces apart (as Ollama's tables), no trailing spaces."""
+    width = max(len(row) for row in rows)
+    rows = [row + [""] * (width - len(row)) for row in rows]
+    widths = [max(len(row[i]) for row in rows) for i in range(width)]
+    return "\n".join("    ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows)
 
 
 def human_bytes(size: int) -> str:
@@ -195,14 +200,8 @@ def format_show(info: ShowResponse) -> str:
         ("System", head(info.system or "", 2)),
         ("License", head(info.license or "", 2)),
     ]
-    blocks = [f"  {title}\n" + _indent(table(_pad(rows), _pad(rows)[1:]) if rows else "")
-              for title, rows in sections if rows]  # fmt: skip
+    blocks = [f"  {title}\n{_indent(columns(rows))}" for title, rows in sections if rows]
     return "\n\n".join(blocks) + "\n"
-
-
-def _pad(rows: list[list[str]]) -> list[list[str]]:
-    width = max(len(row) for row in rows)
-    return [row + [""] * (width - len(row)) for row in rows]
 
 
 def _indent(text: str) -> str:
