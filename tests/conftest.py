@@ -107,3 +107,8 @@ def make_server(store: Store) -> Iterator[Any]:
 @pytest.fixture
 def server(make_server: Any) -> Any:
     return make_server()
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
