@@ -18,11 +18,11 @@ from PIL import Image
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-from limner.scheduler import Scheduler  # noqa: E402
-from limner.server.app import create_app  # noqa: E402
-from limner.store import Store  # noqa: E402
-from limner.store.create import create  # noqa: E402
-from limner.types import CreateRequest  # noqa: E402
+from limner.scheduler import Scheduler
+from limner.server.app import create_app
+from limner.store import Store
+from limner.store.create import create
+from limner.types import CreateRequest
 
 
 @pytest.fixture(autouse=True)
@@ -47,7 +47,9 @@ def add_model(store: Store, name: str, files: dict[str, bytes]) -> None:
 
 def add_fake(store: Store, name: str = "fake", **config: Any) -> None:
     """A model served by the scripted fake engine (see limner/engines/fake.py)."""
-    add_model(store, name, {"config.json": json.dumps({"model_type": "limner-fake", **config}).encode()})
+    add_model(
+        store, name, {"config.json": json.dumps({"model_type": "limner-fake", **config}).encode()}
+    )
 
 
 def picture(fmt: str = "PNG", size: tuple[int, int] = (64, 48), color: str = "red") -> bytes:
@@ -71,7 +73,9 @@ class ThreadServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         app = create_app(scheduler.store, scheduler)
-        self.server = uvicorn.Server(uvicorn.Config(app, port=self.port, log_level="warning", timeout_graceful_shutdown=2))
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, port=self.port, log_level="warning", timeout_graceful_shutdown=2)
+        )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self) -> ThreadServer:

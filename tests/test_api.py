@@ -49,10 +49,20 @@ def test_root_and_version_answer_like_ollama(api: httpx.Client) -> None:
 
 
 def test_chat_streams_ndjson_by_default_and_ends_with_done(api: httpx.Client) -> None:
-    chunks = lines(api.post("/api/chat", json={"model": "fake", "messages": [{"role": "user", "content": "hi there", "images": [b64(picture())]}]}))
+    chunks = lines(
+        api.post(
+            "/api/chat",
+            json={
+                "model": "fake",
+                "messages": [{"role": "user", "content": "hi there", "images": [b64(picture())]}],
+            },
+        )
+    )
     assert all(c["message"]["role"] == "assistant" for c in chunks)
     assert [c["done"] for c in chunks] == [False] * (len(chunks) - 1) + [True]
-    assert "".join(c["message"]["content"] for c in chunks) == "I see 1 picture(s). You said: hi there"
+    assert (
+        "".join(c["message"]["content"] for c in chunks) == "I see 1 picture(s). You said: hi there"
+    )
     final = chunks[-1]
     assert final["done_reason"] == "stop" and final["prompt_eval_count"] == 576 + 2
     assert final["image_tokens"] == 576 and final["eval_count"] == 5
@@ -71,13 +81,22 @@ def test_options_stop_and_num_predict_reach_the_engine(api: httpx.Client) -> Non
     short = api.post("/api/generate", json={**body, "options": {"num_predict": 2}}).json()
     assert short["response"] == "I see 0 picture(s). You" and short["done_reason"] == "length"
     stopped = api.post("/api/generate", json={**body, "options": {"stop": [" c"]}}).json()
-    assert stopped["response"] == "I see 0 picture(s). You said: a b" and stopped["done_reason"] == "stop"
+    assert (
+        stopped["response"] == "I see 0 picture(s). You said: a b"
+        and stopped["done_reason"] == "stop"
+    )
 
 
 def test_unknown_fields_and_null_options_are_ignored(api: httpx.Client) -> None:
-    reply = api.post("/api/generate", json={"model": "fake", "prompt": "x", "stream": False, "options": None, "surprise": 1})
+    reply = api.post(
+        "/api/generate",
+        json={"model": "fake", "prompt": "x", "stream": False, "options": None, "surprise": 1},
+    )
     assert reply.status_code == 200
-    reply = api.post("/api/generate", json={"model": "fake", "prompt": "x", "stream": False, "options": {"mirostat": 2}})
+    reply = api.post(
+        "/api/generate",
+        json={"model": "fake", "prompt": "x", "stream": False, "options": {"mirostat": 2}},
+    )
     assert reply.status_code == 200
 
 
@@ -86,12 +105,19 @@ def test_empty_prompt_loads_and_keep_alive_zero_unloads(api: httpx.Client, serve
     assert loaded["done_reason"] == "load" and loaded["response"] == ""
     assert [m["name"] for m in api.get("/api/ps").json()["models"]] == ["fake:latest"]
     unloaded = api.post("/api/chat", json={"model": "fake", "messages": [], "keep_alive": 0}).json()
-    assert unloaded["done_reason"] == "unload" and unloaded["message"] == {"role": "assistant", "content": ""}
+    assert unloaded["done_reason"] == "unload" and unloaded["message"] == {
+        "role": "assistant",
+        "content": "",
+    }
     assert api.get("/api/ps").json() == {"models": []}
 
 
-@pytest.mark.parametrize(("keep_alive", "seconds"), [("5m", 300), ("1h30m", 5400), (120, 120), (1.5, 1.5)])
-def test_keep_alive_takes_numbers_and_go_durations(api: httpx.Client, keep_alive: Any, seconds: float) -> None:
+@pytest.mark.parametrize(
+    ("keep_alive", "seconds"), [("5m", 300), ("1h30m", 5400), (120, 120), (1.5, 1.5)]
+)
+def test_keep_alive_takes_numbers_and_go_durations(
+    api: httpx.Client, keep_alive: Any, seconds: float
+) -> None:
     api.post("/api/generate", json={"model": "fake", "keep_alive": keep_alive})
     [model] = api.get("/api/ps").json()["models"]
     expires = __import__("datetime").datetime.fromisoformat(model["expires_at"]).timestamp()
@@ -112,22 +138,100 @@ BAD_REQUESTS = [
     ("POST", "/api/chat", {"model": "fake", "messages": "hello"}, 400, "messages"),
     ("POST", "/api/chat", {"model": "fake", "messages": [{"content": "no role"}]}, 400, "role"),
     ("POST", "/api/chat", {"messages": []}, 400, "model is required"),
-    ("POST", "/api/generate", {"model": "fake", "prompt": "x", "images": ["data:image/png;base64,AAAA"]}, 400, "base64"),
-    ("POST", "/api/generate", {"model": "fake", "prompt": "x", "images": [b64(b"just some text, not a picture")]}, 400, "not a picture"),
-    ("POST", "/api/generate", {"model": "fake", "prompt": "x", "images": [b64(picture()[:60])]}, 400, "truncated"),
-    ("POST", "/api/generate", {"model": "fake", "prompt": "x", "images": [b64(picture("GIF"))]}, 400, "GIF"),
-    ("POST", "/api/generate", {"model": "fake", "prompt": "x", "options": {"temperature": "hot"}}, 400, 'option "temperature"'),
-    ("POST", "/api/generate", {"model": "fake", "prompt": "x", "format": "yaml"}, 400, "invalid format"),
-    ("POST", "/api/generate", {"model": "fake", "prompt": "x", "keep_alive": "3600"}, 400, "missing unit"),
-    ("POST", "/api/generate", {"model": "nothere", "prompt": "x"}, 404, "model 'nothere' not found"),
-    ("POST", "/api/generate", {"model": "../../etc/passwd", "prompt": "x"}, 400, "invalid model name"),
+    (
+        "POST",
+        "/api/generate",
+        {"model": "fake", "prompt": "x", "images": ["data:image/png;base64,AAAA"]},
+        400,
+        "base64",
+    ),
+    (
+        "POST",
+        "/api/generate",
+        {"model": "fake", "prompt": "x", "images": [b64(b"just some text, not a picture")]},
+        400,
+        "not a picture",
+    ),
+    (
+        "POST",
+        "/api/generate",
+        {"model": "fake", "prompt": "x", "images": [b64(picture()[:60])]},
+        400,
+        "truncated",
+    ),
+    (
+        "POST",
+        "/api/generate",
+        {"model": "fake", "prompt": "x", "images": [b64(picture("GIF"))]},
+        400,
+        "GIF",
+    ),
+    (
+        "POST",
+        "/api/generate",
+        {"model": "fake", "prompt": "x", "options": {"temperature": "hot"}},
+        400,
+        'option "temperature"',
+    ),
+    (
+        "POST",
+        "/api/generate",
+        {"model": "fake", "prompt": "x", "format": "yaml"},
+        400,
+        "invalid format",
+    ),
+    (
+        "POST",
+        "/api/generate",
+        {"model": "fake", "prompt": "x", "keep_alive": "3600"},
+        400,
+        "missing unit",
+    ),
+    (
+        "POST",
+        "/api/generate",
+        {"model": "nothere", "prompt": "x"},
+        404,
+        "model 'nothere' not found",
+    ),
+    (
+        "POST",
+        "/api/generate",
+        {"model": "../../etc/passwd", "prompt": "x"},
+        400,
+        "invalid model name",
+    ),
     ("POST", "/api/show", {"model": "nothere"}, 404, "model 'nothere:latest' not found"),
-    ("POST", "/api/copy", {"source": "nothere", "destination": "x"}, 404, 'model "nothere" not found'),
-    ("POST", "/api/copy", {"source": "fake", "destination": "../x"}, 400, 'destination "../x" is invalid'),
+    (
+        "POST",
+        "/api/copy",
+        {"source": "nothere", "destination": "x"},
+        404,
+        'model "nothere" not found',
+    ),
+    (
+        "POST",
+        "/api/copy",
+        {"source": "fake", "destination": "../x"},
+        400,
+        'destination "../x" is invalid',
+    ),
     ("DELETE", "/api/delete", {"model": "nothere"}, 404, "model 'nothere' not found"),
     ("POST", "/api/create", {"model": "m"}, 400, "neither 'from' or 'files'"),
-    ("POST", "/api/create", {"model": "m", "files": {"../x": "sha256:" + "0" * 64}}, 400, "relative"),
-    ("POST", "/api/create", {"model": "m", "files": {"config.json": "sha256:zz"}}, 400, "invalid digest"),
+    (
+        "POST",
+        "/api/create",
+        {"model": "m", "files": {"../x": "sha256:" + "0" * 64}},
+        400,
+        "relative",
+    ),
+    (
+        "POST",
+        "/api/create",
+        {"model": "m", "files": {"config.json": "sha256:zz"}},
+        400,
+        "invalid digest",
+    ),
     ("HEAD", "/api/blobs/sha256:nothex", None, 400, None),
     ("POST", "/api/blobs/sha256:" + "0" * 64, b"other bytes", 400, "digest mismatch"),
     ("GET", "/api/nothing", None, 404, "404 page not found"),
@@ -137,28 +241,47 @@ BAD_REQUESTS = [
 
 @pytest.mark.parametrize(("method", "path", "body", "status", "message"), BAD_REQUESTS)
 def test_bad_input_gets_a_4xx_json_error_and_changes_nothing(
-    api: httpx.Client, store: Store, method: str, path: str, body: Any, status: int, message: str | None
+    api: httpx.Client,
+    store: Store,
+    method: str,
+    path: str,
+    body: Any,
+    status: int,
+    message: str | None,
 ) -> None:
     before = store.blobs.digests()
-    kwargs = {"content": body} if isinstance(body, bytes) else {"json": body} if body is not None else {}
+    kwargs = (
+        {"content": body} if isinstance(body, bytes) else {"json": body} if body is not None else {}
+    )
     reply = api.request(method, path, **kwargs)
     assert reply.status_code == status
     if method != "HEAD":
         assert message in reply.json()["error"]
         assert "Traceback" not in reply.text
     assert nothing_written(store, before)
-    assert api.post("/api/generate", json={"model": "fake", "prompt": "still ok", "stream": False}).status_code == 200
+    assert (
+        api.post(
+            "/api/generate", json={"model": "fake", "prompt": "still ok", "stream": False}
+        ).status_code
+        == 200
+    )
 
 
-def test_a_decompression_bomb_is_refused_before_decoding(api: httpx.Client, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_decompression_bomb_is_refused_before_decoding(
+    api: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("LIMNER_MAX_IMAGE_PIXELS", "1000000")
     buffer = io.BytesIO()
     Image.new("1", (5000, 5000)).save(buffer, format="PNG")  # ~3 KB on the wire, 25 M pixels
-    reply = api.post("/api/generate", json={"model": "fake", "prompt": "x", "images": [b64(buffer.getvalue())]})
+    reply = api.post(
+        "/api/generate", json={"model": "fake", "prompt": "x", "images": [b64(buffer.getvalue())]}
+    )
     assert reply.status_code == 413 and "LIMNER_MAX_IMAGE_PIXELS" in reply.json()["error"]
 
 
-def test_a_body_over_the_limit_gets_413(store: Store, make_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_body_over_the_limit_gets_413(
+    store: Store, make_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("LIMNER_MAX_BODY_BYTES", "1000")
     add_fake(store, "fake")
     server = make_server()
@@ -179,12 +302,18 @@ def test_a_full_queue_answers_503(store: Store, make_server: Any) -> None:
     with httpx.stream("POST", url, json={"model": "slow", "prompt": "SLOW"}, timeout=30) as first:
         lines_ = first.iter_lines()  # kept: a collected iterator closes the connection
         next(lines_)  # the runner is busy with a 10 s answer
-        queued = threading.Thread(target=httpx.post, args=(url,), kwargs={"json": {"model": "slow", "prompt": "q"}, "timeout": 30})
+        queued = threading.Thread(
+            target=httpx.post,
+            args=(url,),
+            kwargs={"json": {"model": "slow", "prompt": "q"}, "timeout": 30},
+        )
         queued.start()
         wait_until(lambda: server.scheduler._pending == 1)
         reply = httpx.post(url, json={"model": "slow", "prompt": "x", "stream": False})
     assert reply.status_code == 503
-    assert reply.json()["error"] == "server busy, please try again.  maximum pending requests exceeded"
+    assert (
+        reply.json()["error"] == "server busy, please try again.  maximum pending requests exceeded"
+    )
     queued.join(30)
 
 
@@ -198,15 +327,23 @@ def wait_until(condition: Any, within: float = 10.0) -> None:
 def test_a_client_that_disconnects_stops_its_generation(store: Store, make_server: Any) -> None:
     add_fake(store, "slow", token_delay=0.2)
     server = make_server()
-    with httpx.stream("POST", f"{server.url}/api/generate", json={"model": "slow", "prompt": "SLOW"}) as stream:
+    with httpx.stream(
+        "POST", f"{server.url}/api/generate", json={"model": "slow", "prompt": "SLOW"}
+    ) as stream:
         next(stream.iter_lines())
     started = time.monotonic()
-    reply = httpx.post(f"{server.url}/api/generate", json={"model": "slow", "prompt": "after", "stream": False}, timeout=30)
+    reply = httpx.post(
+        f"{server.url}/api/generate",
+        json={"model": "slow", "prompt": "after", "stream": False},
+        timeout=30,
+    )
     assert reply.json()["response"].endswith("after")
     assert time.monotonic() - started < 3  # the 100-word answer (20 s) was stopped
 
 
-def test_a_runner_crash_mid_stream_is_an_error_line_then_the_next_request_works(api: httpx.Client) -> None:
+def test_a_runner_crash_mid_stream_is_an_error_line_then_the_next_request_works(
+    api: httpx.Client,
+) -> None:
     chunks = lines(api.post("/api/generate", json={"model": "fake", "prompt": "CRASH now"}))
     assert chunks[0]["response"] and "error" in chunks[-1]
     assert "stopped unexpectedly" in chunks[-1]["error"]
@@ -221,19 +358,38 @@ def test_blob_upload_then_create_registers_a_model(api: httpx.Client, store: Sto
     assert api.post(f"/api/blobs/{digest}", content=config).status_code == 201
     assert api.post(f"/api/blobs/{digest}", content=config).status_code == 200
     assert api.head(f"/api/blobs/{digest}").status_code == 200
-    progress = lines(api.post("/api/create", json={"model": "made", "files": {"config.json": digest}, "system": "Be kind.", "parameters": {"num_predict": 3}}))
+    progress = lines(
+        api.post(
+            "/api/create",
+            json={
+                "model": "made",
+                "files": {"config.json": digest},
+                "system": "Be kind.",
+                "parameters": {"num_predict": 3},
+            },
+        )
+    )
     assert progress[-1] == {"status": "success"}
     shown = api.post("/api/show", json={"model": "made"}).json()
     assert shown["system"] == "Be kind." and "num_predict" in shown["parameters"]
     assert shown["model_info"]["general.architecture"] == "fake"
-    reply = api.post("/api/generate", json={"model": "made", "prompt": "a b c d", "stream": False}).json()
+    reply = api.post(
+        "/api/generate", json={"model": "made", "prompt": "a b c d", "stream": False}
+    ).json()
     assert reply["eval_count"] == 3
 
 
 def test_copy_and_delete(api: httpx.Client) -> None:
-    assert api.post("/api/copy", json={"source": "fake", "destination": "other:v1"}).status_code == 200
+    assert (
+        api.post("/api/copy", json={"source": "fake", "destination": "other:v1"}).status_code == 200
+    )
     names = [m["name"] for m in api.get("/api/tags").json()["models"]]
     assert sorted(names) == ["fake:latest", "other:v1"]
     assert api.request("DELETE", "/api/delete", json={"model": "fake"}).status_code == 200
     assert [m["name"] for m in api.get("/api/tags").json()["models"]] == ["other:v1"]
-    assert api.post("/api/generate", json={"model": "other:v1", "prompt": "x", "stream": False}).status_code == 200
+    assert (
+        api.post(
+            "/api/generate", json={"model": "other:v1", "prompt": "x", "stream": False}
+        ).status_code
+        == 200
+    )

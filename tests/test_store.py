@@ -66,12 +66,14 @@ def test_manifests_use_ollamas_layout_and_list_newest_first(store: Store) -> Non
     assert manifest["mediaType"] == "application/vnd.docker.distribution.manifest.v2+json"
     assert manifest["layers"][0]["name"] == "config.json"
     os.utime(path, (1, 1))
-    assert [e.name.display() for e in store.list()] == ["first:latest", "me/second:v2"]
+    assert [e.name.display() for e in store.entries()] == ["first:latest", "me/second:v2"]
 
 
 def test_lookup_ignores_case_and_keeps_the_stored_casing(store: Store) -> None:
     add_fake(store, "MixedCase:Tag")
-    assert store.resolve("mixedcase:tag") == ModelName("registry.ollama.ai", "library", "MixedCase", "Tag")
+    assert store.resolve("mixedcase:tag") == ModelName(
+        "registry.ollama.ai", "library", "MixedCase", "Tag"
+    )
     with pytest.raises(ModelNotFound, match="model 'nothere' not found"):
         store.resolve("nothere")
 
@@ -93,7 +95,9 @@ def test_manifest_writes_are_atomic(store: Store, monkeypatch: pytest.MonkeyPatc
 
 def test_delete_removes_only_blobs_no_other_model_uses(store: Store) -> None:
     add_fake(store, "a")
-    add_model(store, "b", {"config.json": json.dumps({"model_type": "limner-fake", "x": 1}).encode()})
+    add_model(
+        store, "b", {"config.json": json.dumps({"model_type": "limner-fake", "x": 1}).encode()}
+    )
     store.copy(store.resolve("a"), ModelName.parse("a-copy"))
     shared = store.entry(store.resolve("a")).manifest.digests()
     own_b = store.entry(store.resolve("b")).manifest.digests() - shared
@@ -125,7 +129,7 @@ def test_an_existing_ollama_folder_is_read_as_is(tmp_path: Path) -> None:
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps(manifest))
     store = Store(root)
-    [entry] = store.list()
+    [entry] = store.entries()
     assert entry.name.display() == "bakllava:latest"
     assert entry.digest == hashlib.sha256(path.read_bytes()).hexdigest()
     assert store.config(entry.manifest)["model_family"] == "llama"
@@ -145,10 +149,12 @@ def test_weights_are_recognised_by_content(tmp_path: Path, head: bytes, kind: st
 def test_pickle_weights_are_refused_whatever_their_name(store: Store) -> None:
     config = store.blobs.write_bytes(json.dumps({"model_type": "llava"}).encode())[0]
     pickled = store.blobs.write_bytes(b"\x80\x04\x95" + b"\x00" * 64)[0]
-    request = CreateRequest(model="evil", files={"config.json": config, "model.safetensors": pickled})
+    request = CreateRequest(
+        model="evil", files={"config.json": config, "model.safetensors": pickled}
+    )
     with pytest.raises(UnsafeWeights, match="pickle"):
         create(store, request)
-    assert store.list() == []
+    assert store.entries() == []
 
 
 @pytest.mark.parametrize("name", ["../escape.json", "/abs/config.json", "a/../../b", "C:\\x", ""])
@@ -160,12 +166,22 @@ def test_file_names_must_stay_inside_the_model(store: Store, name: str) -> None:
 
 def test_create_from_a_model_adds_layers_and_merges_parameters(store: Store) -> None:
     add_fake(store, "base")
-    for _ in create(store, CreateRequest(model="tuned", **{"from": "base"}, system="Be brief.", parameters={"temperature": 0.1})):
+    for _ in create(
+        store,
+        CreateRequest(
+            model="tuned", **{"from": "base"}, system="Be brief.", parameters={"temperature": 0.1}
+        ),
+    ):
         pass
-    for _ in create(store, CreateRequest(model="tuned2", **{"from": "tuned"}, parameters={"stop": ["x"]})):
+    for _ in create(
+        store, CreateRequest(model="tuned2", **{"from": "tuned"}, parameters={"stop": ["x"]})
+    ):
         pass
     manifest = store.entry(store.resolve("tuned2")).manifest
-    assert store.json_layer(manifest, "application/vnd.ollama.image.params") == {"temperature": 0.1, "stop": ["x"]}
+    assert store.json_layer(manifest, "application/vnd.ollama.image.params") == {
+        "temperature": 0.1,
+        "stop": ["x"],
+    }
     assert store.text(manifest, "application/vnd.ollama.image.system") == "Be brief."
     assert store.config(manifest)["parent_model"] == "tuned:latest"
 

@@ -46,7 +46,9 @@ def encode_image(image: ImageInput) -> str:
     """Raw base64 of a picture given as a path, bytes, a PIL image, or already base64."""
     if isinstance(image, bytes):
         return base64.b64encode(image).decode()
-    if isinstance(image, os.PathLike) or (isinstance(image, str) and Path(image).expanduser().is_file()):
+    if isinstance(image, os.PathLike) or (
+        isinstance(image, str) and Path(image).expanduser().is_file()
+    ):
         return base64.b64encode(Path(image).expanduser().read_bytes()).decode()
     if isinstance(image, str):
         if image.lower().endswith(PICTURE_SUFFIXES):
@@ -62,7 +64,11 @@ def encode_image(image: ImageInput) -> str:
 def _messages(messages: Sequence[dict[str, Any] | BaseModel]) -> list[dict[str, Any]]:
     out = []
     for message in messages:
-        data = message.model_dump(exclude_none=True) if isinstance(message, BaseModel) else dict(message)
+        data = (
+            message.model_dump(exclude_none=True)
+            if isinstance(message, BaseModel)
+            else dict(message)
+        )
         if data.get("images"):
             data["images"] = [encode_image(i) for i in data["images"]]
         out.append(data)
@@ -122,7 +128,9 @@ class Client(_Base):
 
     def _call(self, path: str, body: dict[str, Any], cls: type[Reply], stream: bool) -> Any:
         if not stream:
-            return cls.model_validate(self._send("POST", path, json={**body, "stream": False}).json())
+            return cls.model_validate(
+                self._send("POST", path, json={**body, "stream": False}).json()
+            )
         return self._stream(path, body, cls)
 
     def _stream(self, path: str, body: dict[str, Any], cls: type[Reply]) -> Iterator[Reply]:
@@ -147,7 +155,9 @@ class Client(_Base):
         pictures = [encode_image(i) for i in images] if images else None
         body = _body(model=model, prompt=prompt, images=pictures, system=system, format=format,
                      options=options, keep_alive=keep_alive)  # fmt: skip
-        result: GenerateResponse | Iterator[GenerateResponse] = self._call("/api/generate", body, GenerateResponse, stream)
+        result: GenerateResponse | Iterator[GenerateResponse] = self._call(
+            "/api/generate", body, GenerateResponse, stream
+        )
         return result
 
     def chat(
@@ -158,7 +168,9 @@ class Client(_Base):
         """Continue a conversation; each message may carry `images`."""
         body = _body(model=model, messages=_messages(messages), format=format, options=options,
                      keep_alive=keep_alive)  # fmt: skip
-        result: ChatResponse | Iterator[ChatResponse] = self._call("/api/chat", body, ChatResponse, stream)
+        result: ChatResponse | Iterator[ChatResponse] = self._call(
+            "/api/chat", body, ChatResponse, stream
+        )
         return result
 
     def list(self) -> ListResponse:
@@ -168,7 +180,9 @@ class Client(_Base):
         return ProcessResponse.model_validate(self._send("GET", "/api/ps").json())
 
     def show(self, model: str) -> ShowResponse:
-        return ShowResponse.model_validate(self._send("POST", "/api/show", json={"model": model}).json())
+        return ShowResponse.model_validate(
+            self._send("POST", "/api/show", json={"model": model}).json()
+        )
 
     def copy(self, source: str, destination: str) -> None:
         self._send("POST", "/api/copy", json={"source": source, "destination": destination})
@@ -178,14 +192,16 @@ class Client(_Base):
 
     def create(
         self, model: str, *, from_: str | None = None, files: dict[str, str] | None = None,
-        system: str | None = None, template: str | None = None, license: str | list[str] | None = None,
+        system: str | None = None, template: str | None = None, license: str | Sequence[str] | None = None,
         parameters: dict[str, Any] | None = None, messages: Sequence[dict[str, Any]] | None = None,
         stream: bool = False,
     ) -> ProgressResponse | Iterator[ProgressResponse]:  # fmt: skip
         """Create a model from uploaded files (see `create_blob`) or from another model."""
         body = _body(model=model, from_=from_, files=files, system=system, template=template,
                      license=license, parameters=parameters, messages=messages)  # fmt: skip
-        result: ProgressResponse | Iterator[ProgressResponse] = self._call("/api/create", body, ProgressResponse, stream)
+        result: ProgressResponse | Iterator[ProgressResponse] = self._call(
+            "/api/create", body, ProgressResponse, stream
+        )
         return result
 
     def create_blob(self, path: str | os.PathLike[str]) -> str:
@@ -234,10 +250,14 @@ class AsyncClient(_Base):
 
     async def _call(self, path: str, body: dict[str, Any], cls: type[Reply], stream: bool) -> Any:
         if not stream:
-            return cls.model_validate((await self._send("POST", path, json={**body, "stream": False})).json())
+            return cls.model_validate(
+                (await self._send("POST", path, json={**body, "stream": False})).json()
+            )
         return self._stream(path, body, cls)
 
-    async def _stream(self, path: str, body: dict[str, Any], cls: type[Reply]) -> AsyncIterator[Reply]:
+    async def _stream(
+        self, path: str, body: dict[str, Any], cls: type[Reply]
+    ) -> AsyncIterator[Reply]:
         try:
             async with self._http.stream("POST", path, json={**body, "stream": True}) as response:
                 if response.status_code >= 400:
@@ -256,7 +276,9 @@ class AsyncClient(_Base):
         pictures = [encode_image(i) for i in images] if images else None
         body = _body(model=model, prompt=prompt, images=pictures, system=system, format=format,
                      options=options, keep_alive=keep_alive)  # fmt: skip
-        result: GenerateResponse | AsyncIterator[GenerateResponse] = await self._call("/api/generate", body, GenerateResponse, stream)
+        result: GenerateResponse | AsyncIterator[GenerateResponse] = await self._call(
+            "/api/generate", body, GenerateResponse, stream
+        )
         return result
 
     async def chat(
@@ -266,7 +288,9 @@ class AsyncClient(_Base):
     ) -> ChatResponse | AsyncIterator[ChatResponse]:  # fmt: skip
         body = _body(model=model, messages=_messages(messages), format=format, options=options,
                      keep_alive=keep_alive)  # fmt: skip
-        result: ChatResponse | AsyncIterator[ChatResponse] = await self._call("/api/chat", body, ChatResponse, stream)
+        result: ChatResponse | AsyncIterator[ChatResponse] = await self._call(
+            "/api/chat", body, ChatResponse, stream
+        )
         return result
 
     async def list(self) -> ListResponse:
@@ -276,7 +300,9 @@ class AsyncClient(_Base):
         return ProcessResponse.model_validate((await self._send("GET", "/api/ps")).json())
 
     async def show(self, model: str) -> ShowResponse:
-        return ShowResponse.model_validate((await self._send("POST", "/api/show", json={"model": model})).json())
+        return ShowResponse.model_validate(
+            (await self._send("POST", "/api/show", json={"model": model})).json()
+        )
 
     async def copy(self, source: str, destination: str) -> None:
         await self._send("POST", "/api/copy", json={"source": source, "destination": destination})

@@ -49,7 +49,9 @@ STREAM_LIMIT = 64 * 1024 * 1024  # one line may carry several base64 pictures
 class RunnerProcess:
     """The server's handle on one runner process."""
 
-    def __init__(self, process: asyncio.subprocess.Process, memory: int, load_duration: int) -> None:
+    def __init__(
+        self, process: asyncio.subprocess.Process, memory: int, load_duration: int
+    ) -> None:
         self.process = process
         self.memory = memory
         self.load_duration = load_duration
@@ -75,17 +77,20 @@ class RunnerProcess:
         except BaseException:
             await _kill(process)
             raise
-        reply = json.loads(line) if line else {"type": "load_error", "message": "runner exited while loading", "status": 500}
+        exited = {"type": "load_error", "message": "runner exited while loading", "status": 500}
+        reply: dict[str, Any] = json.loads(line) if line else exited
         if reply["type"] != "ready":
             await _kill(process)
             raise _error(reply)
-        return cls(process, reply["memory"], reply["load_duration"])
+        return cls(process, int(reply["memory"]), int(reply["load_duration"]))
 
     @property
     def alive(self) -> bool:
         return self.process.returncode is None and not self._reader.done()
 
-    async def chat(self, messages: list[dict[str, Any]], options: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    async def chat(
+        self, messages: list[dict[str, Any]], options: dict[str, Any]
+    ) -> AsyncIterator[dict[str, Any]]:
         """Yield `piece` messages then one `done`; raise on `error`. Closing early cancels."""
         request_id = next(self._ids)
         inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
@@ -94,7 +99,10 @@ class RunnerProcess:
         try:
             if not self.alive:
                 raise RunnerFailed("the model's runner has stopped; try again")
-            await _send(self.process, {"op": "chat", "id": request_id, "messages": messages, "options": options})
+            await _send(
+                self.process,
+                {"op": "chat", "id": request_id, "messages": messages, "options": options},
+            )
             while True:
                 reply = await inbox.get()
                 if reply["type"] == "error":
@@ -110,7 +118,9 @@ class RunnerProcess:
                 # No await here: this runs while the request's task is being cancelled.
                 with contextlib.suppress(OSError, RuntimeError):
                     assert self.process.stdin is not None
-                    self.process.stdin.write(json.dumps({"op": "cancel", "id": request_id}).encode() + b"\n")
+                    self.process.stdin.write(
+                        json.dumps({"op": "cancel", "id": request_id}).encode() + b"\n"
+                    )
 
     async def _read(self) -> None:
         assert self.process.stdout is not None
@@ -172,9 +182,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="limner-model-") as folder:
         try:
             started = time.perf_counter_ns()
-            engine = engine_for(load["format"])(_link_files(load["files"], Path(folder)), Options.from_dict(load.get("options", {})))
+            engine = engine_for(load["format"])(
+                _link_files(load["files"], Path(folder)), Options.from_dict(load.get("options", {}))
+            )
             loaded = time.perf_counter_ns() - started
-        except Exception as exc:  # noqa: BLE001 - reported to the server, which maps it
+        except Exception as exc:
             _write(out, {"type": "load_error", **_describe(exc)})
             return
         _write(out, {"type": "ready", "memory": engine.memory_bytes(), "load_duration": loaded})
@@ -214,10 +226,16 @@ def _chat(engine: Any, request: dict[str, Any], is_cancelled: Any, out: IO[str])
     rid = request["id"]
     try:
         messages = [
-            Message(role=m["role"], content=m.get("content") or "", images=[base64.b64decode(i) for i in m.get("images") or []])
+            Message(
+                role=m["role"],
+                content=m.get("content") or "",
+                images=[base64.b64decode(i) for i in m.get("images") or []],
+            )
             for m in request["messages"]
         ]
-        for step in engine.chat(messages, Options.from_dict(request.get("options", {})), is_cancelled):
+        for step in engine.chat(
+            messages, Options.from_dict(request.get("options", {})), is_cancelled
+        ):
             if is_cancelled():
                 break
             if isinstance(step, Done):
@@ -226,7 +244,7 @@ def _chat(engine: Any, request: dict[str, Any], is_cancelled: Any, out: IO[str])
             if step.text:
                 _write(out, {"type": "piece", "id": rid, "text": step.text})
         _write(out, {"type": "error", "id": rid, "status": 499, "message": "request canceled"})
-    except Exception as exc:  # noqa: BLE001 - one bad request must not stop the runner
+    except Exception as exc:
         _write(out, {"type": "error", "id": rid, **_describe(exc)})
 
 

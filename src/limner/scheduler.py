@@ -36,7 +36,9 @@ class Runner(Protocol):
     @property
     def alive(self) -> bool: ...
 
-    def chat(self, messages: list[dict[str, Any]], options: dict[str, Any]) -> AsyncIterator[dict[str, Any]]: ...
+    def chat(
+        self, messages: list[dict[str, Any]], options: dict[str, Any]
+    ) -> AsyncIterator[dict[str, Any]]: ...
 
     async def stop(self, grace: float = 5.0) -> None: ...
 
@@ -96,7 +98,9 @@ class Scheduler:
     # --- leasing ---
 
     @contextlib.asynccontextmanager
-    async def lease(self, name: ModelName, keep_alive: float | None = None) -> AsyncIterator[Loaded]:
+    async def lease(
+        self, name: ModelName, keep_alive: float | None = None
+    ) -> AsyncIterator[Loaded]:
         """Hold a loaded model for one request; the caller has the runner to itself."""
         if self._pending >= self.max_queue:
             raise ServerBusy()

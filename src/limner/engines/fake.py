@@ -35,7 +35,9 @@ class FakeEngine:
     def memory_bytes(self) -> int:
         return 1024
 
-    def chat(self, messages: list[Message], options: Options, cancelled: Callable[[], bool]) -> Iterator[ChatStep]:
+    def chat(
+        self, messages: list[Message], options: Options, cancelled: Callable[[], bool]
+    ) -> Iterator[ChatStep]:
         images = [image for m in messages for image in m.images]
         if any(not image.startswith((b"\x89PNG", b"\xff\xd8", b"RIFF")) for image in images):
             raise InvalidImage("the fake engine reads only PNG, JPEG and WebP pictures")

@@ -37,7 +37,9 @@ def create_app(store: Store, scheduler: Scheduler) -> FastAPI:
         yield
         await scheduler.close()  # SIGINT/SIGTERM: every runner stops with the server
 
-    app = FastAPI(title="limner", version=version(), lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="limner", version=version(), lifespan=lifespan, docs_url=None, redoc_url=None
+    )
     app.state.limner = State(store=store, scheduler=scheduler)
     app.add_exception_handler(LimnerError, _limner_error)
     app.add_exception_handler(HTTPException, _http_error)
@@ -75,7 +77,9 @@ async def _limner_error(request: Request, exc: Exception) -> Response:
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    text = {404: "404 page not found", 405: "405 method not allowed"}.get(exc.status_code, str(exc.detail))
+    text = {404: "404 page not found", 405: "405 method not allowed"}.get(
+        exc.status_code, str(exc.detail)
+    )
     return JSONResponse({"error": text}, status_code=exc.status_code)
 
 
@@ -145,5 +149,17 @@ def serve(host: str | None = None, port: int | None = None) -> None:
     logging.basicConfig(level=logging.DEBUG if config.debug() else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
     app = build()
-    log.info("limner %s listening on %s:%s, models in %s", version(), host or bind_host, port or bind_port, config.models())
-    uvicorn.run(app, host=host or bind_host, port=port or bind_port, log_level="warning", timeout_graceful_shutdown=3)
+    log.info(
+        "limner %s listening on %s:%s, models in %s",
+        version(),
+        host or bind_host,
+        port or bind_port,
+        config.models(),
+    )
+    uvicorn.run(
+        app,
+        host=host or bind_host,
+        port=port or bind_port,
+        log_level="warning",
+        timeout_graceful_shutdown=3,
+    )

@@ -36,7 +36,10 @@ async def chat(request: Request) -> Response:
     body = await parse_body(request, ChatRequest)
     state: State = request.app.state.limner
     name = _stored_name(state, body.model)
-    messages = [_wire_message(msg.model_dump(), f"message {i}") for i, msg in enumerate(body.messages or [], 1)]
+    messages = [
+        _wire_message(msg.model_dump(), f"message {i}")
+        for i, msg in enumerate(body.messages or [], 1)
+    ]
     keep_alive = _keep_alive(body.keep_alive)
     if not messages:
         return await _load_or_unload(state, name, keep_alive, chat=True)
@@ -49,13 +52,21 @@ async def generate(request: Request) -> Response:
     state: State = request.app.state.limner
     name = _stored_name(state, body.model)
     if body.raw:
-        raise InvalidRequest("raw mode is not supported by limner's LLaVA engines; send the prompt without raw")
+        raise InvalidRequest(
+            "raw mode is not supported by limner's LLaVA engines; send the prompt without raw"
+        )
     keep_alive = _keep_alive(body.keep_alive)
     if not body.prompt and not body.images:
         return await _load_or_unload(state, name, keep_alive, chat=False)
-    message = _wire_message({"role": "user", "content": body.prompt, "images": body.images}, "prompt")
-    steps = _run(state, name, [message], body.options, body.format, keep_alive, replace_system=body.system)
-    return await respond(_generate_chunks(body.model, steps), body.stream is not False, _aggregate_generate)
+    message = _wire_message(
+        {"role": "user", "content": body.prompt, "images": body.images}, "prompt"
+    )
+    steps = _run(
+        state, name, [message], body.options, body.format, keep_alive, replace_system=body.system
+    )
+    return await respond(
+        _generate_chunks(body.model, steps), body.stream is not False, _aggregate_generate
+    )
 
 
 def _stored_name(state: State, text: str) -> ModelName:
@@ -81,7 +92,9 @@ def _wire_message(message: dict[str, Any], label: str) -> dict[str, Any]:
     }
 
 
-async def _load_or_unload(state: State, name: ModelName, keep_alive: float | None, chat: bool) -> Response:
+async def _load_or_unload(
+    state: State, name: ModelName, keep_alive: float | None, chat: bool
+) -> Response:
     """An empty prompt loads the model; with keep_alive 0 it unloads it (Ollama's rule)."""
     if keep_alive == 0:
         await state.scheduler.unload(name)
@@ -90,7 +103,12 @@ async def _load_or_unload(state: State, name: ModelName, keep_alive: float | Non
         async with state.scheduler.lease(name, keep_alive):
             pass
         reason = "load"
-    reply: dict[str, Any] = {"model": name.display(), "created_at": now(), "done": True, "done_reason": reason}
+    reply: dict[str, Any] = {
+        "model": name.display(),
+        "created_at": now(),
+        "done": True,
+        "done_reason": reason,
+    }
     if chat:
         reply["message"] = {"role": "assistant", "content": ""}
     else:
@@ -132,7 +150,9 @@ def _format(value: Any) -> str:
         return ""
     if value == "json" or isinstance(value, dict):
         return "json"  # a JSON schema constrains the answer to JSON (not yet to the schema)
-    raise InvalidRequest(f'invalid format: {value!r}; expected "json" or a valid JSON Schema object')
+    raise InvalidRequest(
+        f'invalid format: {value!r}; expected "json" or a valid JSON Schema object'
+    )
 
 
 def _with_model_context(
@@ -152,16 +172,29 @@ def _metrics(step: dict[str, Any]) -> dict[str, Any]:
     return {"done_reason": step["done_reason"], **{k: step[k] for k in keys}}
 
 
-async def _chat_chunks(model: str, steps: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+async def _chat_chunks(
+    model: str, steps: AsyncIterator[dict[str, Any]]
+) -> AsyncIterator[dict[str, Any]]:
     async for step in steps:
         chunk: dict[str, Any] = {"model": model, "created_at": now()}
         if step["type"] == "piece":
-            yield {**chunk, "message": {"role": "assistant", "content": step["text"]}, "done": False}
+            yield {
+                **chunk,
+                "message": {"role": "assistant", "content": step["text"]},
+                "done": False,
+            }
         else:
-            yield {**chunk, "message": {"role": "assistant", "content": ""}, "done": True, **_metrics(step)}
+            yield {
+                **chunk,
+                "message": {"role": "assistant", "content": ""},
+                "done": True,
+                **_metrics(step),
+            }
 
 
-async def _generate_chunks(model: str, steps: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+async def _generate_chunks(
+    model: str, steps: AsyncIterator[dict[str, Any]]
+) -> AsyncIterator[dict[str, Any]]:
     async for step in steps:
         chunk: dict[str, Any] = {"model": model, "created_at": now()}
         if step["type"] == "piece":

@@ -57,10 +57,14 @@ async def tags(request: Request) -> Response:
     store = _state(request).store
     models = [
         ListedModel(
-            name=e.name.display(), model=e.name.display(), modified_at=e.modified_at,
-            size=e.manifest.size(), digest=e.digest, details=details(store, e),
-        )  # fmt: skip
-        for e in store.list()
+            name=e.name.display(),
+            model=e.name.display(),
+            modified_at=e.modified_at,
+            size=e.manifest.size(),
+            digest=e.digest,
+            details=details(store, e),
+        )
+        for e in store.entries()
     ]
     return JSONResponse(ListResponse(models=models).wire())
 
@@ -81,7 +85,8 @@ async def show(request: Request) -> Response:
         license=store.text(entry.manifest, m.LICENSE),
         modelfile=_modelfile(store, entry, params),
         parameters=_parameter_lines(params) if params else None,
-        template=store.text(entry.manifest, m.TEMPLATE) or _file_text(store, entry, "chat_template.jinja"),
+        template=store.text(entry.manifest, m.TEMPLATE)
+        or _file_text(store, entry, "chat_template.jinja"),
         system=store.text(entry.manifest, m.SYSTEM),
         details=details(store, entry),
         messages=store.json_layer(entry.manifest, m.MESSAGES),
@@ -130,12 +135,15 @@ async def ps(request: Request) -> Response:
         entry = state.store.entry(loaded.name) if state.store.find(loaded.name) else None
         models.append(
             RunningModel(
-                name=loaded.name.display(), model=loaded.name.display(),
-                size=loaded.runner.memory or loaded.size, digest=loaded.digest,
+                name=loaded.name.display(),
+                model=loaded.name.display(),
+                size=loaded.runner.memory or loaded.size,
+                digest=loaded.digest,
                 details=details(state.store, entry) if entry else ModelDetails(),
                 expires_at=_expiry(loaded.expires_at, loaded.keep_alive),
-                size_vram=0, context_length=loaded.context_length,
-            )  # fmt: skip
+                size_vram=0,
+                context_length=loaded.context_length,
+            )
         )
     return JSONResponse(ProcessResponse(models=models).wire())
 
@@ -210,7 +218,9 @@ async def create(request: Request) -> Response:
         Options.from_dict(body.parameters)
     for message in body.messages or []:
         if message.role.lower() not in ROLES:
-            raise InvalidRequest(f"message role {message.role!r} must be one of system, user, assistant")
+            raise InvalidRequest(
+                f"message role {message.role!r} must be one of system, user, assistant"
+            )
     progress = creating.create(store, body)
     return await respond(_as_dicts(progress), body.stream is not False)
 

@@ -51,17 +51,23 @@ def check(data: bytes, label: str) -> None:
                 )
             image.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise TooLarge(f"{label} decodes to too many pixels (LIMNER_MAX_IMAGE_PIXELS={limit})") from None
+        raise TooLarge(
+            f"{label} decodes to too many pixels (LIMNER_MAX_IMAGE_PIXELS={limit})"
+        ) from None
     except (InvalidImage, TooLarge):
         raise
     except (OSError, SyntaxError, ValueError) as exc:
-        reason = "truncated or corrupt" if "truncated" in str(exc) or image_opened(data) else "not a picture"
+        reason = (
+            "truncated or corrupt"
+            if "truncated" in str(exc) or image_opened(data)
+            else "not a picture"
+        )
         raise InvalidImage(f"{label} is {reason}; send a whole PNG, JPEG or WebP file") from None
 
 
 def image_opened(data: bytes) -> bool:
     try:
         Image.open(io.BytesIO(data))
-    except Exception:  # noqa: BLE001 - only asking whether the header is readable
+    except Exception:
         return False
     return True

@@ -27,7 +27,9 @@ def last_only(chunks: list[dict[str, Any]]) -> dict[str, Any]:
     return chunks[-1]
 
 
-async def respond(chunks: AsyncIterator[dict[str, Any]], stream: bool, aggregate: Aggregate = last_only) -> Response:
+async def respond(
+    chunks: AsyncIterator[dict[str, Any]], stream: bool, aggregate: Aggregate = last_only
+) -> Response:
     first = await anext(chunks)  # errors here become real statuses
     if not stream:
         collected = [first]
@@ -37,14 +39,16 @@ async def respond(chunks: AsyncIterator[dict[str, Any]], stream: bool, aggregate
     return StreamingResponse(_lines(first, chunks), media_type="application/x-ndjson")
 
 
-async def _lines(first: dict[str, Any], rest: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
+async def _lines(
+    first: dict[str, Any], rest: AsyncIterator[dict[str, Any]]
+) -> AsyncIterator[bytes]:
     yield _line(first)
     try:
         async for chunk in rest:
             yield _line(chunk)
     except LimnerError as exc:
         yield _line({"error": exc.message})
-    except Exception:  # noqa: BLE001 - after the first byte an error line is all we can send
+    except Exception:
         log.exception("stream failed")
         yield _line({"error": "internal error; see the server log"})
 

@@ -94,7 +94,9 @@ class Incoming:
     def commit(self, expected: str | None = None) -> tuple[str, int]:
         digest = f"sha256:{self.sha.hexdigest()}"
         if expected is not None and digest != normalize(expected):
-            raise InvalidRequest(f'digest mismatch, expected "{normalize(expected)}", got "{digest}"')
+            raise InvalidRequest(
+                f'digest mismatch, expected "{normalize(expected)}", got "{digest}"'
+            )
         self.file.flush()
         os.fsync(self.file.fileno())
         self.file.close()

@@ -36,7 +36,10 @@ def sniff(path: Path) -> str:
         return PICKLE  # torch.save zip archive, or a raw pickle stream
     if len(head) >= 9:
         (length,) = struct.unpack("<Q", head[:8])
-        if 2 <= length <= min(MAX_SAFETENSORS_HEADER, path.stat().st_size - 8) and head[8:9] == b"{":
+        if (
+            2 <= length <= min(MAX_SAFETENSORS_HEADER, path.stat().st_size - 8)
+            and head[8:9] == b"{"
+        ):
             return SAFETENSORS
     return OTHER
 
@@ -71,7 +74,10 @@ def _base_layers(store: Store, request: CreateRequest) -> tuple[list[Layer], dic
     if request.from_:
         base = store.entry(store.resolve(request.from_, quote='"'))
         parent = base.name.display()
-        layers = [layer.model_copy(update={"from_": layer.from_ or parent}) for layer in base.manifest.layers]
+        layers = [
+            layer.model_copy(update={"from_": layer.from_ or parent})
+            for layer in base.manifest.layers
+        ]
         return layers, {**store.config(base.manifest), "parent_model": parent}
     raise InvalidRequest("neither 'from' or 'files' was specified")
 
@@ -94,7 +100,9 @@ def _layers_from_files(store: Store, files: dict[str, str]) -> tuple[list[Layer]
             )
         kinds[name] = (kind, path)
         media = m.MODEL if kind in (SAFETENSORS, GGUF) else m.FILE
-        layers.append(Layer(mediaType=media, digest=normalize(digest), size=path.stat().st_size, name=name))
+        layers.append(
+            Layer(mediaType=media, digest=normalize(digest), size=path.stat().st_size, name=name)
+        )
     return layers, _config_for_folder(kinds)
 
 
@@ -105,10 +113,16 @@ def _config_for_folder(kinds: dict[str, tuple[str, Path]]) -> dict[str, Any]:
     weights = [path for kind, path in kinds.values() if kind == SAFETENSORS]
     model_type = hf.get("model_type")
     if model_type == "limner-fake":
-        return {"model_format": "fake", "model_family": "fake", "capabilities": ["completion", "vision"],
-                "model_info": {"general.architecture": "fake", "fake.context_length": 4096}}
+        return {
+            "model_format": "fake",
+            "model_family": "fake",
+            "capabilities": ["completion", "vision"],
+            "model_info": {"general.architecture": "fake", "fake.context_length": 4096},
+        }
     if model_type != "llava":
-        raise InvalidRequest(f"model_type {model_type!r} is not supported yet; limner runs LLaVA-family models")
+        raise InvalidRequest(
+            f"model_type {model_type!r} is not supported yet; limner runs LLaVA-family models"
+        )
     if not weights:
         raise InvalidRequest("no safetensors weights among the model files")
     return _llava_config(hf, weights)
@@ -186,7 +200,11 @@ def _extra_layers(store: Store, request: CreateRequest, base: list[Layer]) -> di
 
 
 def _write(
-    store: Store, name: ModelName, layers: list[Layer], extras: dict[str, bytes], config: dict[str, Any]
+    store: Store,
+    name: ModelName,
+    layers: list[Layer],
+    extras: dict[str, bytes],
+    config: dict[str, Any],
 ) -> Iterator[ProgressResponse]:
     yield ProgressResponse(status="parsing model files")
     for layer in layers:
@@ -198,7 +216,9 @@ def _write(
         layers.append(Layer(mediaType=media, digest=digest, size=size))
     config = {**config, "architecture": "amd64", "os": "linux"}
     config_digest, config_size = store.blobs.write_bytes(json.dumps(config).encode())
-    manifest = Manifest(config=Layer(mediaType=m.CONFIG_TYPE, digest=config_digest, size=config_size), layers=layers)
+    manifest = Manifest(
+        config=Layer(mediaType=m.CONFIG_TYPE, digest=config_digest, size=config_size), layers=layers
+    )
     yield ProgressResponse(status="writing manifest")
     store.write(name, manifest)
     yield ProgressResponse(status="success")

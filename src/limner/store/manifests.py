@@ -35,7 +35,7 @@ FILE = "application/vnd.limner.image.file"
 class Layer(BaseModel):
     model_config = ConfigDict(populate_by_name=True, extra="allow")
 
-    mediaType: str  # noqa: N815 - the wire name
+    mediaType: str
     digest: str
     size: int
     name: str | None = None  # relative file name inside a multi-file model
@@ -45,8 +45,8 @@ class Layer(BaseModel):
 class Manifest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    schemaVersion: int = 2  # noqa: N815
-    mediaType: str = MANIFEST_TYPE  # noqa: N815
+    schemaVersion: int = 2
+    mediaType: str = MANIFEST_TYPE
     config: Layer
     layers: list[Layer] = Field(default_factory=list)
 
@@ -120,7 +120,7 @@ class Store:
             digest=hashlib.sha256(data).hexdigest(),
         )
 
-    def list(self) -> list[Entry]:
+    def entries(self) -> list[Entry]:
         """Every readable manifest, most recently modified first."""
         entries = []
         for path in self._manifest_files():
@@ -136,7 +136,9 @@ class Store:
     def _manifest_files(self) -> list[Path]:
         if not self.manifests.is_dir():
             return []
-        return [p for p in self.manifests.glob("*/*/*/*") if p.is_file() and not p.name.startswith(".")]
+        return [
+            p for p in self.manifests.glob("*/*/*/*") if p.is_file() and not p.name.startswith(".")
+        ]
 
     # --- reading layers ---
 
@@ -157,7 +159,9 @@ class Store:
     def files(self, manifest: Manifest) -> dict[str, Path]:
         """Relative file name -> blob path for every named layer (multi-file models)."""
         return {
-            layer.name: self.blobs.open_path(layer.digest) for layer in manifest.layers if layer.name
+            layer.name: self.blobs.open_path(layer.digest)
+            for layer in manifest.layers
+            if layer.name
         }
 
     # --- writing ---

@@ -1,0 +1,28 @@
+"""The package's public surface and its one-way layering."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import limner
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_public_surface_is_exactly_the_sdk_types_and_errors() -> None:
+    assert sorted(limner.__all__) == sorted(
+        ["AsyncClient", "Client", "ConnectError", "InvalidImage", "InvalidRequest", "LimnerError",
+         "ModelNotFound", "NotFound", "RequestCanceled", "RunnerFailed", "ServerBusy", "TooLarge",
+         "UnsafeWeights", "errors", "types"]
+    )  # fmt: skip
+
+
+def test_importing_the_sdk_loads_no_server_and_no_engine_library() -> None:
+    code = "import sys, limner; print(sorted(m for m in ('torch', 'transformers', 'fastapi', 'uvicorn', 'limner.server', 'limner.scheduler') if m in sys.modules))"
+    assert subprocess.check_output([sys.executable, "-c", code], text=True).strip() == "[]"
+
+
+def test_the_layers_only_import_downwards() -> None:
+    lint = Path(sys.executable).with_name("lint-imports")
+    result = subprocess.run([str(lint)], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:]
