@@ -393,3 +393,32 @@ def test_copy_and_delete(api: httpx.Client) -> None:
         ).status_code
         == 200
     )
+
+
+@pytest.mark.parametrize(
+    ("origin", "allowed"),
+    [("http://localhost:3000", True), ("https://127.0.0.1", True), ("app://obsidian.md", True),
+     ("vscode-webview://abc", True), ("https://evil.example", False), ("http://localhost.evil.example", False)],
+)  # fmt: skip
+def test_browser_origins_follow_ollamas_allow_list(
+    api: httpx.Client, origin: str, allowed: bool
+) -> None:
+    reply = api.get("/api/tags", headers={"Origin": origin})
+    assert reply.status_code == (200 if allowed else 403)
+    if allowed:
+        assert reply.headers["access-control-allow-origin"] == origin
+
+
+def test_extra_origins_come_from_limner_origins(
+    store: Store, make_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LIMNER_ORIGINS", "https://*.mysite.org,chrome-extension://*")
+    server = make_server()
+    for origin in ("https://app.mysite.org", "chrome-extension://abcdef"):
+        assert httpx.get(f"{server.url}/api/tags", headers={"Origin": origin}).status_code == 200
+    preflight = httpx.options(
+        f"{server.url}/api/chat",
+        headers={"Origin": "https://app.mysite.org", "Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "content-type"},
+    )  # fmt: skip
+    assert preflight.status_code == 200

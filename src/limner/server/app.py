@@ -15,16 +15,25 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException
+from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from limner import config
 from limner.errors import LimnerError, TooLarge
 from limner.scheduler import Scheduler
 from limner.server import chat, models
+from limner.server.origins import OriginCheck, origin_pattern
 from limner.server.state import State
 from limner.store import Store
 
 log = logging.getLogger("limner.server")
+
+# What Ollama allows browsers to send (gin-contrib/cors settings in routes.go).
+CORS_HEADERS = ["Authorization", "Content-Type", "User-Agent", "Accept", "X-Requested-With", "OpenAI-Beta",
+                "x-stainless-arch", "x-stainless-async", "x-stainless-custom-poll-interval",
+                "x-stainless-helper-method", "x-stainless-lang", "x-stainless-os", "x-stainless-package-version",
+                "x-stainless-poll-helper", "x-stainless-retry-count", "x-stainless-runtime",
+                "x-stainless-runtime-version", "x-stainless-timeout"]  # fmt: skip
 
 
 def version() -> str:
@@ -45,6 +54,14 @@ def create_app(store: Store, scheduler: Scheduler) -> FastAPI:
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)
     app.add_middleware(BodyLimit, limit=config.max_body_bytes(), exempt=("/api/blobs/",))
+    allowed = origin_pattern(config.origins())
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origin_regex=allowed.pattern,
+        allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"],
+        allow_headers=CORS_HEADERS,
+    )
+    app.add_middleware(OriginCheck, allowed=allowed)  # added last: runs first
 
     route = app.add_api_route
     route("/", _running, methods=["GET", "HEAD"])
