@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 from transformers.utils import logging as transformers_logging
 
@@ -59,6 +59,7 @@ class LlavaTransformers:
         eos = self.tokenizer.eos_token_id if eos is None else eos
         self.eos_ids: set[int] = set(eos) if isinstance(eos, list) else {eos}
         self.banned = self._banned_mask(text_config.vocab_size)
+        self.detokenizer = _Detokenizer(self.tokenizer)
         self._json_pieces: list[str | None] | None = None  # built on the first JSON request
 
     def memory_bytes(self) -> int:
@@ -93,7 +94,7 @@ class LlavaTransformers:
                 eval_duration=finished - prefilled,
             )
 
-        # Every token of the answer must fit both budgets; None means unlimited.
+        # How many tokens the answer may have: what the window leaves, and num_predict if set.
         limit = num_ctx - prompt_count
         if options.num_predict >= 0:
             limit = min(limit, options.num_predict)
@@ -110,7 +111,7 @@ class LlavaTransformers:
         # 3. Decode one token at a time until a stop, the end-of-sequence token or a limit.
         sampler = _Sampler(options, self.banned, num_ctx)
         history = [t for t in prompt_ids if t != self.image_token_id]  # for repeat_penalty
-        text = _TextStream(self.tokenizer, options.stop)
+        text = _TextStream(self.detokenizer, options.stop)
         grammar = _JsonGrammar(self._pieces_for_json()) if options.format == "json" else None
         generated: list[int] = []
         reason = "stop"
@@ -158,7 +159,8 @@ class LlavaTransformers:
             parts: list[dict[str, str]] = [{"type": "image"} for _ in message.images]
             parts.append({"type": "text", "text": message.content})
             conversation.append({"role": message.role, "content": parts})
-            pictures += [_open_picture(data, len(pictures) + 1) for data in message.images]
+            for data in message.images:
+                pictures.append(_open_picture(data, number=len(pictures) + 1))
         prompt = self.processor.apply_chat_template(
             conversation, add_generation_prompt=True, tokenize=False
         )
@@ -174,18 +176,8 @@ class LlavaTransformers:
         return mask
 
     def _pieces_for_json(self) -> list[str | None]:
-        # The text each token adds mid-answer, found by decoding it after an anchor (this
-        # keeps its leading space). Tokens that add nothing or a partial character are None.
         if self._json_pieces is None:
-            anchor = self.tokenizer.encode("a", add_special_tokens=False)
-            prefix = self.tokenizer.decode(anchor)
-            texts = self.tokenizer.batch_decode(
-                [[*anchor, i] for i in range(len(self.tokenizer))], skip_special_tokens=True
-            )
-            self._json_pieces = [
-                t[len(prefix) :] if len(t) > len(prefix) and "\ufffd" not in t else None
-                for t in texts
-            ]
+            self._json_pieces = self.detokenizer.pieces()
         return self._json_pieces
 
 
@@ -209,10 +201,10 @@ def _open_picture(data: bytes, number: int) -> Image.Image:
             return picture.convert("RGB")
     except Image.DecompressionBombError as error:
         raise TooLarge(f"picture {number} is too large to decode: {error}") from error
+    except UnidentifiedImageError as error:
+        raise InvalidImage(f"picture {number} is not a PNG, JPEG or WebP file") from error
     except (OSError, ValueError, SyntaxError) as error:
-        raise InvalidImage(
-            f"picture {number} could not be decoded ({error}); send PNG, JPEG or WebP files"
-        ) from error
+        raise InvalidImage(f"picture {number} could not be decoded: {error}") from error
 
 
 class _Sampler:
@@ -281,21 +273,50 @@ def _ranked(values: torch.Tensor, where: torch.Tensor) -> Iterator[int]:
     yield from ids[torch.argsort(values[ids], descending=True, stable=True)].tolist()
 
 
+class _Detokenizer:
+    """Token ids to text. Decoders strip the first space of an answer, so ids from the middle
+    of one are decoded after a fixed anchor token whose text is then cut off."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.anchor: list[int] = tokenizer.encode("a", add_special_tokens=False)
+        self.anchor_text: str = tokenizer.decode(self.anchor)
+
+    def decode(self, ids: list[int], mid_answer: bool) -> str:
+        if not mid_answer:
+            return str(self.tokenizer.decode(ids, skip_special_tokens=True))
+        text = self.tokenizer.decode([*self.anchor, *ids], skip_special_tokens=True)
+        return str(text[len(self.anchor_text) :])
+
+    def pieces(self) -> list[str | None]:
+        """The text each id adds mid-answer; None where it adds nothing or part of a character."""
+        texts = self.tokenizer.batch_decode(
+            [[*self.anchor, i] for i in range(len(self.tokenizer))], skip_special_tokens=True
+        )
+        cut = len(self.anchor_text)
+        return [t[cut:] if len(t) > cut and "\ufffd" not in t else None for t in texts]
+
+
 class _TextStream:
     """Generated ids to text deltas. Holds back a trailing partial UTF-8 character (U+FFFD
     while its bytes are incomplete) and any tail that could be the start of a stop string."""
 
-    def __init__(self, tokenizer: Any, stops: list[str]) -> None:
-        self.tokenizer = tokenizer
+    def __init__(self, detokenizer: _Detokenizer, stops: list[str]) -> None:
+        self.detokenizer = detokenizer
         self.stops = [s for s in stops if s]
         self.text = ""
         self.sent = 0  # characters of self.text already emitted
+        # Text of the first `settled_ids` ids, which ended on a whole character: only the ids
+        # after them are decoded again at each step.
+        self.settled, self.settled_ids = "", 0
 
     def update(self, ids: list[int]) -> tuple[str, bool]:
         """The new text to emit, and whether a stop string ended the answer."""
-        # Decoding every id again keeps the tokenizer's own joining rules (spaces, bytes).
-        self.text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        tail = ids[self.settled_ids :]
+        self.text = self.settled + self.detokenizer.decode(tail, self.settled_ids > 0)
         stable = self.text.rstrip("\ufffd")
+        if stable == self.text:
+            self.settled, self.settled_ids = self.text, len(ids)
         hits = [i for i in (stable.find(s, self.sent) for s in self.stops) if i >= 0]
         if hits:
             end = min(hits)
@@ -424,7 +445,7 @@ class _JsonGrammar:
         mode = s.mode
         if mode == "string":
             if c == '"':
-                return s._replace(mode="colon" if s.key else "after", spaces=0)
+                return s._replace(mode="colon" if s.key else "after")
             if c == "\\":
                 return s._replace(mode="escape")
             return None if ord(c) < 0x20 else s
