@@ -156,3 +156,11 @@ async def test_close_stops_every_runner(store: Store) -> None:
     await scheduler.close()
     assert all(p.returncode is not None for p in processes)
     assert scheduler.running() == []
+
+
+async def test_a_load_that_takes_too_long_is_stopped_with_a_clear_error(store: Store) -> None:
+    add_fake(store, "sluggish", load_delay=30)
+    scheduler = Scheduler(store, load_timeout=1.0)
+    with pytest.raises(LimnerError, match="LIMNER_LOAD_TIMEOUT"):
+        await answer(scheduler, "sluggish")
+    assert scheduler.running() == []

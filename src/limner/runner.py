@@ -74,6 +74,11 @@ class RunnerProcess:
             await _send(process, load)
             assert process.stdout is not None
             line = await asyncio.wait_for(process.stdout.readline(), timeout)
+        except TimeoutError:
+            await _kill(process)
+            raise RunnerFailed(
+                f"the model did not load within {timeout:g} s; raise LIMNER_LOAD_TIMEOUT if it is large"
+            ) from None
         except BaseException:
             await _kill(process)
             raise
