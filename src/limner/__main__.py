@@ -1,3 +1,5 @@
+import sys
+
 from limner.cli import main
 
-main()
+sys.exit(main())

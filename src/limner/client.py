@@ -122,6 +122,8 @@ class Client(_Base):
             response = self._http.request(method, path, **kwargs)
         except httpx.ConnectError:
             raise ConnectError(self.host) from None
+        except httpx.TransportError as exc:
+            raise LimnerError(f"the connection to {self.host} failed: {exc}") from None
         if response.status_code >= 400:
             raise self._error(response.status_code, response.text)
         return response
@@ -143,6 +145,8 @@ class Client(_Base):
                         yield _line(line, cls)
         except httpx.ConnectError:
             raise ConnectError(self.host) from None
+        except httpx.TransportError as exc:
+            raise LimnerError(f"the connection to {self.host} failed: {exc}") from None
 
     # --- endpoints ---
 
@@ -244,6 +248,8 @@ class AsyncClient(_Base):
             response = await self._http.request(method, path, **kwargs)
         except httpx.ConnectError:
             raise ConnectError(self.host) from None
+        except httpx.TransportError as exc:
+            raise LimnerError(f"the connection to {self.host} failed: {exc}") from None
         if response.status_code >= 400:
             raise self._error(response.status_code, response.text)
         return response
@@ -267,6 +273,8 @@ class AsyncClient(_Base):
                         yield _line(line, cls)
         except httpx.ConnectError:
             raise ConnectError(self.host) from None
+        except httpx.TransportError as exc:
+            raise LimnerError(f"the connection to {self.host} failed: {exc}") from None
 
     async def generate(
         self, model: str, prompt: str = "", *, images: Sequence[ImageInput] | None = None,

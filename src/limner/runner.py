@@ -28,6 +28,7 @@ import itertools
 import json
 import os
 import queue
+import shutil
 import sys
 import tempfile
 import threading
@@ -50,9 +51,10 @@ class RunnerProcess:
     """The server's handle on one runner process."""
 
     def __init__(
-        self, process: asyncio.subprocess.Process, memory: int, load_duration: int
+        self, process: asyncio.subprocess.Process, folder: Path, memory: int, load_duration: int
     ) -> None:
         self.process = process
+        self.folder = folder
         self.memory = memory
         self.load_duration = load_duration
         self._ids = itertools.count(1)
@@ -68,26 +70,27 @@ class RunnerProcess:
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             limit=STREAM_LIMIT,
         )  # fmt: skip
-        load = {"op": "load", "format": model_format, "options": options,
-                "files": {name: str(path) for name, path in files.items()}}  # fmt: skip
+        # The parent owns the folder of links, so it is removed however the runner ends.
+        folder = _link_files(files, Path(tempfile.mkdtemp(prefix="limner-model-")))
+        load = {"op": "load", "format": model_format, "options": options, "folder": str(folder)}
         try:
             await _send(process, load)
             assert process.stdout is not None
             line = await asyncio.wait_for(process.stdout.readline(), timeout)
         except TimeoutError:
-            await _kill(process)
+            await _kill(process, folder)
             raise RunnerFailed(
                 f"the model did not load within {timeout:g} s; raise LIMNER_LOAD_TIMEOUT if it is large"
             ) from None
         except BaseException:
-            await _kill(process)
+            await _kill(process, folder)
             raise
         exited = {"type": "load_error", "message": "runner exited while loading", "status": 500}
         reply: dict[str, Any] = json.loads(line) if line else exited
         if reply["type"] != "ready":
-            await _kill(process)
+            await _kill(process, folder)
             raise _error(reply)
-        return cls(process, int(reply["memory"]), int(reply["load_duration"]))
+        return cls(process, folder, int(reply["memory"]), int(reply["load_duration"]))
 
     @property
     def alive(self) -> bool:
@@ -135,6 +138,7 @@ class RunnerProcess:
             if inbox is not None:
                 inbox.put_nowait(reply)
         code = await self.process.wait()
+        shutil.rmtree(self.folder, ignore_errors=True)
         crash = {"type": "error", "status": 500,
                  "message": f"the model's runner stopped unexpectedly (exit code {code}); the next request starts a new one"}  # fmt: skip
         for inbox in self._queues.values():
@@ -165,11 +169,13 @@ async def _send(process: asyncio.subprocess.Process, message: dict[str, Any]) ->
     await process.stdin.drain()
 
 
-async def _kill(process: asyncio.subprocess.Process) -> None:
+async def _kill(process: asyncio.subprocess.Process, folder: Path | None = None) -> None:
     if process.returncode is None:
         with contextlib.suppress(ProcessLookupError):
             process.kill()
         await process.wait()
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _error(reply: dict[str, Any]) -> LimnerError:
@@ -184,21 +190,19 @@ def main() -> None:
     out = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     load = json.loads(sys.stdin.readline() or "{}")
-    with tempfile.TemporaryDirectory(prefix="limner-model-") as folder:
-        try:
-            started = time.perf_counter_ns()
-            engine = engine_for(load["format"])(
-                _link_files(load["files"], Path(folder)), Options.from_dict(load.get("options", {}))
-            )
-            loaded = time.perf_counter_ns() - started
-        except Exception as exc:
-            _write(out, {"type": "load_error", **_describe(exc)})
-            return
-        _write(out, {"type": "ready", "memory": engine.memory_bytes(), "load_duration": loaded})
-        _serve(engine, out)
+    try:
+        started = time.perf_counter_ns()
+        factory = engine_for(load["format"])
+        engine = factory(Path(load["folder"]), Options.from_dict(load.get("options", {})))
+        loaded = time.perf_counter_ns() - started
+    except Exception as exc:  # reported to the server, which maps it
+        _write(out, {"type": "load_error", **_describe(exc)})
+        return
+    _write(out, {"type": "ready", "memory": engine.memory_bytes(), "load_duration": loaded})
+    _serve(engine, out)
 
 
-def _link_files(files: dict[str, str], folder: Path) -> Path:
+def _link_files(files: dict[str, Path], folder: Path) -> Path:
     """A folder with the model's files under their relative names, as engines expect."""
     for name, target in files.items():
         link = folder / name

@@ -3,25 +3,61 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
-from limner.cli import serve
+from limner.cli import demo, models, run, serve
 
 
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="limner", description="A local model server that sees and draws.")
+    top = argparse.ArgumentParser(
+        prog="limner", description="A local model server that sees and draws."
+    )
     commands = top.add_subparsers(dest="command", metavar="COMMAND")
     serve.add_parser(commands)
+    run.add_parser(commands)
+    models.add_parsers(commands)
+    demo.add_parser(commands)
     return top
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    """Run one command; SDK errors become `Error: <message>` on stderr and exit code 1."""
+    from limner.errors import LimnerError
+
+    top = parser()
+    args, extra = top.parse_known_args(argv)
+    if extra and (args.command != "run" or any(word.startswith("-") for word in extra)):
+        top.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.prompt += extra  # flags may come between prompt words, as with `ollama run`
     if not hasattr(args, "run"):
-        parser().print_help()
+        top.print_help()
         return 0
-    code: int = args.run(args)
+    try:
+        code: int = args.run(args)
+    except LimnerError as error:
+        print(f"Error: {error}", file=sys.stderr)
+        return 1
+    except _transport_errors() as error:  # evaluated only when something was raised
+        print(f"Error: the connection to limner broke off: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # `limner run ... | head`: the reader left. Point stdout at devnull so the
+        # interpreter's final flush does not complain.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     return code
+
+
+def _transport_errors() -> type[Exception]:
+    """httpx's network errors that the SDK does not turn into LimnerError (mid-stream)."""
+    import httpx
+
+    return httpx.TransportError
 
 
 if __name__ == "__main__":

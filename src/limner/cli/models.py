@@ -10,21 +10,20 @@ import argparse
 import math
 import sys
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
     from limner.client import Client
-    from limner.types import ShowResponse
+    from limner.types import ProgressResponse, ShowResponse
 
-Commands = argparse._SubParsersAction[argparse.ArgumentParser]
 SHOW_FIELDS = ("license", "modelfile", "parameters", "template", "system")
 TINY_KINDS = ("llava",)
 
 
-def add_parsers(commands: Commands) -> None:
+def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ls = commands.add_parser("list", aliases=["ls"], help="list models")
     ls.add_argument("prefix", nargs="?", default="", help="only names starting with this")
     ls.set_defaults(run=list_models)
@@ -74,7 +73,12 @@ def client() -> Client:
 
 def list_models(args: argparse.Namespace) -> int:
     rows = [
-        [m.name, m.digest.removeprefix("sha256:")[:12], human_bytes(m.size), human_time(m.modified_at)]
+        [
+            m.name,
+            m.digest.removeprefix("sha256:")[:12],
+            human_bytes(m.size),
+            human_time(m.modified_at),
+        ]
         for m in client().list().models
         if m.name.startswith(args.prefix)
     ]
@@ -112,7 +116,9 @@ def columns(rows: list[list[str]]) -> str:
     width = max(len(row) for row in rows)
     rows = [row + [""] * (width - len(row)) for row in rows]
     widths = [max(len(row[i]) for row in rows) for i in range(width)]
-    return "\n".join("    ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows)
+    return "\n".join(
+        "    ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
+    )
 
 
 def human_bytes(size: int) -> str:
@@ -196,7 +202,10 @@ def format_show(info: ShowResponse) -> str:
         ("Model", model_rows(info)),
         ("Projector", projector_rows(info)),
         ("Capabilities", [[c] for c in info.capabilities]),
-        ("Parameters", [line.split(None, 1) for line in (info.parameters or "").splitlines() if line.strip()]),
+        (
+            "Parameters",
+            [line.split(None, 1) for line in (info.parameters or "").splitlines() if line.strip()],
+        ),
         ("System", head(info.system or "", 2)),
         ("License", head(info.license or "", 2)),
     ]
@@ -213,7 +222,10 @@ def model_rows(info: ShowResponse) -> list[list[str]]:
     arch = str(mi.get("general.architecture") or info.details.family)
     params = info.details.parameter_size or _human_count(mi.get("general.parameter_count"))
     rows = [["architecture", arch], ["parameters", params]]
-    for key, label in (("context_length", "context length"), ("embedding_length", "embedding length")):
+    for key, label in (
+        ("context_length", "context length"),
+        ("embedding_length", "embedding length"),
+    ):
         if f"{arch}.{key}" in mi:
             rows.append([label, str(mi[f"{arch}.{key}"])])
     rows.append(["quantization", info.details.quantization_level])
@@ -297,25 +309,24 @@ def create_model(args: argparse.Namespace) -> int:
     if not folder.is_dir():
         from limner.errors import InvalidRequest
 
-        raise InvalidRequest(f"'{args.folder}' is not a folder; --from takes a Hugging Face model folder")
+        raise InvalidRequest(
+            f"'{args.folder}' is not a folder; --from takes a Hugging Face model folder"
+        )
     upload_folder(client(), args.model, folder)
     return 0
 
 
-def upload_folder(sdk: Client, model: str, folder: Path, out: Any = None) -> None:
-    """Upload every file of `folder` (once per digest), then create `model` from them."""
-    out = out or sys.stdout
+def upload_folder(
+    sdk: Client, model: str, folder: Path, say: Callable[[str], None] = print
+) -> None:
+    """Upload every file of `folder` (the server skips ones it has), then create `model`."""
     files = {}
     for relname, path in folder_files(folder):
-        print(f"copying file {relname} ({human_bytes(path.stat().st_size)})", file=out, flush=True)
+        say(f"copying file {relname} ({human_bytes(path.stat().st_size)})")
         files[relname] = sdk.create_blob(path)
-    for status in _statuses(sdk.create(model, files=files, stream=True)):
-        print(status, file=out, flush=True)
-
-
-def _statuses(progress: Iterable[Any]) -> Iterator[str]:
+    progress = cast("Iterator[ProgressResponse]", sdk.create(model, files=files, stream=True))
     for step in progress:
-        yield step.status
+        say(step.status)
 
 
 def folder_files(folder: Path) -> list[tuple[str, Path]]:

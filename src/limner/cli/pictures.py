@@ -20,10 +20,11 @@ EXTENSIONS = r"\.(?:png|jpe?g|webp)"
 # A path ends at the end of the text, a space, closing punctuation, or a sentence's full stop.
 _END = r"(?=$|[\s,;:!?)\]}'\"]|\.(?:\s|$))"
 # Quoted: anything but quotes and line breaks. Bare: non-space characters or `\`-escapes
-# (`my\ cat.png`), starting after a space or an opening bracket, never with a quote.
+# (`my\ cat.png`), starting after a space or an opening bracket, never with a quote
+# or a bracket.
 _CANDIDATE = re.compile(
     rf"(?P<q>['\"])(?P<quoted>[^'\"\n]+?{EXTENSIONS})(?P=q)"
-    rf"|(?<![^\s(\[{{])(?P<bare>(?:\\.|[^\s\\'\"])(?:\\.|[^\s\\\"])*?{EXTENSIONS}){_END}",
+    rf"|(?<![^\s(\[{{])(?P<bare>(?:\\.|[^\s\\'\"(\[{{])(?:\\.|[^\s\\\"])*?{EXTENSIONS}){_END}",
     re.IGNORECASE,
 )
 _ESCAPE = re.compile(r"\\(.)")

@@ -8,6 +8,7 @@ a terminal; otherwise it loads the model and opens the REPL.
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import sys
 from collections.abc import Callable, Iterable
@@ -19,10 +20,8 @@ if TYPE_CHECKING:
     from limner.client import Client
     from limner.types import Metrics
 
-Commands = argparse._SubParsersAction[argparse.ArgumentParser]
 
-
-def add_parser(commands: Commands) -> None:
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = commands.add_parser(
         "run", help="run a model",
         description="Answer PROMPT once, or chat in a REPL when no prompt is given. Picture "
@@ -31,9 +30,13 @@ def add_parser(commands: Commands) -> None:
     parser.add_argument("model")
     parser.add_argument("prompt", nargs="*", help="the prompt; piped stdin comes first")
     parser.add_argument("--format", help='response format ("json")')
-    parser.add_argument("--keepalive", metavar="DURATION", help="how long the model stays loaded (e.g. 5m)")
+    parser.add_argument(
+        "--keepalive", metavar="DURATION", help="how long the model stays loaded (e.g. 5m)"
+    )
     parser.add_argument("--verbose", action="store_true", help="print timings after each answer")
-    parser.add_argument("--nowordwrap", action="store_true", help="do not wrap words at the terminal's edge")
+    parser.add_argument(
+        "--nowordwrap", action="store_true", help="do not wrap words at the terminal's edge"
+    )
     parser.set_defaults(run=run)
 
 
@@ -44,7 +47,7 @@ class Session:
     model: str
     vision: bool = False
     format: str | None = None
-    keep_alive: str | None = None
+    keep_alive: float | str | None = None
     verbose: bool = False
     wordwrap: bool = True
     system: str | None = None
@@ -63,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         raise NotFound(f"{error}; see 'limner list', or create it with 'limner create'") from None
     session = Session(
         model=args.model, vision="vision" in info.capabilities, format=args.format,
-        keep_alive=args.keepalive, verbose=args.verbose, wordwrap=not args.nowordwrap,
+        keep_alive=keep_alive(args.keepalive), verbose=args.verbose, wordwrap=not args.nowordwrap,
     )  # fmt: skip
     parts = list(args.prompt)
     if parts or not sys.stdin.isatty() or not sys.stdout.isatty():
@@ -73,6 +76,13 @@ def run(args: argparse.Namespace) -> int:
     from limner.cli.repl import Repl
 
     return Repl(sdk, session, info).loop()
+
+
+def keep_alive(text: str | None) -> float | str | None:
+    """`--keepalive`: a Go duration (`5m`), or a plain number of seconds (`-1`: forever)."""
+    if text is not None and re.fullmatch(r"[-+]?\d+(\.\d*)?", text.strip()):
+        return float(text)
+    return text
 
 
 def one_shot(sdk: Client, session: Session, prompt: str) -> int:
@@ -114,7 +124,9 @@ def attach_pictures(text: str) -> tuple[str, list[bytes]]:
 # --- printing an answer as it streams ---------------------------------------------------
 
 
-def print_stream(chunks: Iterable[Any], text_of: Callable[[Any], str], wordwrap: bool) -> Metrics | None:
+def print_stream(
+    chunks: Iterable[Any], text_of: Callable[[Any], str], wordwrap: bool
+) -> Metrics | None:
     """Print each piece as it arrives; return the final chunk (with the timings).
 
     The stream is closed however this ends, so a Ctrl+C drops the connection and the
@@ -156,6 +168,7 @@ class Wrapper:
         self.width = max(width - 5, 10)  # Ollama leaves the same margin
         self.write = write
         self.column = 0
+        self.spaces = ""
         self.word = ""
 
     def feed(self, text: str) -> None:
@@ -163,15 +176,10 @@ class Wrapper:
             if char == "\n":
                 self._end_word()
                 self.write("\n")
-                self.column = 0
+                self.column, self.spaces = 0, ""
             elif char == " ":
                 self._end_word()
-                if self.column + 1 > self.width:
-                    self.write("\n")
-                    self.column = 0
-                else:
-                    self.write(" ")
-                    self.column += 1
+                self.spaces += " "
             else:
                 self.word += char
 
@@ -181,12 +189,15 @@ class Wrapper:
     def _end_word(self) -> None:
         if not self.word:
             return
-        if self.column and self.column + len(self.word) > self.width:
+        if self.column and self.column + len(self.spaces) + len(self.word) > self.width:
             self.write("\n")
             self.column = 0
+        else:
+            self.write(self.spaces)
+            self.column += len(self.spaces)
         self.write(self.word)
         self.column += len(self.word)
-        self.word = ""
+        self.spaces = self.word = ""
 
 
 # --- timings (--verbose) ----------------------------------------------------------------
@@ -215,7 +226,9 @@ def timing_lines(m: Metrics) -> list[str]:
         lines.append(f"eval count:           {m.eval_count} token(s)")
     if m.eval_duration:
         lines.append(f"eval duration:        {go_duration(m.eval_duration)}")
-        lines.append(f"eval rate:            {(m.eval_count or 0) / m.eval_duration * 1e9:.2f} tokens/s")
+        lines.append(
+            f"eval rate:            {(m.eval_count or 0) / m.eval_duration * 1e9:.2f} tokens/s"
+        )
     return lines
 
 
