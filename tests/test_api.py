@@ -131,6 +131,7 @@ def test_negative_keep_alive_is_forever(api: httpx.Client) -> None:
     assert int(model["expires_at"][:4]) > 2200
 
 
+# fmt: off
 BAD_REQUESTS = [
     ("POST", "/api/chat", b"", 400, "missing request body"),
     ("POST", "/api/chat", b"{not json", 400, "invalid JSON"),
@@ -138,105 +139,28 @@ BAD_REQUESTS = [
     ("POST", "/api/chat", {"model": "fake", "messages": "hello"}, 400, "messages"),
     ("POST", "/api/chat", {"model": "fake", "messages": [{"content": "no role"}]}, 400, "role"),
     ("POST", "/api/chat", {"messages": []}, 400, "model is required"),
-    (
-        "POST",
-        "/api/generate",
-        {"model": "fake", "prompt": "x", "images": ["data:image/png;base64,AAAA"]},
-        400,
-        "base64",
-    ),
-    (
-        "POST",
-        "/api/generate",
-        {"model": "fake", "prompt": "x", "images": [b64(b"just some text, not a picture")]},
-        400,
-        "not a picture",
-    ),
-    (
-        "POST",
-        "/api/generate",
-        {"model": "fake", "prompt": "x", "images": [b64(picture()[:60])]},
-        400,
-        "truncated",
-    ),
-    (
-        "POST",
-        "/api/generate",
-        {"model": "fake", "prompt": "x", "images": [b64(picture("GIF"))]},
-        400,
-        "GIF",
-    ),
-    (
-        "POST",
-        "/api/generate",
-        {"model": "fake", "prompt": "x", "options": {"temperature": "hot"}},
-        400,
-        'option "temperature"',
-    ),
-    (
-        "POST",
-        "/api/generate",
-        {"model": "fake", "prompt": "x", "format": "yaml"},
-        400,
-        "invalid format",
-    ),
-    (
-        "POST",
-        "/api/generate",
-        {"model": "fake", "prompt": "x", "keep_alive": "3600"},
-        400,
-        "missing unit",
-    ),
-    (
-        "POST",
-        "/api/generate",
-        {"model": "nothere", "prompt": "x"},
-        404,
-        "model 'nothere' not found",
-    ),
-    (
-        "POST",
-        "/api/generate",
-        {"model": "../../etc/passwd", "prompt": "x"},
-        400,
-        "invalid model name",
-    ),
+    ("POST", "/api/generate", {"model": "fake", "prompt": "x", "images": ["data:image/png;base64,AAAA"]}, 400, "base64"),
+    ("POST", "/api/generate", {"model": "fake", "prompt": "x", "images": [b64(b"just some text, not a picture")]}, 400, "not a picture"),
+    ("POST", "/api/generate", {"model": "fake", "prompt": "x", "images": [b64(picture()[:60])]}, 400, "truncated"),
+    ("POST", "/api/generate", {"model": "fake", "prompt": "x", "images": [b64(picture("GIF"))]}, 400, "GIF"),
+    ("POST", "/api/generate", {"model": "fake", "prompt": "x", "options": {"temperature": "hot"}}, 400, 'option "temperature"'),
+    ("POST", "/api/generate", {"model": "fake", "prompt": "x", "format": "yaml"}, 400, "invalid format"),
+    ("POST", "/api/generate", {"model": "fake", "prompt": "x", "keep_alive": "3600"}, 400, "missing unit"),
+    ("POST", "/api/generate", {"model": "nothere", "prompt": "x"}, 404, "model 'nothere' not found"),
+    ("POST", "/api/generate", {"model": "../../etc/passwd", "prompt": "x"}, 400, "invalid model name"),
     ("POST", "/api/show", {"model": "nothere"}, 404, "model 'nothere:latest' not found"),
-    (
-        "POST",
-        "/api/copy",
-        {"source": "nothere", "destination": "x"},
-        404,
-        'model "nothere" not found',
-    ),
-    (
-        "POST",
-        "/api/copy",
-        {"source": "fake", "destination": "../x"},
-        400,
-        'destination "../x" is invalid',
-    ),
+    ("POST", "/api/copy", {"source": "nothere", "destination": "x"}, 404, 'model "nothere" not found'),
+    ("POST", "/api/copy", {"source": "fake", "destination": "../x"}, 400, 'destination "../x" is invalid'),
     ("DELETE", "/api/delete", {"model": "nothere"}, 404, "model 'nothere' not found"),
     ("POST", "/api/create", {"model": "m"}, 400, "neither 'from' or 'files'"),
-    (
-        "POST",
-        "/api/create",
-        {"model": "m", "files": {"../x": "sha256:" + "0" * 64}},
-        400,
-        "relative",
-    ),
-    (
-        "POST",
-        "/api/create",
-        {"model": "m", "files": {"config.json": "sha256:zz"}},
-        400,
-        "invalid digest",
-    ),
+    ("POST", "/api/create", {"model": "m", "files": {"../x": "sha256:" + "0" * 64}}, 400, "relative"),
+    ("POST", "/api/create", {"model": "m", "files": {"config.json": "sha256:zz"}}, 400, "invalid digest"),
     ("HEAD", "/api/blobs/sha256:nothex", None, 400, None),
     ("POST", "/api/blobs/sha256:" + "0" * 64, b"other bytes", 400, "digest mismatch"),
     ("GET", "/api/nothing", None, 404, "404 page not found"),
     ("GET", "/api/chat", None, 405, "405 method not allowed"),
 ]
+# fmt: on
 
 
 @pytest.mark.parametrize(("method", "path", "body", "status", "message"), BAD_REQUESTS)

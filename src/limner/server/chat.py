@@ -9,7 +9,7 @@ re-encoded as Ollama's chunks.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -44,7 +44,9 @@ async def chat(request: Request) -> Response:
     if not messages:
         return await _load_or_unload(state, name, keep_alive, chat=True)
     steps = _run(state, name, messages, body.options, body.format, keep_alive, replace_system=None)
-    return await respond(_chat_chunks(body.model, steps), body.stream is not False, _aggregate_chat)
+    return await respond(
+        _chunks(body.model, steps, _chat_text), body.stream is not False, _aggregate_chat
+    )
 
 
 async def generate(request: Request) -> Response:
@@ -65,7 +67,7 @@ async def generate(request: Request) -> Response:
         state, name, [message], body.options, body.format, keep_alive, replace_system=body.system
     )
     return await respond(
-        _generate_chunks(body.model, steps), body.stream is not False, _aggregate_generate
+        _chunks(body.model, steps, _generate_text), body.stream is not False, _aggregate_generate
     )
 
 
@@ -172,35 +174,24 @@ def _metrics(step: dict[str, Any]) -> dict[str, Any]:
     return {"done_reason": step["done_reason"], **{k: step[k] for k in keys}}
 
 
-async def _chat_chunks(
-    model: str, steps: AsyncIterator[dict[str, Any]]
+def _chat_text(text: str) -> dict[str, Any]:
+    return {"message": {"role": "assistant", "content": text}}
+
+
+def _generate_text(text: str) -> dict[str, Any]:
+    return {"response": text}
+
+
+async def _chunks(
+    model: str, steps: AsyncIterator[dict[str, Any]], text: Callable[[str], dict[str, Any]]
 ) -> AsyncIterator[dict[str, Any]]:
+    """Runner steps as Ollama's chunks; the last one carries the reason and the metrics."""
     async for step in steps:
         chunk: dict[str, Any] = {"model": model, "created_at": now()}
         if step["type"] == "piece":
-            yield {
-                **chunk,
-                "message": {"role": "assistant", "content": step["text"]},
-                "done": False,
-            }
+            yield {**chunk, **text(step["text"]), "done": False}
         else:
-            yield {
-                **chunk,
-                "message": {"role": "assistant", "content": ""},
-                "done": True,
-                **_metrics(step),
-            }
-
-
-async def _generate_chunks(
-    model: str, steps: AsyncIterator[dict[str, Any]]
-) -> AsyncIterator[dict[str, Any]]:
-    async for step in steps:
-        chunk: dict[str, Any] = {"model": model, "created_at": now()}
-        if step["type"] == "piece":
-            yield {**chunk, "response": step["text"], "done": False}
-        else:
-            yield {**chunk, "response": "", "done": True, **_metrics(step)}
+            yield {**chunk, **text(""), "done": True, **_metrics(step)}
 
 
 def _aggregate_chat(chunks: list[dict[str, Any]]) -> dict[str, Any]:
