@@ -41,6 +41,7 @@ class Options:
     repeat_last_n: int = 64
     num_ctx: int = 0  # 0: the model's own context length
     format: str = ""  # "" or "json"
+    precision: str = ""  # load time, diffusion: "" picks bf16 where the CPU has it (or CUDA), else fp32
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Options:
@@ -92,6 +93,66 @@ class Done:
 ChatStep = Piece | Done
 
 
+@dataclass
+class ImageRequest:
+    """One picture to draw. The server has validated it; engines still refuse the impossible.
+
+    Modes follow from what is given: nothing -> text-to-image; `image` -> image-to-image
+    (`strength` of re-noising); `image` + `mask` -> inpainting (white = repaint);
+    `style_images` -> style transfer with the model's IP-Adapter at `style_strength`.
+    """
+
+    prompt: str
+    negative_prompt: str = ""
+    width: int = 0  # 0: the model's default size (or the init picture's)
+    height: int = 0
+    steps: int = 0  # 0: the model's default
+    guidance_scale: float | None = None  # None: the model's default (7.5 for SD)
+    seed: int = -1  # -1: random; the seed used is reported in the result
+    scheduler: str = ""  # "": the model's own; else a name from SCHEDULERS
+    strength: float = 0.75  # image-to-image and inpainting: how much to change
+    image: bytes | None = None  # encoded PNG/JPEG/WebP
+    mask: bytes | None = None  # same size as `image`; white repaints, black keeps
+    style_images: list[bytes] = field(default_factory=list)
+    style_strength: float = 0.6
+    metadata: dict[str, str] = field(
+        default_factory=dict
+    )  # e.g. model name and digest, for the PNG
+
+
+# Scheduler names accepted in requests (A1111's names in lower case, and short forms).
+SCHEDULERS = ("euler", "euler a", "dpm++ 2m", "dpm++ 2m karras", "ddim", "lcm", "pndm", "unipc")
+
+
+@dataclass
+class Progress:
+    """One denoising step done, of `total` (which can differ from `steps`: see img2img)."""
+
+    completed: int
+    total: int
+
+
+@dataclass
+class ImageResult:
+    """The finished picture: PNG bytes with its parameters in text chunks, and those parameters."""
+
+    png: bytes
+    parameters: dict[str, Any]
+
+
+ImageStep = Progress | ImageResult
+
+
+class ImageEngine(Protocol):
+    """A loaded diffusion model. `cancelled()` is polled after every denoising step."""
+
+    def generate_image(
+        self, request: ImageRequest, cancelled: Callable[[], bool]
+    ) -> Iterator[ImageStep]: ...
+
+    def memory_bytes(self) -> int: ...
+
+
 class ChatEngine(Protocol):
     """A loaded vision chat model. `cancelled()` is polled between tokens."""
 
@@ -102,11 +163,12 @@ class ChatEngine(Protocol):
     def memory_bytes(self) -> int: ...
 
 
-EngineFactory = Callable[[Path, Options], ChatEngine]
+EngineFactory = Callable[[Path, Options], ChatEngine | ImageEngine]
 
 # model_format in the manifest config -> "module:factory", imported lazily in the runner.
 ENGINES: dict[str, str] = {
     "safetensors": "limner.engines.llava_transformers:load",
+    "diffusers": "limner.engines.diffusion:load",
     "fake": "limner.engines.fake:load",
 }
 
