@@ -11,11 +11,13 @@ and turns each request into an async iterator of step messages. If the child die
 request it held ends with RunnerFailed.
 
 Messages (one JSON object per line):
-    server -> runner   {"op": "load", "format", "files": {name: path}, "options"}
+    server -> runner   {"op": "load", "format", "folder", "options"}
                        {"op": "chat", "id", "messages": [{role, content, images: [b64]}], "options"}
+                       {"op": "image", "id", "request": {ImageRequest fields, pictures as b64}}
                        {"op": "cancel", "id"}
     runner -> server   {"type": "ready", "memory", "load_duration"} | {"type": "load_error", ...}
                        {"type": "piece", "id", "text"} | {"type": "done", "id", ...Done fields}
+                       {"type": "progress", "id", "completed", "total"} | {"type": "image", "id", "image", "parameters"}
                        {"type": "error", "id", "status", "message"}
 """
 
@@ -24,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import itertools
 import json
 import os
@@ -33,15 +36,25 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import IO, Any
 
-from limner.engines import Done, Message, Options, engine_for
-from limner.errors import LimnerError, RunnerFailed
+from limner.engines import (
+    Done,
+    ImageRequest,
+    ImageResult,
+    Message,
+    Options,
+    Piece,
+    Progress,
+    engine_for,
+)
+from limner.errors import InvalidRequest, LimnerError, RunnerFailed
 
 STREAM_LIMIT = 64 * 1024 * 1024  # one line may carry several base64 pictures
+LAST_REPLIES = ("done", "image")
 
 
 # --- parent side ----------------------------------------------------------------------
@@ -96,10 +109,18 @@ class RunnerProcess:
     def alive(self) -> bool:
         return self.process.returncode is None and not self._reader.done()
 
-    async def chat(
+    def chat(
         self, messages: list[dict[str, Any]], options: dict[str, Any]
     ) -> AsyncIterator[dict[str, Any]]:
-        """Yield `piece` messages then one `done`; raise on `error`. Closing early cancels."""
+        """Yield `piece` messages then one `done`."""
+        return self._request({"op": "chat", "messages": messages, "options": options})
+
+    def generate_image(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """Yield `progress` messages then one `image` (pictures in the request as base64)."""
+        return self._request({"op": "image", "request": request})
+
+    async def _request(self, message: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """Send one request; yield its replies up to the last; raise on `error`. Closing cancels."""
         request_id = next(self._ids)
         inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._queues[request_id] = inbox
@@ -107,17 +128,14 @@ class RunnerProcess:
         try:
             if not self.alive:
                 raise RunnerFailed("the model's runner has stopped; try again")
-            await _send(
-                self.process,
-                {"op": "chat", "id": request_id, "messages": messages, "options": options},
-            )
+            await _send(self.process, {**message, "id": request_id})
             while True:
                 reply = await inbox.get()
                 if reply["type"] == "error":
                     finished = True
                     raise _error(reply)
                 yield reply
-                if reply["type"] == "done":
+                if reply["type"] in LAST_REPLIES:
                     finished = True
                     return
         finally:
@@ -227,34 +245,60 @@ def _serve(engine: Any, out: IO[str]) -> None:
     threading.Thread(target=read_stdin, daemon=True).start()
     while True:
         request = work.get()
-        _chat(engine, request, lambda rid=request["id"]: rid in cancelled, out)
-        cancelled.discard(request["id"])
+        rid: int = request["id"]
+        _run(engine, request, functools.partial(set.__contains__, cancelled, rid), out)
+        cancelled.discard(rid)
 
 
-def _chat(engine: Any, request: dict[str, Any], is_cancelled: Any, out: IO[str]) -> None:
+def _run(
+    engine: Any, request: dict[str, Any], is_cancelled: Callable[[], bool], out: IO[str]
+) -> None:
     rid = request["id"]
     try:
-        messages = [
-            Message(
-                role=m["role"],
-                content=m.get("content") or "",
-                images=[base64.b64decode(i) for i in m.get("images") or []],
-            )
-            for m in request["messages"]
-        ]
-        for step in engine.chat(
-            messages, Options.from_dict(request.get("options", {})), is_cancelled
-        ):
+        for step in _steps(engine, request, is_cancelled):
             if is_cancelled():
                 break
-            if isinstance(step, Done):
-                _write(out, {"type": "done", "id": rid, **asdict(step)})
+            reply = _encode(step)
+            if reply is not None:
+                _write(out, {**reply, "id": rid})
+            if isinstance(step, Done | ImageResult):
                 return
-            if step.text:
-                _write(out, {"type": "piece", "id": rid, "text": step.text})
         _write(out, {"type": "error", "id": rid, "status": 499, "message": "request canceled"})
-    except Exception as exc:
+    except Exception as exc:  # one bad request must not stop the runner
         _write(out, {"type": "error", "id": rid, **_describe(exc)})
+
+
+def _steps(engine: Any, request: dict[str, Any], is_cancelled: Callable[[], bool]) -> Iterator[Any]:
+    if request["op"] == "image":
+        if not hasattr(engine, "generate_image"):
+            raise InvalidRequest("this model does not draw pictures; it answers questions")
+        fields = dict(request["request"])
+        for key in ("image", "mask"):
+            fields[key] = base64.b64decode(fields[key]) if fields.get(key) else None
+        fields["style_images"] = [base64.b64decode(i) for i in fields.get("style_images") or []]
+        return iter(engine.generate_image(ImageRequest(**fields), is_cancelled))
+    if not hasattr(engine, "chat"):
+        raise InvalidRequest("this model draws pictures; it does not chat")
+    messages = [
+        Message(
+            role=m["role"],
+            content=m.get("content") or "",
+            images=[base64.b64decode(i) for i in m.get("images") or []],
+        )
+        for m in request["messages"]
+    ]
+    return iter(engine.chat(messages, Options.from_dict(request.get("options", {})), is_cancelled))
+
+
+def _encode(step: Any) -> dict[str, Any] | None:
+    if isinstance(step, Piece):
+        return {"type": "piece", "text": step.text} if step.text else None
+    if isinstance(step, Done):
+        return {"type": "done", **asdict(step)}
+    if isinstance(step, Progress):
+        return {"type": "progress", "completed": step.completed, "total": step.total}
+    png = base64.b64encode(step.png).decode()
+    return {"type": "image", "image": png, "parameters": step.parameters}
 
 
 def _describe(exc: Exception) -> dict[str, Any]:
