@@ -116,3 +116,9 @@ def server(make_server: Any) -> Any:
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+def add_fake_draw(store: Store, name: str = "draw", **config: Any) -> None:
+    """A drawing model served by the fake engine: flat pictures after `steps` progress lines."""
+    model = {"model_type": "limner-fake-draw", **config}
+    add_model(store, name, {"config.json": json.dumps(model).encode()})

@@ -13,7 +13,7 @@ def test_the_public_surface_is_exactly_the_sdk_types_and_errors() -> None:
     assert sorted(limner.__all__) == sorted(
         ["AsyncClient", "Client", "ConnectError", "InvalidImage", "InvalidRequest", "LimnerError",
          "ModelNotFound", "NotFound", "RequestCanceled", "RunnerFailed", "ServerBusy", "TooLarge",
-         "UnsafeWeights", "errors", "types"]
+         "UnsafeWeights", "errors", "types", "GeneratedImage", "read_parameters"]
     )  # fmt: skip
 
 

@@ -4,7 +4,7 @@ The public surface is the SDK (`Client`, `AsyncClient`), the wire types and the 
 """
 
 from limner import errors, types
-from limner.client import AsyncClient, Client
+from limner.client import AsyncClient, Client, GeneratedImage, read_parameters
 from limner.errors import (
     ConnectError,
     InvalidImage,
@@ -23,6 +23,7 @@ __all__ = [
     "AsyncClient",
     "Client",
     "ConnectError",
+    "GeneratedImage",
     "InvalidImage",
     "InvalidRequest",
     "LimnerError",
@@ -34,5 +35,6 @@ __all__ = [
     "TooLarge",
     "UnsafeWeights",
     "errors",
+    "read_parameters",
     "types",
 ]

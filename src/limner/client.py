@@ -18,7 +18,8 @@ import base64
 import io
 import json
 import os
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -73,6 +74,58 @@ def _messages(messages: Sequence[dict[str, Any] | BaseModel]) -> list[dict[str, 
             data["images"] = [encode_image(i) for i in data["images"]]
         out.append(data)
     return out
+
+
+@dataclass
+class GeneratedImage:
+    """A drawn picture: PNG bytes (parameters in its text chunks) and those parameters."""
+
+    png: bytes
+    parameters: dict[str, Any]
+
+    def pil(self) -> Any:
+        """The picture as a PIL image."""
+        from PIL import Image
+
+        return Image.open(io.BytesIO(self.png))
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        target = Path(path)
+        target.write_bytes(self.png)
+        return target
+
+
+def read_parameters(png: bytes) -> dict[str, Any]:
+    """What drew a PNG, from its text chunks: limner's JSON, else Automatic1111's `parameters`."""
+    from PIL import Image
+
+    text: dict[str, str] = getattr(Image.open(io.BytesIO(png)), "text", {})
+    if "limner" in text:
+        found: dict[str, Any] = json.loads(text["limner"])
+        return found
+    if "parameters" in text:
+        return {"parameters": text["parameters"]}
+    return {}
+
+
+def _image_body(model: str, prompt: str, fields: dict[str, Any]) -> dict[str, Any]:
+    for key in ("image", "mask"):
+        if fields.get(key) is not None:
+            fields[key] = encode_image(fields[key])
+    image = fields.pop("image", None)
+    styles = fields.pop("style_images", None)
+    return _body(
+        model=model, prompt=prompt, images=[image] if image is not None else None,
+        style_images=[encode_image(i) for i in styles] if styles else None, **fields,
+    )  # fmt: skip
+
+
+def _finished(chunk: GenerateResponse, progress: Any) -> GeneratedImage | None:
+    if chunk.image is None:
+        if progress is not None and chunk.completed is not None and chunk.total is not None:
+            progress(chunk.completed, chunk.total)
+        return None
+    return GeneratedImage(base64.b64decode(chunk.image), chunk.parameters or {})
 
 
 def _body(**fields: Any) -> dict[str, Any]:
@@ -176,6 +229,30 @@ class Client(_Base):
             "/api/chat", body, ChatResponse, stream
         )
         return result
+
+    def generate_image(
+        self, model: str, prompt: str, *, width: int | None = None, height: int | None = None,
+        steps: int | None = None, seed: int | None = None, negative_prompt: str | None = None,
+        guidance_scale: float | None = None, scheduler: str | None = None,
+        strength: float | None = None, image: ImageInput | None = None, mask: ImageInput | None = None,
+        style_images: Sequence[ImageInput] | None = None, style_strength: float | None = None,
+        keep_alive: float | str | None = None, progress: Callable[[int, int], None] | None = None,
+    ) -> GeneratedImage:  # fmt: skip
+        """Draw a picture with a Stable Diffusion model; `progress(completed, total)` per step.
+
+        `image` alone re-draws it (image-to-image); with `mask` (white = repaint) it inpaints;
+        `style_images` transfer the style of reference pictures.
+        """
+        fields = {
+            k: v for k, v in locals().items() if k not in ("self", "model", "prompt", "progress")
+        }
+        for chunk in self._stream(
+            "/api/generate", _image_body(model, prompt, fields), GenerateResponse
+        ):
+            result = _finished(chunk, progress)
+            if result is not None:
+                return result
+        raise LimnerError("the server ended the stream without a picture")
 
     def list(self) -> ListResponse:
         return ListResponse.model_validate(self._send("GET", "/api/tags").json())
@@ -300,6 +377,25 @@ class AsyncClient(_Base):
             "/api/chat", body, ChatResponse, stream
         )
         return result
+
+    async def generate_image(
+        self, model: str, prompt: str, *, width: int | None = None, height: int | None = None,
+        steps: int | None = None, seed: int | None = None, negative_prompt: str | None = None,
+        guidance_scale: float | None = None, scheduler: str | None = None,
+        strength: float | None = None, image: ImageInput | None = None, mask: ImageInput | None = None,
+        style_images: Sequence[ImageInput] | None = None, style_strength: float | None = None,
+        keep_alive: float | str | None = None, progress: Callable[[int, int], None] | None = None,
+    ) -> GeneratedImage:  # fmt: skip
+        fields = {
+            k: v for k, v in locals().items() if k not in ("self", "model", "prompt", "progress")
+        }
+        async for chunk in self._stream(
+            "/api/generate", _image_body(model, prompt, fields), GenerateResponse
+        ):
+            result = _finished(chunk, progress)
+            if result is not None:
+                return result
+        raise LimnerError("the server ended the stream without a picture")
 
     async def list(self) -> ListResponse:
         return ListResponse.model_validate((await self._send("GET", "/api/tags")).json())

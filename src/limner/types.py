@@ -51,6 +51,19 @@ class GenerateRequest(_Request):
     stream: bool | None = True  # NDJSON by default
     raw: bool | None = False  # true: the prompt is sent to the model as is
     context: list[int] | None = None  # deprecated; ignored by limner
+    # Drawing models (capability "image"): Ollama's experimental fields...
+    width: int | None = None  # 0/absent: the model's default size, or the init picture's
+    height: int | None = None
+    steps: int | None = None  # 1-150; absent: 20
+    # ...and limner's: images[0] is the init picture for image-to-image and inpainting.
+    seed: int | None = None  # also read from options.seed; absent or -1: random
+    negative_prompt: str | None = None
+    guidance_scale: float | None = None  # absent: 7.5
+    scheduler: str | None = None  # "euler", "euler a", "dpm++ 2m karras", "ddim", "lcm", ...
+    strength: float | None = None  # image-to-image: 0 < strength <= 1, default 0.75
+    mask: str | None = None  # base64 PNG the size of images[0]; white = repaint
+    style_images: list[str] | None = None  # reference pictures for style transfer
+    style_strength: float | None = None  # 0-1, default 0.6
 
 
 class ChatRequest(_Request):
@@ -80,6 +93,10 @@ class GenerateResponse(Metrics):
     done: bool = False
     done_reason: str | None = None  # stop | length | load | unload
     context: list[int] | None = None
+    completed: int | None = None  # drawing: denoising steps done...
+    total: int | None = None  # ...of this many
+    image: str | None = None  # drawing, last line: base64 PNG
+    parameters: dict[str, Any] | None = None  # drawing, last line: what drew it (seed used...)
 
 
 class ChatMessage(_Response):

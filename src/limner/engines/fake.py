@@ -1,24 +1,40 @@
 """A scripted chat engine for tests of everything above the engine seam.
 
 It runs in a real runner process like any engine. A model folder whose config.json says
-`"model_type": "limner-fake"` selects it. It answers by echoing the last message word by
-word and obeys `num_predict` and `stop`, so tests see real streams. Words in the last
+`"model_type": "limner-fake"` (a chat model) or `"limner-fake-draw"` (a drawing model)
+selects it. It answers by echoing the last message word by word and obeys `num_predict`
+and `stop`, so tests see real streams; it draws a flat picture after `steps` progress steps. Words in the last
 message script misbehaviour:
 
-    SLOW   sleep `token_delay` (config, default 0.2 s) before every word; 100 words
+    SLOW   sleep `token_delay` (config, default 0.2 s) before every word (100 words)
+           or every denoising step
     CRASH  emit one word, then kill the process (a runner crash mid-stream)
     HANG   emit one word, then never answer again
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from limner.engines import ChatStep, Done, Message, Options, Piece
+from PIL import Image, PngImagePlugin
+
+from limner.engines import (
+    ChatStep,
+    Done,
+    ImageRequest,
+    ImageResult,
+    ImageStep,
+    Message,
+    Options,
+    Piece,
+    Progress,
+)
 from limner.errors import InvalidImage
 
 IMAGE_TOKENS = 576
@@ -34,6 +50,32 @@ class FakeEngine:
 
     def memory_bytes(self) -> int:
         return 1024
+
+    def generate_image(
+        self, request: ImageRequest, cancelled: Callable[[], bool]
+    ) -> Iterator[ImageStep]:
+        """A flat picture in a colour picked from the prompt; the mask's area when inpainting."""
+        steps = request.steps or 4
+        width, height = request.width or 64, request.height or 64
+        for step in range(1, steps + 1):
+            if cancelled():
+                return
+            if "SLOW" in request.prompt:
+                time.sleep(self.token_delay)
+            yield Progress(step, steps)
+        colour = tuple(hashlib.sha256(f"{request.prompt}{request.seed}".encode()).digest()[:3])
+        picture = Image.new("RGB", (width, height), colour)
+        if request.image is not None:
+            base = Image.open(io.BytesIO(request.image)).convert("RGB").resize((width, height))
+            mask = Image.open(io.BytesIO(request.mask)).convert("L") if request.mask else None
+            picture = Image.composite(picture, base, mask) if mask else picture
+        parameters = {"prompt": request.prompt, "seed": request.seed, "steps": steps,
+                      "width": width, "height": height, **request.metadata}  # fmt: skip
+        info = PngImagePlugin.PngInfo()
+        info.add_text("limner", json.dumps(parameters))
+        buffer = io.BytesIO()
+        picture.save(buffer, format="PNG", pnginfo=info)
+        yield ImageResult(buffer.getvalue(), parameters)
 
     def chat(
         self, messages: list[Message], options: Options, cancelled: Callable[[], bool]

@@ -20,7 +20,7 @@ from limner import config
 from limner.engines import Options
 from limner.errors import InvalidRequest
 from limner.names import ModelName
-from limner.server import pictures
+from limner.server import images, pictures
 from limner.server.state import State, parse_body
 from limner.server.streaming import respond
 from limner.store import manifests as m
@@ -43,6 +43,8 @@ async def chat(request: Request) -> Response:
     keep_alive = _keep_alive(body.keep_alive)
     if not messages:
         return await _load_or_unload(state, name, keep_alive, chat=True)
+    if _draws(state, name):
+        raise InvalidRequest(f"'{body.model}' draws pictures; send its prompt to /api/generate")
     steps = _run(state, name, messages, body.options, body.format, keep_alive, replace_system=None)
     return await respond(
         _chunks(body.model, steps, _chat_text), body.stream is not False, _aggregate_chat
@@ -60,6 +62,11 @@ async def generate(request: Request) -> Response:
     keep_alive = _keep_alive(body.keep_alive)
     if not body.prompt and not body.images:
         return await _load_or_unload(state, name, keep_alive, chat=False)
+    if _draws(state, name):
+        entry = state.store.entry(name)
+        drawing = images.check(body, state.store.config(entry.manifest))
+        lines = images.chunks(body.model, images.draw(state, name, drawing, keep_alive), now)
+        return await respond(lines, body.stream is not False)
     message = _wire_message(
         {"role": "user", "content": body.prompt, "images": body.images}, "prompt"
     )
@@ -76,6 +83,11 @@ def _stored_name(state: State, text: str) -> ModelName:
     if not text:
         raise InvalidRequest("model is required")
     return state.store.resolve(text)
+
+
+def _draws(state: State, name: ModelName) -> bool:
+    config = state.store.config(state.store.entry(name).manifest)
+    return "image" in config.get("capabilities", [])
 
 
 def _keep_alive(value: float | str | None) -> float | None:

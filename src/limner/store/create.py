@@ -107,16 +107,21 @@ def _layers_from_files(store: Store, files: dict[str, str]) -> tuple[list[Layer]
 
 
 def _config_for_folder(kinds: dict[str, tuple[str, Path]]) -> dict[str, Any]:
-    if "config.json" not in kinds:
-        raise InvalidRequest("the model files need a config.json (a Hugging Face model folder)")
-    hf = json.loads(kinds["config.json"][1].read_text())
     weights = [path for kind, path in kinds.values() if kind == SAFETENSORS]
+    if "model_index.json" in kinds:
+        return _diffusers_config(kinds, weights)
+    if "config.json" not in kinds:
+        raise InvalidRequest(
+            "the model files need a config.json (a Hugging Face model folder) "
+            "or a model_index.json (a diffusers folder)"
+        )
+    hf = json.loads(kinds["config.json"][1].read_text())
     model_type = hf.get("model_type")
-    if model_type == "limner-fake":
+    if model_type in FAKE_CAPABILITIES:
         return {
             "model_format": "fake",
             "model_family": "fake",
-            "capabilities": ["completion", "vision"],
+            "capabilities": FAKE_CAPABILITIES[model_type],
             "model_info": {"general.architecture": "fake", "fake.context_length": 4096},
         }
     if model_type != "llava":
@@ -128,8 +133,12 @@ def _config_for_folder(kinds: dict[str, tuple[str, Path]]) -> dict[str, Any]:
     return _llava_config(hf, weights)
 
 
-def _llava_config(hf: dict[str, Any], weights: list[Path]) -> dict[str, Any]:
-    text, vision = hf.get("text_config", {}), hf.get("vision_config", {})
+# The scripted fake engine (engines/fake.py) chats or draws, for tests above the engine seam.
+FAKE_CAPABILITIES = {"limner-fake": ["completion", "vision"], "limner-fake-draw": ["image"]}
+
+
+def _count_parameters(weights: list[Path]) -> tuple[int, set[str]]:
+    """How many parameters the safetensors files hold, and in which dtypes."""
     params, dtypes = 0, set()
     for path in weights:
         for tensor in safetensors_header(path).values():
@@ -138,6 +147,59 @@ def _llava_config(hf: dict[str, Any], weights: list[Path]) -> dict[str, Any]:
                 count *= dim
             params += count
             dtypes.add(tensor["dtype"])
+    return params, dtypes
+
+
+def _diffusers_config(kinds: dict[str, tuple[str, Path]], weights: list[Path]) -> dict[str, Any]:
+    """A Stable Diffusion pipeline in diffusers' folder layout."""
+
+    def component(name: str) -> dict[str, Any]:
+        entry = kinds.get(name)
+        data: dict[str, Any] = json.loads(entry[1].read_text()) if entry else {}
+        return data
+
+    index, unet, vae = (
+        component("model_index.json"),
+        component("unet/config.json"),
+        component("vae/config.json"),
+    )
+    pipeline = index.get("_class_name", "")
+    if not pipeline.startswith("StableDiffusion") or not unet:
+        raise InvalidRequest(
+            f"pipeline {pipeline!r} is not supported; limner draws with Stable Diffusion 1.x, 2.x and XL"
+        )
+    if not weights:
+        raise InvalidRequest("no safetensors weights among the model files")
+    scale = 2 ** (len(vae.get("block_out_channels", [0, 0, 0, 0])) - 1)
+    xl = "XL" in pipeline
+    family = "stable-diffusion-xl" if xl else "stable-diffusion"
+    params, dtypes = _count_parameters(weights)
+    style = any(name.startswith("image_encoder/") for name in kinds)
+    info = {
+        "general.architecture": family,
+        "general.parameter_count": params,
+        f"{family}.pipeline": pipeline,
+        f"{family}.default_size": unet.get("sample_size", 64) * scale,
+        f"{family}.vae_scale_factor": scale,
+        f"{family}.unet.in_channels": unet.get("in_channels", 4),
+        f"{family}.inpainting_unet": unet.get("in_channels", 4) == 9,
+        f"{family}.ip_adapter": style,
+    }
+    return {
+        "model_format": "diffusers",
+        "model_family": family,
+        "model_families": [family],
+        "model_type": human_count(params),
+        "file_type": "/".join(sorted(d.upper() for d in dtypes)),
+        "capabilities": ["image"],
+        "default_size": info[f"{family}.default_size"],
+        "model_info": info,
+    }
+
+
+def _llava_config(hf: dict[str, Any], weights: list[Path]) -> dict[str, Any]:
+    text, vision = hf.get("text_config", {}), hf.get("vision_config", {})
+    params, dtypes = _count_parameters(weights)
     side, patch = vision.get("image_size", 336), vision.get("patch_size", 14)
     context = text.get("max_position_embeddings", 32768)
     info = {

@@ -1,0 +1,146 @@
+"""Drawing on /api/generate: models whose capabilities include "image".
+
+Ollama's experimental shape (width, height, steps in; one `completed`/`total` line per
+denoising step; a last line with `image`, a base64 PNG), plus limner's fields: seed,
+negative prompt, guidance, scheduler, strength, an init picture (`images[0]`), a mask and
+style pictures. Everything is checked here, before the model is even leased, so a bad
+request costs nothing and always gets a 400 that says what to fix.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from PIL import Image
+
+from limner import config
+from limner.engines import SCHEDULERS
+from limner.errors import InvalidRequest, TooLarge
+from limner.names import ModelName
+from limner.server import pictures
+from limner.server.state import State
+from limner.types import GenerateRequest
+
+DEFAULT_STEPS = 20
+DEFAULT_STRENGTH = 0.75
+MAX_SIDE = 4096  # Ollama's "width and height must be <= 4096"
+
+
+def check(body: GenerateRequest, model_config: dict[str, Any]) -> dict[str, Any]:
+    """The engine's ImageRequest fields (pictures still base64), or InvalidRequest."""
+    images = body.images or []
+    if len(images) > 1:
+        raise InvalidRequest(
+            "send one init picture in images; reference pictures go in style_images"
+        )
+    init = _picture(images[0], "init picture (images[0])") if images else None
+    steps = body.steps or DEFAULT_STEPS
+    if not 1 <= steps <= 150:
+        raise InvalidRequest(f"steps must be between 1 and 150, got {steps}")
+    width, height = _size(body, init, model_config)
+    strength = DEFAULT_STRENGTH if body.strength is None else body.strength
+    if not 0 < strength <= 1:
+        raise InvalidRequest(f"strength must be above 0 and at most 1, got {strength}")
+    if init is not None and int(steps * strength) < 1:
+        raise InvalidRequest(
+            f"steps x strength = {steps} x {strength} rounds to 0 denoising steps; "
+            "raise steps or strength"
+        )
+    _check_mask(body.mask, init)
+    for number, encoded in enumerate(body.style_images or [], 1):
+        _picture(encoded, f"style picture {number}")
+    style_strength = 0.6 if body.style_strength is None else body.style_strength
+    if not 0 <= style_strength <= 1:
+        raise InvalidRequest(f"style_strength must be between 0 and 1, got {style_strength}")
+    scheduler = (body.scheduler or "").strip().lower()
+    if scheduler and scheduler not in SCHEDULERS:
+        raise InvalidRequest(
+            f"unknown scheduler {body.scheduler!r}; use one of: {', '.join(SCHEDULERS)}"
+        )
+    seed = body.seed if body.seed is not None else (body.options or {}).get("seed", -1)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise InvalidRequest("seed must be an integer")
+    return {
+        "prompt": body.prompt or "", "negative_prompt": body.negative_prompt or "",
+        "width": width, "height": height, "steps": steps, "guidance_scale": body.guidance_scale,
+        "seed": seed, "scheduler": scheduler, "strength": strength,
+        "image": images[0] if images else None, "mask": body.mask,
+        "style_images": body.style_images or [], "style_strength": style_strength,
+    }  # fmt: skip
+
+
+def _picture(encoded: str, label: str) -> Image.Image:
+    [data] = pictures.decode_base64([encoded], label)
+    pictures.check(data, label)
+    return Image.open(io.BytesIO(data))
+
+
+def _size(
+    body: GenerateRequest, init: Image.Image | None, model_config: dict[str, Any]
+) -> tuple[int, int]:
+    """Explicit size, else the init picture's (down to a multiple of 8), else the model's."""
+    default = int(model_config.get("default_size", 512))
+    fallback = (init.width // 8 * 8, init.height // 8 * 8) if init else (default, default)
+    width, height = body.width or fallback[0], body.height or fallback[1]
+    if width > MAX_SIDE or height > MAX_SIDE:
+        raise InvalidRequest(f"width and height must be <= {MAX_SIDE}")
+    if width < 8 or height < 8 or width % 8 or height % 8:
+        raise InvalidRequest(
+            f"width and height must be multiples of 8 (at least 8), got {width}x{height}"
+        )
+    limit = config.max_image_pixels()
+    if width * height > limit:
+        raise TooLarge(
+            f"{width}x{height} is over the limit of {limit} pixels (LIMNER_MAX_IMAGE_PIXELS)"
+        )
+    return width, height
+
+
+def _check_mask(encoded: str | None, init: Image.Image | None) -> None:
+    if encoded is None:
+        return
+    if init is None:
+        raise InvalidRequest("a mask needs the picture to repaint in images[0]")
+    mask = _picture(encoded, "mask")
+    if mask.size != init.size:
+        raise InvalidRequest(
+            f"the mask is {mask.width}x{mask.height} but the picture is {init.width}x{init.height}; "
+            "send a mask the size of the picture (white = repaint, black = keep)"
+        )
+
+
+async def draw(
+    state: State, name: ModelName, request: dict[str, Any], keep_alive: float | None
+) -> AsyncIterator[dict[str, Any]]:
+    """The runner's `progress` and `image` messages, the last with durations added."""
+    started = time.perf_counter_ns()
+    entry = state.store.entry(name)
+    request = {**request, "metadata": {"model": name.display(), "digest": entry.digest}}
+    async with state.scheduler.lease(name, keep_alive) as model:
+        load_duration = model.runner.load_duration if model.fresh else 0
+        async for step in model.runner.generate_image(request):
+            if step["type"] == "image":
+                step["load_duration"] = load_duration
+                step["total_duration"] = time.perf_counter_ns() - started
+            yield step
+
+
+async def chunks(
+    model: str, steps: AsyncIterator[dict[str, Any]], now: Any
+) -> AsyncIterator[dict[str, Any]]:
+    """Runner steps as Ollama's image-generation lines."""
+    total = 0
+    async for step in steps:
+        line: dict[str, Any] = {"model": model, "created_at": now(), "response": ""}
+        if step["type"] == "progress":
+            total = step["total"]
+            yield {**line, "done": False, "completed": step["completed"], "total": total}
+        else:
+            yield {
+                **line, "done": True, "done_reason": "stop", "completed": total, "total": total,
+                "image": step["image"], "parameters": step["parameters"],
+                "total_duration": step["total_duration"], "load_duration": step["load_duration"],
+            }  # fmt: skip
