@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from limner import config
 from limner.errors import LimnerError, TooLarge
 from limner.scheduler import Scheduler
-from limner.server import chat, models
+from limner.server import chat, models, openai
 from limner.server.origins import OriginCheck, origin_pattern
 from limner.server.state import State
 from limner.store import Store
@@ -76,6 +76,8 @@ def create_app(store: Store, scheduler: Scheduler) -> FastAPI:
     route("/api/create", models.create, methods=["POST"])
     route("/api/blobs/{digest}", models.blob_exists, methods=["HEAD"])
     route("/api/blobs/{digest}", models.blob_upload, methods=["POST"])
+    route("/v1/images/generations", openai.generations, methods=["POST"])
+    route("/v1/images/edits", openai.edits, methods=["POST"])
     return app
 
 
