@@ -186,7 +186,8 @@ def _mask_from_alpha(data: bytes) -> bytes | None:
     if "A" not in picture.getbands():
         return None
     alpha = picture.getchannel("A")
-    if alpha.getextrema()[0] > 0:
+    lowest, _ = alpha.getextrema()
+    if isinstance(lowest, int | float) and lowest > 0:
         return None  # nothing transparent: nothing to edit in place
     white_where_clear = alpha.point(lambda a: 255 if a == 0 else 0)
     buffer = io.BytesIO()
