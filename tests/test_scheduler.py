@@ -164,3 +164,23 @@ async def test_a_load_that_takes_too_long_is_stopped_with_a_clear_error(store: S
     with pytest.raises(LimnerError, match="LIMNER_LOAD_TIMEOUT"):
         await answer(scheduler, "sluggish")
     assert scheduler.running() == []
+
+
+async def test_the_memory_budget_unloads_idle_models_to_make_room(store: Store) -> None:
+    for name in ("a", "b"):
+        add_fake(store, name, tag=name)  # each runner reports 1024 bytes
+    scheduler = Scheduler(store, memory_budget=1200)  # one runner (1024) + one manifest
+    await answer(scheduler, "a")
+    await answer(scheduler, "b")
+    assert [m.name.model for m in scheduler.running()] == ["b"]
+    async with scheduler.lease(ModelName.parse("b"), work_bytes=10_000):
+        pass  # already loaded: work_bytes matter only for loads
+    assert [m.name.model for m in scheduler.running()] == ["b"]
+    await scheduler.close()
+
+
+async def test_a_model_over_the_whole_budget_still_loads_alone(store: Store) -> None:
+    add_fake(store, "a")
+    scheduler = Scheduler(store, memory_budget=10)
+    assert (await answer(scheduler, "a", "fits?")).endswith("fits?")
+    await scheduler.close()

@@ -31,6 +31,7 @@ VARIABLES = [
     Variable("LIMNER_KEEP_ALIVE", "5m", "how long an idle model stays loaded (-1: forever)"),
     Variable("LIMNER_MAX_LOADED_MODELS", "3", "most models loaded at once (idle LRU evicted)"),
     Variable("LIMNER_MAX_QUEUE", "512", "most requests waiting for a model; more get 503"),
+    Variable("LIMNER_MEMORY_BUDGET", "", "bytes all loaded models may use (default: 80% of RAM)"),
     Variable("LIMNER_LOAD_TIMEOUT", "5m", "how long a model may take to load"),
     Variable("LIMNER_MAX_BODY_BYTES", "104857600", "largest request body (413 beyond)"),
     Variable("LIMNER_MAX_IMAGE_PIXELS", "50000000", "largest decoded picture, in pixels (413)"),
@@ -97,6 +98,14 @@ def max_loaded_models() -> int:
 
 def max_queue() -> int:
     return max(1, int(_get("LIMNER_MAX_QUEUE")))
+
+
+def memory_budget() -> int:
+    """Bytes; unset means 80% of the machine's memory."""
+    raw = _get("LIMNER_MEMORY_BUDGET")
+    if raw:
+        return int(raw)
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 0.8)
 
 
 def load_timeout() -> float:

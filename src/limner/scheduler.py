@@ -1,11 +1,13 @@
 """The scheduler owns every loaded model: load, share, queue, expire, evict, unload.
 
-`lease(name)` is the only way to a model. A lease counts as a reference; a model whose
+`lease(name)` is the only way to a model; `work_bytes` is what the request itself will
+need beyond the weights (a diffusion model's activations at the requested size). A lease counts as a reference; a model whose
 references drop to zero starts its keep_alive timer (0: unload now; inf: never). Each
 runner serves one request at a time; requests wait in a queue bounded by LIMNER_MAX_QUEUE
 and beyond it get ServerBusy (503). Models load one at a time; when LIMNER_MAX_LOADED_MODELS
-are loaded, the least recently used idle one is unloaded first (if none is idle, the
-load waits for one to become idle). The runner factory is injected so tests can count
+are loaded, or the loaded models' memory plus the new model's weights and work would pass
+LIMNER_MEMORY_BUDGET, the least recently used idle model is unloaded first (if none is idle,
+the load waits for one to become idle). A model larger than the whole budget loads alone. The runner factory is injected so tests can count
 and fake loads.
 """
 
@@ -83,6 +85,7 @@ class Scheduler:
         max_queue: int = 512,
         keep_alive: float = 300.0,
         load_timeout: float = 300.0,
+        memory_budget: int = 1 << 62,
     ) -> None:
         self.store = store
         self.start_runner = start_runner
@@ -90,6 +93,7 @@ class Scheduler:
         self.max_queue = max_queue
         self.keep_alive = keep_alive
         self.load_timeout = load_timeout
+        self.memory_budget = memory_budget
         self.loaded: dict[str, Loaded] = {}
         self.loads = 0  # how many runners were started, for tests and logs
         self._pending = 0
@@ -101,7 +105,7 @@ class Scheduler:
 
     @contextlib.asynccontextmanager
     async def lease(
-        self, name: ModelName, keep_alive: float | None = None
+        self, name: ModelName, keep_alive: float | None = None, work_bytes: int = 0
     ) -> AsyncIterator[Loaded]:
         """Hold a loaded model for one request; the caller has the runner to itself."""
         if self._pending >= self.max_queue:
@@ -109,7 +113,7 @@ class Scheduler:
         self._pending += 1
         model: Loaded | None = None
         try:
-            model = await self._acquire(name, keep_alive)
+            model = await self._acquire(name, keep_alive, work_bytes)
             await model.slot.acquire()
         except BaseException:
             if model is not None:
@@ -124,7 +128,11 @@ class Scheduler:
             model.fresh = False
             self._release(model)
 
-    async def _acquire(self, name: ModelName, keep_alive: float | None) -> Loaded:
+    def used_bytes(self) -> int:
+        """Memory the loaded models hold, as their runners report it."""
+        return sum(m.runner.memory or m.size for m in self.loaded.values())
+
+    async def _acquire(self, name: ModelName, keep_alive: float | None, work_bytes: int) -> Loaded:
         entry = self.store.entry(name)
         async with self._load_lock:
             model = self.loaded.get(entry.digest)
@@ -133,7 +141,7 @@ class Scheduler:
                 await self._unload(model)
                 model = None
             if model is None:
-                model = await self._load(name, entry.digest, keep_alive)
+                model = await self._load(name, entry.digest, keep_alive, work_bytes)
             model.references += 1
             model.last_used = time.monotonic()
             model.expires_at = math.inf
@@ -144,10 +152,18 @@ class Scheduler:
                 model.keep_alive = keep_alive  # the last request's keep_alive wins
             return model
 
-    async def _load(self, name: ModelName, digest: str, keep_alive: float | None) -> Loaded:
-        while len(self.loaded) >= self.max_loaded:
-            await self._evict_one()
+    async def _load(
+        self, name: ModelName, digest: str, keep_alive: float | None, work_bytes: int
+    ) -> Loaded:
         manifest = self.store.entry(name).manifest
+        need = manifest.size() + work_bytes
+        while self.loaded and (
+            len(self.loaded) >= self.max_loaded or self.used_bytes() + need > self.memory_budget
+        ):
+            await self._evict_one()
+        if need > self.memory_budget:
+            log.warning("%s needs ~%d MB, over the budget of %d MB (LIMNER_MEMORY_BUDGET); loading it alone",
+                        name, need >> 20, self.memory_budget >> 20)  # fmt: skip
         config = self.store.config(manifest)
         files = self.store.files(manifest)
         template = manifest.layer("application/vnd.ollama.image.template")

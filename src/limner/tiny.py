@@ -17,6 +17,7 @@ a few tens of milliseconds, and the same seed always gives byte-identical files.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -336,5 +337,562 @@ def _weights(seed: int) -> dict[str, np.ndarray]:
     return tensors
 
 
-def _write_json(path: Path, value: dict[str, Any]) -> None:
+def _write_json(path: Path, value: dict[str, Any], mkdir: bool = False) -> None:
+    if mkdir:
+        path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+# --- Stable Diffusion ------------------------------------------------------------------------
+
+# SD 1.5's topology at tiny widths: a UNet of four levels (the first three with cross-attention),
+# a four-level x8 VAE and a CLIP text encoder. sample_size 8 latents x 8 = 64x64 pictures.
+SD_UNET: dict[str, Any] = {
+    "block_out_channels": [32, 32, 64, 64],
+    "layers_per_block": 2,
+    "cross_attention_dim": 32,
+    "attention_head_dim": 2,  # SD 1.x's (misnamed) field: the number of heads
+    "norm_num_groups": 8,
+    "sample_size": 8,
+}
+SD_VAE: dict[str, Any] = {
+    "block_out_channels": [8, 16, 32, 32],
+    "layers_per_block": 1,
+    "norm_num_groups": 8,
+    "latent_channels": 4,
+    "sample_size": 64,
+}
+SD_TEXT = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+}
+SD_VISION = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "image_size": 32,
+    "patch_size": 8,
+    "projection_dim": 32,
+}
+IP_TOKENS = 4  # the plain IP-Adapter projects one image embedding to 4 context tokens
+CLIP_MERGES = 400  # learned BPE merges; real CLIP has 48894
+DIFFUSERS_VERSION = "0.42.1"  # written into the configs; any diffusers >= 0.30 reads them
+
+# Prompt-like text for the CLIP tokenizer's merges, so common prompt words are single pieces.
+SD_CORPUS = [
+    *CORPUS,
+    "a photo of a cat sitting on a red chair, highly detailed, sharp focus, studio lighting",
+    "an oil painting of a lighthouse on a cliff at sunset, dramatic sky, by a famous artist",
+    "portrait of a woman with long hair, soft light, bokeh, 85mm, photograph, realistic",
+    "a watercolor landscape with mountains, a river and trees in autumn, warm colors",
+    "cyberpunk city street at night, neon lights, rain, reflections, cinematic, wide angle",
+    "a cute dog wearing a hat, cartoon style, simple background, illustration, vector art",
+    "low quality, blurry, ugly, deformed, bad anatomy, extra fingers, watermark, text",
+    "astronaut riding a horse on the moon, digital art, trending on artstation, 4k, 8k",
+]
+
+
+def write_tiny_sd(
+    dest: Path, seed: int = 0, inpaint: bool = False, ip_adapter: bool = True
+) -> Path:
+    """Write a tiny Stable Diffusion 1.5-shaped pipeline in the diffusers layout; returns `dest`.
+
+    The layout is that of `runwayml/stable-diffusion-v1-5` (model_index.json, unet/, vae/,
+    text_encoder/, tokenizer/, scheduler/, feature_extractor/), with `inpaint` giving the
+    9-channel UNet of `stable-diffusion-inpainting` (`StableDiffusionInpaintPipeline`). With
+    `ip_adapter`, a CLIP vision `image_encoder/` (listed in model_index.json) and the IP-Adapter
+    weights in `ip_adapter/ip-adapter.safetensors` (`image_proj.*`, `ip_adapter.N.to_k_ip/to_v_ip`,
+    as in `h94/IP-Adapter`) are added.
+
+    Weights are random, drawn per component from `seed` (fan-in scaled normals, so pictures are
+    not flat grey), float32. The same arguments give byte-identical files; the UNet, VAE and text
+    encoder do not depend on `ip_adapter`. No torch, diffusers or transformers is needed.
+    """
+    dest = Path(dest)
+    in_channels = 9 if inpaint else 4
+
+    # 1. Tokenizer: CLIP's byte-level BPE files, as in the real SD 1.5 tokenizer/ folder.
+    vocab, merges = _clip_vocab()
+    tokenizer = dest / "tokenizer"
+    tokenizer.mkdir(parents=True, exist_ok=True)
+    _write_json(tokenizer / "vocab.json", vocab)
+    (tokenizer / "merges.txt").write_text(
+        "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8"
+    )
+    _write_json(tokenizer / "tokenizer_config.json", _clip_tokenizer_config())
+    _write_json(
+        tokenizer / "special_tokens_map.json",
+        {
+            "bos_token": "<|startoftext|>",
+            "eos_token": "<|endoftext|>",
+            "pad_token": "<|endoftext|>",
+            "unk_token": "<|endoftext|>",
+        },
+    )
+
+    # 2. Components: a config and a safetensors file each, every one from its own seeded stream.
+    _component(
+        dest / "unet",
+        "diffusion_pytorch_model",
+        _unet_config(in_channels),
+        _unet_weights(_rng(seed, 0), in_channels),
+    )
+    _component(dest / "vae", "diffusion_pytorch_model", _vae_config(), _vae_weights(_rng(seed, 1)))
+    _component(
+        dest / "text_encoder",
+        "model",
+        _clip_text_config(len(vocab)),
+        _clip_text_weights(_rng(seed, 2), len(vocab)),
+    )
+    _write_json(dest / "scheduler" / "scheduler_config.json", _pndm_config(), mkdir=True)
+    _write_json(
+        dest / "feature_extractor" / "preprocessor_config.json",
+        _feature_extractor_config(),
+        mkdir=True,
+    )
+
+    # 3. IP-Adapter: the image encoder is a pipeline component; the adapter a weights file.
+    if ip_adapter:
+        _component(
+            dest / "image_encoder",
+            "model",
+            _clip_vision_config(),
+            _clip_vision_weights(_rng(seed, 3)),
+        )
+        (dest / "ip_adapter").mkdir(exist_ok=True)
+        save_file(
+            _ip_adapter_weights(_rng(seed, 4)),
+            str(dest / "ip_adapter" / "ip-adapter.safetensors"),
+            metadata={"format": "pt"},
+        )
+
+    _write_json(dest / "model_index.json", _model_index(inpaint, ip_adapter))
+    return dest
+
+
+def _rng(seed: int, component: int) -> np.random.Generator:
+    return np.random.default_rng([seed, component])
+
+
+def _component(
+    folder: Path, stem: str, config: dict[str, Any], weights: dict[str, np.ndarray]
+) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_json(folder / "config.json", config)
+    save_file(weights, str(folder / f"{stem}.safetensors"), metadata={"format": "pt"})
+
+
+class _Draw:
+    """Random tensors under their state-dict names, drawn in call order from one generator."""
+
+    def __init__(self, rng: np.random.Generator) -> None:
+        self.rng = rng
+        self.tensors: dict[str, np.ndarray] = {}
+
+    def normal(self, name: str, shape: tuple[int, ...], std: float) -> None:
+        self.tensors[name] = self.rng.normal(0.0, std, size=shape).astype(np.float32)
+
+    def linear(self, name: str, out: int, inp: int, bias: bool = True) -> None:
+        self.normal(f"{name}.weight", (out, inp), inp**-0.5)
+        if bias:
+            self.tensors[f"{name}.bias"] = np.zeros(out, dtype=np.float32)
+
+    def conv(self, name: str, out: int, inp: int, kernel: int = 3) -> None:
+        self.normal(f"{name}.weight", (out, inp, kernel, kernel), (inp * kernel * kernel) ** -0.5)
+        self.tensors[f"{name}.bias"] = np.zeros(out, dtype=np.float32)
+
+    def norm(self, name: str, width: int) -> None:
+        self.tensors[f"{name}.weight"] = np.ones(width, dtype=np.float32)
+        self.tensors[f"{name}.bias"] = np.zeros(width, dtype=np.float32)
+
+    def resnet(self, name: str, inp: int, out: int, temb: int | None) -> None:
+        # diffusers' ResnetBlock2D; a 1x1 shortcut when the width changes.
+        self.norm(f"{name}.norm1", inp)
+        self.conv(f"{name}.conv1", out, inp)
+        if temb is not None:
+            self.linear(f"{name}.time_emb_proj", out, temb)
+        self.norm(f"{name}.norm2", out)
+        self.conv(f"{name}.conv2", out, out)
+        if inp != out:
+            self.conv(f"{name}.conv_shortcut", out, inp, kernel=1)
+
+    def transformer(self, name: str, width: int, context: int) -> None:
+        # diffusers' Transformer2DModel (1x1 conv projections, as SD 1.x) with one block.
+        self.norm(f"{name}.norm", width)
+        self.conv(f"{name}.proj_in", width, width, kernel=1)
+        block = f"{name}.transformer_blocks.0"
+        for attn, kv in (("attn1", width), ("attn2", context)):
+            self.norm(f"{block}.norm{attn[-1]}", width)
+            self.linear(f"{block}.{attn}.to_q", width, width, bias=False)
+            self.linear(f"{block}.{attn}.to_k", width, kv, bias=False)
+            self.linear(f"{block}.{attn}.to_v", width, kv, bias=False)
+            self.linear(f"{block}.{attn}.to_out.0", width, width)
+        self.norm(f"{block}.norm3", width)
+        self.linear(f"{block}.ff.net.0.proj", 8 * width, width)  # GEGLU: value and gate
+        self.linear(f"{block}.ff.net.2", width, 4 * width)
+        self.conv(f"{name}.proj_out", width, width, kernel=1)
+
+    def vae_attention(self, name: str, width: int) -> None:
+        self.norm(f"{name}.group_norm", width)
+        for proj in ("to_q", "to_k", "to_v", "to_out.0"):
+            self.linear(f"{name}.{proj}", width, width)
+
+
+def _unet_weights(rng: np.random.Generator, in_channels: int) -> dict[str, np.ndarray]:
+    # The order of UNet2DConditionModel.__init__ for SD 1.5's block types.
+    draw = _Draw(rng)
+    widths: list[int] = SD_UNET["block_out_channels"]
+    layers: int = SD_UNET["layers_per_block"]
+    context: int = SD_UNET["cross_attention_dim"]
+    temb = 4 * widths[0]
+    last = len(widths) - 1
+    draw.conv("conv_in", widths[0], in_channels)
+    draw.linear("time_embedding.linear_1", temb, widths[0])
+    draw.linear("time_embedding.linear_2", temb, temb)
+
+    previous = widths[0]
+    for i, width in enumerate(widths):
+        for j in range(layers):
+            draw.resnet(f"down_blocks.{i}.resnets.{j}", previous if j == 0 else width, width, temb)
+            if i < last:  # CrossAttnDownBlock2D
+                draw.transformer(f"down_blocks.{i}.attentions.{j}", width, context)
+        if i < last:
+            draw.conv(f"down_blocks.{i}.downsamplers.0.conv", width, width)
+        previous = width
+
+    reversed_widths = widths[::-1]
+    for i, width in enumerate(reversed_widths):
+        skip_in = reversed_widths[min(i + 1, last)]
+        for j in range(layers + 1):
+            skip = skip_in if j == layers else width
+            draw.resnet(
+                f"up_blocks.{i}.resnets.{j}", (previous if j == 0 else width) + skip, width, temb
+            )
+            if i > 0:  # CrossAttnUpBlock2D
+                draw.transformer(f"up_blocks.{i}.attentions.{j}", width, context)
+        if i < last:
+            draw.conv(f"up_blocks.{i}.upsamplers.0.conv", width, width)
+        previous = width
+
+    middle = widths[-1]
+    draw.resnet("mid_block.resnets.0", middle, middle, temb)
+    draw.transformer("mid_block.attentions.0", middle, context)
+    draw.resnet("mid_block.resnets.1", middle, middle, temb)
+    draw.norm("conv_norm_out", widths[0])
+    draw.conv("conv_out", 4, widths[0])
+    return draw.tensors
+
+
+def _vae_weights(rng: np.random.Generator) -> dict[str, np.ndarray]:
+    draw = _Draw(rng)
+    widths: list[int] = SD_VAE["block_out_channels"]
+    layers: int = SD_VAE["layers_per_block"]
+    latent: int = SD_VAE["latent_channels"]
+    last = len(widths) - 1
+
+    draw.conv("encoder.conv_in", widths[0], 3)
+    previous = widths[0]
+    for i, width in enumerate(widths):
+        for j in range(layers):
+            draw.resnet(
+                f"encoder.down_blocks.{i}.resnets.{j}", previous if j == 0 else width, width, None
+            )
+        if i < last:
+            draw.conv(f"encoder.down_blocks.{i}.downsamplers.0.conv", width, width)
+        previous = width
+    _vae_middle(draw, "encoder.mid_block", widths[-1])
+    draw.norm("encoder.conv_norm_out", widths[-1])
+    draw.conv("encoder.conv_out", 2 * latent, widths[-1])  # mean and log-variance
+
+    draw.conv("decoder.conv_in", widths[-1], latent)
+    _vae_middle(draw, "decoder.mid_block", widths[-1])
+    previous = widths[-1]
+    for i, width in enumerate(widths[::-1]):
+        for j in range(layers + 1):
+            draw.resnet(
+                f"decoder.up_blocks.{i}.resnets.{j}", previous if j == 0 else width, width, None
+            )
+        if i < last:
+            draw.conv(f"decoder.up_blocks.{i}.upsamplers.0.conv", width, width)
+        previous = width
+    draw.norm("decoder.conv_norm_out", widths[0])
+    draw.conv("decoder.conv_out", 3, widths[0])
+
+    draw.conv("quant_conv", 2 * latent, 2 * latent, kernel=1)
+    draw.conv("post_quant_conv", latent, latent, kernel=1)
+    return draw.tensors
+
+
+def _vae_middle(draw: _Draw, name: str, width: int) -> None:
+    draw.resnet(f"{name}.resnets.0", width, width, None)
+    draw.vae_attention(f"{name}.attentions.0", width)
+    draw.resnet(f"{name}.resnets.1", width, width, None)
+
+
+def _clip_encoder(draw: _Draw, prefix: str, config: dict[str, int]) -> None:
+    d, inner = config["hidden_size"], config["intermediate_size"]
+    for i in range(config["num_hidden_layers"]):
+        layer = f"{prefix}.encoder.layers.{i}"
+        for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
+            draw.linear(f"{layer}.self_attn.{proj}", d, d)
+        draw.norm(f"{layer}.layer_norm1", d)
+        draw.linear(f"{layer}.mlp.fc1", inner, d)
+        draw.linear(f"{layer}.mlp.fc2", d, inner)
+        draw.norm(f"{layer}.layer_norm2", d)
+
+
+def _clip_text_weights(rng: np.random.Generator, vocab_size: int) -> dict[str, np.ndarray]:
+    # "text_model." keys, as the SD 1.5 checkpoints on the Hub store them (transformers 5 also
+    # reads them; it would write them without the prefix).
+    draw = _Draw(rng)
+    d = SD_TEXT["hidden_size"]
+    draw.normal("text_model.embeddings.token_embedding.weight", (vocab_size, d), STD)
+    draw.normal("text_model.embeddings.position_embedding.weight", (77, d), STD)
+    _clip_encoder(draw, "text_model", SD_TEXT)
+    draw.norm("text_model.final_layer_norm", d)
+    return draw.tensors
+
+
+def _clip_vision_weights(rng: np.random.Generator) -> dict[str, np.ndarray]:
+    draw = _Draw(rng)
+    d, patch = SD_VISION["hidden_size"], SD_VISION["patch_size"]
+    positions = (SD_VISION["image_size"] // patch) ** 2 + 1
+    draw.normal("vision_model.embeddings.class_embedding", (d,), STD)
+    draw.normal(
+        "vision_model.embeddings.patch_embedding.weight",
+        (d, 3, patch, patch),
+        (3 * patch * patch) ** -0.5,
+    )
+    draw.normal("vision_model.embeddings.position_embedding.weight", (positions, d), STD)
+    draw.norm("vision_model.pre_layrnorm", d)  # sic: CLIP's own spelling
+    _clip_encoder(draw, "vision_model", SD_VISION)
+    draw.norm("vision_model.post_layernorm", d)
+    draw.linear("visual_projection", SD_VISION["projection_dim"], d, bias=False)
+    return draw.tensors
+
+
+def _ip_adapter_weights(rng: np.random.Generator) -> dict[str, np.ndarray]:
+    # One image embedding -> IP_TOKENS context tokens, then a key and value projection for them
+    # beside every cross-attention. Cross-attentions are numbered 1, 3, 5, ... in the order of
+    # `unet.attn_processors` (down blocks, up blocks, middle); the self-attentions take the even ids.
+    draw = _Draw(rng)
+    context = SD_UNET["cross_attention_dim"]
+    draw.linear("image_proj.proj", IP_TOKENS * context, SD_VISION["projection_dim"])
+    draw.norm("image_proj.norm", context)
+    for n, width in enumerate(_cross_attention_widths()):
+        draw.linear(f"ip_adapter.{2 * n + 1}.to_k_ip", width, context, bias=False)
+        draw.linear(f"ip_adapter.{2 * n + 1}.to_v_ip", width, context, bias=False)
+    return draw.tensors
+
+
+def _cross_attention_widths() -> list[int]:
+    widths: list[int] = SD_UNET["block_out_channels"]
+    layers: int = SD_UNET["layers_per_block"]
+    down = [w for w in widths[:-1] for _ in range(layers)]
+    up = [w for w in widths[::-1][1:] for _ in range(layers + 1)]
+    return [*down, *up, widths[-1]]
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    # GPT-2/CLIP's reversible byte -> printable character table (no longer importable from
+    # transformers 5, so inlined).
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
+    codes = list(printable)
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            codes.append(256 + extra)
+            extra += 1
+    return {b: chr(c) for b, c in zip(printable, codes, strict=True)}
+
+
+def _clip_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """CLIP's vocabulary layout: 256 byte symbols, the same with `</w>`, one token per learned
+    merge, then `<|startoftext|>` and `<|endoftext|>` last; and the merges in rank order."""
+    table = _bytes_to_unicode()
+    words: dict[tuple[str, ...], int] = {}
+    for line in SD_CORPUS:
+        # CLIP's pre-tokenizer, roughly: lower case; runs of letters, single digits, punctuation.
+        for word in re.findall(r"[^\W\d_]+|\d|[^\s\w]+", line.lower()):
+            symbols = [table[b] for b in word.encode("utf-8")]
+            symbols[-1] += "</w>"
+            words[tuple(symbols)] = words.get(tuple(symbols), 0) + 1
+
+    merges: list[tuple[str, str]] = []
+    for _ in range(CLIP_MERGES):
+        pairs: dict[tuple[str, str], int] = {}
+        for symbols, count in words.items():
+            for pair in zip(symbols, symbols[1:], strict=False):
+                pairs[pair] = pairs.get(pair, 0) + count
+        if not pairs:
+            break
+        # Most frequent pair; ties broken by the pair itself, so the result is deterministic.
+        best = min(pairs, key=lambda p: (-pairs[p], p))
+        merges.append(best)
+        words = {_merge(symbols, best): count for symbols, count in words.items()}
+
+    tokens = list(table.values())
+    tokens += [t + "</w>" for t in tokens]
+    tokens += ["".join(pair) for pair in merges]
+    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    vocab: dict[str, int] = {}
+    for token in tokens:
+        vocab.setdefault(token, len(vocab))
+    return vocab, merges
+
+
+def _merge(symbols: tuple[str, ...], pair: tuple[str, str]) -> tuple[str, ...]:
+    out: list[str] = []
+    i = 0
+    while i < len(symbols):
+        if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == pair:
+            out.append(symbols[i] + symbols[i + 1])
+            i += 2
+        else:
+            out.append(symbols[i])
+            i += 1
+    return tuple(out)
+
+
+def _clip_tokenizer_config() -> dict[str, Any]:
+    return {
+        "add_prefix_space": False,
+        "bos_token": "<|startoftext|>",
+        "clean_up_tokenization_spaces": True,
+        "do_lower_case": True,
+        "eos_token": "<|endoftext|>",
+        "errors": "replace",
+        "model_max_length": 77,  # without it, padding="max_length" in the pipeline breaks
+        "pad_token": "<|endoftext|>",
+        "tokenizer_class": "CLIPTokenizer",
+        "unk_token": "<|endoftext|>",
+    }
+
+
+def _unet_config(in_channels: int) -> dict[str, Any]:
+    levels = len(SD_UNET["block_out_channels"])
+    return {
+        "_class_name": "UNet2DConditionModel",
+        "_diffusers_version": DIFFUSERS_VERSION,
+        "act_fn": "silu",
+        "center_input_sample": False,
+        "down_block_types": ["CrossAttnDownBlock2D"] * (levels - 1) + ["DownBlock2D"],
+        "downsample_padding": 1,
+        "flip_sin_to_cos": True,
+        "freq_shift": 0,
+        "in_channels": in_channels,
+        "mid_block_scale_factor": 1,
+        "norm_eps": 1e-05,
+        "out_channels": 4,
+        "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * (levels - 1),
+        **SD_UNET,
+    }
+
+
+def _vae_config() -> dict[str, Any]:
+    levels = len(SD_VAE["block_out_channels"])
+    return {
+        "_class_name": "AutoencoderKL",
+        "_diffusers_version": DIFFUSERS_VERSION,
+        "act_fn": "silu",
+        "down_block_types": ["DownEncoderBlock2D"] * levels,
+        "in_channels": 3,
+        "out_channels": 3,
+        "scaling_factor": 0.18215,
+        "up_block_types": ["UpDecoderBlock2D"] * levels,
+        **SD_VAE,
+    }
+
+
+def _clip_text_config(vocab_size: int) -> dict[str, Any]:
+    # The tokenizer's real ids (not the Hub test config's eos 2, which picks the legacy
+    # argmax path for the pooled output).
+    return {
+        "architectures": ["CLIPTextModel"],
+        "model_type": "clip_text_model",
+        **SD_TEXT,
+        "hidden_act": "quick_gelu",
+        "layer_norm_eps": 1e-05,
+        "max_position_embeddings": 77,
+        "projection_dim": SD_TEXT["hidden_size"],
+        "vocab_size": vocab_size,
+        "bos_token_id": vocab_size - 2,
+        "eos_token_id": vocab_size - 1,
+        "pad_token_id": vocab_size - 1,
+        "torch_dtype": "float32",
+    }
+
+
+def _clip_vision_config() -> dict[str, Any]:
+    return {
+        "architectures": ["CLIPVisionModelWithProjection"],
+        "model_type": "clip_vision_model",
+        **SD_VISION,
+        "hidden_act": "gelu",
+        "layer_norm_eps": 1e-05,
+        "num_channels": 3,
+        "torch_dtype": "float32",
+    }
+
+
+def _feature_extractor_config() -> dict[str, Any]:
+    size = SD_VISION["image_size"]
+    return {
+        "crop_size": {"height": size, "width": size},
+        "do_center_crop": True,
+        "do_convert_rgb": True,
+        "do_normalize": True,
+        "do_rescale": True,
+        "do_resize": True,
+        "image_mean": CLIP_MEAN,
+        "image_processor_type": "CLIPImageProcessor",
+        "image_std": CLIP_STD,
+        "resample": 3,  # bicubic
+        "rescale_factor": 1 / 255,
+        "size": {"shortest_edge": size},
+    }
+
+
+def _pndm_config() -> dict[str, Any]:
+    # SD 1.5's own scheduler/scheduler_config.json.
+    return {
+        "_class_name": "PNDMScheduler",
+        "_diffusers_version": DIFFUSERS_VERSION,
+        "beta_end": 0.012,
+        "beta_schedule": "scaled_linear",
+        "beta_start": 0.00085,
+        "clip_sample": False,
+        "num_train_timesteps": 1000,
+        "prediction_type": "epsilon",
+        "set_alpha_to_one": False,
+        "skip_prk_steps": True,
+        "steps_offset": 1,
+        "timestep_spacing": "leading",
+        "trained_betas": None,
+    }
+
+
+def _model_index(inpaint: bool, ip_adapter: bool) -> dict[str, Any]:
+    return {
+        "_class_name": "StableDiffusionInpaintPipeline" if inpaint else "StableDiffusionPipeline",
+        "_diffusers_version": DIFFUSERS_VERSION,
+        "feature_extractor": ["transformers", "CLIPImageProcessor"],
+        "image_encoder": ["transformers", "CLIPVisionModelWithProjection"]
+        if ip_adapter
+        else [None, None],
+        "requires_safety_checker": False,
+        "safety_checker": [None, None],
+        "scheduler": ["diffusers", "PNDMScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+    }

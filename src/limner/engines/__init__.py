@@ -41,7 +41,9 @@ class Options:
     repeat_last_n: int = 64
     num_ctx: int = 0  # 0: the model's own context length
     format: str = ""  # "" or "json"
-    precision: str = ""  # load time, diffusion: "" picks bf16 where the CPU has it (or CUDA), else fp32
+    precision: str = (
+        ""  # load time, diffusion: "" picks bf16 where the CPU has it (or CUDA), else fp32
+    )
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Options:

@@ -156,6 +156,7 @@ def build(store: Store | None = None) -> FastAPI:
         max_queue=config.max_queue(),
         keep_alive=config.keep_alive(),
         load_timeout=config.load_timeout(),
+        memory_budget=config.memory_budget(),
     )
     return create_app(store, scheduler)
 

@@ -112,6 +112,13 @@ def _check_mask(encoded: str | None, init: Image.Image | None) -> None:
         )
 
 
+def activation_bytes(width: int, height: int) -> int:
+    """A rough peak for one denoising step: the largest self-attention map, for the two
+    halves of classifier-free guidance and 8 heads in fp32, plus 256 MB of the rest."""
+    latent_pixels = (width // 8) * (height // 8)
+    return 2 * 8 * latent_pixels * latent_pixels * 4 + (256 << 20)
+
+
 async def draw(
     state: State, name: ModelName, request: dict[str, Any], keep_alive: float | None
 ) -> AsyncIterator[dict[str, Any]]:
@@ -119,7 +126,8 @@ async def draw(
     started = time.perf_counter_ns()
     entry = state.store.entry(name)
     request = {**request, "metadata": {"model": name.display(), "digest": entry.digest}}
-    async with state.scheduler.lease(name, keep_alive) as model:
+    work = activation_bytes(request["width"], request["height"])
+    async with state.scheduler.lease(name, keep_alive, work) as model:
         load_duration = model.runner.load_duration if model.fresh else 0
         async for step in model.runner.generate_image(request):
             if step["type"] == "image":
