@@ -1,35 +1,49 @@
-"""`limner demo` end to end: a private server, the tiny LLaVA, a picture, a streamed answer."""
+"""`limner demo` end to end: a private server, the tiny LLaVA answering about a picture, and the
+tiny Stable Diffusion models drawing, inpainting and restyling into ./limner-demo/."""
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
+
+from limner import read_parameters
 
 
 @pytest.mark.slow
-def test_demo_answers_and_leaves_nothing_behind(tmp_path: Path) -> None:
+def test_demo_answers_draws_and_leaves_only_its_pictures(tmp_path: Path) -> None:
     pytest.importorskip("limner.tiny")
     pytest.importorskip("transformers")
-    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    pytest.importorskip("diffusers")
+    scratch, work = tmp_path / "tmp", tmp_path / "work"
+    scratch.mkdir()
+    work.mkdir()
+    env = {**os.environ, "TMPDIR": str(scratch)}
     env.pop("LIMNER_HOST", None)
-    result = subprocess.run([sys.executable, "-m", "limner", "demo"], env=env, capture_output=True,
-                            text=True, timeout=120)  # fmt: skip
+    result = subprocess.run([sys.executable, "-m", "limner", "demo"], env=env, cwd=work,
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     assert "random weights" in out
-    for step in (
-        "1. starting",
-        "2. creating the tiny model",
-        "3. drawing",
-        "4. asking",
-        "5. stopping",
-    ):
+    for step in ("1. starting", "2. creating the tiny model", "3. drawing", "4. asking",
+                 "5. creating the tiny drawing models", "6. drawing", "7. inpainting",
+                 "8. restyling", "9. stopping"):  # fmt: skip
         assert step in out
     answer = out.split("--- answer (random weights: nonsense) ---\n")[1].split("--- timings ---")[0]
     assert answer.strip()
     assert "total duration:" in out and "eval count:           32 token(s)" in out
-    assert list(tmp_path.iterdir()) == []  # the store, the picture and the log are gone
+    assert f"saved in {work / 'limner-demo'}" in out and "noise" in out
+    names = ["1-drawn.png", "2-inpainted.png", "3-restyled.png"]
+    assert sorted(p.name for p in (work / "limner-demo").iterdir()) == names
+    for name in names:
+        path = work / "limner-demo" / name
+        assert f"saved {path} (64x64" in out
+        assert Image.open(path).size == (64, 64)
+        assert read_parameters(path.read_bytes())  # drawn by limner, parameters in the PNG
+    assert re.search(r"steps/s\)", out)
+    assert list(scratch.iterdir()) == []  # the store, the pictures it sent and the log are gone

@@ -1,9 +1,12 @@
-"""`limner demo`: the whole path once, offline, on a fresh machine, in a few seconds.
+"""`limner demo`: the whole path once, offline, on a fresh machine, in well under a minute.
 
 It starts a private server on a free loopback port with a temporary model store, creates
 the tiny random-weight LLaVA through the SDK (the same upload path as `limner create`),
-draws a test picture, asks about it with streaming, prints the timings, and then stops
-the server and removes every file it made, however it ends.
+draws a test picture, asks about it with streaming and prints the timings. Then it creates
+the tiny Stable Diffusion models (as `limner create --tiny sd|sd-inpaint`), draws a picture,
+inpaints half of it and restyles it after a style picture, saving the three PNGs in
+./limner-demo/ for the user to look at. It stops the server and removes every temporary
+file however it ends.
 """
 
 from __future__ import annotations
@@ -19,13 +22,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from limner.cli.draw import DrawSettings
     from limner.client import Client
 
 MODEL = "tiny-llava"
 QUESTION = "What shape is in this picture?"
-INTRO = """limner demo: a tiny LLaVA model answers a question about a picture, fully offline.
-Tiny models have random weights, so the answer is nonsense: what the demo proves is that
-every step (upload, load, picture, streaming, timings) works on this machine.
+DRAW_MODEL, INPAINT_MODEL = "tiny-sd", "tiny-sd-inpaint"
+DRAW_PROMPT = "a red circle"
+SIDE, STEPS = 64, 8  # the tiny models' own size; few steps keep the demo short
+OUTPUT = "limner-demo"  # in the current folder: the pictures outlive the demo
+INTRO = """limner demo: a tiny LLaVA model answers a question about a picture, and tiny Stable
+Diffusion models draw, inpaint and restyle a picture, fully offline. Tiny models have random
+weights, so the answer is nonsense and the pictures are noise: what the demo proves is that
+every step (upload, load, pictures, streaming, progress, timings) works on this machine.
 """
 
 
@@ -50,10 +59,12 @@ def run(args: argparse.Namespace) -> int:
             with Client(host) as sdk:
                 wait_until_running(sdk, server, root / "server.log")
                 ask_about_a_circle(sdk, root)
+                draw_pictures(sdk, root, picture_folder(root))
         finally:
-            print("5. stopping the server and removing the temporary folder...")
+            print("9. stopping the server and removing the temporary folder...")
             stop_server(server)
-    print("Done. With a real model (see README.md): limner create bakllava --from ./bakllava-hf")
+    print("Done. With real models (see README.md): limner create bakllava --from ./bakllava-hf")
+    print('and limner create sd15 --from ./stable-diffusion-v1-5; limner run sd15 "a red fox"')
     return 0
 
 
@@ -77,6 +88,89 @@ def ask_about_a_circle(sdk: Client, root: Path) -> None:
     if final is not None:
         print_timings(final, sys.stdout)
     print()
+
+
+def draw_pictures(sdk: Client, root: Path, out: Path) -> None:
+    """Draw, inpaint the right half, restyle: one PNG each in `out`, with steps/s."""
+    from dataclasses import replace
+
+    from limner.cli.draw import DrawSettings
+    from limner.cli.models import upload_folder, write_tiny
+
+    print(f"5. creating the tiny drawing models '{DRAW_MODEL}' and '{INPAINT_MODEL}'...")
+    for model, kind in ((DRAW_MODEL, "sd"), (INPAINT_MODEL, "sd-inpaint")):
+        upload_folder(sdk, model, write_tiny(kind, root / model), say=_quiet_files)
+    plain = DrawSettings(width=SIDE, height=SIDE, steps=STEPS, seed=0)
+    print(f'6. drawing "{DRAW_PROMPT}" ({SIDE}x{SIDE}, {STEPS} steps, seed 0; loading first)...')
+    first = draw_one(sdk, DRAW_MODEL, DRAW_PROMPT, plain, out / "1-drawn.png")
+    print("7. inpainting its right half (the white of a mask) with the inpainting model...")
+    mask = half_mask(root / "mask.png")
+    inpaint = replace(plain, image=first, mask=mask)
+    draw_one(sdk, INPAINT_MODEL, "a blue square", inpaint, out / "2-inpainted.png")
+    print("8. restyling it after a striped style picture (IP-Adapter style transfer)...")
+    style = draw_stripes(root / "style.png")
+    styled = replace(plain, image=first, styles=[style], style_strength=0.8)
+    draw_one(sdk, DRAW_MODEL, DRAW_PROMPT, styled, out / "3-restyled.png")
+    print("   Tiny models have random weights: the pictures are noise, not circles.\n")
+
+
+def draw_one(sdk: Client, model: str, prompt: str, settings: DrawSettings, path: Path) -> Path:
+    """One drawing through the same helper as `limner run`, progress bar and all."""
+    from limner.cli.draw import ProgressBar, draw, write_png
+    from limner.cli.run import Session
+
+    bar = ProgressBar(sys.stderr if sys.stderr.isatty() else None)
+    try:
+        image = draw(sdk, Session(model=model), settings, prompt, settings.image, bar)
+    finally:
+        bar.close()
+    saved = write_png(image.png, path)
+    width, height = image.pil().size
+    rate = bar.rate()
+    speed = f", {rate:.1f} steps/s" if rate is not None else ""
+    print(f"   saved {saved} ({width}x{height}{speed})")
+    return saved
+
+
+def picture_folder(root: Path) -> Path:
+    """./limner-demo/ to look at afterwards; the temporary folder where that cannot be made."""
+    folder = Path.cwd() / OUTPUT
+    try:
+        folder.mkdir(exist_ok=True)
+    except OSError as error:
+        print(
+            f"(cannot make {folder}: {error.strerror}; the pictures go with the temporary folder)"
+        )
+        return root
+    print(f"(the pictures will be saved in {folder}{os.sep})")
+    return folder
+
+
+def half_mask(path: Path) -> Path:
+    """Black (keep) on the left half, white (repaint) on the right."""
+    from PIL import Image, ImageDraw
+
+    mask = Image.new("L", (SIDE, SIDE), 0)
+    ImageDraw.Draw(mask).rectangle((SIDE // 2, 0, SIDE - 1, SIDE - 1), fill=255)
+    mask.save(path)
+    return path
+
+
+def draw_stripes(path: Path) -> Path:
+    """A style picture: bold blue and yellow diagonal stripes."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (SIDE * 4, SIDE * 4), "yellow")
+    pen = ImageDraw.Draw(image)
+    for start in range(-SIDE * 4, SIDE * 4, 32):
+        pen.line((start, 0, start + SIDE * 4, SIDE * 4), fill="blue", width=12)
+    image.save(path)
+    return path
+
+
+def _quiet_files(line: str) -> None:
+    if not line.startswith("copying file"):  # a diffusers folder has 16: their names say little
+        _quiet_layers(line)
 
 
 def _quiet_layers(line: str) -> None:

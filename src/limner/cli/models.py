@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from limner.types import ProgressResponse, ShowResponse
 
 SHOW_FIELDS = ("license", "modelfile", "parameters", "template", "system")
-TINY_KINDS = ("llava",)
+TINY_KINDS = ("llava", "sd", "sd-inpaint")
 
 
 def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -52,8 +52,9 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
     create = commands.add_parser(
         "create", help="create a model from a Hugging Face folder",
-        description="Create a model from a local Hugging Face LLaVA folder, or a tiny "
-        "random-weight one for tests (--tiny llava).",
+        description="Create a model from a local Hugging Face LLaVA folder or Stable Diffusion "
+        "(diffusers) folder, or a tiny random-weight one for tests: --tiny llava (chat), "
+        "--tiny sd (draws, with an IP-Adapter for style pictures), --tiny sd-inpaint.",
     )  # fmt: skip
     create.add_argument("model")
     source = create.add_mutually_exclusive_group(required=True)
@@ -298,11 +299,9 @@ def stop_model(args: argparse.Namespace) -> int:
 
 def create_model(args: argparse.Namespace) -> int:
     if args.tiny:
-        from limner.tiny import write_tiny_llava
-
         with tempfile.TemporaryDirectory(prefix="limner-tiny-") as tmp:
             print(f"writing a tiny {args.tiny} model with random weights")
-            folder = write_tiny_llava(Path(tmp), seed=0)
+            folder = write_tiny(args.tiny, Path(tmp))
             upload_folder(client(), args.model, folder)
         return 0
     folder = Path(args.folder).expanduser()
@@ -314,6 +313,16 @@ def create_model(args: argparse.Namespace) -> int:
         )
     upload_folder(client(), args.model, folder)
     return 0
+
+
+def write_tiny(kind: str, dest: Path) -> Path:
+    """A tiny random-weight model folder of one of TINY_KINDS (also used by `limner demo`)."""
+    from limner import tiny
+
+    if kind == "llava":
+        return tiny.write_tiny_llava(dest, seed=0)
+    # Both drawing kinds carry the IP-Adapter, so style pictures work with either.
+    return tiny.write_tiny_sd(dest, seed=0, inpaint=kind == "sd-inpaint", ip_adapter=True)
 
 
 def upload_folder(

@@ -1,8 +1,9 @@
 """The interactive REPL of `limner run`, with Ollama's commands and messages.
 
 Each turn sends the whole conversation to /api/chat, pictures included (as Ollama does
-since v0.4). Input comes from the standard library's `input()`, with `readline` for line
-editing and history where it exists.
+since v0.4). With a drawing model, `DrawRepl` draws each prompt into a PNG instead, with
+`/set width 512`-style settings. Input comes from the standard library's `input()`, with
+`readline` for line editing and history where it exists.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from limner.cli.run import Session, attach_pictures, print_stream, print_timings
 
 if TYPE_CHECKING:
+    from limner.cli.draw import DrawSettings
     from limner.client import Client
     from limner.types import ShowResponse
 
@@ -376,6 +378,9 @@ class Repl:
         except NotFound:
             print(f"Couldn't find model '{args[0]}'")
             return
+        if "image" in info.capabilities:  # its REPL is another one (DrawRepl)
+            print(f"'{args[0]}' draws pictures; leave with /bye and run: limner run {args[0]}")
+            return
         self.sdk.generate(args[0], keep_alive=self.session.keep_alive)
         self.session.model, self.info = args[0], info
         self.session.vision = "vision" in info.capabilities
@@ -421,3 +426,125 @@ def _saved(message: dict[str, Any]) -> dict[str, Any]:
 
 def _cut_suffix(text: str, suffix: str) -> tuple[str, bool]:
     return (text[: -len(suffix)], True) if text.endswith(suffix) else (text, False)
+
+
+# --- drawing models -------------------------------------------------------------------------
+
+HELP_DRAW = '''Available Commands:
+  /set            Set drawing settings (width, height, steps, seed, ...)
+  /show           Show the drawing settings
+  /show info      Show details for this model
+  /list           List models
+  /bye            Exit
+  /?, /help       Help for a command
+  /? shortcuts    Help for keyboard shortcuts
+
+Type a prompt to draw it; the PNG is saved in the current folder.
+Name a picture in the prompt to redraw it: a watercolor of cat.png (.png .jpg .jpeg .webp).
+Use """ to begin a multi-line prompt.
+'''
+
+HELP_SET_DRAW = """Available Settings:
+  /set width <int>              Picture width in pixels (a multiple of 8)
+  /set height <int>             Picture height in pixels (a multiple of 8)
+  /set steps <int>              Denoising steps (1-150; default 20)
+  /set seed <int>               Random seed, for the same picture again (-1: random)
+  /set negative <text>          What the picture should not show
+  /set guidance <float>         How closely to follow the prompt (default 7.5)
+  /set scheduler <name>         Sampler: euler, euler a, dpm++ 2m karras, ddim, lcm, ...
+  /set strength <float>         How much of a picture to change (0-1; default 0.75)
+  /set image <path>             A picture to redraw with every prompt
+  /set mask <path>              Inpaint that picture: white repaints, black keeps
+  /set style <path>             Add a style picture to follow
+  /set style-strength <float>   How strongly the style pictures count (0-1; default 0.6)
+  /set verbose, /set quiet      Show timings after each picture, or not
+  /set <name>                   Back to the default (style: no style pictures)
+"""
+
+HELP_SHOW_DRAW = """Available Commands:
+  /show              Show the drawing settings
+  /show info         Show details for this model
+  /show license      Show model license
+  /show modelfile    Show Modelfile for this model
+"""
+
+
+class DrawRepl(Repl):
+    """The REPL of a drawing model: each prompt draws one PNG; /set changes the settings."""
+
+    def __init__(
+        self, sdk: Client, session: Session, info: ShowResponse, settings: DrawSettings,
+        output: str | None,
+    ) -> None:  # fmt: skip
+        super().__init__(sdk, session, info)
+        self.settings = settings
+        self.output = output
+        # Picture paths in prompts are pictures to redraw, so `/home/me/a.png as ink` is a
+        # prompt and not an unknown command (Repl._starts_with_picture asks `vision`).
+        session.vision = True
+
+    def _ask(self, text: str) -> None:
+        from pathlib import Path
+
+        from limner.cli.draw import draw_and_save, print_draw_timings, take_pictures
+
+        prompt, init = take_pictures(text, self.settings.image)
+        if not prompt:
+            print("Type what to draw after the picture: a watercolor of cat.png")
+            return
+        target = Path(self.output).expanduser() if self.output else None
+        # A Ctrl+C here reaches Repl.loop, which goes on; the stream is closed by then.
+        saved, bar = draw_and_save(
+            self.sdk, self.session, self.settings, prompt, init, target, replace=False
+        )
+        print(f"Image saved to: {saved}", flush=True)
+        if self.session.verbose:
+            print_draw_timings(bar, sys.stderr)
+
+    def _command(self, line: str) -> bool:
+        words = line.split()
+        name, args = words[0], words[1:]
+        if name in ("/bye", "/exit"):
+            return False
+        if name == "/set":
+            self._set(line, args)
+        elif name == "/show":
+            self._show(args)
+        elif name == "/list":
+            self._list()
+        elif name in ("/?", "/help"):
+            topics = {"set": HELP_SET_DRAW, "show": HELP_SHOW_DRAW}
+            print({**HELP_TOPICS, **topics}.get(args[0] if args else "", HELP_DRAW))
+        else:
+            print(f"Unknown command '{name}'. Type /? for help")
+        return True
+
+    def _set(self, line: str, args: list[str]) -> None:
+        if not args:
+            print(HELP_SET_DRAW)
+            return
+        if args[0] in MODES:
+            self._set_mode(args[0])
+            return
+        if args[0] == "parameter" and len(args) > 1:  # the chat REPL's habit: /set parameter seed 1
+            line = "/set " + line.split(None, 2)[2]
+        words = line.split(None, 2)  # the value is the rest of the line: prompts have spaces
+        name, value = words[1], words[2].strip() if len(words) > 2 else ""
+        try:
+            if value:
+                self.settings.set(name, value)
+                print(f"Set '{name}' to '{value}'")
+            else:
+                self.settings.reset(name)
+                print(f"Set '{name}' to the default")
+        except ValueError as error:
+            print(f"Couldn't set '{name}': {error}. Type /? set for help")
+
+    def _show(self, args: list[str]) -> None:
+        if args and args != ["settings"]:
+            super()._show(args)
+            return
+        print(f"Drawing settings for '{self.session.model}':")
+        for name, value in self.settings.rows():
+            print(f"  {name:<16} {value}")
+        print()

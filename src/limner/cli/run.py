@@ -2,7 +2,8 @@
 
 As `ollama run`: it answers once and exits when a prompt is given on the command line,
 when stdin is not a terminal (piped text comes first in the prompt) or when stdout is not
-a terminal; otherwise it loads the model and opens the REPL.
+a terminal; otherwise it loads the model and opens the REPL. A drawing model (capability
+"image") draws a picture per prompt instead (cli/draw.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from limner.cli import draw
+
 if TYPE_CHECKING:
     from limner.client import Client
     from limner.types import Metrics
@@ -25,7 +28,9 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser = commands.add_parser(
         "run", help="run a model",
         description="Answer PROMPT once, or chat in a REPL when no prompt is given. Picture "
-        "paths in the prompt (cat.png, ./a.jpg, ~/b.webp, /c/d.jpeg) are sent as pictures.",
+        "paths in the prompt (cat.png, ./a.jpg, ~/b.webp, /c/d.jpeg) are sent as pictures. "
+        "A drawing model draws PROMPT instead and saves the PNG in the current folder; a "
+        "picture path in its prompt is the picture to redraw.",
     )  # fmt: skip
     parser.add_argument("model")
     parser.add_argument("prompt", nargs="*", help="the prompt; piped stdin comes first")
@@ -37,6 +42,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--nowordwrap", action="store_true", help="do not wrap words at the terminal's edge"
     )
+    draw.add_arguments(parser)
     parser.set_defaults(run=run)
 
 
@@ -57,13 +63,18 @@ class Session:
 
 def run(args: argparse.Namespace) -> int:
     from limner.client import Client
-    from limner.errors import NotFound
+    from limner.errors import InvalidRequest, NotFound
 
     sdk = Client()
     try:
         info = sdk.show(args.model)
     except NotFound as error:
         raise NotFound(f"{error}; see 'limner list', or create it with 'limner create'") from None
+    drawing = "image" in info.capabilities
+    settings = draw.settings_from_args(args)
+    flags = settings.given() + (["--output"] if args.output else [])
+    if flags and not drawing:  # silently dropping them would lose what was asked for
+        raise InvalidRequest(f"{', '.join(flags)}: only for drawing models; '{args.model}' chats")
     session = Session(
         model=args.model, vision="vision" in info.capabilities, format=args.format,
         keep_alive=keep_alive(args.keepalive), verbose=args.verbose, wordwrap=not args.nowordwrap,
@@ -72,9 +83,14 @@ def run(args: argparse.Namespace) -> int:
     if parts or not sys.stdin.isatty() or not sys.stdout.isatty():
         if not sys.stdin.isatty():
             parts.insert(0, sys.stdin.read())
-        return one_shot(sdk, session, " ".join(p for p in parts if p))
-    from limner.cli.repl import Repl
+        prompt = " ".join(p for p in parts if p)
+        if drawing:
+            return draw.draw_once(sdk, session, settings, prompt, args.output)
+        return one_shot(sdk, session, prompt)
+    from limner.cli.repl import DrawRepl, Repl
 
+    if drawing:
+        return DrawRepl(sdk, session, info, settings, args.output).loop()
     return Repl(sdk, session, info).loop()
 
 
