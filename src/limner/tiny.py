@@ -5,8 +5,13 @@ two-layer GELU projector) at tiny widths, in the layout of the llava-hf checkpoi
 Hugging Face Hub. Every file a real `llava-hf/bakLlava-v1-hf` folder holds is there, with the
 same names and shapes of keys, so the real loading code runs unchanged against it.
 
-It needs only numpy, safetensors and tokenizers (no torch, no transformers), runs offline in
-a few tens of milliseconds, and the same seed always gives byte-identical files.
+`write_tiny_sd` writes a Stable Diffusion 1.5-shaped pipeline (four-level UNet, x8 VAE, CLIP
+text encoder and tokenizer; optionally the 9-channel inpainting UNet, and a CLIP vision encoder
+with IP-Adapter weights) at tiny widths, in the diffusers folder layout of
+`runwayml/stable-diffusion-v1-5`, drawing 64x64 pictures.
+
+Both need only numpy, safetensors and tokenizers (no torch, no transformers, no diffusers), run
+offline in well under a second, and the same seed always gives byte-identical files.
 
     >>> from pathlib import Path
     >>> folder = write_tiny_llava(Path("tiny-llava"))
@@ -16,6 +21,7 @@ a few tens of milliseconds, and the same seed always gives byte-identical files.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from pathlib import Path
@@ -722,15 +728,15 @@ def _clip_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
     for line in SD_CORPUS:
         # CLIP's pre-tokenizer, roughly: lower case; runs of letters, single digits, punctuation.
         for word in re.findall(r"[^\W\d_]+|\d|[^\s\w]+", line.lower()):
-            symbols = [table[b] for b in word.encode("utf-8")]
-            symbols[-1] += "</w>"
-            words[tuple(symbols)] = words.get(tuple(symbols), 0) + 1
+            chars = [table[b] for b in word.encode("utf-8")]
+            chars[-1] += "</w>"
+            words[tuple(chars)] = words.get(tuple(chars), 0) + 1
 
     merges: list[tuple[str, str]] = []
     for _ in range(CLIP_MERGES):
         pairs: dict[tuple[str, str], int] = {}
         for symbols, count in words.items():
-            for pair in zip(symbols, symbols[1:], strict=False):
+            for pair in itertools.pairwise(symbols):
                 pairs[pair] = pairs.get(pair, 0) + count
         if not pairs:
             break

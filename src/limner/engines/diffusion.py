@@ -1,0 +1,685 @@
+"""Stable Diffusion 1.x/2.x and SDXL on diffusers: text-to-image, image-to-image, inpainting and
+style transfer from one loaded copy of the weights.
+
+This module knows nothing about HTTP or the store: it receives a folder in the diffusers layout
+and yields `Progress` after every denoising step, then one `ImageResult` (a PNG whose text chunks
+carry the parameters). Heavy imports (torch, diffusers, transformers) happen here only.
+
+Folder layout (what `limner.tiny.write_tiny_sd` writes, and what `save_pretrained` writes):
+
+    model_index.json            `_class_name` picks the family: StableDiffusion{,Img2Img,Inpaint}Pipeline
+                                or StableDiffusionXL{,Img2Img,Inpaint}Pipeline
+    unet/ vae/ text_encoder/ tokenizer/ scheduler/   (+ text_encoder_2/ tokenizer_2/ for SDXL)
+    feature_extractor/          optional; CLIP preprocessing for the IP-Adapter's image encoder
+    image_encoder/              optional; CLIP vision tower, listed in model_index.json
+    ip_adapter/ip-adapter.safetensors   optional IP-Adapter (`image_proj.*`, `ip_adapter.N.to_k_ip/
+                                to_v_ip`); its encoder is image_encoder/ above or, as in the
+                                h94/IP-Adapter repo, ip_adapter/image_encoder/
+
+Modes follow from the request: no picture -> text-to-image; `image` -> image-to-image at
+`strength`; `image` + `mask` -> inpainting (white repaints). A 9-channel (inpainting) UNet draws
+every mode through the inpainting pipeline (text-to-image and image-to-image with an all-white
+mask); a 4-channel UNet inpaints by blending latents (diffusers' legacy path). In both cases the
+unmasked pixels of the input are pasted back, so they come out exactly unchanged (without that,
+the VAE round trip changes them). `style_images` use the model's IP-Adapter at `style_strength`;
+a call without them runs the adapter at scale 0, which equals the model without the adapter.
+A model with no IP-Adapter falls back to image-to-image from the first style picture at strength
+1 - style_strength (at least one step); that cannot combine with an `image`.
+
+Defaults: size = UNet sample_size x VAE scale factor (512 for SD 1.5, 768 for SD 2.x-v, 1024 for
+SDXL), or the input picture's size rounded down to a multiple of 8 (the picture is resized to
+the size drawn). Steps 20 (4 with "lcm"), guidance 7.5 (1.0 with "lcm": no classifier-free
+guidance). Schedulers are built fresh for every call from the model's scheduler config.
+
+Progress: `total` is the pipeline's own count of timesteps, which is `int(steps x strength)` for
+image-to-image and inpainting, and steps + 1 for PNDM (its first step evaluates twice). The
+pipeline runs in a worker thread; its step callback polls `cancelled()` and raises to stop within
+one step, skipping the VAE decode; the generator then ends without an `ImageResult`. Calls are
+serialised by a lock.
+
+Seeds: -1 (any negative) picks a random seed, which the result reports. Noise comes from a CPU
+`torch.Generator`, so a request and seed give identical PNG bytes on the same machine and dtype.
+
+Precision (`Options.precision`, load time): "" picks bf16 on CUDA (fp16 where the GPU lacks bf16)
+and on CPUs whose /proc/cpuinfo flags list avx512_bf16 or amx_bf16, else fp32; "fp32", "bf16"
+and "fp16" force one.
+
+Memory: `estimate_peak_bytes(width, height)` is a rough upper bound of the activations of one
+call, the larger of the UNet part and the VAE decode (see the method). When it exceeds the memory
+available (MemAvailable from /proc/meminfo; free memory from `torch.cuda.mem_get_info` on CUDA),
+that call runs with `vae.enable_tiling()` and sliced attention (`unet.set_attention_slice("auto")`
+-- skipped when an IP-Adapter is loaded, because sliced processors replace its processors); both
+are switched off again afterwards.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import math
+import queue
+import random
+import threading
+from collections.abc import Callable, Generator, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import (
+    AutoPipelineForImage2Image,
+    AutoPipelineForInpainting,
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    LCMScheduler,
+    PNDMScheduler,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+    UniPCMultistepScheduler,
+)
+from diffusers.utils import logging as diffusers_logging
+from PIL import Image, PngImagePlugin, UnidentifiedImageError
+from transformers.utils import logging as transformers_logging
+
+from limner.engines import SCHEDULERS, ImageRequest, ImageResult, ImageStep, Options, Progress
+from limner.errors import InvalidImage, InvalidRequest, TooLarge
+
+PICTURE_FORMATS = ("PNG", "JPEG", "WEBP")
+DEFAULT_STEPS, LCM_STEPS, MAX_STEPS = 20, 4, 150
+DEFAULT_GUIDANCE, LCM_GUIDANCE = 7.5, 1.0
+MAX_STYLE_STRENGTH = 2.0
+IP_ADAPTER_FOLDER = "ip_adapter"
+IP_ADAPTER_FILE = "ip-adapter.safetensors"  # preferred when ip_adapter/ holds several
+
+SD_CLASSES = {
+    "StableDiffusionPipeline",
+    "StableDiffusionImg2ImgPipeline",
+    "StableDiffusionInpaintPipeline",
+}
+XL_CLASSES = {
+    "StableDiffusionXLPipeline",
+    "StableDiffusionXLImg2ImgPipeline",
+    "StableDiffusionXLInpaintPipeline",
+}
+
+# Request name -> (diffusers class, from_config overrides, Automatic1111's sampler name).
+# Overrides undo settings a model's own config may carry (Karras sigmas, clipping).
+SCHEDULER_TABLE: dict[str, tuple[type[Any], dict[str, Any], str]] = {
+    "euler": (EulerDiscreteScheduler, {"use_karras_sigmas": False}, "Euler"),
+    "euler a": (EulerAncestralDiscreteScheduler, {}, "Euler a"),
+    "dpm++ 2m": (
+        DPMSolverMultistepScheduler,
+        {"algorithm_type": "dpmsolver++", "use_karras_sigmas": False},
+        "DPM++ 2M",
+    ),
+    "dpm++ 2m karras": (
+        DPMSolverMultistepScheduler,
+        {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True},
+        "DPM++ 2M Karras",
+    ),
+    "ddim": (DDIMScheduler, {"clip_sample": False}, "DDIM"),
+    "lcm": (LCMScheduler, {}, "LCM"),
+    "pndm": (PNDMScheduler, {"skip_prk_steps": True}, "PLMS"),
+    "unipc": (UniPCMultistepScheduler, {}, "UniPC"),
+}
+assert set(SCHEDULER_TABLE) == set(SCHEDULERS), "the engine contract and this table disagree"
+
+
+def load(folder: Path, options: Options) -> DiffusionEngine:
+    """Load the pipeline in `folder` (and its IP-Adapter, if any) at `options.precision`."""
+    return DiffusionEngine(Path(folder), options)
+
+
+@dataclass
+class _Plan:
+    """One validated request: which pipeline, its arguments, and what goes into the PNG."""
+
+    pipe: Any
+    scheduler: Any  # a fresh instance for this call
+    kwargs: dict[str, Any]
+    parameters: dict[str, Any]
+    width: int
+    height: int
+    init: Image.Image | None = None  # the input picture at the drawn size (inpainting only)
+    mask: Image.Image | None = None  # binary "L" mask at the drawn size (inpainting only)
+
+
+class _Stopped(Exception):
+    """Raised from the step callback to end a cancelled call before the VAE decode."""
+
+
+class DiffusionEngine:
+    """A loaded Stable Diffusion model: `generate_image()` draws one picture at a time."""
+
+    def __init__(self, folder: Path, options: Options) -> None:
+        # A runner's log is no terminal: no progress bars while loading or drawing.
+        diffusers_logging.disable_progress_bar()
+        transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+        self.folder = folder
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.dtype, self.precision = _pick_precision(options.precision, self.device)
+
+        # 1. The base pipeline of the family named in model_index.json.
+        pipe = self._load_pipeline(folder)
+        self.xl = isinstance(pipe, StableDiffusionXLPipeline)
+        self.unet = pipe.unet
+        self.vae = pipe.vae
+        self.inpainting_unet = self.unet.config.in_channels == 9
+        self.scale_factor: int = pipe.vae_scale_factor
+        self.default_size = int(self.unet.config.sample_size) * self.scale_factor
+        self.scheduler_config = pipe.scheduler.config
+        self.scheduler_class: type[Any] = type(pipe.scheduler)
+
+        # 2. The IP-Adapter, once; its projections live inside the shared UNet.
+        self.ip_adapter = self._load_ip_adapter(pipe, folder)
+        pipe.to(self.device)
+
+        # 3. The other tasks share every module with the base pipeline (no second copy).
+        self.pipes: dict[str, Any] = {
+            "txt2img": pipe,
+            "img2img": AutoPipelineForImage2Image.from_pipe(pipe),
+            "inpaint": AutoPipelineForInpainting.from_pipe(pipe),
+        }
+        for each in self.pipes.values():
+            each.set_progress_bar_config(disable=True)
+
+        # 4. Image embeddings for calls without style pictures: any embedding will do, because
+        # the adapter runs at scale 0 then (diffusers skips it), but their shapes must fit.
+        self.idle_embeds: dict[bool, list[torch.Tensor]] = {}
+        if self.ip_adapter:
+            black = Image.new("RGB", (64, 64))
+            for cfg in (False, True):
+                self.idle_embeds[cfg] = pipe.prepare_ip_adapter_image_embeds(
+                    [black], None, self.device, 1, cfg
+                )
+        self.processors = dict(self.unet.attn_processors)  # restored after sliced attention
+        self._lock = threading.Lock()
+
+    def _load_pipeline(self, folder: Path) -> Any:
+        index_file = folder / "model_index.json"
+        if not index_file.is_file():
+            raise InvalidRequest(f"{folder} has no model_index.json; it is not a diffusers model")
+        class_name = json.loads(index_file.read_text(encoding="utf-8")).get("_class_name")
+        # Without accelerate, diffusers would warn and fall back to this anyway.
+        low_memory = importlib.util.find_spec("accelerate") is not None
+        common = {"dtype": self.dtype, "local_files_only": True, "low_cpu_mem_usage": low_memory}
+        if class_name in SD_CLASSES:
+            return StableDiffusionPipeline.from_pretrained(  # type: ignore[no-untyped-call]
+                folder, safety_checker=None, requires_safety_checker=False, **common
+            )
+        if class_name in XL_CLASSES:
+            # The watermarker needs the invisible-watermark package and alters pictures.
+            return StableDiffusionXLPipeline.from_pretrained(  # type: ignore[no-untyped-call]
+                folder, add_watermarker=False, **common
+            )
+        raise InvalidRequest(
+            f"model_index.json names {class_name!r}; this engine runs Stable Diffusion 1.x/2.x "
+            f"and SDXL pipelines ({', '.join(sorted(SD_CLASSES | XL_CLASSES))})"
+        )
+
+    def _load_ip_adapter(self, pipe: Any, folder: Path) -> bool:
+        adapter_dir = folder / IP_ADAPTER_FOLDER
+        files = sorted(adapter_dir.glob("*.safetensors")) if adapter_dir.is_dir() else []
+        if not files:
+            return False
+        weights = (
+            adapter_dir / IP_ADAPTER_FILE if (adapter_dir / IP_ADAPTER_FILE).exists() else files[0]
+        )
+        if pipe.image_encoder is not None:
+            encoder: str | None = None  # already a pipeline component (model_index.json)
+        elif (adapter_dir / "image_encoder").is_dir():
+            encoder = "image_encoder"  # inside ip_adapter/, as in h94/IP-Adapter
+        elif (folder / "image_encoder").is_dir():
+            encoder = "./image_encoder"  # a slash makes diffusers read it from the root
+        else:
+            raise InvalidRequest(
+                f"{IP_ADAPTER_FOLDER}/{weights.name} needs a CLIP vision image_encoder/ folder "
+                f"beside it or at the model's root"
+            )
+        # It casts the new projections with `to()`, warning about an empty list of fp32 modules.
+        with _diffusers_quiet():
+            pipe.load_ip_adapter(
+                str(folder),
+                subfolder=IP_ADAPTER_FOLDER,
+                weight_name=weights.name,
+                image_encoder_folder=encoder,
+                local_files_only=True,
+                low_cpu_mem_usage=importlib.util.find_spec("accelerate") is not None,
+            )
+        return True
+
+    def memory_bytes(self) -> int:
+        """Bytes of the parameters of every component (IP-Adapter and image encoder included)."""
+        modules = [
+            m for m in self.pipes["txt2img"].components.values() if isinstance(m, torch.nn.Module)
+        ]
+        return sum(p.numel() * p.element_size() for m in modules for p in m.parameters())
+
+    def estimate_peak_bytes(self, width: int, height: int) -> int:
+        """A rough upper bound of one call's activation memory at `width` x `height`.
+
+        UNet: the attention scores of its first attention level for a batch of 2 (classifier-
+        free guidance), all heads at once -- 2 x heads x tokens^2 -- plus 30 feature maps of the
+        first width kept for skip connections. VAE decode: three full-size feature maps of the
+        decoder's last width plus its one-head mid-block attention over the latent tokens.
+        """
+        size = torch.tensor([], dtype=self.dtype).element_size()
+        tokens = (width // self.scale_factor) * (height // self.scale_factor)
+        config = self.unet.config
+        level = next((i for i, t in enumerate(config.down_block_types) if "CrossAttn" in t), 0)
+        heads = config.num_attention_heads or config.attention_head_dim
+        heads = heads[level] if isinstance(heads, list | tuple) else heads
+        attention_tokens = tokens // 4**level
+        unet = 2 * heads * attention_tokens**2 + 2 * 30 * config.block_out_channels[0] * tokens
+        decoder_width = self.vae.config.block_out_channels[0]
+        vae = 3 * decoder_width * width * height + tokens**2
+        return int(max(unet, vae) * size)
+
+    def generate_image(
+        self, request: ImageRequest, cancelled: Callable[[], bool]
+    ) -> Iterator[ImageStep]:
+        """Progress after every denoising step, then the picture; nothing more if cancelled."""
+        with self._lock:
+            plan = self._plan(request)
+            if cancelled():
+                return
+            with self._memory_switches(plan.width, plan.height):
+                image = yield from self._denoise(plan, cancelled)
+            if image is None:
+                return
+            if plan.mask is not None and plan.init is not None:
+                image = _overlay(image, plan.init, plan.mask)
+            yield ImageResult(png_with_parameters(image, plan.parameters), plan.parameters)
+
+    def _plan(self, request: ImageRequest) -> _Plan:
+        # 1. Numbers and names, checked before any picture is decoded.
+        scheduler_name, scheduler, steps, guidance, seed = self._settings(request)
+
+        # 2. Pictures, and the mode they make.
+        init, mask, styles = _pictures(request)
+        strength: float | None = request.strength if init is not None else None
+        style = ("ip-adapter" if self.ip_adapter else "img2img") if styles else None
+        if style == "img2img":
+            if init is not None:
+                raise InvalidRequest(
+                    "this model has no IP-Adapter, so style pictures are drawn from as an "
+                    "image-to-image start, which cannot be combined with an image; "
+                    "send either the image or the style pictures"
+                )
+            # The style picture is the starting point; more style strength keeps more of it.
+            init, styles = styles[0], []
+            strength = _at_least_one_step(1.0 - request.style_strength, steps)
+        mode = "txt2img" if init is None else "img2img" if mask is None else "inpaint"
+        if strength is not None:
+            _check_strength(strength, steps)
+
+        # 3. Sizes, with the input picture and mask resized to the size drawn.
+        width, height, init, mask = self._sizes(request, init, mask)
+
+        # 4. Pipeline arguments.
+        kwargs: dict[str, Any] = {
+            "prompt": request.prompt,
+            # None, not "": SDXL then uses zeros for an empty negative prompt, as configured.
+            "negative_prompt": request.negative_prompt or None,
+            "num_inference_steps": steps,
+            "guidance_scale": guidance,
+            "generator": torch.Generator("cpu").manual_seed(seed),
+            "output_type": "pil",
+        }
+        pipe = self._arguments(kwargs, mode, init, mask, strength, width, height)
+        self._style_arguments(kwargs, styles, request.style_strength, guidance)
+
+        # 5. What the PNG and the result report.
+        parameters = {
+            "prompt": request.prompt,
+            "negative_prompt": request.negative_prompt,
+            "steps": steps,
+            "scheduler": scheduler_name,
+            "guidance_scale": guidance,
+            "seed": seed,
+            "width": width,
+            "height": height,
+            "strength": strength,
+            "mode": mode,
+            "model": request.metadata.get("model", ""),
+            "digest": request.metadata.get("digest", ""),
+            "style": style,
+            "style_strength": request.style_strength if style else None,
+        }
+        if mode != "inpaint":
+            init = mask = None  # nothing to paste back
+        return _Plan(pipe, scheduler, kwargs, parameters, width, height, init, mask)
+
+    def _settings(self, request: ImageRequest) -> tuple[str, Any, int, float, int]:
+        """Scheduler name and instance, steps, guidance and seed, with the defaults applied."""
+        scheduler_name, scheduler = self._scheduler(request.scheduler)
+        lcm = scheduler_name == "lcm"
+        steps = request.steps or (LCM_STEPS if lcm else DEFAULT_STEPS)
+        if not 1 <= steps <= MAX_STEPS:
+            raise InvalidRequest(f"steps must be between 1 and {MAX_STEPS}, not {steps}")
+        guidance = request.guidance_scale
+        guidance = (LCM_GUIDANCE if lcm else DEFAULT_GUIDANCE) if guidance is None else guidance
+        if not (math.isfinite(guidance) and guidance >= 0):
+            raise InvalidRequest(f"guidance_scale must be 0 or more, not {guidance}")
+        for name, value in (("width", request.width), ("height", request.height)):
+            if value != 0 and (value < 8 or value % self.scale_factor):
+                raise InvalidRequest(
+                    f"{name} must be a multiple of {self.scale_factor} and at least 8, not {value}"
+                )
+        if not 0 <= request.style_strength <= MAX_STYLE_STRENGTH:
+            raise InvalidRequest(
+                f"style_strength must be between 0 and {MAX_STYLE_STRENGTH}, "
+                f"not {request.style_strength}"
+            )
+        seed = request.seed if request.seed >= 0 else random.SystemRandom().randrange(2**32)
+        if seed >= 2**64:
+            raise InvalidRequest(f"seed must be -1 (random) or below 2**64, not {seed}")
+        return scheduler_name, scheduler, steps, guidance, seed
+
+    def _sizes(
+        self, request: ImageRequest, init: Image.Image | None, mask: Image.Image | None
+    ) -> tuple[int, int, Image.Image | None, Image.Image | None]:
+        """The request's size, else the input picture's (rounded down to a multiple of 8), else
+        the model's; and the input picture and mask at that size."""
+        if init is None:
+            return (
+                request.width or self.default_size,
+                request.height or self.default_size,
+                None,
+                None,
+            )
+        base_w, base_h = (side // self.scale_factor * self.scale_factor for side in init.size)
+        if not (base_w and base_h):
+            raise InvalidRequest(
+                f"the picture is {init.width}x{init.height}; it must be at least 8x8"
+            )
+        width, height = request.width or base_w, request.height or base_h
+        if init.size != (width, height):
+            init = init.resize((width, height), Image.Resampling.LANCZOS)
+            if mask is not None:
+                mask = mask.resize((width, height), Image.Resampling.NEAREST)
+        return width, height, init, mask
+
+    def _scheduler(self, requested: str) -> tuple[str, Any]:
+        """The scheduler's canonical name and a fresh instance (state never leaks between calls)."""
+        name = " ".join(requested.lower().split())
+        if not name:
+            return _scheduler_name(self.scheduler_class, self.scheduler_config), (
+                self.scheduler_class.from_config(self.scheduler_config)
+            )
+        if name not in SCHEDULER_TABLE:
+            raise InvalidRequest(
+                f"unknown scheduler {requested!r}; use one of: {', '.join(SCHEDULERS)} "
+                "(or leave it empty for the model's own)"
+            )
+        cls, overrides, _ = SCHEDULER_TABLE[name]
+        return name, cls.from_config(self.scheduler_config, **overrides)
+
+    def _arguments(
+        self,
+        kwargs: dict[str, Any],
+        mode: str,
+        init: Image.Image | None,
+        mask: Image.Image | None,
+        strength: float | None,
+        width: int,
+        height: int,
+    ) -> Any:
+        """Fill in the mode's arguments and return the pipeline that draws it."""
+        if self.inpainting_unet:
+            # A 9-channel UNet always needs a mask and a masked picture: all-white repaints
+            # everything (text-to-image starts from pure noise at strength 1).
+            if init is None:
+                init, strength = Image.new("RGB", (width, height), (127, 127, 127)), 1.0
+            if mask is None:
+                mask = Image.new("L", (width, height), 255)
+            mode = "inpaint"
+        if mode == "txt2img":
+            kwargs.update(width=width, height=height)
+        elif mode == "img2img":
+            kwargs.update(image=init, strength=strength)
+        else:
+            kwargs.update(
+                image=init, mask_image=mask, strength=strength, width=width, height=height
+            )
+        return self.pipes[mode]
+
+    def _style_arguments(
+        self, kwargs: dict[str, Any], styles: list[Image.Image], strength: float, guidance: float
+    ) -> None:
+        """IP-Adapter inputs: the style pictures at `strength`, or idle at scale 0."""
+        if not self.ip_adapter:
+            return
+        pipe = self.pipes["txt2img"]  # the scale lives in the shared UNet's processors
+        if styles:
+            pipe.set_ip_adapter_scale(strength)
+            kwargs["ip_adapter_image"] = [styles]  # one adapter, one or more pictures
+        else:
+            # The pipeline's own rule for classifier-free guidance decides the embeds' batch.
+            cfg = guidance > 1 and self.unet.config.time_cond_proj_dim is None
+            pipe.set_ip_adapter_scale(0.0)
+            kwargs["ip_adapter_image_embeds"] = self.idle_embeds[cfg]
+
+    def _denoise(
+        self, plan: _Plan, cancelled: Callable[[], bool]
+    ) -> Generator[ImageStep, None, Image.Image | None]:
+        """Run the pipeline in a worker thread; yield its steps; return the picture or None."""
+        events: queue.Queue[Any] = queue.Queue()
+        stop = threading.Event()
+
+        def on_step(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+            if stop.is_set() or cancelled():
+                raise _Stopped
+            events.put(Progress(step + 1, pipe.num_timesteps))
+            return tensors
+
+        def work() -> None:
+            plan.pipe.scheduler = plan.scheduler
+            try:
+                events.put(plan.pipe(**plan.kwargs, callback_on_step_end=on_step).images[0])
+            except _Stopped:
+                events.put(None)
+            except BaseException as error:  # handed to the caller's thread
+                events.put(error)
+
+        worker = threading.Thread(target=work, name="limner-diffusion", daemon=True)
+        worker.start()
+        try:
+            while True:
+                event = events.get()
+                if isinstance(event, Progress):
+                    yield event
+                elif isinstance(event, BaseException):
+                    raise event
+                else:
+                    return event if isinstance(event, Image.Image) else None
+        finally:
+            stop.set()  # a closed generator stops the worker at its next step
+            worker.join()
+
+    @contextmanager
+    def _memory_switches(self, width: int, height: int) -> Iterator[None]:
+        """Tiled VAE and sliced attention for this call when its estimate exceeds free memory."""
+        available = _available_bytes(self.device)
+        if available is None or self.estimate_peak_bytes(width, height) <= available:
+            yield
+            return
+        self.vae.enable_tiling()
+        if not self.ip_adapter:
+            self.unet.set_attention_slice("auto")
+        try:
+            yield
+        finally:
+            self.vae.disable_tiling()
+            self.unet.set_attn_processor(dict(self.processors))
+
+
+@contextmanager
+def _diffusers_quiet() -> Iterator[None]:
+    level = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        diffusers_logging.set_verbosity(level)
+
+
+def _pick_precision(precision: str, device: str) -> tuple[torch.dtype, str]:
+    choice = precision.strip().lower()
+    named = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if choice in named:
+        return named[choice], choice
+    if choice:
+        raise InvalidRequest(f'precision must be "", "fp32", "bf16" or "fp16", not {precision!r}')
+    if device == "cuda":
+        return (
+            (torch.bfloat16, "bf16") if torch.cuda.is_bf16_supported() else (torch.float16, "fp16")
+        )
+    return (torch.bfloat16, "bf16") if cpu_has_bf16() else (torch.float32, "fp32")
+
+
+def cpu_has_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether the CPU computes bf16 natively (AVX512-BF16 or AMX), from /proc/cpuinfo's flags."""
+    try:
+        text = cpuinfo.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return bool({"avx512_bf16", "amx_bf16"} & set(line.partition(":")[2].split()))
+    return False
+
+
+def _available_bytes(device: str) -> int | None:
+    """Memory a call may use: free GPU memory on CUDA, MemAvailable on Linux, else unknown."""
+    if device == "cuda":
+        return int(torch.cuda.mem_get_info()[0])
+    try:
+        for line in Path("/proc/meminfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _scheduler_name(cls: type[Any], config: Any) -> str:
+    """The request name of a model's own scheduler, or its class name if it has none."""
+    for name, (known, overrides, _) in SCHEDULER_TABLE.items():
+        karras = overrides.get("use_karras_sigmas")
+        if known is cls and (karras is None or karras == bool(config.get("use_karras_sigmas"))):
+            return name
+    return cls.__name__
+
+
+def _at_least_one_step(strength: float, steps: int) -> float:
+    # The smallest strength above `strength` that still runs one step (1/steps may not: 49/49).
+    strength = min(max(strength, 1.0 / steps), 1.0)
+    while int(steps * strength) < 1:
+        strength = math.nextafter(strength, 2.0)
+    return strength
+
+
+def _check_strength(strength: float, steps: int) -> None:
+    if not (math.isfinite(strength) and 0 < strength <= 1):
+        raise InvalidRequest(f"strength must be above 0 and at most 1, not {strength}")
+    if int(steps * strength) < 1:
+        raise InvalidRequest(
+            f"steps x strength must give at least one step, but {steps} x {strength} gives "
+            f"{int(steps * strength)}; raise steps or strength"
+        )
+
+
+def _pictures(
+    request: ImageRequest,
+) -> tuple[Image.Image | None, Image.Image | None, list[Image.Image]]:
+    """The decoded input picture, binary mask and style pictures; the mask fits the picture."""
+    init = _open_picture(request.image, "the picture") if request.image is not None else None
+    mask = None
+    if request.mask is not None:
+        if init is None:
+            raise InvalidRequest("a mask needs the picture to repaint in `image`")
+        mask = _open_picture(request.mask, "the mask").convert("L")
+        if mask.size != init.size:
+            raise InvalidRequest(
+                f"the mask is {mask.width}x{mask.height} but the picture is "
+                f"{init.width}x{init.height}; send a mask the size of the picture "
+                "(white = repaint, black = keep)"
+            )
+        # Binary at diffusers' own threshold, so the pipeline and the paste-back agree.
+        mask = mask.point(lambda v: 255 if v >= 128 else 0)
+    styles = [
+        _open_picture(data, f"style picture {i}") for i, data in enumerate(request.style_images, 1)
+    ]
+    return init, mask, styles
+
+
+def _open_picture(data: bytes, what: str) -> Image.Image:
+    """Decode one picture to RGB, or say which picture is wrong and what is accepted."""
+    try:
+        with Image.open(io.BytesIO(data), formats=PICTURE_FORMATS) as picture:
+            picture.load()
+            # Palette transparency must go through RGBA, or Pillow warns and guesses.
+            if picture.mode == "P" and "transparency" in picture.info:
+                return picture.convert("RGBA").convert("RGB")
+            return picture.convert("RGB")
+    except Image.DecompressionBombError as error:
+        raise TooLarge(f"{what} is too large to decode: {error}") from error
+    except UnidentifiedImageError as error:
+        raise InvalidImage(f"{what} is not a PNG, JPEG or WebP file") from error
+    except (OSError, ValueError, SyntaxError) as error:
+        raise InvalidImage(f"{what} could not be decoded: {error}") from error
+
+
+def _overlay(image: Image.Image, original: Image.Image, mask: Image.Image) -> Image.Image:
+    """The drawn picture inside the mask, the original pixels exactly everywhere else."""
+    drawn = np.array(image.convert("RGB"))
+    keep = np.asarray(mask) < 128
+    drawn[keep] = np.asarray(original.convert("RGB"))[keep]
+    return Image.fromarray(drawn)
+
+
+def a1111_parameters(parameters: dict[str, Any]) -> str:
+    """Automatic1111's `parameters` text for a result's parameters (what its PNG Info reads)."""
+    name = parameters["scheduler"]
+    sampler = SCHEDULER_TABLE[name][2] if name in SCHEDULER_TABLE else name
+    fields: list[tuple[str, Any]] = [
+        ("Steps", parameters["steps"]),
+        ("Sampler", sampler),
+        ("CFG scale", f"{parameters['guidance_scale']:g}"),
+        ("Seed", parameters["seed"]),
+        ("Size", f"{parameters['width']}x{parameters['height']}"),
+    ]
+    if parameters.get("model"):
+        fields.append(("Model", parameters["model"]))
+    digest = str(parameters.get("digest") or "").removeprefix("sha256:")
+    if digest:
+        fields.append(("Model hash", digest[:10]))
+    if parameters.get("strength") is not None:
+        fields.append(("Denoising strength", f"{parameters['strength']:g}"))
+    lines = [parameters["prompt"]]
+    if parameters.get("negative_prompt"):
+        lines.append(f"Negative prompt: {parameters['negative_prompt']}")
+    lines.append(", ".join(f"{key}: {_a1111_quote(str(value))}" for key, value in fields))
+    return "\n".join(lines)
+
+
+def _a1111_quote(text: str) -> str:
+    # A1111's infotext quoting: values with a comma, colon or newline become JSON strings.
+    return json.dumps(text) if any(c in text for c in ",:\n") else text
+
+
+def png_with_parameters(image: Image.Image, parameters: dict[str, Any]) -> bytes:
+    """PNG bytes of `image` with `parameters` in two text chunks: `parameters` (Automatic1111's
+    format) and `limner` (JSON). Fixed encoder settings, so equal pictures give equal bytes."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", a1111_parameters(parameters))  # iTXt if not Latin-1
+    info.add_text("limner", json.dumps(parameters, ensure_ascii=True))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info, compress_level=6, optimize=False)
+    return buffer.getvalue()
