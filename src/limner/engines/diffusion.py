@@ -62,6 +62,7 @@ import queue
 import random
 import threading
 from collections.abc import Callable, Generator, Iterator
+from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,6 +158,12 @@ class DiffusionEngine:
     """A loaded Stable Diffusion model: `generate_image()` draws one picture at a time."""
 
     def __init__(self, folder: Path, options: Options) -> None:
+        # Every torch call of this engine runs on one thread. OpenMP keeps a team of workers
+        # per calling thread; drawing on a second thread made each call ~2x slower (measured).
+        self._torch = ThreadPoolExecutor(1, thread_name_prefix="limner-torch")
+        self._torch.submit(self._setup, folder, options).result()
+
+    def _setup(self, folder: Path, options: Options) -> None:
         # A runner's log is no terminal: no progress bars while loading or drawing.
         diffusers_logging.disable_progress_bar()
         transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
@@ -468,7 +475,7 @@ class DiffusionEngine:
     def _denoise(
         self, plan: _Plan, cancelled: Callable[[], bool]
     ) -> Generator[ImageStep, None, Image.Image | None]:
-        """Run the pipeline in a worker thread; yield its steps; return the picture or None."""
+        """Run the pipeline on the torch thread; yield its steps; return the picture or None."""
         events: queue.Queue[Any] = queue.Queue()
         stop = threading.Event()
 
@@ -487,8 +494,7 @@ class DiffusionEngine:
             except BaseException as error:  # handed to the caller's thread
                 events.put(error)
 
-        worker = threading.Thread(target=work, name="limner-diffusion", daemon=True)
-        worker.start()
+        worker = self._torch.submit(work)
         try:
             while True:
                 event = events.get()
@@ -500,7 +506,7 @@ class DiffusionEngine:
                     return event if isinstance(event, Image.Image) else None
         finally:
             stop.set()  # a closed generator stops the worker at its next step
-            worker.join()
+            wait([worker])
 
     @contextmanager
     def _memory_switches(self, width: int, height: int) -> Iterator[None]:

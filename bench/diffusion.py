@@ -1,0 +1,194 @@
+"""Time per picture through limner's server vs the raw diffusers pipeline, side by side.
+
+    .venv/bin/python bench/diffusion.py              # tiny model, then SD 1.5 at 512x512
+    .venv/bin/python bench/diffusion.py --only tiny  # seconds, for a quick look
+
+For each model, in one run and on the same machine:
+  raw fp32      StableDiffusionPipeline as diffusers loads it by default (float32)
+  raw auto      the same pipeline in limner's default precision (bf16 where the CPU has it)
+  limner        `limner serve` + Client.generate_image, limner's default precision
+and prints the server's overhead (limner / raw auto) and the speed-up of limner's default
+over diffusers' fp32 default (raw fp32 / limner). Speed does not depend on weight values, so
+the SD 1.5 architecture is built with random weights (~4 GB on disk in a temporary folder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    PNDMScheduler,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
+from diffusers.utils import logging as diffusers_logging
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+import limner
+from limner.engines.diffusion import cpu_has_bf16
+from limner.tiny import write_tiny_sd
+
+PROMPT = "a lighthouse on a cliff at dusk, oil painting"
+
+
+def write_sd15_random(dest: Path, tokenizer_from: Path) -> Path:
+    """SD 1.5's exact architecture (UNet 860M, CLIP-L text 123M, VAE 84M) with random weights."""
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+        block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768, attention_head_dim=8,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+    )  # fmt: skip
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, sample_size=512,
+        block_out_channels=(128, 256, 512, 512),
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+    )  # fmt: skip
+    text = CLIPTextModel(
+        CLIPTextConfig(
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            max_position_embeddings=77,
+            vocab_size=49408,
+            hidden_act="quick_gelu",
+            projection_dim=768,
+        )
+    )
+    scheduler = PNDMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True,
+        set_alpha_to_one=False, steps_offset=1,
+    )  # fmt: skip
+    tokenizer = CLIPTokenizer.from_pretrained(tokenizer_from / "tokenizer")
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )  # fmt: skip
+    pipe.save_pretrained(dest, safe_serialization=True)
+    return dest
+
+
+def time_raw(folder: Path, dtype: torch.dtype, size: int, steps: int, runs: int) -> float:
+    pipe = StableDiffusionPipeline.from_pretrained(
+        folder,
+        torch_dtype=dtype,
+        safety_checker=None,
+        requires_safety_checker=False,
+        local_files_only=True,
+    )
+    pipe.set_progress_bar_config(disable=True)
+
+    def once() -> None:
+        generator = torch.Generator("cpu").manual_seed(1)
+        pipe(PROMPT, width=size, height=size, num_inference_steps=steps, generator=generator)
+
+    return best_of(once, runs)
+
+
+def time_limner(folder: Path, size: int, steps: int, runs: int) -> float:
+    with tempfile.TemporaryDirectory(prefix="limner-bench-") as models:
+        port = free_port()
+        env = {**os.environ, "LIMNER_MODELS": models, "LIMNER_HOST": f"127.0.0.1:{port}"}
+        server = subprocess.Popen(
+            [sys.executable, "-m", "limner", "serve"], env=env, stderr=subprocess.DEVNULL
+        )
+        try:
+            client = limner.Client(f"127.0.0.1:{port}")
+            while not client.is_running():
+                time.sleep(0.1)
+            files = {
+                str(p.relative_to(folder)): client.create_blob(p)
+                for p in folder.rglob("*")
+                if p.is_file()
+            }
+            client.create("bench", files=files)
+            client.generate("bench", "", keep_alive=-1)  # load once, outside the timing
+
+            def once() -> None:
+                client.generate_image("bench", PROMPT, width=size, height=size, steps=steps, seed=1)
+
+            return best_of(once, runs)
+        finally:
+            server.terminate()
+            server.wait(30)
+
+
+def best_of(call: Callable[[], None], runs: int) -> float:
+    call()  # warm-up: first-call allocations and kernel choices
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def auto_dtype() -> torch.dtype:
+    """limner's default precision on this CPU (engines/diffusion.py picks the same)."""
+    return torch.bfloat16 if cpu_has_bf16() else torch.float32
+
+
+def bench(label: str, folder: Path, size: int, steps: int, runs: int) -> None:
+    auto = auto_dtype()
+    print(f"\n{label}: {size}x{size}, {steps} steps, median of {runs} after a warm-up")
+    raw_fp32 = time_raw(folder, torch.float32, size, steps, runs)
+    raw_auto = time_raw(folder, auto, size, steps, runs) if auto != torch.float32 else raw_fp32
+    served = time_limner(folder, size, steps, runs)
+    print(f"  raw diffusers fp32          {raw_fp32:8.3f} s/picture")
+    print(f"  raw diffusers {str(auto).removeprefix('torch.'):<13} {raw_auto:8.3f} s/picture")
+    print(f"  limner server ({str(auto).removeprefix('torch.')})      {served:8.3f} s/picture")
+    print(
+        f"  server overhead  limner / raw same precision = {served / raw_auto:.3f}  ({(served / raw_auto - 1) * 100:+.1f} %)"
+    )
+    print(f"  speed-up         raw fp32 / limner default   = {raw_fp32 / served:.2f}x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--only", choices=["tiny", "sd15"])
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, limner default precision: {auto_dtype()}"
+    )
+    with tempfile.TemporaryDirectory(prefix="limner-bench-models-") as work:
+        tiny = write_tiny_sd(Path(work) / "tiny", seed=0, ip_adapter=False)
+        if args.only in (None, "tiny"):
+            bench("tiny SD (SD 1.5 topology, tiny widths)", tiny, 64, args.steps, args.runs)
+        if args.only in (None, "sd15"):
+            print("\nbuilding SD 1.5 with random weights (a minute)...")
+            sd15 = write_sd15_random(Path(work) / "sd15", tiny)
+            bench(
+                "SD 1.5 architecture, random weights", sd15, 512, args.steps, max(1, args.runs - 2)
+            )
+
+
+if __name__ == "__main__":
+    diffusers_logging.disable_progress_bar()
+    main()
