@@ -8,9 +8,11 @@ same names and shapes of keys, so the real loading code runs unchanged against i
 `write_tiny_sd` writes a Stable Diffusion 1.5-shaped pipeline (four-level UNet, x8 VAE, CLIP
 text encoder and tokenizer; optionally the 9-channel inpainting UNet, and a CLIP vision encoder
 with IP-Adapter weights) at tiny widths, in the diffusers folder layout of
-`runwayml/stable-diffusion-v1-5`, drawing 64x64 pictures.
+`runwayml/stable-diffusion-v1-5`, drawing 64x64 pictures. `write_tiny_sd_checkpoint` writes the
+same weights as one A1111/Civitai-style single-file checkpoint (LDM layout), which loads with
+the configs `write_tiny_sd_configs` writes (bundled with limner as `limner-tiny`).
 
-Both need only numpy, safetensors and tokenizers (no torch, no transformers, no diffusers), run
+All need only numpy, safetensors and tokenizers (no torch, no transformers, no diffusers), run
 offline in well under a second, and the same seed always gives byte-identical files.
 
     >>> from pathlib import Path
@@ -421,23 +423,7 @@ def write_tiny_sd(
     in_channels = 9 if inpaint else 4
 
     # 1. Tokenizer: CLIP's byte-level BPE files, as in the real SD 1.5 tokenizer/ folder.
-    vocab, merges = _clip_vocab()
-    tokenizer = dest / "tokenizer"
-    tokenizer.mkdir(parents=True, exist_ok=True)
-    _write_json(tokenizer / "vocab.json", vocab)
-    (tokenizer / "merges.txt").write_text(
-        "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8"
-    )
-    _write_json(tokenizer / "tokenizer_config.json", _clip_tokenizer_config())
-    _write_json(
-        tokenizer / "special_tokens_map.json",
-        {
-            "bos_token": "<|startoftext|>",
-            "eos_token": "<|endoftext|>",
-            "pad_token": "<|endoftext|>",
-            "unk_token": "<|endoftext|>",
-        },
-    )
+    vocab = _write_clip_tokenizer(dest / "tokenizer")
 
     # 2. Components: a config and a safetensors file each, every one from its own seeded stream.
     _component(
@@ -477,6 +463,178 @@ def write_tiny_sd(
 
     _write_json(dest / "model_index.json", _model_index(inpaint, ip_adapter))
     return dest
+
+
+def write_tiny_sd_checkpoint(dest_file: Path, seed: int = 0, inpaint: bool = False) -> Path:
+    """Write the tiny SD of `write_tiny_sd` as ONE single-file checkpoint; returns `dest_file`.
+
+    The file is what Automatic1111 and Civitai distribute: a `.safetensors` in the original
+    (LDM) layout, `model.diffusion_model.` (UNet), `first_stage_model.` (VAE, attention
+    projections as 1x1 convolutions) and `cond_stage_model.transformer.text_model.` (CLIP text
+    encoder), with no config and no tokenizer. Its weights are exactly those `write_tiny_sd`
+    writes for the same `seed` and `inpaint` (9-channel UNet), so both load to the same model;
+    its configs are limner's bundled `limner-tiny` / `limner-tiny-inpaint` (see
+    `write_tiny_sd_configs`). Deterministic; numpy and safetensors only.
+    """
+    dest_file = Path(dest_file)
+    dest_file.parent.mkdir(parents=True, exist_ok=True)
+    vocab, _ = _clip_vocab()
+    unet = _unet_weights(_rng(seed, 0), 9 if inpaint else 4)
+    vae = _vae_weights(_rng(seed, 1))
+    text = _clip_text_weights(_rng(seed, 2), len(vocab))
+    tensors: dict[str, np.ndarray] = {}
+    for name, value in unet.items():
+        tensors["model.diffusion_model." + _ldm_unet_key(name)] = value
+    for name, value in vae.items():
+        key, value = _ldm_vae_tensor(name, value)
+        tensors["first_stage_model." + key] = value
+    for name, value in text.items():  # already under "text_model."
+        tensors["cond_stage_model.transformer." + name] = value
+    save_file(tensors, str(dest_file), metadata={"format": "pt"})
+    return dest_file
+
+
+def write_tiny_sd_configs(dest: Path, inpaint: bool = False) -> Path:
+    """Write the diffusers configs of the tiny SD, without weights, into `dest`; returns it.
+
+    This is limner's bundled `limner-tiny` (`limner-tiny-inpaint`) config folder, the one a
+    tiny single-file checkpoint loads with: model_index.json, scheduler/, unet/, vae/,
+    text_encoder/ and tokenizer/ (with the tiny vocabulary), as `write_tiny_sd` writes them,
+    minus the IP-Adapter and feature extractor, which single files do not use.
+    """
+    dest = Path(dest)
+    vocab = _write_clip_tokenizer(dest / "tokenizer")
+    _write_json(dest / "unet" / "config.json", _unet_config(9 if inpaint else 4), mkdir=True)
+    _write_json(dest / "vae" / "config.json", _vae_config(), mkdir=True)
+    _write_json(dest / "text_encoder" / "config.json", _clip_text_config(len(vocab)), mkdir=True)
+    _write_json(dest / "scheduler" / "scheduler_config.json", _pndm_config(), mkdir=True)
+    index = _model_index(inpaint, ip_adapter=False)
+    _write_json(dest / "model_index.json", {**index, "feature_extractor": [None, None]})
+    return dest
+
+
+def _write_clip_tokenizer(folder: Path) -> dict[str, int]:
+    vocab, merges = _clip_vocab()
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_json(folder / "vocab.json", vocab)
+    (folder / "merges.txt").write_text(
+        "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8"
+    )
+    _write_json(folder / "tokenizer_config.json", _clip_tokenizer_config())
+    _write_json(
+        folder / "special_tokens_map.json",
+        {
+            "bos_token": "<|startoftext|>",
+            "eos_token": "<|endoftext|>",
+            "pad_token": "<|endoftext|>",
+            "unk_token": "<|endoftext|>",
+        },
+    )
+    return vocab
+
+
+# diffusers -> LDM names of the UNet and VAE (the inverse of diffusers' single-file conversion,
+# as in diffusers' scripts/convert_diffusers_to_original_stable_diffusion.py).
+_LDM_RESNET = {
+    "norm1": "in_layers.0",
+    "conv1": "in_layers.2",
+    "norm2": "out_layers.0",
+    "conv2": "out_layers.3",
+    "time_emb_proj": "emb_layers.1",
+    "conv_shortcut": "skip_connection",
+}
+_LDM_VAE_ATTENTION = {
+    "group_norm": "norm",
+    "to_q": "q",
+    "to_k": "k",
+    "to_v": "v",
+    "to_out.0": "proj_out",
+}
+
+
+def _ldm_unet_prefixes() -> list[tuple[str, str, bool]]:
+    """(diffusers prefix, LDM prefix, is a resnet) for SD 1.x's block layout at SD_UNET's size:
+    each level has `layers` resnets (+ attentions) and then its down/upsampler, numbered on."""
+    levels = len(SD_UNET["block_out_channels"])
+    layers: int = SD_UNET["layers_per_block"]
+    per_level = layers + 1
+    prefixes = [
+        ("time_embedding.linear_1.", "time_embed.0.", False),
+        ("time_embedding.linear_2.", "time_embed.2.", False),
+        ("conv_in.", "input_blocks.0.0.", False),
+        ("conv_norm_out.", "out.0.", False),
+        ("conv_out.", "out.2.", False),
+        ("mid_block.resnets.0.", "middle_block.0.", True),
+        ("mid_block.attentions.0.", "middle_block.1.", False),
+        ("mid_block.resnets.1.", "middle_block.2.", True),
+    ]
+    for i in range(levels):
+        for j in range(layers):
+            block = per_level * i + j + 1
+            prefixes.append((f"down_blocks.{i}.resnets.{j}.", f"input_blocks.{block}.0.", True))
+            prefixes.append((f"down_blocks.{i}.attentions.{j}.", f"input_blocks.{block}.1.", False))
+        prefixes.append(
+            (
+                f"down_blocks.{i}.downsamplers.0.conv.",
+                f"input_blocks.{per_level * (i + 1)}.0.op.",
+                False,
+            )
+        )
+        for j in range(per_level):
+            block = per_level * i + j
+            prefixes.append((f"up_blocks.{i}.resnets.{j}.", f"output_blocks.{block}.0.", True))
+            prefixes.append((f"up_blocks.{i}.attentions.{j}.", f"output_blocks.{block}.1.", False))
+        # The upsampler follows the level's last resnet (and its attention, if the level has one).
+        slot = 2 if i > 0 else 1  # up level 0 is UpBlock2D, without attention
+        prefixes.append(
+            (
+                f"up_blocks.{i}.upsamplers.0.",
+                f"output_blocks.{per_level * i + layers}.{slot}.",
+                False,
+            )
+        )
+    return prefixes
+
+
+def _ldm_unet_key(name: str) -> str:
+    for diffusers_prefix, ldm_prefix, resnet in _ldm_unet_prefixes():
+        if name.startswith(diffusers_prefix):
+            rest = name[len(diffusers_prefix) :]
+            if resnet:
+                module, _, param = rest.partition(".")
+                rest = f"{_LDM_RESNET[module]}.{param}"
+            return ldm_prefix + rest
+    raise KeyError(f"no LDM name for UNet weight {name!r}")
+
+
+def _ldm_vae_tensor(name: str, value: np.ndarray) -> tuple[str, np.ndarray]:
+    """The LDM name of a VAE weight, and the weight, 1x1-conv shaped for mid-block attention."""
+    last = len(SD_VAE["block_out_channels"]) - 1
+    part, _, rest = name.partition(".")  # "encoder" / "decoder" / quant convs
+    if part not in ("encoder", "decoder"):
+        return name, value
+    patterns: list[tuple[str, str]] = [
+        (r"down_blocks\.(\d+)\.resnets\.(\d+)\.", "down.{0}.block.{1}."),
+        (r"down_blocks\.(\d+)\.downsamplers\.0\.", "down.{0}.downsample."),
+        (r"up_blocks\.(\d+)\.resnets\.(\d+)\.", "up.{u}.block.{1}."),
+        (r"up_blocks\.(\d+)\.upsamplers\.0\.", "up.{u}.upsample."),
+        (r"mid_block\.resnets\.(\d+)\.", "mid.block_{m}."),
+    ]
+    for pattern, template in patterns:
+        match = re.match(pattern, rest)
+        if match:
+            groups = [int(g) for g in match.groups()]
+            prefix = template.format(*groups, u=last - groups[0], m=groups[0] + 1)
+            tail = rest[match.end() :].replace("conv_shortcut", "nin_shortcut")
+            return f"{part}.{prefix}{tail}", value
+    if rest.startswith("mid_block.attentions.0."):
+        module, _, param = rest[len("mid_block.attentions.0.") :].rpartition(".")
+        if value.ndim == 2:  # LDM's attention projections are 1x1 convolutions
+            value = value[:, :, None, None]
+        return f"{part}.mid.attn_1.{_LDM_VAE_ATTENTION[module]}.{param}", value
+    if rest.startswith("conv_norm_out."):
+        return f"{part}.norm_out.{rest.partition('.')[2]}", value
+    return name, value  # conv_in, conv_out
 
 
 def _rng(seed: int, component: int) -> np.random.Generator:

@@ -171,6 +171,7 @@ EngineFactory = Callable[[Path, Options], ChatEngine | ImageEngine]
 ENGINES: dict[str, str] = {
     "safetensors": "limner.engines.llava_transformers:load",
     "diffusers": "limner.engines.diffusion:load",
+    "sd-checkpoint": "limner.engines.diffusion:load_checkpoint",
     "fake": "limner.engines.fake:load",
 }
 

@@ -1,9 +1,10 @@
 """Stable Diffusion 1.x/2.x and SDXL on diffusers: text-to-image, image-to-image, inpainting and
 style transfer from one loaded copy of the weights.
 
-This module knows nothing about HTTP or the store: it receives a folder in the diffusers layout
-and yields `Progress` after every denoising step, then one `ImageResult` (a PNG whose text chunks
-carry the parameters). Heavy imports (torch, diffusers, transformers) happen here only.
+This module knows nothing about HTTP: it receives a folder in the diffusers layout (`load`) or
+a folder holding one single-file checkpoint (`load_checkpoint`), and yields `Progress` after
+every denoising step, then one `ImageResult` (a PNG whose text chunks carry the parameters).
+Heavy imports (torch, diffusers, transformers) happen here only.
 
 Folder layout (what `limner.tiny.write_tiny_sd` writes, and what `save_pretrained` writes):
 
@@ -15,6 +16,18 @@ Folder layout (what `limner.tiny.write_tiny_sd` writes, and what `save_pretraine
     ip_adapter/ip-adapter.safetensors   optional IP-Adapter (`image_proj.*`, `ip_adapter.N.to_k_ip/
                                 to_v_ip`); its encoder is image_encoder/ above or, as in the
                                 h94/IP-Adapter repo, ip_adapter/image_encoder/
+
+Single-file checkpoints (`load_checkpoint`, model_format "sd-checkpoint"): one `.safetensors`
+file in the original LDM layout, as Automatic1111 and Civitai distribute them (`.ckpt` pickles
+are never read). Its family -- SD 1.x, SD 2.x (768, v-prediction), SDXL, each optionally with
+the 9-channel inpainting UNet -- is read from the tensor shapes in its header
+(`limner.store.create.sd_checkpoint_type`), and diffusers' `from_single_file` loads it with
+limner's bundled config folder of that family (`limner.engines.sd_configs`, copied to a
+temporary folder that is removed after loading), so nothing is fetched from the Hub. After
+loading it is the same engine as a diffusers folder, except that single files carry no
+IP-Adapter: style pictures always use the image-to-image fallback. SD 2.x checkpoints load as
+768-pixel v-prediction models (stable-diffusion-2-1); the 512-pixel epsilon SD 2.x-base has the
+same shapes and cannot be told apart from the file.
 
 Modes follow from the request: no picture -> text-to-image; `image` -> image-to-image at
 `strength`; `image` + `mask` -> inpainting (white repaints). A 9-channel (inpainting) UNet draws
@@ -60,11 +73,13 @@ import json
 import math
 import queue
 import random
+import tempfile
 import threading
 from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -87,8 +102,17 @@ from diffusers.utils import logging as diffusers_logging
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 from transformers.utils import logging as transformers_logging
 
-from limner.engines import SCHEDULERS, ImageRequest, ImageResult, ImageStep, Options, Progress
-from limner.errors import InvalidImage, InvalidRequest, TooLarge
+from limner.engines import (
+    SCHEDULERS,
+    ImageRequest,
+    ImageResult,
+    ImageStep,
+    Options,
+    Progress,
+    sd_configs,
+)
+from limner.errors import InvalidImage, InvalidRequest, TooLarge, UnsafeWeights
+from limner.store.create import PICKLE, SAFETENSORS, safetensors_header, sd_checkpoint_type, sniff
 
 PICTURE_FORMATS = ("PNG", "JPEG", "WEBP")
 DEFAULT_STEPS, LCM_STEPS, MAX_STEPS = 20, 4, 150
@@ -131,9 +155,67 @@ SCHEDULER_TABLE: dict[str, tuple[type[Any], dict[str, Any], str]] = {
 assert set(SCHEDULER_TABLE) == set(SCHEDULERS), "the engine contract and this table disagree"
 
 
+# Loads the base pipeline of a model folder at a dtype, on the engine's torch thread.
+PipelineLoader = Callable[[Path, torch.dtype], Any]
+
+
 def load(folder: Path, options: Options) -> DiffusionEngine:
     """Load the pipeline in `folder` (and its IP-Adapter, if any) at `options.precision`."""
     return DiffusionEngine(Path(folder), options)
+
+
+def load_checkpoint(folder: Path, options: Options) -> DiffusionEngine:
+    """Load the single-file checkpoint in `folder` (its one `.safetensors` file, any name) with
+    the bundled config of its family, at `options.precision`. No IP-Adapter."""
+    folder = Path(folder)
+    path = _single_checkpoint(folder)
+    kind = sd_checkpoint_type(safetensors_header(path), repr(path.name))  # before any torch work
+    return DiffusionEngine(folder, options, loader=partial(_load_single_file, path, kind))
+
+
+def _single_checkpoint(folder: Path) -> Path:
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    candidates = [p for p in files if p.name.endswith(".safetensors")]
+    if len(candidates) != 1:
+        raise InvalidRequest(
+            f"a single-file checkpoint folder holds exactly one .safetensors file; {folder} "
+            f"holds {len(candidates)} ({', '.join(p.name for p in candidates) or 'none'})"
+        )
+    path = candidates[0]
+    kind = sniff(path)
+    if kind == PICKLE:
+        raise UnsafeWeights(
+            f"{path.name} holds pickle weights, which can run code when loaded; "
+            "convert it to safetensors first"
+        )
+    if kind != SAFETENSORS:
+        raise InvalidRequest(f"{path.name} is not a safetensors file")
+    return path
+
+
+def _load_single_file(path: Path, kind: str, folder: Path, dtype: torch.dtype) -> Any:
+    """`from_single_file` with the bundled config of `kind`, offline; the config is removed
+    again once the pipeline is built (everything it names is read while loading)."""
+    xl = kind.startswith("sdxl")
+    cls: Any = StableDiffusionXLPipeline if xl else StableDiffusionPipeline
+    extra: dict[str, Any] = (
+        {"add_watermarker": False}  # as for folders: no invisible-watermark
+        if xl
+        else {"safety_checker": None, "requires_safety_checker": False}
+    )
+    with tempfile.TemporaryDirectory(prefix="limner-sd-config-") as tmp:
+        config = sd_configs.materialise(kind, Path(tmp) / kind)
+        try:
+            with _diffusers_quiet():  # it casts with `to()`, warning about fp32 modules
+                return cls.from_single_file(
+                    str(path), config=str(config), local_files_only=True, dtype=dtype, **extra
+                )
+        except torch.cuda.OutOfMemoryError:  # not the checkpoint's fault
+            raise
+        except (ValueError, KeyError, RuntimeError) as error:
+            raise InvalidRequest(
+                f"{path.name} could not be loaded as a {kind} checkpoint: {error}"
+            ) from error
 
 
 @dataclass
@@ -157,13 +239,17 @@ class _Stopped(Exception):
 class DiffusionEngine:
     """A loaded Stable Diffusion model: `generate_image()` draws one picture at a time."""
 
-    def __init__(self, folder: Path, options: Options) -> None:
+    def __init__(
+        self, folder: Path, options: Options, loader: PipelineLoader | None = None
+    ) -> None:
+        """`loader` builds the base pipeline from `folder` at a dtype; by default a diffusers
+        folder (`load_diffusers_pipeline`), for single files `load_checkpoint`'s."""
         # Every torch call of this engine runs on one thread. OpenMP keeps a team of workers
         # per calling thread; drawing on a second thread made each call ~2x slower (measured).
         self._torch = ThreadPoolExecutor(1, thread_name_prefix="limner-torch")
-        self._torch.submit(self._setup, folder, options).result()
+        self._torch.submit(self._setup, folder, options, loader or load_diffusers_pipeline).result()
 
-    def _setup(self, folder: Path, options: Options) -> None:
+    def _setup(self, folder: Path, options: Options, loader: PipelineLoader) -> None:
         # A runner's log is no terminal: no progress bars while loading or drawing.
         diffusers_logging.disable_progress_bar()
         transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
@@ -171,8 +257,8 @@ class DiffusionEngine:
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.dtype, self.precision = _pick_precision(options.precision, self.device)
 
-        # 1. The base pipeline of the family named in model_index.json.
-        pipe = self._load_pipeline(folder)
+        # 1. The base pipeline of the model's family.
+        pipe = loader(folder, self.dtype)
         self.xl = isinstance(pipe, StableDiffusionXLPipeline)
         self.unet = pipe.unet
         self.vae = pipe.vae
@@ -206,28 +292,6 @@ class DiffusionEngine:
                 )
         self.processors = dict(self.unet.attn_processors)  # restored after sliced attention
         self._lock = threading.Lock()
-
-    def _load_pipeline(self, folder: Path) -> Any:
-        index_file = folder / "model_index.json"
-        if not index_file.is_file():
-            raise InvalidRequest(f"{folder} has no model_index.json; it is not a diffusers model")
-        class_name = json.loads(index_file.read_text(encoding="utf-8")).get("_class_name")
-        # Without accelerate, diffusers would warn and fall back to this anyway.
-        low_memory = importlib.util.find_spec("accelerate") is not None
-        common = {"dtype": self.dtype, "local_files_only": True, "low_cpu_mem_usage": low_memory}
-        if class_name in SD_CLASSES:
-            return StableDiffusionPipeline.from_pretrained(  # type: ignore[no-untyped-call]
-                folder, safety_checker=None, requires_safety_checker=False, **common
-            )
-        if class_name in XL_CLASSES:
-            # The watermarker needs the invisible-watermark package and alters pictures.
-            return StableDiffusionXLPipeline.from_pretrained(  # type: ignore[no-untyped-call]
-                folder, add_watermarker=False, **common
-            )
-        raise InvalidRequest(
-            f"model_index.json names {class_name!r}; this engine runs Stable Diffusion 1.x/2.x "
-            f"and SDXL pipelines ({', '.join(sorted(SD_CLASSES | XL_CLASSES))})"
-        )
 
     def _load_ip_adapter(self, pipe: Any, folder: Path) -> bool:
         adapter_dir = folder / IP_ADAPTER_FOLDER
@@ -523,6 +587,30 @@ class DiffusionEngine:
         finally:
             self.vae.disable_tiling()
             self.unet.set_attn_processor(dict(self.processors))
+
+
+def load_diffusers_pipeline(folder: Path, dtype: torch.dtype) -> Any:
+    """The base pipeline of a diffusers folder, of the family named in its model_index.json."""
+    index_file = folder / "model_index.json"
+    if not index_file.is_file():
+        raise InvalidRequest(f"{folder} has no model_index.json; it is not a diffusers model")
+    class_name = json.loads(index_file.read_text(encoding="utf-8")).get("_class_name")
+    # Without accelerate, diffusers would warn and fall back to this anyway.
+    low_memory = importlib.util.find_spec("accelerate") is not None
+    common = {"dtype": dtype, "local_files_only": True, "low_cpu_mem_usage": low_memory}
+    if class_name in SD_CLASSES:
+        return StableDiffusionPipeline.from_pretrained(  # type: ignore[no-untyped-call]
+            folder, safety_checker=None, requires_safety_checker=False, **common
+        )
+    if class_name in XL_CLASSES:
+        # The watermarker needs the invisible-watermark package and alters pictures.
+        return StableDiffusionXLPipeline.from_pretrained(  # type: ignore[no-untyped-call]
+            folder, add_watermarker=False, **common
+        )
+    raise InvalidRequest(
+        f"model_index.json names {class_name!r}; this engine runs Stable Diffusion 1.x/2.x "
+        f"and SDXL pipelines ({', '.join(sorted(SD_CLASSES | XL_CLASSES))})"
+    )
 
 
 @contextmanager

@@ -2,8 +2,10 @@
 
 Weights are recognised by their content, never by their file name: safetensors and GGUF
 are accepted, pickle (and the zip archives torch saves pickles in) is refused before
-anything is written. The manifest is the last thing written, atomically, so a failed
-create leaves no model behind.
+anything is written. A model that is one safetensors file with Stable Diffusion's original
+(LDM) keys -- an Automatic1111/Civitai checkpoint -- becomes an "sd-checkpoint"; its family is
+read from the tensor shapes in the file's header (`sd_checkpoint_type`), no weight is loaded.
+The manifest is the last thing written, atomically, so a failed create leaves no model behind.
 """
 
 from __future__ import annotations
@@ -110,10 +112,14 @@ def _config_for_folder(kinds: dict[str, tuple[str, Path]]) -> dict[str, Any]:
     weights = [path for kind, path in kinds.values() if kind == SAFETENSORS]
     if "model_index.json" in kinds:
         return _diffusers_config(kinds, weights)
+    if len(kinds) == 1 and len(weights) == 1:
+        # One safetensors file and nothing else: a single-file Stable Diffusion checkpoint.
+        return _checkpoint_config(next(iter(kinds)), weights[0])
     if "config.json" not in kinds:
         raise InvalidRequest(
             "the model files need a config.json (a Hugging Face model folder) "
-            "or a model_index.json (a diffusers folder)"
+            "or a model_index.json (a diffusers folder), or must be one Stable Diffusion "
+            ".safetensors checkpoint"
         )
     hf = json.loads(kinds["config.json"][1].read_text())
     model_type = hf.get("model_type")
@@ -193,6 +199,141 @@ def _diffusers_config(kinds: dict[str, tuple[str, Path]], weights: list[Path]) -
         "file_type": "/".join(sorted(d.upper() for d in dtypes)),
         "capabilities": ["image"],
         "default_size": info[f"{family}.default_size"],
+        "model_info": info,
+    }
+
+
+# --- single-file Stable Diffusion checkpoints (LDM layout) ----------------------------------
+
+LDM_UNET = "model.diffusion_model."
+LDM_VAE = "first_stage_model."
+LDM_CLIP = "cond_stage_model.transformer.text_model."  # SD 1.x: CLIP-L (transformers' names)
+LDM_OPENCLIP = "cond_stage_model.model."  # SD 2.x: OpenCLIP-H (open_clip's names)
+XL_CLIP, XL_OPENCLIP = "conditioner.embedders.0.", "conditioner.embedders.1."
+CONV_IN = LDM_UNET + "input_blocks.0.0.weight"
+# The first cross-attention's key projection: its input width is the text context width.
+SD_CONTEXT = LDM_UNET + "input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
+XL_CONTEXT = LDM_UNET + "input_blocks.4.1.transformer_blocks.0.attn2.to_k.weight"
+
+# checkpoint type (= limner's bundled config of that name) -> what the manifest reports.
+SD_CHECKPOINTS: dict[str, dict[str, Any]] = {
+    "sd15": {"pipeline": "StableDiffusionPipeline", "size": 512},
+    "sd15-inpaint": {"pipeline": "StableDiffusionInpaintPipeline", "size": 512},
+    "sd2": {"pipeline": "StableDiffusionPipeline", "size": 768},
+    "sd2-inpaint": {"pipeline": "StableDiffusionInpaintPipeline", "size": 512},
+    "sdxl": {"pipeline": "StableDiffusionXLPipeline", "size": 1024},
+    "sdxl-inpaint": {"pipeline": "StableDiffusionXLInpaintPipeline", "size": 1024},
+    "limner-tiny": {"pipeline": "StableDiffusionPipeline", "size": 64},
+    "limner-tiny-inpaint": {"pipeline": "StableDiffusionInpaintPipeline", "size": 64},
+}
+# Per base type: UNet width (conv_in's output channels), text context width, and one tensor
+# of each text encoder with the width it must have (the text encoders' hidden sizes).
+_SD_SHAPES: dict[str, tuple[int, int, dict[str, tuple[int, int]]]] = {
+    "sd15": (320, 768, {LDM_CLIP + "embeddings.token_embedding.weight": (1, 768)}),
+    "sd2": (320, 1024, {LDM_OPENCLIP + "token_embedding.weight": (1, 1024)}),
+    "sdxl": (
+        320,
+        2048,
+        {
+            XL_CLIP + "transformer.text_model.embeddings.token_embedding.weight": (1, 768),
+            XL_OPENCLIP + "model.token_embedding.weight": (1, 1280),
+        },
+    ),
+    "limner-tiny": (32, 32, {LDM_CLIP + "embeddings.token_embedding.weight": (1, 32)}),
+}
+
+
+def sd_checkpoint_type(header: dict[str, Any], name: str = "the file") -> str:
+    """Which Stable Diffusion a single-file LDM checkpoint is, from its safetensors header.
+
+    SDXL if it has a second text encoder (`conditioner.embedders.1.`); SD 2.x if its
+    cross-attention reads 1024-wide text (OpenCLIP-H); SD 1.x if 768 (CLIP-L); limner's tiny
+    test model at its tiny widths; `-inpaint` if the UNet takes 9 input channels. Every width
+    is checked against the bundled config, and the VAE and text encoders must be present.
+    Anything else raises InvalidRequest saying why.
+    """
+    shapes = {key: list(value.get("shape", [])) for key, value in header.items()}
+    conv_in = shapes.get(CONV_IN, [])
+    if not any(key.startswith(LDM_UNET) for key in shapes) or len(conv_in) != 4:
+        raise InvalidRequest(
+            f"{name} is not a Stable Diffusion checkpoint: it has no UNet under "
+            f"'{LDM_UNET}' (limner reads single files in the original LDM layout of "
+            "Automatic1111/Civitai checkpoints)"
+        )
+    width, channels = conv_in[0], conv_in[1]
+    if channels not in (4, 9):
+        raise InvalidRequest(
+            f"{name}: its UNet takes {channels} input channels; limner runs Stable Diffusion "
+            "checkpoints with 4 (text-to-image) or 9 (inpainting) channels"
+        )
+    if any(key.startswith(XL_OPENCLIP) for key in shapes):
+        base, context = "sdxl", shapes.get(XL_CONTEXT, [0, 0])[1:2]
+    elif any(key.startswith(XL_CLIP) for key in shapes):
+        raise InvalidRequest(
+            f"{name} looks like an SDXL refiner (one OpenCLIP text encoder under "
+            f"'{XL_CLIP}'); refiners only finish another model's pictures, limner does not "
+            "run them"
+        )
+    else:
+        context = shapes.get(SD_CONTEXT, [0, 0])[1:2]
+        known = {768: "sd15", 1024: "sd2", 32: "limner-tiny"}
+        base = known.get(context[0], "") if context else ""
+        if not base:
+            raise InvalidRequest(
+                f"{name}: unknown Stable Diffusion variant (text context width "
+                f"{context[0] if context else 'missing'}); limner recognises SD 1.x (768), "
+                "SD 2.x (1024) and SDXL checkpoints"
+            )
+    unet_width, context_width, text = _SD_SHAPES[base]
+    if width != unet_width or context != [context_width]:
+        raise InvalidRequest(
+            f"{name}: a {base} checkpoint should have a UNet of width {unet_width} reading "
+            f"{context_width}-wide text, but this one is {width} wide and reads "
+            f"{context[0] if context else 'no'} text context"
+        )
+    for key, (dim, size) in text.items():
+        shape = shapes.get(key, [])
+        if len(shape) <= dim or shape[dim] != size:
+            raise InvalidRequest(
+                f"{name}: a {base} checkpoint needs its text encoder ('{key}' of width {size}); "
+                f"found {shape or 'none'}"
+            )
+    if not any(key.startswith(LDM_VAE) for key in shapes):
+        raise InvalidRequest(
+            f"{name} has no VAE (no '{LDM_VAE}' weights); limner needs a checkpoint with "
+            "its VAE baked in"
+        )
+    return f"{base}-inpaint" if channels == 9 else base
+
+
+def _checkpoint_config(name: str, path: Path) -> dict[str, Any]:
+    """A single-file Stable Diffusion checkpoint (LDM layout): format "sd-checkpoint"."""
+    kind = sd_checkpoint_type(safetensors_header(path), repr(name))
+    xl = kind.startswith("sdxl")
+    family = "stable-diffusion-xl" if xl else "stable-diffusion"
+    params, dtypes = _count_parameters([path])
+    size = SD_CHECKPOINTS[kind]["size"]
+    inpainting = kind.endswith("-inpaint")
+    info = {
+        "general.architecture": family,
+        "general.parameter_count": params,
+        f"{family}.pipeline": SD_CHECKPOINTS[kind]["pipeline"],
+        f"{family}.checkpoint_type": kind,
+        f"{family}.default_size": size,
+        f"{family}.vae_scale_factor": 8,
+        f"{family}.unet.in_channels": 9 if inpainting else 4,
+        f"{family}.inpainting_unet": inpainting,
+        f"{family}.ip_adapter": False,
+    }
+    return {
+        "model_format": "sd-checkpoint",
+        "model_family": family,
+        "model_families": [family],
+        "model_type": human_count(params),
+        "file_type": "/".join(sorted(d.upper() for d in dtypes)),
+        "capabilities": ["image"],
+        "default_size": size,
+        "checkpoint_type": kind,
         "model_info": info,
     }
 
