@@ -224,7 +224,11 @@ def _tokenizer_config(tok: Tokenizer) -> dict[str, Any]:
 
 
 def _image_processor_config() -> dict[str, Any]:
-    size = VISION["image_size"]
+    return {**_clip_image_processor(VISION["image_size"]), "processor_class": "LlavaProcessor"}
+
+
+def _clip_image_processor(size: int) -> dict[str, Any]:
+    """OpenAI CLIP's preprocessing at `size`: resize, center crop, normalize."""
     return {
         "crop_size": {"height": size, "width": size},
         "do_center_crop": True,
@@ -235,7 +239,6 @@ def _image_processor_config() -> dict[str, Any]:
         "image_mean": CLIP_MEAN,
         "image_processor_type": "CLIPImageProcessor",
         "image_std": CLIP_STD,
-        "processor_class": "LlavaProcessor",
         "resample": 3,  # bicubic
         "rescale_factor": 1 / 255,
         "size": {"shortest_edge": size},
@@ -1008,21 +1011,7 @@ def _clip_vision_config() -> dict[str, Any]:
 
 
 def _feature_extractor_config() -> dict[str, Any]:
-    size = SD_VISION["image_size"]
-    return {
-        "crop_size": {"height": size, "width": size},
-        "do_center_crop": True,
-        "do_convert_rgb": True,
-        "do_normalize": True,
-        "do_rescale": True,
-        "do_resize": True,
-        "image_mean": CLIP_MEAN,
-        "image_processor_type": "CLIPImageProcessor",
-        "image_std": CLIP_STD,
-        "resample": 3,  # bicubic
-        "rescale_factor": 1 / 255,
-        "size": {"shortest_edge": size},
-    }
+    return _clip_image_processor(SD_VISION["image_size"])
 
 
 def _pndm_config() -> dict[str, Any]:
