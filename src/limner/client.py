@@ -285,6 +285,19 @@ class Client(_Base):
         )
         return result
 
+    def pull(
+        self, model: str, *, insecure: bool = False, stream: bool = False
+    ) -> ProgressResponse | Iterator[ProgressResponse]:
+        """Pull a model from its registry (default registry.ollama.ai); progress as it comes.
+
+        `insecure=True` allows a plain-http registry (`localhost:5000/ns/model`).
+        """
+        body = {"model": model, "insecure": insecure}
+        result: ProgressResponse | Iterator[ProgressResponse] = self._call(
+            "/api/pull", body, ProgressResponse, stream
+        )
+        return result
+
     def create_blob(self, path: str | os.PathLike[str]) -> str:
         """Upload a file unless the server has it; returns its digest."""
         digest = file_digest(Path(path))
@@ -413,6 +426,15 @@ class AsyncClient(_Base):
 
     async def delete(self, model: str) -> None:
         await self._send("DELETE", "/api/delete", json={"model": model})
+
+    async def pull(
+        self, model: str, *, insecure: bool = False, stream: bool = False
+    ) -> ProgressResponse | AsyncIterator[ProgressResponse]:
+        body = {"model": model, "insecure": insecure}
+        result: ProgressResponse | AsyncIterator[ProgressResponse] = await self._call(
+            "/api/pull", body, ProgressResponse, stream
+        )
+        return result
 
     async def version(self) -> str:
         return str((await self._send("GET", "/api/version")).json()["version"])

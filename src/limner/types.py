@@ -198,6 +198,14 @@ class CreateRequest(_Request):
     stream: bool | None = True
 
 
+class PullRequest(_Request):
+    model: str = ""
+    name: str | None = None  # deprecated alias of model
+    insecure: bool | None = False  # allow http:// and use plain http for the registry
+    stream: bool | None = True
+    # `username` and `password` are ignored, as Ollama does.
+
+
 class ProgressResponse(_Response):
     status: str
     digest: str | None = None

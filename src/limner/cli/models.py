@@ -1,4 +1,4 @@
-"""Model management commands: list/ls, ps, show, rm, cp, create, stop.
+"""Model management commands: list/ls, ps, show, rm, cp, create, pull, stop.
 
 Output follows `ollama`'s: the same tables, sizes (`4.7 GB`), times (`2 days ago`) and
 messages (`deleted 'M'`), so scripts written for one work with the other.
@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import argparse
 import math
+import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import IO, TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
     from limner.client import Client
@@ -61,6 +62,17 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     source.add_argument("--from", dest="folder", metavar="PATH", help="a Hugging Face model folder")
     source.add_argument("--tiny", choices=TINY_KINDS, help="a tiny model with random weights")
     create.set_defaults(run=create_model)
+
+    pull = commands.add_parser(
+        "pull", help="pull a model from a registry",
+        description="Pull a model from the Ollama registry (registry.ollama.ai), or from "
+        "another registry named in the model: host[:port]/namespace/model[:tag].",
+    )  # fmt: skip
+    pull.add_argument("model")
+    pull.add_argument(
+        "--insecure", action="store_true", help="use an insecure (plain http) registry"
+    )
+    pull.set_defaults(run=pull_model)
 
 
 def client() -> Client:
@@ -353,3 +365,74 @@ def folder_files(folder: Path) -> list[tuple[str, Path]]:
 
         raise InvalidRequest(f"the folder '{folder}' holds no files")
     return found
+
+
+# --- pull -------------------------------------------------------------------------------
+
+
+def pull_model(args: argparse.Namespace) -> int:
+    steps = cast(
+        "Iterator[ProgressResponse]",
+        client().pull(args.model, insecure=args.insecure, stream=True),
+    )
+    printer = PullPrinter(sys.stdout)
+    try:
+        for step in steps:
+            printer.show(step)
+    finally:
+        printer.end()
+    return 0
+
+
+class PullPrinter:
+    """`ollama pull`'s output: a status per line, and a progress line per layer.
+
+    On a terminal a layer's line is redrawn in place with a bar (`pulling 6a0746a1ec1a:
+    42% ▕████      ▏ 2.0 GB/4.7 GB`); otherwise each layer gets one plain line once it is
+    complete, so logs stay readable.
+    """
+
+    BAR = 25
+
+    def __init__(self, out: IO[str], tty: bool | None = None) -> None:
+        self.out = out
+        self.tty = out.isatty() if tty is None else tty
+        self.open = False  # a layer's line is drawn without its newline yet
+        self.status = ""  # the layer whose line that is
+        self.printed: set[str] = set()
+
+    def show(self, step: ProgressResponse) -> None:
+        if step.digest and step.total is not None:
+            self._layer(step.status, step.completed or 0, step.total)
+            return
+        self.end()
+        self.out.write(f"{step.status}\n")
+        self.out.flush()
+
+    def _layer(self, status: str, completed: int, total: int) -> None:
+        if not self.tty:
+            if completed >= total and status not in self.printed:
+                self.printed.add(status)
+                self.out.write(f"{status}: 100% {human_bytes(total)}\n")
+                self.out.flush()
+            return
+        percent = 100 if total == 0 else min(100, completed * 100 // total)
+        filled = percent * self.BAR // 100
+        amount = (
+            human_bytes(total)
+            if completed >= total
+            else f"{human_bytes(completed)}/{human_bytes(total)}"
+        )
+        line = f"{status}: {percent:3d}% ▕{'█' * filled}{' ' * (self.BAR - filled)}▏ {amount}"
+        width = shutil.get_terminal_size((80, 24)).columns - 1
+        if self.open and status != self.status:
+            self.out.write("\n")
+        self.out.write(f"\r{line[:width]}\x1b[K")
+        self.out.flush()
+        self.open, self.status = True, status
+
+    def end(self) -> None:
+        if self.open:
+            self.out.write("\n")
+            self.out.flush()
+            self.open = False

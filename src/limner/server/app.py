@@ -74,6 +74,7 @@ def create_app(store: Store, scheduler: Scheduler) -> FastAPI:
     route("/api/copy", models.copy, methods=["POST"])
     route("/api/delete", models.delete, methods=["DELETE"])
     route("/api/create", models.create, methods=["POST"])
+    route("/api/pull", models.pull, methods=["POST"])
     route("/api/blobs/{digest}", models.blob_exists, methods=["HEAD"])
     route("/api/blobs/{digest}", models.blob_upload, methods=["POST"])
     route("/v1/images/generations", openai.generations, methods=["POST"])

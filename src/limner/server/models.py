@@ -1,13 +1,15 @@
-"""Model management: /api/tags, /api/show, /api/ps, /api/copy, /api/delete, /api/blobs, /api/create."""
+"""Model management: /api/tags, /api/show, /api/ps, /api/copy, /api/delete, /api/blobs,
+/api/create, /api/pull."""
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
+from anyio import to_thread
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
@@ -18,6 +20,7 @@ from limner.server.state import State, parse_body
 from limner.server.streaming import respond
 from limner.store import create as creating
 from limner.store import manifests as m
+from limner.store import registry
 from limner.store.blobs import normalize
 from limner.store.manifests import Entry, Store
 from limner.types import (
@@ -28,6 +31,8 @@ from limner.types import (
     ListResponse,
     ModelDetails,
     ProcessResponse,
+    ProgressResponse,
+    PullRequest,
     RunningModel,
     ShowRequest,
     ShowResponse,
@@ -228,3 +233,32 @@ async def create(request: Request) -> Response:
 async def _as_dicts(progress: Any) -> AsyncIterator[dict[str, Any]]:
     for step in progress:
         yield step.wire()
+
+
+async def pull(request: Request) -> Response:
+    """Ollama's /api/pull: a bad name is a 400; registry errors come as an `{"error"}` line."""
+    body = await parse_body(request, PullRequest)
+    progress = registry.pull(
+        _state(request).store, body.model or body.name or "", insecure=bool(body.insecure)
+    )
+    return await respond(_in_thread(progress), body.stream is not False)
+
+
+async def _in_thread(progress: Iterator[ProgressResponse]) -> AsyncIterator[dict[str, Any]]:
+    """A blocking progress iterator, each step taken in a worker thread.
+
+    Closing it (the client went away) closes the iterator, which returns at least every
+    `registry.PROGRESS_INTERVAL`, and so lets go of its downloads: a download no other pull
+    waits on stops, and its finished parts stay for the next pull.
+    """
+    last: dict[str, Any] | None = None
+    try:
+        while (step := await to_thread.run_sync(next, progress, None)) is not None:
+            line = step.wire()
+            if line != last:  # a layer's progress repeats while nothing arrives: sent once
+                yield line
+            last = line
+    finally:
+        close = getattr(progress, "close", None)
+        if close is not None:
+            close()

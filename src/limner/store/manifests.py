@@ -166,8 +166,12 @@ class Store:
 
     # --- writing ---
 
-    def write(self, name: ModelName, manifest: Manifest) -> None:
-        """Write a manifest atomically; every blob it names must already be stored."""
+    def write(self, name: ModelName, manifest: Manifest, raw: bytes | None = None) -> None:
+        """Write a manifest atomically; every blob it names must already be stored.
+
+        `raw`: the manifest's bytes exactly as a registry sent them (they must parse to
+        `manifest`), kept verbatim so the digest matches the registry's.
+        """
         for digest in manifest.digests():
             self.blobs.open_path(digest)
         existing = self.find(name)
@@ -176,7 +180,7 @@ class Store:
         fd, tmp = tempfile.mkstemp(prefix=".manifest-", dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as out:
-                out.write(manifest.encode())
+                out.write(manifest.encode() if raw is None else raw)
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(tmp, path)

@@ -1,0 +1,701 @@
+"""Pulling from an Ollama (Docker v2) registry: a fake registry on loopback, limner's server.
+
+The registry serves a fake-engine model (so a pulled model can answer), and misbehaves on
+demand: token auth, a CDN redirect, a dropped connection, a corrupted byte, lying manifests.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import json
+import os
+import re
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, cast
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import ollama
+import pytest
+
+from conftest import add_fake
+from limner.cli.main import main
+from limner.cli.models import PullPrinter, human_bytes
+from limner.client import AsyncClient, Client
+from limner.errors import InvalidRequest, LimnerError
+from limner.names import ModelName
+from limner.store import Store, registry
+from limner.store.manifests import CONFIG_TYPE, FILE, MANIFEST_TYPE
+from limner.types import ProgressResponse
+
+
+def sha(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+class QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a client that hangs up early (on purpose, in these tests) is no news
+
+
+class FakeRegistry:
+    """A Docker v2 registry (or, with no manifests, a CDN) in a thread on 127.0.0.1."""
+
+    def __init__(self) -> None:
+        self.manifests: dict[str, bytes] = {}  # "ns/model/tag" -> manifest bytes
+        self.blobs: dict[str, bytes] = {}  # digest -> content
+        self.token: str | None = None  # when set, /v2/ needs `Authorization: Bearer <token>`
+        self.realm: str | None = None  # the challenge's realm; default our own /token
+        self.redirect_to: str | None = None  # blobs answer 307 to <redirect_to>/blobs/<digest>
+        self.cut_after: int | None = None  # blob bytes sent in all before connections drop
+        self.ignore_range = False  # answer 200 with the whole blob
+        self.delay = 0.0  # seconds before each blob body
+        self.barrier: threading.Barrier | None = None  # manifest requests wait for each other
+        self.served: Counter[str] = Counter()  # blob bytes sent, per digest
+        self.sent = 0
+        self.requests: list[tuple[str, str, dict[str, str]]] = []
+        self.lock = threading.Lock()
+        self.httpd = QuietServer(("127.0.0.1", 0), _handler(self))
+        self.httpd.daemon_threads = True
+        self.host = f"127.0.0.1:{self.httpd.server_address[1]}"
+        self.url = f"http://{self.host}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def publish(self, source: Store, name: str, as_name: str = "library/fake/latest") -> bytes:
+        """Serve a model of `source` store, manifest bytes verbatim; returns them."""
+        found = source.resolve(name)
+        raw = source.manifests.joinpath(*found.parts()).read_bytes()
+        self.manifests[as_name] = raw
+        for digest in source.entry(found).manifest.digests():
+            self.blobs[digest] = source.blobs.open_path(digest).read_bytes()
+        return raw
+
+    def add_manifest(self, as_name: str, config: bytes, layers: list[tuple[bytes, str]]) -> bytes:
+        """A manifest of a config blob and (content, file name) layers; returns its bytes."""
+        for data in [config, *(content for content, _ in layers)]:
+            self.blobs[sha(data)] = data
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": MANIFEST_TYPE,
+            "config": {"mediaType": CONFIG_TYPE, "digest": sha(config), "size": len(config)},
+            "layers": [
+                {"mediaType": FILE, "digest": sha(content), "size": len(content), "name": name}
+                for content, name in layers
+            ],
+        }
+        raw = json.dumps(manifest, indent=1).encode()  # not limner's own spelling: kept verbatim
+        self.manifests[as_name] = raw
+        return raw
+
+    def with_auth(self, headers: dict[str, str]) -> bool:
+        return self.token is None or headers.get("authorization") == f"Bearer {self.token}"
+
+
+def _handler(reg: FakeRegistry) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.0"
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_HEAD(self) -> None:
+            self.do_GET()
+
+        def do_GET(self) -> None:
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            url = urlsplit(self.path)
+            with reg.lock:
+                reg.requests.append((self.command, self.path, headers))
+            if url.path == "/token":
+                query = parse_qs(url.query)
+                if query.get("service") == ["test"] and query.get("scope"):
+                    return self.reply(200, json.dumps({"token": reg.token}).encode())
+                return self.reply(400, b"bad token request")
+            if url.path.startswith("/blobs/"):  # the CDN side: no auth
+                return self.blob(url.path.removeprefix("/blobs/"), headers)
+            match = re.fullmatch(r"/v2/(\w+)/([\w.-]+)/(manifests|blobs)/(.+)", url.path)
+            if match is None:
+                return self.reply(404, b"404 page not found")
+            ns, model, kind, ref = match.groups()
+            if not reg.with_auth(headers):
+                realm = reg.realm or f"{reg.url}/token"
+                challenge = (
+                    f'Bearer realm="{realm}",service="test",scope="repository:{ns}/{model}:pull"'
+                )
+                return self.reply(401, b'{"errors":[{"code":"UNAUTHORIZED"}]}',
+                                  {"WWW-Authenticate": challenge})  # fmt: skip
+            if kind == "manifests":
+                if headers.get("accept") != MANIFEST_TYPE:
+                    return self.reply(400, b"MANIFEST_INVALID")
+                if reg.barrier is not None:
+                    reg.barrier.wait(10)
+                raw = reg.manifests.get(f"{ns}/{model}/{ref}")
+                if raw is None:
+                    return self.reply(404, b'{"errors":[{"code":"MANIFEST_UNKNOWN"}]}')
+                return self.reply(200, raw, {"Content-Type": "text/plain"})
+            if reg.redirect_to:
+                return self.reply(307, b"", {"Location": f"{reg.redirect_to}/blobs/{ref}"})
+            return self.blob(ref, headers)
+
+        def blob(self, digest: str, headers: dict[str, str]) -> None:
+            data = reg.blobs.get(digest)
+            if data is None:
+                return self.reply(404, b"BLOB_UNKNOWN")
+            status, start, body = 200, 0, data
+            wanted = re.fullmatch(r"bytes=(\d+)-(\d+)", headers.get("range", ""))
+            if wanted and not reg.ignore_range:
+                start, end = int(wanted.group(1)), int(wanted.group(2))
+                status, body = 206, data[start : end + 1]
+            extra = {"Content-Type": "application/octet-stream"}
+            if status == 206:
+                extra["Content-Range"] = f"bytes {start}-{start + len(body) - 1}/{len(data)}"
+            if self.command == "HEAD":
+                return self.reply(status, b"", extra, length=len(body))
+            time.sleep(reg.delay)
+            with reg.lock:
+                room = len(body) if reg.cut_after is None else max(0, reg.cut_after - reg.sent)
+                count = min(len(body), room)
+                reg.sent += count
+                reg.served[digest] += count
+            self.reply(status, body[:count], extra, length=len(body))
+
+        def reply(self, status: int, body: bytes, headers: dict[str, str] | None = None,
+                  length: int | None = None) -> None:  # fmt: skip
+            self.send_response(status)
+            for key, value in (headers or {}).items():
+                self.send_header(key, value)
+            self.send_header("Content-Length", str(len(body) if length is None else length))
+            self.end_headers()
+            self.wfile.write(body)  # fewer bytes than announced: the client sees a cut
+
+    return Handler
+
+
+@pytest.fixture
+def reg() -> Iterator[FakeRegistry]:
+    server = FakeRegistry()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def upstream(tmp_path: Path) -> Store:
+    """Where the published model is made (through /api/create's path), not limner's store."""
+    source = Store(tmp_path / "upstream")
+    add_fake(source, "fake")
+    return source
+
+
+@pytest.fixture
+def small_parts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Parts of 4-8 KB, so a 40 KB blob comes in 10 ranged parts; no retry back-off."""
+    monkeypatch.setattr(registry, "MIN_PART_BYTES", 4000)
+    monkeypatch.setattr(registry, "MAX_PART_BYTES", 8000)
+    monkeypatch.setattr(registry, "RETRY_DELAY", 0.01)
+
+
+BIG = os.urandom(40_000)
+FAKE_CONFIG = json.dumps({"model_format": "fake", "capabilities": ["completion"]}).encode()
+
+
+FAKE_JSON = b'{"model_type": "limner-fake"}'
+
+
+def big_model(reg: FakeRegistry, as_name: str = "library/big/latest") -> bytes:
+    """Layers: config.json, a 40 KB blob (ten 4 KB parts with `small_parts`); then the config."""
+    return reg.add_manifest(
+        as_name, FAKE_CONFIG, [(FAKE_JSON, "config.json"), (BIG, "weights.bin")]
+    )
+
+
+def steps(store: Store, name: str, insecure: bool = True) -> list[ProgressResponse]:
+    return list(registry.pull(store, name, insecure=insecure))
+
+
+def statuses(lines: list[Any]) -> list[str]:
+    """The statuses in order, each run of repeats once."""
+    out: list[str] = []
+    for line in lines:
+        status = line["status"] if isinstance(line, dict) else line.status
+        if not out or out[-1] != status:
+            out.append(status)
+    return out
+
+
+def leftovers(store: Store) -> list[str]:
+    blobs = store.root / "blobs"
+    return sorted(p.name for p in blobs.iterdir() if "partial" in p.name) if blobs.is_dir() else []
+
+
+def files_outside(tmp_path: Path, store: Store) -> set[Path]:
+    return {p for p in tmp_path.rglob("*") if store.root not in p.parents and p != store.root}
+
+
+# --- the happy path, through the official client ------------------------------------------
+
+
+def test_the_ollama_client_pulls_with_ollamas_statuses_and_the_model_answers(
+    server: Any, store: Store, reg: FakeRegistry, upstream: Store
+) -> None:
+    raw = reg.publish(upstream, "fake")
+    manifest = json.loads(raw)
+    layer, config = manifest["layers"][0]["digest"], manifest["config"]["digest"]
+    client = ollama.Client(host=server.url)
+    name = f"{reg.host}/library/fake:latest"
+
+    lines = list(client.pull(name, insecure=True, stream=True))
+    assert statuses(lines) == [
+        "pulling manifest", f"pulling {layer[7:19]}", f"pulling {config[7:19]}",
+        "verifying sha256 digest", "writing manifest", "success",
+    ]  # fmt: skip
+    for digest in (layer, config):
+        mine = [line for line in lines if line.digest == digest]
+        size = len(reg.blobs[digest])
+        assert all(line.total == size for line in mine) and mine[-1].completed == size
+    assert all(line.completed != 0 for line in lines)  # 0 is left out, as Ollama does
+
+    listed = client.list().models
+    assert [m.model for m in listed] == [name]
+    assert listed[0].digest == hashlib.sha256(raw).hexdigest()  # the manifest kept verbatim
+    reply = client.generate(model=name, prompt="hello registry")
+    assert reply.response == "I see 0 picture(s). You said: hello registry"
+
+    served = sum(reg.served.values())
+    again = list(client.pull(name, insecure=True, stream=True))
+    per_digest = Counter(line.digest for line in again if line.digest)
+    assert per_digest == {layer: 1, config: 1}  # cached: one line each...
+    assert all(line.completed == line.total for line in again if line.digest)  # ...complete
+    assert sum(reg.served.values()) == served and statuses(again)[-1] == "success"
+
+
+def test_stream_false_answers_success_and_the_sdk_pulls(
+    server: Any, store: Store, reg: FakeRegistry, upstream: Store
+) -> None:
+    reg.publish(upstream, "fake", "me/fake/v1")
+    reply = httpx.post(f"{server.url}/api/pull",
+                       json={"name": f"{reg.host}/me/fake:v1", "insecure": True, "stream": False})  # fmt: skip
+    assert reply.status_code == 200 and reply.json() == {"status": "success"}
+    assert reply.headers["content-type"].startswith("application/json")
+    assert store.find(ModelName.parse(f"{reg.host}/me/fake:v1")) is not None
+
+    sdk = Client(server.url)
+    done = sdk.pull(f"{reg.host}/me/fake:v1", insecure=True)
+    assert isinstance(done, ProgressResponse) and done.status == "success"
+    streamed = cast("Iterator[ProgressResponse]",
+                    sdk.pull(f"{reg.host}/me/fake:v1", insecure=True, stream=True))  # fmt: skip
+    assert [s.status for s in streamed][-1] == "success"
+
+
+@pytest.mark.anyio
+async def test_the_async_client_pulls(server: Any, reg: FakeRegistry, upstream: Store) -> None:
+    reg.publish(upstream, "fake")
+    async with AsyncClient(server.url) as sdk:
+        done = await sdk.pull(f"{reg.host}/library/fake", insecure=True)
+        assert isinstance(done, ProgressResponse) and done.status == "success"
+
+
+def test_an_unknown_model_is_ollamas_error(server: Any, reg: FakeRegistry) -> None:
+    url = f"{server.url}/api/pull"
+    with httpx.stream(
+        "POST", url, json={"model": f"{reg.host}/library/ghost", "insecure": True}
+    ) as r:
+        assert r.status_code == 200
+        lines = [json.loads(line) for line in r.iter_lines() if line]
+    assert lines == [{"status": "pulling manifest"},
+                     {"error": "pull model manifest: file does not exist"}]  # fmt: skip
+    reply = httpx.post(
+        url, json={"model": f"{reg.host}/library/ghost", "insecure": True, "stream": False}
+    )
+    assert reply.status_code == 500
+    assert reply.json() == {"error": "pull model manifest: file does not exist"}
+    with pytest.raises(ollama.ResponseError, match="pull model manifest: file does not exist"):
+        for _ in ollama.Client(host=server.url).pull(
+            f"{reg.host}/library/ghost", insecure=True, stream=True
+        ):
+            pass
+
+
+def test_bad_names_and_plain_http_are_refused_before_the_stream(server: Any) -> None:
+    url = f"{server.url}/api/pull"
+    bad = httpx.post(url, json={"model": "a/b/c/d"})
+    assert bad.status_code == 400 and bad.json() == {"error": "invalid model name"}
+    assert httpx.post(url, json={}).json() == {"error": "invalid model name"}
+    plain = httpx.post(url, json={"model": "http://127.0.0.1:1/ns/m"})
+    assert plain.status_code == 400 and plain.json() == {"error": "insecure protocol http"}
+
+
+def test_the_default_registry_is_ollamas_over_https(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[str] = []
+
+    def fake_open(self: Any, method: str, url: str, headers: dict[str, str]) -> Any:
+        seen.append(url)
+        raise LimnerError("stop here")
+
+    monkeypatch.setattr(registry._Registry, "open", fake_open)
+    with pytest.raises(LimnerError, match="stop here"):
+        steps(store, "llava", insecure=False)
+    assert seen == ["https://registry.ollama.ai/v2/library/llava/manifests/latest"]
+    assert registry.user_agent().startswith("limner/")
+
+
+# --- authentication and redirects ------------------------------------------------------------
+
+
+def test_token_auth_gets_a_token_from_the_realm_and_retries(
+    store: Store, reg: FakeRegistry, upstream: Store
+) -> None:
+    reg.publish(upstream, "fake")
+    reg.token = "s3cret.token"
+    assert statuses(steps(store, f"{reg.host}/library/fake"))[-1] == "success"
+    token_requests = [r for r in reg.requests if r[1].startswith("/token")]
+    assert len(token_requests) == 1
+    query = parse_qs(urlsplit(token_requests[0][1]).query)
+    assert query["scope"] == ["repository:library/fake:pull"] and query["service"] == ["test"]
+    assert "authorization" not in token_requests[0][2]
+    v2 = [r for r in reg.requests if r[1].startswith("/v2/")]
+    assert v2[0][2].get("authorization") is None  # the first try is anonymous...
+    assert all(r[2]["authorization"] == "Bearer s3cret.token" for r in v2[1:])  # ...then bearer
+    assert all(r[2]["user-agent"].startswith("limner/") for r in reg.requests)
+
+
+def test_a_realm_on_another_host_is_refused(
+    store: Store, reg: FakeRegistry, upstream: Store
+) -> None:
+    other = FakeRegistry()
+    try:
+        reg.publish(upstream, "fake")
+        reg.token = "s3cret"
+        other.token = "s3cret"
+        reg.realm = f"{other.url}/token"
+        with pytest.raises(LimnerError, match="does not match the registry host"):
+            steps(store, f"{reg.host}/library/fake")
+        assert other.requests == []
+        assert store.entries() == []
+    finally:
+        other.close()
+
+
+def test_a_blob_redirect_to_another_host_does_not_carry_the_token(
+    store: Store, reg: FakeRegistry, upstream: Store
+) -> None:
+    cdn = FakeRegistry()
+    try:
+        reg.publish(upstream, "fake")
+        cdn.blobs = reg.blobs
+        reg.token = "s3cret"
+        reg.redirect_to = cdn.url
+        assert statuses(steps(store, f"{reg.host}/library/fake"))[-1] == "success"
+        assert cdn.requests and all("authorization" not in r[2] for r in cdn.requests)
+        blob_requests = [r for r in reg.requests if "/blobs/" in r[1]]
+        assert blob_requests and all(
+            r[2].get("authorization") == "Bearer s3cret" for r in blob_requests
+        )
+        assert sum(cdn.served.values()) == sum(len(b) for b in reg.blobs.values())
+    finally:
+        cdn.close()
+
+
+# --- interrupted, corrupted and concurrent downloads ----------------------------------------
+
+
+def test_a_cut_pull_resumes_without_downloading_finished_parts_again(
+    store: Store, reg: FakeRegistry, small_parts: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(registry, "PART_RETRIES", 0)
+    monkeypatch.setattr(registry, "PARALLEL_PARTS", 1)  # parts in order: the cut is exact
+    big_model(reg)
+    digest = sha(BIG)
+    reg.cut_after = len(FAKE_JSON) + 20_500  # the first layer, then 5 parts of 4 KB and 500 B
+    name = f"{reg.host}/library/big"
+
+    with pytest.raises(LimnerError, match=r"pull [0-9a-f]{12}: part 5 failed"):
+        steps(store, name)
+    assert reg.served[digest] == 20_500
+    assert store.entries() == [] and not store.blobs.exists(digest)
+    assert len(leftovers(store)) == 1 + 10  # the partial file and ten part files
+    kept = [json.loads(p.read_text()) for p in (store.root / "blobs").glob("*-partial-*")]
+    assert sorted((part["N"], part["Completed"]) for part in kept) == [
+        (n, 4000 if n < 5 else 500 if n == 5 else 0) for n in range(10)
+    ]
+
+    reg.cut_after = None
+    assert statuses(steps(store, name))[-1] == "success"
+    assert reg.served[digest] == len(BIG)  # 20.5 KB, then the other 19.5 KB: nothing twice
+    assert store.blobs.path(digest).read_bytes() == BIG and leftovers(store) == []
+
+
+def test_parallel_parts_resume_from_their_progress_files(
+    store: Store, reg: FakeRegistry, small_parts: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(registry, "PART_RETRIES", 0)
+    big_model(reg)
+    digest = sha(BIG)
+    reg.cut_after = len(FAKE_JSON) + 21_000
+    name = f"{reg.host}/library/big"
+    with pytest.raises(LimnerError):
+        steps(store, name)
+    kept = sum(json.loads(p.read_text())["Completed"]
+               for p in (store.root / "blobs").glob("*-partial-*"))  # fmt: skip
+    first = reg.served[digest]
+    reg.cut_after = None
+    assert statuses(steps(store, name))[-1] == "success"
+    assert reg.served[digest] - first == len(BIG) - kept  # only what no part file recorded
+    assert store.blobs.path(digest).read_bytes() == BIG and leftovers(store) == []
+
+
+def test_a_corrupted_byte_is_a_digest_mismatch_and_never_lands(
+    store: Store, reg: FakeRegistry, small_parts: None
+) -> None:
+    big_model(reg)
+    digest = sha(BIG)
+    corrupt = bytearray(BIG)
+    corrupt[12_345] ^= 0xFF
+    reg.blobs[digest] = bytes(corrupt)
+    name = f"{reg.host}/library/big"
+    with pytest.raises(LimnerError) as caught:
+        steps(store, name)
+    assert str(caught.value) == (
+        f"digest mismatch, file must be downloaded again: want {digest}, got {sha(bytes(corrupt))}"
+    )
+    assert not store.blobs.exists(digest) and leftovers(store) == [] and store.entries() == []
+    reg.blobs[digest] = BIG
+    assert statuses(steps(store, name))[-1] == "success"
+
+
+def test_concurrent_pulls_share_one_download(
+    server: Any, store: Store, reg: FakeRegistry, small_parts: None
+) -> None:
+    big_model(reg)
+    reg.barrier = threading.Barrier(2)  # both pulls read the manifest, then race for blobs
+    reg.delay = 0.05
+    name = f"{reg.host}/library/big"
+    results: list[list[str]] = []
+
+    def one() -> None:
+        lines = Client(server.url).pull(name, insecure=True, stream=True)
+        results.append([s.status for s in cast("Iterator[ProgressResponse]", lines)])
+
+    threads = [threading.Thread(target=one) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert len(results) == 2 and all(r[-1] == "success" for r in results)
+    assert reg.served == {digest: len(data) for digest, data in reg.blobs.items()}
+    assert registry.downloads_in_progress() == 0 and leftovers(store) == []
+
+
+def test_a_full_disk_mid_pull_leaves_no_model_and_the_next_pull_works(
+    server: Any, store: Store, reg: FakeRegistry, small_parts: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    big_model(reg)
+    real = registry._write_at
+    writes = 0
+
+    def full(fd: int, data: bytes, offset: int) -> None:
+        nonlocal writes
+        writes += 1
+        if writes > 3:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(fd, data, offset)
+
+    monkeypatch.setattr(registry, "_write_at", full)
+    name = f"{reg.host}/library/big"
+    with httpx.stream(
+        "POST", f"{server.url}/api/pull", json={"model": name, "insecure": True}
+    ) as r:
+        lines = [json.loads(line) for line in r.iter_lines() if line]
+    assert "No space left on device" in lines[-1]["error"]
+    assert httpx.get(f"{server.url}/api/tags").json() == {"models": []}
+
+    monkeypatch.setattr(registry, "_write_at", real)
+    assert Client(server.url).pull(name, insecure=True).status == "success"  # type: ignore[union-attr]
+    assert [m["model"] for m in httpx.get(f"{server.url}/api/tags").json()["models"]] == [
+        f"{reg.host}/library/big:latest"
+    ]
+
+
+def test_a_client_that_goes_away_stops_the_download_and_the_next_pull_resumes(
+    server: Any, store: Store, reg: FakeRegistry, small_parts: None
+) -> None:
+    big_model(reg)
+    reg.delay = 0.3  # every part takes a while
+    name = f"{reg.host}/library/big"
+    with httpx.stream(
+        "POST", f"{server.url}/api/pull", json={"model": name, "insecure": True}
+    ) as r:
+        for line in r.iter_lines():
+            if json.loads(line).get("digest") == sha(BIG):
+                break  # the big blob is coming: hang up
+    deadline = time.monotonic() + 10
+    while registry.downloads_in_progress() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert registry.downloads_in_progress() == 0  # nobody waits on it: it stopped...
+    assert not store.blobs.exists(sha(BIG)) and leftovers(store)  # ...unfinished, resumable
+    assert store.entries() == []
+    reg.delay = 0
+    assert Client(server.url).pull(name, insecure=True).status == "success"  # type: ignore[union-attr]
+    assert reg.served[sha(BIG)] == len(BIG) and leftovers(store) == []
+
+
+# --- manifests that lie --------------------------------------------------------------------
+
+
+def lying(reg: FakeRegistry, change: Any) -> None:
+    manifest = json.loads(big_model(reg, "library/evil/latest"))
+    change(manifest)
+    reg.manifests["library/evil/latest"] = json.dumps(manifest).encode()
+
+
+def climb(manifest: dict[str, Any]) -> None:
+    manifest["layers"][0]["digest"] = "sha256:../../../../escaped"
+
+
+def climb_dash(manifest: dict[str, Any]) -> None:
+    manifest["config"]["digest"] = "sha256-" + "../" * 20 + "x" * 4
+
+
+def smaller(manifest: dict[str, Any]) -> None:
+    manifest["layers"][1]["size"] -= 1
+
+
+def larger(manifest: dict[str, Any]) -> None:
+    manifest["layers"][1]["size"] += 1000
+
+
+def negative(manifest: dict[str, Any]) -> None:
+    manifest["layers"][1]["size"] = -5
+
+
+def enormous(manifest: dict[str, Any]) -> None:
+    manifest["layers"][1]["size"] = 10**18
+
+
+def many_layers(manifest: dict[str, Any]) -> None:
+    manifest["layers"] = manifest["layers"][:1] * 10_000
+
+
+def not_a_manifest(manifest: dict[str, Any]) -> None:
+    del manifest["config"]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (climb, "invalid digest 'sha256:../../../../escaped'"),
+        (climb_dash, "invalid digest"),
+        (smaller, "digest mismatch, file must be downloaded again"),
+        (larger, "part 10 failed: the connection closed before the part was complete"),
+        (negative, "invalid size -5"),
+        (enormous, "invalid size 1000000000000000000"),
+        (many_layers, "10000 layers, more than the 1000 allowed"),
+        (not_a_manifest, "not a Docker v2 manifest"),
+    ],
+)
+def test_lying_manifests_are_refused_and_nothing_is_written(
+    tmp_path: Path, store: Store, reg: FakeRegistry, small_parts: None,
+    monkeypatch: pytest.MonkeyPatch, change: Any, message: str,
+) -> None:  # fmt: skip
+    monkeypatch.setattr(registry, "PART_RETRIES", 0)
+    lying(reg, change)
+    before = files_outside(tmp_path, store)
+    with pytest.raises(LimnerError, match=re.escape(message)):
+        steps(store, f"{reg.host}/library/evil")
+    assert files_outside(tmp_path, store) == before
+    assert store.entries() == [] and not store.blobs.exists(sha(BIG))
+    if change is not larger:  # a short download stays resumable; the others leave nothing
+        assert leftovers(store) == []
+
+
+def test_a_huge_manifest_is_refused_unread(store: Store, reg: FakeRegistry) -> None:
+    reg.manifests["library/huge/latest"] = b" " * (registry.MAX_MANIFEST_BYTES + 1)
+    with pytest.raises(LimnerError, match="the manifest is larger than 4194304 bytes"):
+        steps(store, f"{reg.host}/library/huge")
+    assert store.entries() == []
+
+
+def test_a_registry_sending_more_than_declared_is_refused(
+    store: Store, reg: FakeRegistry, small_parts: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(registry, "MIN_PART_BYTES", 100_000)  # one part: a 200 is acceptable...
+    monkeypatch.setattr(registry, "MAX_PART_BYTES", 200_000)
+    reg.ignore_range = True  # ...but not a body longer than the declared size
+    lying(reg, smaller)
+    with pytest.raises(LimnerError, match="sent more bytes than"):
+        steps(store, f"{reg.host}/library/evil")
+    assert store.entries() == [] and leftovers(store) == [] and not store.blobs.exists(sha(BIG))
+
+
+def test_a_cached_blob_of_the_wrong_size_is_refused(store: Store, reg: FakeRegistry) -> None:
+    lying(reg, smaller)
+    store.blobs.write_bytes(BIG)
+    with pytest.raises(
+        LimnerError, match="the stored blob has 40000 bytes, the manifest says 39999"
+    ):
+        steps(store, f"{reg.host}/library/evil")
+
+
+def test_part_sizes_follow_ollama() -> None:
+    mb = 1000 * 1000
+    assert registry.part_size(10 * mb) == 100 * mb
+    assert registry.part_size(3200 * mb) == 200 * mb
+    assert registry.part_size(100_000 * mb) == 1000 * mb
+
+
+def test_the_insecure_check_is_in_the_store_module(store: Store) -> None:
+    with pytest.raises(InvalidRequest, match="insecure protocol http"):
+        registry.pull(store, "http://example.com/ns/m")
+
+
+# --- the CLI -------------------------------------------------------------------------------
+
+
+def test_limner_pull_prints_ollamas_progress(
+    server: Any, store: Store, reg: FakeRegistry, upstream: Store,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    manifest = json.loads(reg.publish(upstream, "fake"))
+    monkeypatch.setenv("LIMNER_HOST", server.url)
+    assert main(["pull", f"{reg.host}/library/fake", "--insecure"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    layer, config = manifest["layers"][0], manifest["config"]
+    assert out == [
+        "pulling manifest",
+        f"pulling {layer['digest'][7:19]}: 100% {human_bytes(layer['size'])}",
+        f"pulling {config['digest'][7:19]}: 100% {human_bytes(config['size'])}",
+        "verifying sha256 digest",
+        "writing manifest",
+        "success",
+    ]
+    assert main(["pull", f"{reg.host}/library/ghost", "--insecure"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "pulling manifest\n"
+    assert captured.err == "Error: pull model manifest: file does not exist\n"
+
+
+def test_the_progress_bar_on_a_terminal() -> None:
+    out = io.StringIO()
+    printer = PullPrinter(out, tty=True)
+    printer.show(ProgressResponse(status="pulling manifest"))
+    for done in (None, 500_000_000, 1_000_000_000):
+        printer.show(ProgressResponse(status="pulling 0123456789ab", digest="sha256:0123456789ab",
+                                      total=1_000_000_000, completed=done))  # fmt: skip
+    printer.show(ProgressResponse(status="success"))
+    text = out.getvalue()
+    assert text.startswith("pulling manifest\n\rpulling 0123456789ab:   0% ▕")
+    assert " 50% ▕████████████             ▏ 500 MB/1 GB" in text
+    assert text.endswith("100% ▕█████████████████████████▏ 1 GB\x1b[K\nsuccess\n")
