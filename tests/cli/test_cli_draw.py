@@ -232,10 +232,6 @@ def test_ctrl_c_stops_a_drawing_and_the_repl_goes_on(repl: pexpect.spawn) -> Non
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["sd", "sd-inpaint"])
 def test_create_tiny_sd(env: dict[str, str], cwd: Path, kind: str) -> None:
-    from limner import tiny
-
-    if not hasattr(tiny, "write_tiny_sd"):
-        pytest.skip("limner.tiny.write_tiny_sd is not written yet")
     result = limner(env, cwd, "create", "tiny-draw", "--tiny", kind)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"writing a tiny {kind} model with random weights\n")
@@ -246,3 +242,19 @@ def test_create_tiny_sd(env: dict[str, str], cwd: Path, kind: str) -> None:
     assert info.capabilities == ["image"]
     assert info.model_info["stable-diffusion.inpainting_unet"] is (kind == "sd-inpaint")
     assert info.model_info["stable-diffusion.ip_adapter"] is True
+
+
+@pytest.mark.slow
+def test_create_from_a_single_checkpoint_file_then_draw(env: dict[str, str], cwd: Path) -> None:
+    from limner import tiny
+    from limner.client import Client
+
+    checkpoint = tiny.write_tiny_sd_checkpoint(cwd / "my-model.safetensors", seed=0)
+    result = limner(env, cwd, "create", "ckpt", "--from", str(checkpoint))
+    assert result.returncode == 0, result.stderr
+    assert "copying file my-model.safetensors" in result.stdout
+    info = Client(env["LIMNER_HOST"]).show("ckpt")
+    assert info.details.format == "sd-checkpoint" and info.capabilities == ["image"]
+    drawn = limner(env, cwd, "run", "ckpt", "a small boat", "--steps", "2", "--seed", "1")
+    assert drawn.returncode == 0, drawn.stderr
+    assert "Image saved to:" in drawn.stdout

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from limner.types import ProgressResponse, ShowResponse
 
 SHOW_FIELDS = ("license", "modelfile", "parameters", "template", "system")
-TINY_KINDS = ("llava", "sd", "sd-inpaint")
+TINY_KINDS = ("llava", "sd", "sd-inpaint", "sd-checkpoint")
 
 
 def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -52,14 +52,17 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     stop.set_defaults(run=stop_model)
 
     create = commands.add_parser(
-        "create", help="create a model from a Hugging Face folder",
-        description="Create a model from a local Hugging Face LLaVA folder or Stable Diffusion "
-        "(diffusers) folder, or a tiny random-weight one for tests: --tiny llava (chat), "
-        "--tiny sd (draws, with an IP-Adapter for style pictures), --tiny sd-inpaint.",
+        "create", help="create a model from a folder or a checkpoint file",
+        description="Create a model from a local Hugging Face LLaVA folder, a Stable Diffusion "
+        "(diffusers) folder or single-file .safetensors checkpoint, or a tiny random-weight one "
+        "for tests: --tiny llava (chat), --tiny sd (draws, with an IP-Adapter for style "
+        "pictures), --tiny sd-inpaint, --tiny sd-checkpoint (one .safetensors file).",
     )  # fmt: skip
     create.add_argument("model")
     source = create.add_mutually_exclusive_group(required=True)
-    source.add_argument("--from", dest="folder", metavar="PATH", help="a Hugging Face model folder")
+    source.add_argument(
+        "--from", dest="folder", metavar="PATH", help="a model folder or a .safetensors checkpoint"
+    )
     source.add_argument("--tiny", choices=TINY_KINDS, help="a tiny model with random weights")
     create.set_defaults(run=create_model)
 
@@ -316,14 +319,17 @@ def create_model(args: argparse.Namespace) -> int:
             folder = write_tiny(args.tiny, Path(tmp))
             upload_folder(client(), args.model, folder)
         return 0
-    folder = Path(args.folder).expanduser()
-    if not folder.is_dir():
+    path = Path(args.folder).expanduser()
+    if path.is_file():  # a single-file checkpoint
+        upload_files(client(), args.model, [(path.name, path)])
+        return 0
+    if not path.is_dir():
         from limner.errors import InvalidRequest
 
         raise InvalidRequest(
-            f"'{args.folder}' is not a folder; --from takes a Hugging Face model folder"
+            f"'{args.folder}' does not exist; --from takes a model folder or a checkpoint file"
         )
-    upload_folder(client(), args.model, folder)
+    upload_folder(client(), args.model, path)
     return 0
 
 
@@ -333,6 +339,8 @@ def write_tiny(kind: str, dest: Path) -> Path:
 
     if kind == "llava":
         return tiny.write_tiny_llava(dest, seed=0)
+    if kind == "sd-checkpoint":
+        return tiny.write_tiny_sd_checkpoint(dest / "tiny-sd.safetensors", seed=0).parent
     # Both drawing kinds carry the IP-Adapter, so style pictures work with either.
     return tiny.write_tiny_sd(dest, seed=0, inpaint=kind == "sd-inpaint", ip_adapter=True)
 
@@ -341,8 +349,14 @@ def upload_folder(
     sdk: Client, model: str, folder: Path, say: Callable[[str], None] = print
 ) -> None:
     """Upload every file of `folder` (the server skips ones it has), then create `model`."""
+    upload_files(sdk, model, folder_files(folder), say)
+
+
+def upload_files(
+    sdk: Client, model: str, named: list[tuple[str, Path]], say: Callable[[str], None] = print
+) -> None:
     files = {}
-    for relname, path in folder_files(folder):
+    for relname, path in named:
         say(f"copying file {relname} ({human_bytes(path.stat().st_size)})")
         files[relname] = sdk.create_blob(path)
     progress = cast("Iterator[ProgressResponse]", sdk.create(model, files=files, stream=True))
