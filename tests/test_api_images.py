@@ -169,3 +169,15 @@ def test_disconnecting_stops_the_drawing_and_other_models_stay_reachable(
     assert (
         reply.status_code == 200 and time.monotonic() - started < 3
     )  # not the 30 s left of the first
+
+
+def test_the_official_ollama_client_draws_with_its_image_fields(api: httpx.Client) -> None:
+    import ollama
+
+    client = ollama.Client(host=str(api.base_url))
+    final = client.generate(model="draw", prompt="a kite", width=24, height=16, steps=2)
+    assert final.done and final.image is not None
+    assert Image.open(io.BytesIO(base64.b64decode(final.image))).size == (24, 16)
+    lines = list(client.generate(model="draw", prompt="a kite", steps=3, stream=True))
+    assert [(x.completed, x.total) for x in lines[:-1]] == [(1, 3), (2, 3), (3, 3)]
+    assert lines[-1].image is not None
