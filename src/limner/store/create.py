@@ -108,6 +108,18 @@ def _layers_from_files(store: Store, files: dict[str, str]) -> tuple[list[Layer]
     return layers, _config_for_folder(kinds)
 
 
+def manifest_for_blobs(store: Store, files: dict[str, str]) -> Manifest:
+    """The manifest /api/create would write for these stored blobs (file name -> digest).
+
+    Each file becomes a named layer and the config is built as for /api/create (pickle
+    refused, the folder's kind recognised); the config blob is stored, the manifest is not.
+    """
+    layers, config = _layers_from_files(store, files)
+    config = {**config, "architecture": "amd64", "os": "linux"}
+    digest, size = store.blobs.write_bytes(json.dumps(config).encode())
+    return Manifest(config=Layer(mediaType=m.CONFIG_TYPE, digest=digest, size=size), layers=layers)
+
+
 def _config_for_folder(kinds: dict[str, tuple[str, Path]]) -> dict[str, Any]:
     weights = [path for kind, path in kinds.values() if kind == SAFETENSORS]
     if "model_index.json" in kinds:
