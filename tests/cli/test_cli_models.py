@@ -147,7 +147,7 @@ def test_create_uploads_nested_files_and_skips_hidden_ones(
 
 def test_create_from_a_missing_folder(sdk: Client, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = cli(capsys, "create", "x", "--from", "/no/such/folder")
-    assert code == 1 and "is not a folder" in err
+    assert code == 1 and "does not exist" in err
 
 
 def test_create_tiny_llava(sdk: Client, capsys: pytest.CaptureFixture[str]) -> None:
