@@ -33,6 +33,8 @@ import numpy as np
 from safetensors.numpy import save_file
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
+from limner.engines.sd_configs import bytes_to_unicode
+
 # Widths: BakLLaVA's topology (Mistral-7B + CLIP-L/336) with every width shrunk.
 TEXT = {
     "hidden_size": 64,
@@ -863,28 +865,10 @@ def _cross_attention_widths() -> list[int]:
     return [*down, *up, widths[-1]]
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    # GPT-2/CLIP's reversible byte -> printable character table (no longer importable from
-    # transformers 5, so inlined).
-    printable = [
-        *range(ord("!"), ord("~") + 1),
-        *range(ord("¡"), ord("¬") + 1),
-        *range(ord("®"), ord("ÿ") + 1),
-    ]
-    codes = list(printable)
-    extra = 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            codes.append(256 + extra)
-            extra += 1
-    return {b: chr(c) for b, c in zip(printable, codes, strict=True)}
-
-
 def _clip_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
     """CLIP's vocabulary layout: 256 byte symbols, the same with `</w>`, one token per learned
     merge, then `<|startoftext|>` and `<|endoftext|>` last; and the merges in rank order."""
-    table = _bytes_to_unicode()
+    table = bytes_to_unicode()
     words: dict[tuple[str, ...], int] = {}
     for line in SD_CORPUS:
         # CLIP's pre-tokenizer, roughly: lower case; runs of letters, single digits, punctuation.
