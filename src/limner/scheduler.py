@@ -26,7 +26,7 @@ from typing import Any, Protocol
 from limner.errors import ServerBusy
 from limner.names import ModelName
 from limner.runner import RunnerProcess
-from limner.store.manifests import Store
+from limner.store.manifests import PARAMS, TEMPLATE, Entry, Store
 
 log = logging.getLogger("limner.scheduler")
 
@@ -141,7 +141,7 @@ class Scheduler:
                 await self._unload(model)
                 model = None
             if model is None:
-                model = await self._load(name, entry.digest, keep_alive, work_bytes)
+                model = await self._load(entry, keep_alive, work_bytes)
             model.references += 1
             model.last_used = time.monotonic()
             model.expires_at = math.inf
@@ -152,10 +152,8 @@ class Scheduler:
                 model.keep_alive = keep_alive  # the last request's keep_alive wins
             return model
 
-    async def _load(
-        self, name: ModelName, digest: str, keep_alive: float | None, work_bytes: int
-    ) -> Loaded:
-        manifest = self.store.entry(name).manifest
+    async def _load(self, entry: Entry, keep_alive: float | None, work_bytes: int) -> Loaded:
+        name, digest, manifest = entry.name, entry.digest, entry.manifest
         need = manifest.size() + work_bytes
         while self.loaded and (
             len(self.loaded) >= self.max_loaded or self.used_bytes() + need > self.memory_budget
@@ -166,10 +164,10 @@ class Scheduler:
                         name, need >> 20, self.memory_budget >> 20)  # fmt: skip
         config = self.store.config(manifest)
         files = self.store.files(manifest)
-        template = manifest.layer("application/vnd.ollama.image.template")
+        template = manifest.layer(TEMPLATE)
         if template is not None:  # a template layer replaces the model's own chat template
             files["chat_template.jinja"] = self.store.blobs.open_path(template.digest)
-        params = self.store.json_layer(manifest, "application/vnd.ollama.image.params") or {}
+        params = self.store.json_layer(manifest, PARAMS) or {}
         log.info("loading %s", name)
         runner = await self.start_runner(config["model_format"], files, params, self.load_timeout)
         self.loads += 1

@@ -43,7 +43,7 @@ async def chat(request: Request) -> Response:
     keep_alive = _keep_alive(body.keep_alive)
     if not messages:
         return await _load_or_unload(state, name, keep_alive, chat=True)
-    if _draws(state, name):
+    if _draws(_model_config(state, name)):
         raise InvalidRequest(f"'{body.model}' draws pictures; send its prompt to /api/generate")
     steps = _run(state, name, messages, body.options, body.format, keep_alive, replace_system=None)
     return await respond(
@@ -62,9 +62,9 @@ async def generate(request: Request) -> Response:
     keep_alive = _keep_alive(body.keep_alive)
     if not body.prompt and not body.images:
         return await _load_or_unload(state, name, keep_alive, chat=False)
-    if _draws(state, name):
-        entry = state.store.entry(name)
-        drawing = images.check(body, state.store.config(entry.manifest))
+    model_config = _model_config(state, name)
+    if _draws(model_config):
+        drawing = images.check(body, model_config)
         lines = images.chunks(body.model, images.draw(state, name, drawing, keep_alive), now)
         return await respond(lines, body.stream is not False)
     message = _wire_message(
@@ -85,9 +85,12 @@ def _stored_name(state: State, text: str) -> ModelName:
     return state.store.resolve(text)
 
 
-def _draws(state: State, name: ModelName) -> bool:
-    config = state.store.config(state.store.entry(name).manifest)
-    return "image" in config.get("capabilities", [])
+def _model_config(state: State, name: ModelName) -> dict[str, Any]:
+    return state.store.config(state.store.entry(name).manifest)
+
+
+def _draws(model_config: dict[str, Any]) -> bool:
+    return "image" in model_config.get("capabilities", [])
 
 
 def _keep_alive(value: float | str | None) -> float | None:

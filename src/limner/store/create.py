@@ -115,6 +115,11 @@ def manifest_for_blobs(store: Store, files: dict[str, str]) -> Manifest:
     refused, the folder's kind recognised); the config blob is stored, the manifest is not.
     """
     layers, config = _layers_from_files(store, files)
+    return _manifest(store, layers, config)
+
+
+def _manifest(store: Store, layers: list[Layer], config: dict[str, Any]) -> Manifest:
+    """Store the config blob (with Ollama's platform fields) and build the manifest around it."""
     config = {**config, "architecture": "amd64", "os": "linux"}
     digest, size = store.blobs.write_bytes(json.dumps(config).encode())
     return Manifest(config=Layer(mediaType=m.CONFIG_TYPE, digest=digest, size=size), layers=layers)
@@ -191,28 +196,17 @@ def _diffusers_config(kinds: dict[str, tuple[str, Path]], weights: list[Path]) -
     scale = 2 ** (len(vae.get("block_out_channels", [0, 0, 0, 0])) - 1)
     xl = "XL" in pipeline
     family = "stable-diffusion-xl" if xl else "stable-diffusion"
-    params, dtypes = _count_parameters(weights)
     style = any(name.startswith("image_encoder/") for name in kinds)
+    default_size = unet.get("sample_size", 64) * scale
     info = {
-        "general.architecture": family,
-        "general.parameter_count": params,
         f"{family}.pipeline": pipeline,
-        f"{family}.default_size": unet.get("sample_size", 64) * scale,
+        f"{family}.default_size": default_size,
         f"{family}.vae_scale_factor": scale,
         f"{family}.unet.in_channels": unet.get("in_channels", 4),
         f"{family}.inpainting_unet": unet.get("in_channels", 4) == 9,
         f"{family}.ip_adapter": style,
     }
-    return {
-        "model_format": "diffusers",
-        "model_family": family,
-        "model_families": [family],
-        "model_type": human_count(params),
-        "file_type": "/".join(sorted(d.upper() for d in dtypes)),
-        "capabilities": ["image"],
-        "default_size": info[f"{family}.default_size"],
-        "model_info": info,
-    }
+    return _drawing_config("diffusers", family, weights, default_size, info)
 
 
 # --- single-file Stable Diffusion checkpoints (LDM layout) ----------------------------------
@@ -323,12 +317,9 @@ def _checkpoint_config(name: str, path: Path) -> dict[str, Any]:
     kind = sd_checkpoint_type(safetensors_header(path), repr(name))
     xl = kind.startswith("sdxl")
     family = "stable-diffusion-xl" if xl else "stable-diffusion"
-    params, dtypes = _count_parameters([path])
     size = SD_CHECKPOINTS[kind]["size"]
     inpainting = kind.endswith("-inpaint")
     info = {
-        "general.architecture": family,
-        "general.parameter_count": params,
         f"{family}.pipeline": SD_CHECKPOINTS[kind]["pipeline"],
         f"{family}.checkpoint_type": kind,
         f"{family}.default_size": size,
@@ -337,16 +328,23 @@ def _checkpoint_config(name: str, path: Path) -> dict[str, Any]:
         f"{family}.inpainting_unet": inpainting,
         f"{family}.ip_adapter": False,
     }
+    return {**_drawing_config("sd-checkpoint", family, [path], size, info), "checkpoint_type": kind}
+
+
+def _drawing_config(
+    model_format: str, family: str, weights: list[Path], default_size: int, info: dict[str, Any]
+) -> dict[str, Any]:
+    """The config blob of a Stable Diffusion model: `info` joins the general model_info keys."""
+    params, dtypes = _count_parameters(weights)
     return {
-        "model_format": "sd-checkpoint",
+        "model_format": model_format,
         "model_family": family,
         "model_families": [family],
         "model_type": human_count(params),
         "file_type": "/".join(sorted(d.upper() for d in dtypes)),
         "capabilities": ["image"],
-        "default_size": size,
-        "checkpoint_type": kind,
-        "model_info": info,
+        "default_size": default_size,
+        "model_info": {"general.architecture": family, "general.parameter_count": params, **info},
     }
 
 
@@ -429,11 +427,7 @@ def _write(
         digest, size = store.blobs.write_bytes(data)
         yield ProgressResponse(status=f"creating new layer {digest}")
         layers.append(Layer(mediaType=media, digest=digest, size=size))
-    config = {**config, "architecture": "amd64", "os": "linux"}
-    config_digest, config_size = store.blobs.write_bytes(json.dumps(config).encode())
-    manifest = Manifest(
-        config=Layer(mediaType=m.CONFIG_TYPE, digest=config_digest, size=config_size), layers=layers
-    )
+    manifest = _manifest(store, layers, config)
     yield ProgressResponse(status="writing manifest")
     store.write(name, manifest)
     yield ProgressResponse(status="success")
