@@ -4,6 +4,8 @@
 two-layer GELU projector) at tiny widths, in the layout of the llava-hf checkpoints on the
 Hugging Face Hub. Every file a real `llava-hf/bakLlava-v1-hf` folder holds is there, with the
 same names and shapes of keys, so the real loading code runs unchanged against it.
+`write_tiny_llava_gguf` writes the same model as llama.cpp runs it (text GGUF + mmproj; needs
+the `gguf` package).
 
 `write_tiny_sd` writes a Stable Diffusion 1.5-shaped pipeline (four-level UNet, x8 VAE, CLIP
 text encoder and tokenizer; optionally the 9-channel inpainting UNet, and a CLIP vision encoder
@@ -26,6 +28,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -348,6 +351,19 @@ def _weights(seed: int) -> dict[str, np.ndarray]:
     linear("multi_modal_projector.linear_1", h, d, bias=True)
     linear("multi_modal_projector.linear_2", h, h, bias=True)
     return tensors
+
+
+def write_tiny_llava_gguf(dest: Path, seed: int = 0, quantize: str = "f16") -> Path:
+    """Write the tiny LLaVA as llama.cpp runs it: `dest/model.gguf` + `dest/mmproj.gguf`.
+
+    The same weights as `write_tiny_llava(seed=seed)`, converted by `convert_llava` (which
+    needs the `gguf` package, imported only here); returns `dest`.
+    """
+    from limner.store.gguf import convert_llava
+
+    with tempfile.TemporaryDirectory() as tmp:
+        convert_llava(write_tiny_llava(Path(tmp) / "tiny-llava", seed=seed), Path(dest), quantize)
+    return Path(dest)
 
 
 def _write_json(path: Path, value: dict[str, Any], mkdir: bool = False) -> None:

@@ -169,6 +169,7 @@ class ShowResponse(_Response):
     details: ModelDetails = Field(default_factory=ModelDetails)
     messages: list[dict[str, Any]] | None = None
     model_info: dict[str, Any] = Field(default_factory=dict)  # always present
+    projector_info: dict[str, Any] | None = None  # GGUF models with a vision projector
     capabilities: list[str] = Field(default_factory=list)
     modified_at: datetime | None = None
 

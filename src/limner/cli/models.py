@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from limner.types import ProgressResponse, ShowResponse
 
 SHOW_FIELDS = ("license", "modelfile", "parameters", "template", "system")
-TINY_KINDS = ("llava", "sd", "sd-inpaint", "sd-checkpoint")
+TINY_KINDS = ("llava", "llava-gguf", "sd", "sd-inpaint", "sd-checkpoint")
 
 
 def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -52,18 +52,25 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     stop.set_defaults(run=stop_model)
 
     create = commands.add_parser(
-        "create", help="create a model from a folder or a checkpoint file",
-        description="Create a model from a local Hugging Face LLaVA folder, a Stable Diffusion "
-        "(diffusers) folder or single-file .safetensors checkpoint, or a tiny random-weight one "
-        "for tests: --tiny llava (chat), --tiny sd (draws, with an IP-Adapter for style "
-        "pictures), --tiny sd-inpaint, --tiny sd-checkpoint (one .safetensors file).",
+        "create", help="create a model from a folder, a file or another model",
+        description="Create a model from a local Hugging Face LLaVA folder, GGUF files (a text "
+        "model and its mmproj projector), a Stable Diffusion (diffusers) folder or single-file "
+        ".safetensors checkpoint, a stored model, or a tiny random-weight one for tests: --tiny "
+        "llava (chat), --tiny llava-gguf (chat on llama.cpp), --tiny sd (draws, with an "
+        "IP-Adapter for style pictures), --tiny sd-inpaint, --tiny sd-checkpoint (one file). "
+        "--quantize converts a Hugging Face LLaVA to GGUF for llama.cpp.",
     )  # fmt: skip
     create.add_argument("model")
     source = create.add_mutually_exclusive_group(required=True)
     source.add_argument(
-        "--from", dest="folder", metavar="PATH", help="a model folder or a .safetensors checkpoint"
-    )
+        "--from", dest="folder", metavar="PATH|MODEL",
+        help="a model folder, a .safetensors or .gguf file, or the name of a stored model",
+    )  # fmt: skip
     source.add_argument("--tiny", choices=TINY_KINDS, help="a tiny model with random weights")
+    create.add_argument(
+        "--quantize", metavar="TYPE", choices=("q4_0", "q8_0", "f16", "f32"), type=str.lower,
+        help="convert a Hugging Face LLaVA to GGUF with TYPE weights: q4_0, q8_0, f16 or f32",
+    )  # fmt: skip
     create.set_defaults(run=create_model)
 
     pull = commands.add_parser(
@@ -313,24 +320,35 @@ def stop_model(args: argparse.Namespace) -> int:
 
 
 def create_model(args: argparse.Namespace) -> int:
+    quantize = args.quantize
     if args.tiny:
         with tempfile.TemporaryDirectory(prefix="limner-tiny-") as tmp:
             print(f"writing a tiny {args.tiny} model with random weights")
             folder = write_tiny(args.tiny, Path(tmp))
-            upload_folder(client(), args.model, folder)
+            upload_folder(client(), args.model, folder, quantize=quantize)
         return 0
     path = Path(args.folder).expanduser()
-    if path.is_file():  # a single-file checkpoint
-        upload_files(client(), args.model, [(path.name, path)])
+    if path.is_file():  # a single-file checkpoint or GGUF
+        upload_files(client(), args.model, [(path.name, path)], quantize=quantize)
         return 0
-    if not path.is_dir():
-        from limner.errors import InvalidRequest
-
-        raise InvalidRequest(
-            f"'{args.folder}' does not exist; --from takes a model folder or a checkpoint file"
+    if path.is_dir():
+        upload_folder(client(), args.model, path, quantize=quantize)
+        return 0
+    if not _looks_like_path(args.folder):  # the name of a stored model
+        show_progress(
+            client().create(args.model, from_=args.folder, quantize=quantize, stream=True)
         )
-    upload_folder(client(), args.model, path)
-    return 0
+        return 0
+    from limner.errors import InvalidRequest
+
+    raise InvalidRequest(
+        f"'{args.folder}' does not exist; --from takes a model folder, a checkpoint or GGUF "
+        "file, or the name of a stored model"
+    )
+
+
+def _looks_like_path(text: str) -> bool:
+    return text.startswith((".", "/", "~")) or text.endswith((".safetensors", ".gguf"))
 
 
 def write_tiny(kind: str, dest: Path) -> Path:
@@ -339,6 +357,8 @@ def write_tiny(kind: str, dest: Path) -> Path:
 
     if kind == "llava":
         return tiny.write_tiny_llava(dest, seed=0)
+    if kind == "llava-gguf":
+        return tiny.write_tiny_llava_gguf(dest, seed=0)
     if kind == "sd-checkpoint":
         return tiny.write_tiny_sd_checkpoint(dest / "tiny-sd.safetensors", seed=0).parent
     # Both drawing kinds carry the IP-Adapter, so style pictures work with either.
@@ -346,21 +366,26 @@ def write_tiny(kind: str, dest: Path) -> Path:
 
 
 def upload_folder(
-    sdk: Client, model: str, folder: Path, say: Callable[[str], None] = print
-) -> None:
+    sdk: Client, model: str, folder: Path, say: Callable[[str], None] = print,
+    quantize: str | None = None,
+) -> None:  # fmt: skip
     """Upload every file of `folder` (the server skips ones it has), then create `model`."""
-    upload_files(sdk, model, folder_files(folder), say)
+    upload_files(sdk, model, folder_files(folder), say, quantize)
 
 
 def upload_files(
-    sdk: Client, model: str, named: list[tuple[str, Path]], say: Callable[[str], None] = print
-) -> None:
+    sdk: Client, model: str, named: list[tuple[str, Path]], say: Callable[[str], None] = print,
+    quantize: str | None = None,
+) -> None:  # fmt: skip
     files = {}
     for relname, path in named:
         say(f"copying file {relname} ({human_bytes(path.stat().st_size)})")
         files[relname] = sdk.create_blob(path)
-    progress = cast("Iterator[ProgressResponse]", sdk.create(model, files=files, stream=True))
-    for step in progress:
+    show_progress(sdk.create(model, files=files, quantize=quantize, stream=True), say)
+
+
+def show_progress(steps: object, say: Callable[[str], None] = print) -> None:
+    for step in cast("Iterator[ProgressResponse]", steps):
         say(step.status)
 
 

@@ -170,6 +170,7 @@ EngineFactory = Callable[[Path, Options], ChatEngine | ImageEngine]
 # model_format in the manifest config -> "module:factory", imported lazily in the runner.
 ENGINES: dict[str, str] = {
     "safetensors": "limner.engines.llava_transformers:load",
+    "gguf": "limner.engines.llava_llamacpp:load",
     "diffusers": "limner.engines.diffusion:load",
     "sd-checkpoint": "limner.engines.diffusion:load_checkpoint",
     "fake": "limner.engines.fake:load",

@@ -84,7 +84,7 @@ async def show(request: Request) -> Response:
         entry = store.entry(store.resolve(text))
     except ModelNotFound:
         raise ModelNotFound(ModelName.parse(text).display()) from None
-    cfg = store.config(entry.manifest)
+    cfg = creating.described(store, entry.manifest)
     params = store.json_layer(entry.manifest, m.PARAMS)
     reply = ShowResponse(
         license=store.text(entry.manifest, m.LICENSE),
@@ -96,6 +96,7 @@ async def show(request: Request) -> Response:
         details=details(store, entry),
         messages=store.json_layer(entry.manifest, m.MESSAGES),
         model_info=cfg.get("model_info", {}),
+        projector_info=cfg.get("projector_info") or None,
         capabilities=cfg.get("capabilities", ["completion"]),
         modified_at=entry.modified_at,
     )
@@ -227,12 +228,8 @@ async def create(request: Request) -> Response:
                 f"message role {message.role!r} must be one of system, user, assistant"
             )
     progress = creating.create(store, body)
-    return await respond(_as_dicts(progress), body.stream is not False)
-
-
-async def _as_dicts(progress: Any) -> AsyncIterator[dict[str, Any]]:
-    for step in progress:
-        yield step.wire()
+    # In a worker thread: converting and quantizing a real model takes minutes.
+    return await respond(_in_thread(progress), body.stream is not False)
 
 
 async def pull(request: Request) -> Response:

@@ -10,10 +10,12 @@ The manifest is the last thing written, atomically, so a failed create leaves no
 
 from __future__ import annotations
 
+import functools
 import json
 import posixpath
 import struct
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +69,61 @@ def create(store: Store, request: CreateRequest) -> Iterator[ProgressResponse]:
     name = ModelName.parse(request.model or request.name or "")
     layers, config = _base_layers(store, request)
     extras = _extra_layers(store, request, layers)
+    if request.quantize:
+        return _quantize_then_write(store, name, layers, extras, config, request.quantize)
     return _write(store, name, layers, extras, config)
+
+
+def _quantize_then_write(
+    store: Store,
+    name: ModelName,
+    layers: list[Layer],
+    extras: dict[str, bytes],
+    config: dict[str, Any],
+    quantize: str,
+) -> Iterator[ProgressResponse]:
+    """A Hugging Face LLaVA becomes llama.cpp's GGUF pair (text model + projector) at `quantize`."""
+    from limner.store.gguf import QUANTIZATIONS, convert_llava
+
+    if quantize.lower() not in QUANTIZATIONS:
+        raise InvalidRequest(
+            f"unsupported quantization type {quantize!r}: use one of {', '.join(QUANTIZATIONS)}"
+        )
+    if config.get("model_format") != SAFETENSORS:
+        raise InvalidRequest(
+            f"only Hugging Face LLaVA models (safetensors) can be quantized; this one is "
+            f"{config.get('model_format')!r}"
+        )
+    return _converted(store, name, layers, extras, config, quantize, convert_llava)
+
+
+def _converted(
+    store: Store,
+    name: ModelName,
+    layers: list[Layer],
+    extras: dict[str, bytes],
+    config: dict[str, Any],
+    quantize: str,
+    convert: Callable[[Path, Path, str], tuple[Path, Path]],
+) -> Iterator[ProgressResponse]:
+    source_type = config.get("file_type", "F32")
+    yield ProgressResponse(status=f"quantizing {source_type} model to {quantize.upper()}")
+    with tempfile.TemporaryDirectory(prefix=".convert-", dir=store.root) as tmp:
+        folder = Path(tmp) / "hf"
+        for layer in layers:  # the model's files under their names, as links to the blobs
+            if layer.name:
+                (folder / layer.name).parent.mkdir(parents=True, exist_ok=True)
+                (folder / layer.name).symlink_to(store.blobs.open_path(layer.digest))
+        files = {}
+        for path in convert(folder, Path(tmp), quantize):
+            with path.open("rb") as f:
+                files[path.name], _ = store.blobs.write(
+                    iter(functools.partial(f.read, 1 << 20), b"")
+                )
+    gguf_layers, gguf_config = _layers_from_files(store, files)
+    # The Jinja chat template travels inside the GGUF; text layers (a Go template too) stay.
+    kept = [layer for layer in layers if not layer.name and layer.mediaType not in extras]
+    yield from _write(store, name, gguf_layers + kept, extras, gguf_config)
 
 
 def _base_layers(store: Store, request: CreateRequest) -> tuple[list[Layer], dict[str, Any]]:
@@ -85,7 +141,7 @@ def _base_layers(store: Store, request: CreateRequest) -> tuple[list[Layer], dic
 
 
 def _layers_from_files(store: Store, files: dict[str, str]) -> tuple[list[Layer], dict[str, Any]]:
-    layers, kinds = [], {}
+    layers, kinds, ggufs = [], {}, {}
     for raw_name, digest in sorted(files.items()):
         name = check_relative(raw_name)
         try:
@@ -95,6 +151,8 @@ def _layers_from_files(store: Store, files: dict[str, str]) -> tuple[list[Layer]
         if not path.is_file():
             raise InvalidRequest(f'blob "{digest}" for {raw_name!r} not found; upload it first')
         kind = sniff(path)
+        if kind == GGUF:
+            ggufs[name] = path
         if kind == PICKLE:
             raise UnsafeWeights(
                 f"{raw_name!r} holds pickle weights, which can run code when loaded; "
@@ -105,7 +163,74 @@ def _layers_from_files(store: Store, files: dict[str, str]) -> tuple[list[Layer]
         layers.append(
             Layer(mediaType=media, digest=normalize(digest), size=path.stat().st_size, name=name)
         )
+    if ggufs:
+        return _gguf_model(layers, ggufs)
     return layers, _config_for_folder(kinds)
+
+
+def _gguf_model(layers: list[Layer], ggufs: dict[str, Path]) -> tuple[list[Layer], dict[str, Any]]:
+    """GGUF files stored as Ollama stores them: one unnamed model layer, and the vision
+    projector (a GGUF of architecture "clip") as an unnamed projector layer."""
+    from limner.store.gguf import gguf_info
+
+    infos = {name: gguf_info(path) for name, path in ggufs.items()}
+    projectors = [n for n, info in infos.items() if info.get("general.architecture") == "clip"]
+    texts = [n for n in infos if n not in projectors]
+    if len(texts) != 1 or len(projectors) > 1:
+        raise InvalidRequest(
+            "a GGUF model is one text model file and at most one projector (mmproj) file; "
+            f"got {len(texts)} text model(s) and {len(projectors)} projector(s)"
+        )
+    roles = {texts[0]: m.MODEL, **{n: m.PROJECTOR for n in projectors}}
+    out = [
+        layer.model_copy(update={"mediaType": roles[layer.name], "name": None})
+        if layer.name in roles
+        else layer
+        for layer in layers
+    ]
+    return out, gguf_config(infos[texts[0]], infos[projectors[0]] if projectors else None)
+
+
+def described(store: Store, manifest: Manifest) -> dict[str, Any]:
+    """A model's config, completed from its GGUF headers when a registry's config (Ollama's
+    carries only format, family and sizes) leaves out capabilities and model_info."""
+    config = store.config(manifest)
+    if config.get("model_format") != GGUF or "model_info" in config:
+        return config
+    from limner.store.gguf import gguf_info
+
+    text, projector = manifest.layer(m.MODEL), manifest.layer(m.PROJECTOR)
+    if text is None:
+        return config
+    info = gguf_info(store.blobs.open_path(text.digest))
+    vision = gguf_info(store.blobs.open_path(projector.digest)) if projector else None
+    return {**gguf_config(info, vision), **config}
+
+
+def gguf_config(info: dict[str, Any], projector: dict[str, Any] | None) -> dict[str, Any]:
+    """The config blob of a GGUF model, with Ollama's fields, from the files' metadata."""
+    arch = info.get("general.architecture", "llama")
+    params = int(info.get("general.parameter_count", 0))
+    file_type = int(info.get("general.file_type", 1))
+    families = [arch, "clip"] if projector else [arch]
+    context = int(info.get(f"{arch}.context_length", 4096))
+    return {
+        "model_format": GGUF,
+        "model_family": arch,
+        "model_families": families,
+        "model_type": human_count(params),
+        "file_type": FILE_TYPES.get(file_type, f"type {file_type}"),
+        "capabilities": ["completion", "vision"] if projector else ["completion"],
+        "context_length": context,
+        "embedding_length": info.get(f"{arch}.embedding_length"),
+        "model_info": info,
+        "projector_info": projector or {},
+    }
+
+
+# general.file_type -> Ollama's quantization_level names (llama.cpp's LLAMA_FTYPE values).
+FILE_TYPES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1",
+              10: "Q2_K", 12: "Q3_K_M", 15: "Q4_K_M", 17: "Q5_K_M", 18: "Q6_K", 32: "BF16"}  # fmt: skip
 
 
 def manifest_for_blobs(store: Store, files: dict[str, str]) -> Manifest:

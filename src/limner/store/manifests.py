@@ -27,6 +27,7 @@ CONFIG_TYPE = "application/vnd.docker.container.image.v1+json"
 MEDIA = "application/vnd.ollama.image."
 MODEL, PROJECTOR, ADAPTER = MEDIA + "model", MEDIA + "projector", MEDIA + "adapter"
 TEMPLATE, SYSTEM, PARAMS = MEDIA + "template", MEDIA + "system", MEDIA + "params"
+GGUF_MODEL, GGUF_PROJECTOR = "model.gguf", "mmproj.gguf"  # engine file names of GGUF layers
 MESSAGES, LICENSE = MEDIA + "messages", MEDIA + "license"
 # A file of a multi-file model (tokenizer, configs) that is not weights; carries `name`.
 FILE = "application/vnd.limner.image.file"
@@ -157,11 +158,13 @@ class Store:
         return None if text is None else json.loads(text)
 
     def files(self, manifest: Manifest) -> dict[str, Path]:
-        """Relative file name -> blob path for every named layer (multi-file models)."""
+        """Relative file name -> blob path for every named layer (multi-file models), and
+        Ollama's unnamed GGUF layers as `model.gguf` and `mmproj.gguf` (the projector)."""
+        unnamed = {MODEL: GGUF_MODEL, PROJECTOR: GGUF_PROJECTOR}
         return {
-            layer.name: self.blobs.open_path(layer.digest)
+            layer.name or unnamed[layer.mediaType]: self.blobs.open_path(layer.digest)
             for layer in manifest.layers
-            if layer.name
+            if layer.name or layer.mediaType in unnamed
         }
 
     # --- writing ---

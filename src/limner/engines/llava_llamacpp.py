@@ -1,0 +1,429 @@
+"""LLaVA / BakLLaVA chat on llama.cpp: a GGUF text model and its `mmproj` projector.
+
+The folder holds `model.gguf` and `mmproj.gguf` (Ollama's model and projector layers) and,
+when the model has a template layer, `chat_template.jinja` (a Go or Jinja template). Pictures
+go through libmtmd (llama-cpp-python's `mtmd_cpp`): the prompt is tokenized with one media
+marker per picture, each picture is encoded by the projector and decoded into the KV cache,
+then tokens are sampled with llama.cpp's own sampler chain through `Llama.generate`, the
+same path raw llama-cpp-python takes, so limner adds nothing per token:
+
+    engine = load(Path("bakllava"), Options(num_ctx=4096))
+    for step in engine.chat([Message("user", "What is this?", [png])], Options(), lambda: False):
+        print(step)
+
+The window (`n_ctx`) is fixed when the model loads, rounded up to a multiple of 256 as
+llama.cpp pads it; a request may ask for a smaller `num_ctx`, which is enforced here without
+reloading. A prompt that does not fit is refused with both numbers, never cut silently.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import ctypes
+import os
+import random
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import llama_cpp
+import llama_cpp.mtmd_cpp as mtmd
+from llama_cpp._logger import llama_log_callback
+from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
+
+from limner.engines import ChatStep, Done, Message, Options, Piece
+from limner.engines.templates import (
+    LLAVA_15,
+    Turn,
+    go_supported,
+    is_go_template,
+    render_go,
+    render_jinja,
+)
+from limner.errors import InvalidImage, InvalidRequest
+from limner.store.gguf import gguf_info
+
+CTX_STEP = 256  # llama.cpp pads n_ctx to this; llama-cpp-python breaks if it is not a multiple
+DEFAULT_CTX = 4096  # when neither the request nor the model's parameters set num_ctx
+KV_BYTES = 2  # f16 keys and values
+# llama.cpp's repacked CPU kernels (interleaved Q4_0/Q8_0 rows) crash on quantized models this
+# narrow (tiny test models); every real model is far wider and keeps them, they are its speed.
+NARROW = 1024
+
+
+def load(folder: Path, options: Options) -> LlavaLlamaCpp:
+    """Load `model.gguf` and `mmproj.gguf` in `folder` with a window of `options.num_ctx`."""
+    return LlavaLlamaCpp(Path(folder), options.num_ctx)
+
+
+def round_ctx(num_ctx: int) -> int:
+    """The window llama.cpp really allocates for `num_ctx` tokens."""
+    return max(CTX_STEP, -(-num_ctx // CTX_STEP) * CTX_STEP)
+
+
+def threads() -> int:
+    """Every core this process may run on: decoding is bound by memory bandwidth, which one
+    thread per core saturates (llama-cpp-python's default, half the cores, leaves it unused)."""
+    return len(os.sched_getaffinity(0))
+
+
+class LlavaLlamaCpp:
+    """A loaded GGUF vision model: `chat()` streams one answer at a time."""
+
+    def __init__(self, folder: Path, num_ctx: int) -> None:
+        model_path, projector = folder / "model.gguf", folder / "mmproj.gguf"
+        if not model_path.is_file():
+            raise InvalidRequest("the model has no GGUF weights layer")
+        with _repacking(_width(model_path) >= NARROW):
+            self.llama = llama_cpp.Llama(
+                model_path=str(model_path),
+                n_ctx=round_ctx(num_ctx or DEFAULT_CTX),
+                n_threads=threads(),
+                n_gpu_layers=-1 if llama_cpp.llama_supports_gpu_offload() else 0,
+                verbose=False,
+            )
+        self.n_ctx = self.llama.n_ctx()
+        meta = self.llama.metadata
+        arch = meta.get("general.architecture", "llama")
+        self.context_length = int(meta.get(f"{arch}.context_length", self.n_ctx))
+        self.vision = _Vision(projector, self.llama) if projector.is_file() else None
+        self.template = _template_source(folder, meta)
+        self.bos = self.llama.detokenize([self.llama.token_bos()], special=True).decode()
+        self.eos = self.llama.detokenize([self.llama.token_eos()], special=True).decode()
+        self.kv_bytes = _kv_bytes(meta, arch, self.n_ctx)
+        self.weight_bytes = sum(p.stat().st_size for p in (model_path, projector) if p.is_file())
+        self._json: LlamaGrammar | None = None
+
+    def memory_bytes(self) -> int:
+        return self.weight_bytes + self.kv_bytes
+
+    def chat(
+        self, messages: list[Message], options: Options, cancelled: Callable[[], bool]
+    ) -> Iterator[ChatStep]:
+        """Stream the assistant's answer to `messages`, then one `Done`."""
+        started = time.perf_counter_ns()
+        window = self._window(options)
+        prompt = self._prompt(messages)
+        pictures = [data for m in messages for data in m.images]
+        chunks = self._tokenize(prompt, pictures)
+        try:
+            count, image_tokens = chunks.count()
+            if count > window:
+                raise InvalidRequest(
+                    f"the prompt is {count} tokens ({image_tokens} for pictures) but the "
+                    f"context window is {window}; shorten the conversation or raise num_ctx"
+                )
+            limit = window - count
+            if options.num_predict >= 0:
+                limit = min(limit, options.num_predict)
+            if limit == 0 or cancelled():
+                now = time.perf_counter_ns()
+                yield Done(
+                    "length" if limit == 0 else "stop", count, 0, image_tokens, now - started
+                )
+                return
+            self._prefill(chunks)
+        finally:
+            chunks.free()
+        prefilled = time.perf_counter_ns()
+
+        text = _StopText(options.stop)
+        generated = 0
+        reason = "stop"
+        for token in self._tokens(options):
+            if llama_cpp.llama_token_is_eog(self.llama._model.vocab, token):
+                break
+            generated += 1
+            piece, hit_stop = text.push(self._piece(token, first=generated == 1))
+            if piece:
+                yield Piece(piece)
+            if hit_stop:
+                break
+            if generated >= limit:
+                reason = "length"
+                break
+            if cancelled():
+                break
+        rest = text.flush()
+        if rest:
+            yield Piece(rest)
+        yield Done(
+            reason,
+            count,
+            generated,
+            image_tokens,
+            prompt_eval_duration=prefilled - started,
+            eval_duration=time.perf_counter_ns() - prefilled,
+        )
+
+    # --- the prompt ---
+
+    def _window(self, options: Options) -> int:
+        if options.format not in ("", "json"):
+            raise InvalidRequest(f'format must be "" or "json", not {options.format!r}')
+        if options.num_ctx < 0:
+            raise InvalidRequest(
+                f"num_ctx must be 0 (the model's own) or positive, not {options.num_ctx}"
+            )
+        if options.num_ctx > self.n_ctx:
+            # The scheduler reloads for a larger window; reaching here means it could not.
+            raise InvalidRequest(
+                f"num_ctx {options.num_ctx} is larger than the loaded window of {self.n_ctx}"
+            )
+        return options.num_ctx or self.n_ctx
+
+    def _prompt(self, messages: list[Message]) -> str:
+        if not messages:
+            raise InvalidRequest("a chat needs at least one message")
+        marker = mtmd.mtmd_default_marker().decode()
+        turns = []
+        for message in messages:
+            if marker in message.content:
+                raise InvalidRequest(
+                    f"message text may not contain {marker!r}; attach pictures through "
+                    "the message's images instead"
+                )
+            if message.images and self.vision is None:
+                raise InvalidRequest("this model has no projector, so it cannot see pictures")
+            turns.append(Turn(message.role, message.content, len(message.images)))
+        kind, source = self.template
+        if kind == "go":
+            return render_go(source, turns, marker + "\n")
+        return render_jinja(source, turns, "<image>", marker, self.bos, self.eos)
+
+    def _tokenize(self, prompt: str, pictures: list[bytes]) -> _Chunks:
+        # BOS is added by the tokenizer unless the template already wrote it.
+        add_bos = not (self.bos and prompt.startswith(self.bos))
+        if self.vision is None:
+            ids = self.llama.tokenize(prompt.encode(), add_bos=add_bos, special=True)
+            return _Chunks(None, text_only=ids)
+        return self.vision.tokenize(prompt, pictures, add_bos)
+
+    def _prefill(self, chunks: _Chunks) -> None:
+        """Decode the prompt and pictures into a fresh KV cache."""
+        self.llama.reset()  # type: ignore[no-untyped-call]
+        self.llama._ctx.kv_cache_clear()  # type: ignore[no-untyped-call]
+        if chunks.text_only is not None:
+            self.llama.eval(chunks.text_only)
+            return
+        assert self.vision is not None
+        self.vision.eval(chunks, self.llama)
+
+    # --- decoding ---
+
+    def _tokens(self, options: Options) -> Iterator[int]:
+        llama = self.llama
+        llama.set_seed(options.seed if options.seed >= 0 else random.getrandbits(31))
+        llama.last_n_tokens_size = (
+            self.n_ctx if options.repeat_last_n < 0 else options.repeat_last_n
+        )
+        grammar = self._json_grammar() if options.format == "json" else None
+        # The prompt is already decoded: generate() finds it cached and samples at once.
+        prompt = llama._input_ids.tolist()
+        yield from llama.generate(
+            prompt,
+            top_k=options.top_k,
+            top_p=options.top_p,
+            min_p=options.min_p,
+            temp=max(options.temperature, 0.0),
+            repeat_penalty=options.repeat_penalty,
+            grammar=grammar,
+        )
+
+    def _piece(self, token: int, first: bool) -> bytes:
+        piece: bytes = self.llama.detokenize([token])
+        # SentencePiece marks a word start with a space; an answer's first one is not text.
+        return piece[1:] if first and piece.startswith(b" ") else piece
+
+    def _json_grammar(self) -> LlamaGrammar:
+        if self._json is None:
+            self._json = LlamaGrammar.from_string(JSON_GBNF, verbose=False)
+        return self._json
+
+
+class _Vision:
+    """The projector (libmtmd context) bound to the text model."""
+
+    def __init__(self, projector: Path, llama: llama_cpp.Llama) -> None:
+        # libmtmd logs every picture at info level; route it through llama.cpp's quiet logger.
+        for log_set in (mtmd.mtmd_log_set, mtmd.mtmd_helper_log_set):
+            log_set(llama_log_callback, ctypes.c_void_p(0))
+        params = mtmd.mtmd_context_params_default()
+        params.use_gpu = llama_cpp.llama_supports_gpu_offload()
+        params.print_timings = False
+        params.n_threads = threads()
+        self.ctx = mtmd.mtmd_init_from_file(str(projector).encode(), llama.model, params)
+        if not self.ctx:
+            raise InvalidRequest("the projector layer could not be loaded by llama.cpp")
+        llama._stack.callback(mtmd.mtmd_free, self.ctx)  # freed before the model it points to
+
+    def tokenize(self, prompt: str, pictures: list[bytes], add_bos: bool) -> _Chunks:
+        bitmaps = [self._bitmap(data, number) for number, data in enumerate(pictures, 1)]
+        chunks = _Chunks(mtmd.mtmd_input_chunks_init())
+        try:
+            text = mtmd.mtmd_input_text()
+            encoded = prompt.encode()
+            text.text, text.text_len = encoded, len(encoded)
+            text.add_special, text.parse_special = add_bos, True
+            array = (mtmd.mtmd_bitmap_p_ctypes * max(len(bitmaps), 1))(*bitmaps)
+            result = mtmd.mtmd_tokenize(
+                self.ctx, chunks.handle, ctypes.byref(text), array, len(bitmaps)
+            )
+            if result != 0:
+                raise InvalidRequest(
+                    f"the prompt and its {len(pictures)} picture(s) do not match (mtmd error {result})"
+                )
+        except BaseException:
+            chunks.free()
+            raise
+        finally:
+            for bitmap in bitmaps:
+                mtmd.mtmd_bitmap_free(bitmap)
+        return chunks
+
+    def eval(self, chunks: _Chunks, llama: llama_cpp.Llama) -> None:
+        """Text chunks through `Llama.eval` (which tracks them), pictures through libmtmd."""
+        last = len(chunks) - 1
+        for i, chunk in enumerate(chunks):
+            kind = mtmd.mtmd_input_chunk_get_type(chunk)
+            if kind == mtmd.MTMD_INPUT_CHUNK_TYPE_TEXT:
+                count = ctypes.c_size_t()
+                pointer = mtmd.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(count))
+                llama.eval([pointer[j] for j in range(count.value)])
+                continue
+            n_past = llama_cpp.llama_pos(0)
+            result = mtmd.mtmd_helper_eval_chunk_single(
+                self.ctx, llama._ctx.ctx, chunk, llama_cpp.llama_pos(llama.n_tokens),
+                llama_cpp.llama_seq_id(0), llama.n_batch, i == last, ctypes.byref(n_past),
+            )  # fmt: skip
+            if result != 0:
+                raise InvalidImage(f"a picture could not be encoded (mtmd error {result})")
+            # Picture positions hold no token id; -1 never matches a real one.
+            llama.input_ids[llama.n_tokens : n_past.value] = -1
+            llama.n_tokens = n_past.value
+            llama._requires_eval = i != last  # the last chunk's logits are live
+
+    def _bitmap(self, data: bytes, number: int) -> Any:
+        buffer = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        bitmap = mtmd.mtmd_helper_bitmap_init_from_buf(self.ctx, buffer, len(data), False)
+        if not bitmap:
+            raise InvalidImage(
+                f"picture {number} is not a PNG, JPEG or WebP file llama.cpp can read"
+            )
+        return bitmap
+
+
+class _Chunks:
+    """A tokenized prompt: libmtmd chunks (text and pictures), or plain ids for text models."""
+
+    def __init__(self, handle: Any, text_only: list[int] | None = None) -> None:
+        self.handle = handle
+        self.text_only = text_only
+
+    def __len__(self) -> int:
+        return 0 if self.handle is None else int(mtmd.mtmd_input_chunks_size(self.handle))
+
+    def __iter__(self) -> Iterator[Any]:
+        for i in range(len(self)):
+            yield mtmd.mtmd_input_chunks_get(self.handle, i)
+
+    def count(self) -> tuple[int, int]:
+        """Tokens in the prompt, and how many of them are pictures."""
+        if self.text_only is not None:
+            return len(self.text_only), 0
+        total = int(mtmd.mtmd_helper_get_n_tokens(self.handle))
+        images = sum(
+            int(mtmd.mtmd_input_chunk_get_n_tokens(chunk))
+            for chunk in self
+            if mtmd.mtmd_input_chunk_get_type(chunk) != mtmd.MTMD_INPUT_CHUNK_TYPE_TEXT
+        )
+        return total, images
+
+    def free(self) -> None:
+        if self.handle is not None:
+            mtmd.mtmd_input_chunks_free(self.handle)
+            self.handle = None
+
+
+class _StopText:
+    """Generated bytes to text deltas: holds back a partial UTF-8 character and any tail that
+    could be the start of a stop string; a stop string is never emitted."""
+
+    def __init__(self, stops: list[str]) -> None:
+        self.stops = [s for s in stops if s]
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.held = ""
+
+    def push(self, data: bytes) -> tuple[str, bool]:
+        self.held += self.decoder.decode(data)
+        hits = [i for i in (self.held.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            piece, self.held = self.held[: min(hits)], ""
+            return piece, True
+        keep = max((_overlap(self.held, s) for s in self.stops), default=0)
+        piece, self.held = self.held[: len(self.held) - keep], self.held[len(self.held) - keep :]
+        return piece, False
+
+    def flush(self) -> str:
+        rest, self.held = self.held + self.decoder.decode(b"", final=True), ""
+        return rest
+
+
+def _overlap(text: str, stop: str) -> int:
+    """The longest tail of `text` that is a proper prefix of `stop`."""
+    for size in range(min(len(text), len(stop) - 1), 0, -1):
+        if text.endswith(stop[:size]):
+            return size
+    return 0
+
+
+def _width(model_path: Path) -> int:
+    info = gguf_info(model_path)
+    return int(info.get(f"{info.get('general.architecture', 'llama')}.embedding_length", 0))
+
+
+@contextlib.contextmanager
+def _repacking(enabled: bool) -> Iterator[None]:
+    """Load with or without repacked weights; llama-cpp-python has no argument for it."""
+    if enabled:
+        yield
+        return
+    defaults = llama_cpp.llama_cpp.llama_model_default_params
+
+    def without_repacking() -> Any:
+        params = defaults()
+        params.use_extra_bufts = False
+        return params
+
+    llama_cpp.llama_cpp.llama_model_default_params = without_repacking
+    try:
+        yield
+    finally:
+        llama_cpp.llama_cpp.llama_model_default_params = defaults
+
+
+def _template_source(folder: Path, meta: dict[str, str]) -> tuple[str, str]:
+    """("go" | "jinja", template): the template layer, the GGUF's own, or LLaVA-1.5's."""
+    layer = folder / "chat_template.jinja"
+    candidates = [layer.read_text(encoding="utf-8")] if layer.is_file() else []
+    candidates.append(meta.get("tokenizer.chat_template", ""))
+    for text in candidates:
+        if not text:
+            continue
+        if not is_go_template(text):
+            return "jinja", text
+        if go_supported(text):
+            return "go", text
+    return "go", LLAVA_15
+
+
+def _kv_bytes(meta: dict[str, str], arch: str, n_ctx: int) -> int:
+    """Keys and values for `n_ctx` tokens: layers x kv heads x head width x 2 x f16."""
+    layers = int(meta.get(f"{arch}.block_count", 0))
+    width = int(meta.get(f"{arch}.embedding_length", 0))
+    heads = int(meta.get(f"{arch}.attention.head_count", 1)) or 1
+    kv_heads = int(meta.get(f"{arch}.attention.head_count_kv", heads))
+    head_dim = int(meta.get(f"{arch}.attention.key_length", width // heads))
+    return layers * kv_heads * head_dim * 2 * KV_BYTES * n_ctx
