@@ -52,6 +52,19 @@ def add_fake(store: Store, name: str = "fake", **config: Any) -> None:
     )
 
 
+def add_gguf(store: Store, name: str = "tiny-gguf", quantize: str = "f16", **params: Any) -> None:
+    """The tiny LLaVA as llama.cpp's GGUF pair, stored as Ollama stores GGUF models."""
+    from limner.tiny import write_tiny_llava_gguf
+
+    folder = write_tiny_llava_gguf(store.root / ".tiny-gguf", quantize=quantize)
+    files = {p.name: p.read_bytes() for p in sorted(folder.glob("*.gguf"))}
+    add_model(store, name, files)
+    if params:
+        request = CreateRequest(model=name, **{"from": name}, parameters=params)
+        for _ in create(store, request):
+            pass
+
+
 def picture(fmt: str = "PNG", size: tuple[int, int] = (64, 48), color: str = "red") -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", size, color).save(buffer, format=fmt)

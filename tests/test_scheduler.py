@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from conftest import add_fake
-from limner.errors import LimnerError, ServerBusy
+from limner.errors import InsufficientMemory, LimnerError, ServerBusy
 from limner.names import ModelName
 from limner.scheduler import Loaded, Scheduler
 from limner.store import Store
@@ -166,10 +166,10 @@ async def test_a_load_that_takes_too_long_is_stopped_with_a_clear_error(store: S
     assert scheduler.running() == []
 
 
-async def test_the_memory_budget_unloads_idle_models_to_make_room(store: Store) -> None:
+async def test_the_memory_limit_unloads_idle_models_to_make_room(store: Store) -> None:
     for name in ("a", "b"):
         add_fake(store, name, tag=name)  # each runner reports 1024 bytes
-    scheduler = Scheduler(store, memory_budget=1200)  # one runner (1024) + one manifest
+    scheduler = Scheduler(store, memory_limit=1200)  # one runner (1024) + one manifest
     await answer(scheduler, "a")
     await answer(scheduler, "b")
     assert [m.name.model for m in scheduler.running()] == ["b"]
@@ -179,8 +179,10 @@ async def test_the_memory_budget_unloads_idle_models_to_make_room(store: Store) 
     await scheduler.close()
 
 
-async def test_a_model_over_the_whole_budget_still_loads_alone(store: Store) -> None:
+async def test_a_model_that_can_never_fit_is_refused_with_both_numbers(store: Store) -> None:
     add_fake(store, "a")
-    scheduler = Scheduler(store, memory_budget=10)
-    assert (await answer(scheduler, "a", "fits?")).endswith("fits?")
+    scheduler = Scheduler(store, memory_limit=10)
+    with pytest.raises(InsufficientMemory, match=r"needs .* MiB .* the memory limit is 0\.0 MiB"):
+        await answer(scheduler, "a", "fits?")
+    assert scheduler.loads == 0
     await scheduler.close()

@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 import os
 import re
+import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -31,7 +33,16 @@ VARIABLES = [
     Variable("LIMNER_KEEP_ALIVE", "5m", "how long an idle model stays loaded (-1: forever)"),
     Variable("LIMNER_MAX_LOADED_MODELS", "3", "most models loaded at once (idle LRU evicted)"),
     Variable("LIMNER_MAX_QUEUE", "512", "most requests waiting for a model; more get 503"),
-    Variable("LIMNER_MEMORY_BUDGET", "", "bytes all loaded models may use (default: 80% of RAM)"),
+    Variable(
+        "LIMNER_MEMORY_LIMIT",
+        "",
+        "bytes all loaded models may use, e.g. 12GiB (default: 80% of RAM, or of GPU memory)",
+    ),
+    Variable(
+        "LIMNER_CONTEXT_LENGTH",
+        "32768",
+        "largest default context window; a model's trained length below it wins",
+    ),
     Variable("LIMNER_LOAD_TIMEOUT", "5m", "how long a model may take to load"),
     Variable("LIMNER_MAX_BODY_BYTES", "104857600", "largest request body (413 beyond)"),
     Variable("LIMNER_MAX_IMAGE_PIXELS", "50000000", "largest decoded picture, in pixels (413)"),
@@ -100,12 +111,43 @@ def max_queue() -> int:
     return max(1, int(_get("LIMNER_MAX_QUEUE")))
 
 
-def memory_budget() -> int:
-    """Bytes; unset means 80% of the machine's memory."""
-    raw = _get("LIMNER_MEMORY_BUDGET")
+def memory_limit() -> int:
+    """Bytes; unset means 80% of the GPU's memory when there is one, else of RAM."""
+    raw = _get("LIMNER_MEMORY_LIMIT")
     if raw:
-        return int(raw)
-    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 0.8)
+        return parse_bytes(raw)
+    total = gpu_memory() or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return int(total * 0.8)
+
+
+def parse_bytes(text: str) -> int:
+    """`12GiB`, `512MB`, `800000000`: binary (KiB, MiB, GiB) and decimal (KB, MB, GB) units."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*", text, re.IGNORECASE)
+    if not match:
+        raise ValueError(f"{text!r} is not a size; write e.g. 12GiB, 512MB or a byte count")
+    number, unit = float(match.group(1)), (match.group(2) or "B").upper()
+    power = "BKMGT".index(unit[0])
+    base = 1024 if "I" in unit or (len(unit) == 1 and unit != "B") else 1000
+    return int(number * base**power)
+
+
+def gpu_memory() -> int:
+    """Total memory of the first NVIDIA GPU (from nvidia-smi), 0 without one."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return 0
+    try:
+        out = subprocess.run(
+            [smi, "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout  # fmt: skip
+        return int(out.split()[0]) << 20  # MiB
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return 0
+
+
+def context_length() -> int:
+    return max(256, int(_get("LIMNER_CONTEXT_LENGTH")))
 
 
 def load_timeout() -> float:

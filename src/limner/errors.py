@@ -76,6 +76,12 @@ class ServerBusy(LimnerError):
         super().__init__(message)
 
 
+class InsufficientMemory(LimnerError):
+    """The model can never fit under the memory limit, even with every other model unloaded."""
+
+    status = 507
+
+
 class RunnerFailed(LimnerError):
     status = 500
 
@@ -96,6 +102,7 @@ _BY_STATUS: dict[int, type[LimnerError]] = {
     413: TooLarge,
     499: RequestCanceled,
     503: ServerBusy,
+    507: InsufficientMemory,
 }
 
 

@@ -15,7 +15,7 @@ Messages (one JSON object per line):
                        {"op": "chat", "id", "messages": [{role, content, images: [b64]}], "options"}
                        {"op": "image", "id", "request": {ImageRequest fields, pictures as b64}}
                        {"op": "cancel", "id"}
-    runner -> server   {"type": "ready", "memory", "load_duration"} | {"type": "load_error", ...}
+    runner -> server   {"type": "ready", "memory", "vram", "load_duration"} | {"type": "load_error", ...}
                        {"type": "piece", "id", "text"} | {"type": "done", "id", ...Done fields}
                        {"type": "progress", "id", "completed", "total"} | {"type": "image", "id", "image", "parameters"}
                        {"type": "error", "id", "status", "message"}
@@ -64,11 +64,17 @@ class RunnerProcess:
     """The server's handle on one runner process."""
 
     def __init__(
-        self, process: asyncio.subprocess.Process, folder: Path, memory: int, load_duration: int
+        self,
+        process: asyncio.subprocess.Process,
+        folder: Path,
+        memory: int,
+        load_duration: int,
+        vram: int = 0,
     ) -> None:
         self.process = process
         self.folder = folder
         self.memory = memory
+        self.vram = vram  # the part of `memory` on a GPU
         self.load_duration = load_duration
         self._ids = itertools.count(1)
         self._queues: dict[int, asyncio.Queue[dict[str, Any]]] = {}
@@ -103,7 +109,10 @@ class RunnerProcess:
         if reply["type"] != "ready":
             await _kill(process, folder)
             raise _error(reply)
-        return cls(process, folder, int(reply["memory"]), int(reply["load_duration"]))
+        return cls(
+            process, folder, int(reply["memory"]), int(reply["load_duration"]),
+            int(reply.get("vram", 0)),
+        )  # fmt: skip
 
     @property
     def alive(self) -> bool:
@@ -216,7 +225,9 @@ def main() -> None:
     except Exception as exc:  # reported to the server, which maps it
         _write(out, {"type": "load_error", **_describe(exc)})
         return
-    _write(out, {"type": "ready", "memory": engine.memory_bytes(), "load_duration": loaded})
+    memory = engine.memory_bytes()
+    vram = memory if getattr(engine, "on_gpu", False) else 0
+    _write(out, {"type": "ready", "memory": memory, "vram": vram, "load_duration": loaded})
     _serve(engine, out)
 
 

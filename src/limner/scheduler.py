@@ -1,14 +1,23 @@
 """The scheduler owns every loaded model: load, share, queue, expire, evict, unload.
 
 `lease(name)` is the only way to a model; `work_bytes` is what the request itself will
-need beyond the weights (a diffusion model's activations at the requested size). A lease counts as a reference; a model whose
+need beyond the weights (a diffusion model's activations at the requested size), and
+`num_ctx` the context window it asks for. A lease counts as a reference; a model whose
 references drop to zero starts its keep_alive timer (0: unload now; inf: never). Each
 runner serves one request at a time; requests wait in a queue bounded by LIMNER_MAX_QUEUE
-and beyond it get ServerBusy (503). Models load one at a time; when LIMNER_MAX_LOADED_MODELS
-are loaded, or the loaded models' memory plus the new model's weights and work would pass
-LIMNER_MEMORY_BUDGET, the least recently used idle model is unloaded first (if none is idle,
-the load waits for one to become idle). A model larger than the whole budget loads alone. The runner factory is injected so tests can count
-and fake loads.
+and beyond it get ServerBusy (503).
+
+Memory: before a load the model's need is estimated -- weights, plus keys and values for
+its whole window (chat models), plus the request's work (drawing). When LIMNER_MAX_LOADED_MODELS
+are loaded, or the loaded models plus that need would pass LIMNER_MEMORY_LIMIT, the least
+recently used idle model is unloaded first (if none is idle, the load waits). A model that
+cannot fit even alone is refused with both numbers (InsufficientMemory, 507).
+
+Windows: a model loads with the request's `num_ctx`, else its parameters' `num_ctx`, else
+its trained length capped by LIMNER_CONTEXT_LENGTH. A later request asking for a smaller
+window uses the loaded runner as is (Ollama reloads: #6148, #8903); only a larger one reloads
+a model whose window is fixed at load (GGUF). The runner factory is injected so tests can
+count and fake loads.
 """
 
 from __future__ import annotations
@@ -23,9 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from limner.errors import ServerBusy
+from limner.errors import InsufficientMemory, ServerBusy
 from limner.names import ModelName
 from limner.runner import RunnerProcess
+from limner.store.create import described
 from limner.store.manifests import PARAMS, TEMPLATE, Entry, Store
 
 log = logging.getLogger("limner.scheduler")
@@ -33,6 +43,7 @@ log = logging.getLogger("limner.scheduler")
 
 class Runner(Protocol):
     memory: int
+    vram: int
     load_duration: int
 
     @property
@@ -69,10 +80,7 @@ class Loaded:
     slot: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(1))
     timer: asyncio.TimerHandle | None = None
     fresh: bool = True  # the first lease after a load reports load_duration
-
-    @property
-    def context_length(self) -> int:
-        return int(self.config.get("context_length", 0))
+    context_length: int = 0  # the window the runner was loaded with (0: not a chat model)
 
 
 class Scheduler:
@@ -85,7 +93,8 @@ class Scheduler:
         max_queue: int = 512,
         keep_alive: float = 300.0,
         load_timeout: float = 300.0,
-        memory_budget: int = 1 << 62,
+        memory_limit: int = 1 << 62,
+        context_limit: int = 32768,
     ) -> None:
         self.store = store
         self.start_runner = start_runner
@@ -93,7 +102,8 @@ class Scheduler:
         self.max_queue = max_queue
         self.keep_alive = keep_alive
         self.load_timeout = load_timeout
-        self.memory_budget = memory_budget
+        self.memory_limit = memory_limit
+        self.context_limit = context_limit
         self.loaded: dict[str, Loaded] = {}
         self.loads = 0  # how many runners were started, for tests and logs
         self._pending = 0
@@ -105,7 +115,11 @@ class Scheduler:
 
     @contextlib.asynccontextmanager
     async def lease(
-        self, name: ModelName, keep_alive: float | None = None, work_bytes: int = 0
+        self,
+        name: ModelName,
+        keep_alive: float | None = None,
+        work_bytes: int = 0,
+        num_ctx: int = 0,
     ) -> AsyncIterator[Loaded]:
         """Hold a loaded model for one request; the caller has the runner to itself."""
         if self._pending >= self.max_queue:
@@ -113,7 +127,7 @@ class Scheduler:
         self._pending += 1
         model: Loaded | None = None
         try:
-            model = await self._acquire(name, keep_alive, work_bytes)
+            model = await self._acquire(name, keep_alive, work_bytes, num_ctx)
             await model.slot.acquire()
         except BaseException:
             if model is not None:
@@ -132,7 +146,9 @@ class Scheduler:
         """Memory the loaded models hold, as their runners report it."""
         return sum(m.runner.memory or m.size for m in self.loaded.values())
 
-    async def _acquire(self, name: ModelName, keep_alive: float | None, work_bytes: int) -> Loaded:
+    async def _acquire(
+        self, name: ModelName, keep_alive: float | None, work_bytes: int, num_ctx: int
+    ) -> Loaded:
         entry = self.store.entry(name)
         async with self._load_lock:
             model = self.loaded.get(entry.digest)
@@ -140,8 +156,14 @@ class Scheduler:
                 log.warning("runner for %s stopped; loading it again", model.name)
                 await self._unload(model)
                 model = None
+            if model is not None and _fixed_window(model.config) and num_ctx > model.context_length:
+                log.info("reloading %s for a window of %d tokens (loaded: %d)",
+                         model.name, num_ctx, model.context_length)  # fmt: skip
+                await self._wait_idle(model)
+                await self._unload(model)
+                model = None
             if model is None:
-                model = await self._load(entry, keep_alive, work_bytes)
+                model = await self._load(entry, keep_alive, work_bytes, num_ctx)
             model.references += 1
             model.last_used = time.monotonic()
             model.expires_at = math.inf
@@ -152,32 +174,59 @@ class Scheduler:
                 model.keep_alive = keep_alive  # the last request's keep_alive wins
             return model
 
-    async def _load(self, entry: Entry, keep_alive: float | None, work_bytes: int) -> Loaded:
+    async def _load(
+        self, entry: Entry, keep_alive: float | None, work_bytes: int, num_ctx: int
+    ) -> Loaded:
         name, digest, manifest = entry.name, entry.digest, entry.manifest
-        need = manifest.size() + work_bytes
+        config = described(self.store, manifest)
+        params = self.store.json_layer(manifest, PARAMS) or {}
+        window = self.window(config, num_ctx or int(params.get("num_ctx", 0)))
+        weights, context = manifest.size(), context_bytes(config, window)
+        need = weights + context + work_bytes
+        if need > self.memory_limit:
+            raise InsufficientMemory(
+                f"{name.display()} needs {_gib(need)} ({_gib(weights)} of weights"
+                + (f", {_gib(context)} for a {window}-token context" if context else "")
+                + (f", {_gib(work_bytes)} to work" if work_bytes else "")
+                + f") but the memory limit is {_gib(self.memory_limit)}; "
+                + ("lower num_ctx or " if context else "")
+                + "raise LIMNER_MEMORY_LIMIT"
+            )
         while self.loaded and (
-            len(self.loaded) >= self.max_loaded or self.used_bytes() + need > self.memory_budget
+            len(self.loaded) >= self.max_loaded or self.used_bytes() + need > self.memory_limit
         ):
             await self._evict_one()
-        if need > self.memory_budget:
-            log.warning("%s needs ~%d MB, over the budget of %d MB (LIMNER_MEMORY_BUDGET); loading it alone",
-                        name, need >> 20, self.memory_budget >> 20)  # fmt: skip
-        config = self.store.config(manifest)
         files = self.store.files(manifest)
         template = manifest.layer(TEMPLATE)
         if template is not None:  # a template layer replaces the model's own chat template
             files["chat_template.jinja"] = self.store.blobs.open_path(template.digest)
-        params = self.store.json_layer(manifest, PARAMS) or {}
-        log.info("loading %s", name)
+        if window:
+            params = {**params, "num_ctx": window}
+        log.info("loading %s (~%d MiB%s)", name, need >> 20,
+                 f", {window}-token window" if window else "")  # fmt: skip
         runner = await self.start_runner(config["model_format"], files, params, self.load_timeout)
         self.loads += 1
         model = Loaded(
             key=digest, name=name, digest=digest, runner=runner,
             keep_alive=self.keep_alive if keep_alive is None else keep_alive,
-            config=config, size=manifest.size(),
+            config=config, size=weights + context, context_length=window,
         )  # fmt: skip
         self.loaded[digest] = model
         return model
+
+    def window(self, config: dict[str, Any], asked: int) -> int:
+        """The context window a chat model loads with; 0 for models that do not chat."""
+        trained = int(config.get("context_length", 0))
+        if "completion" not in config.get("capabilities", ["completion"]) or not trained:
+            return 0
+        window = min(asked, trained) if asked else min(trained, self.context_limit)
+        # llama.cpp allocates whole blocks of 256 tokens.
+        return -(-window // 256) * 256 if _fixed_window(config) else window
+
+    async def _wait_idle(self, model: Loaded) -> None:
+        while model.references > 0:
+            self._became_idle.clear()
+            await self._became_idle.wait()
 
     async def _evict_one(self) -> None:
         """Unload the least recently used idle model, waiting for one to become idle."""
@@ -258,3 +307,27 @@ class Scheduler:
     def kill_all(self) -> None:
         for model in self.loaded.values():
             model.runner.kill_now()
+
+
+def context_bytes(config: dict[str, Any], window: int) -> int:
+    """Keys and values for `window` tokens: layers x kv heads x head width x 2, in f16 for
+    llama.cpp and f32 for the transformers engine (which runs in f32 on a CPU)."""
+    info = config.get("model_info", {})
+    arch = info.get("general.architecture", "")
+
+    def key(name: str, default: int = 0) -> int:
+        return int(info.get(f"{arch}.{name}") or default)
+
+    layers, width = key("block_count"), key("embedding_length")
+    heads = key("attention.head_count", 1)
+    head_dim = key("attention.key_length", width // heads)
+    element = 2 if config.get("model_format") == "gguf" else 4
+    return layers * key("attention.head_count_kv", heads) * head_dim * 2 * element * window
+
+
+def _fixed_window(config: dict[str, Any]) -> bool:
+    return config.get("model_format") == "gguf"
+
+
+def _gib(size: int) -> str:
+    return f"{size / (1 << 30):.1f} GiB" if size >= 1 << 30 else f"{size / (1 << 20):.1f} MiB"

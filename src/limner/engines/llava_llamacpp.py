@@ -76,12 +76,14 @@ class LlavaLlamaCpp:
         model_path, projector = folder / "model.gguf", folder / "mmproj.gguf"
         if not model_path.is_file():
             raise InvalidRequest("the model has no GGUF weights layer")
+        # Every layer goes to the GPU when llama.cpp was built with one (CUDA, Metal).
+        self.on_gpu = bool(llama_cpp.llama_supports_gpu_offload())
         with _repacking(_width(model_path) >= NARROW):
             self.llama = llama_cpp.Llama(
                 model_path=str(model_path),
                 n_ctx=round_ctx(num_ctx or DEFAULT_CTX),
                 n_threads=threads(),
-                n_gpu_layers=-1 if llama_cpp.llama_supports_gpu_offload() else 0,
+                n_gpu_layers=-1 if self.on_gpu else 0,
                 verbose=False,
             )
         self.n_ctx = self.llama.n_ctx()
@@ -133,7 +135,7 @@ class LlavaLlamaCpp:
         generated = 0
         reason = "stop"
         for token in self._tokens(options):
-            if llama_cpp.llama_token_is_eog(self.llama._model.vocab, token):
+            if llama_cpp.llama_vocab_is_eog(self.llama._model.vocab, token):
                 break
             generated += 1
             piece, hit_stop = text.push(self._piece(token, first=generated == 1))
@@ -251,7 +253,7 @@ class _Vision:
         for log_set in (mtmd.mtmd_log_set, mtmd.mtmd_helper_log_set):
             log_set(llama_log_callback, ctypes.c_void_p(0))
         params = mtmd.mtmd_context_params_default()
-        params.use_gpu = llama_cpp.llama_supports_gpu_offload()
+        params.use_gpu = bool(llama_cpp.llama_supports_gpu_offload())
         params.print_timings = False
         params.n_threads = threads()
         self.ctx = mtmd.mtmd_init_from_file(str(projector).encode(), llama.model, params)

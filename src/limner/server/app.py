@@ -157,7 +157,8 @@ def build(store: Store | None = None) -> FastAPI:
         max_queue=config.max_queue(),
         keep_alive=config.keep_alive(),
         load_timeout=config.load_timeout(),
-        memory_budget=config.memory_budget(),
+        memory_limit=config.memory_limit(),
+        context_limit=config.context_length(),
     )
     return create_app(store, scheduler)
 

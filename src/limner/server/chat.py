@@ -151,9 +151,11 @@ async def _run(
     manifest = state.store.entry(name).manifest
     options = {**(state.store.json_layer(manifest, m.PARAMS) or {}), **(request_options or {})}
     options["format"] = _format(format_)
-    Options.from_dict(options)  # 400 on a badly typed option, before anything loads
+    num_ctx = Options.from_dict(options).num_ctx  # 400 on a badly typed option, before loading
     messages = _with_model_context(state, manifest, messages, replace_system)
-    async with state.scheduler.lease(name, keep_alive) as model:
+    async with state.scheduler.lease(name, keep_alive, num_ctx=num_ctx) as model:
+        if not num_ctx and model.context_length:  # the window the scheduler chose
+            options["num_ctx"] = model.context_length
         load_duration = model.runner.load_duration if model.fresh else 0
         async for step in model.runner.chat(messages, options):
             if step["type"] == "done":

@@ -147,7 +147,7 @@ async def ps(request: Request) -> Response:
                 digest=loaded.digest,
                 details=details(state.store, entry) if entry else ModelDetails(),
                 expires_at=_expiry(loaded.expires_at, loaded.keep_alive),
-                size_vram=0,
+                size_vram=loaded.runner.vram,
                 context_length=loaded.context_length,
             )
         )
