@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import importlib.util
 import io
 import json
 import os
@@ -25,14 +26,14 @@ import httpx
 import ollama
 import pytest
 
-from conftest import add_fake
+from conftest import add_fake, picture
 from limner.cli.main import main
 from limner.cli.models import PullPrinter, human_bytes
 from limner.client import AsyncClient, Client
 from limner.errors import InvalidRequest, LimnerError
 from limner.names import ModelName
 from limner.store import Store, registry
-from limner.store.manifests import CONFIG_TYPE, FILE, MANIFEST_TYPE
+from limner.store.manifests import CONFIG_TYPE, FILE, MANIFEST_TYPE, MEDIA
 from limner.types import ProgressResponse
 
 
@@ -207,6 +208,7 @@ def small_parts(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 BIG = os.urandom(40_000)
+HAS_LLAMA_CPP = importlib.util.find_spec("llama_cpp") is not None
 FAKE_CONFIG = json.dumps({"model_format": "fake", "capabilities": ["completion"]}).encode()
 
 
@@ -278,6 +280,64 @@ def test_the_ollama_client_pulls_with_ollamas_statuses_and_the_model_answers(
     assert per_digest == {layer: 1, config: 1}  # cached: one line each...
     assert all(line.completed == line.total for line in again if line.digest)  # ...complete
     assert sum(reg.served.values()) == served and statuses(again)[-1] == "success"
+
+
+BAKLLAVA_TEMPLATE = "{{ .System }} USER: {{ .Prompt }} ASSSISTANT:"  # sic, as Ollama ships it
+
+
+def publish_gguf(reg: FakeRegistry, tmp_path: Path, as_name: str) -> None:
+    """The tiny LLaVA as GGUF, laid out as ollama.com/library/bakllava is: unnamed model and
+    projector layers, a Go template, parameters, and a config with only Ollama's fields."""
+    from limner.tiny import write_tiny_llava_gguf
+
+    folder = write_tiny_llava_gguf(tmp_path / "gguf", quantize="q8_0")
+    config = json.dumps({
+        "model_format": "gguf", "model_family": "llama", "model_families": ["llama", "clip"],
+        "model_type": "148K", "file_type": "Q8_0", "architecture": "amd64", "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": []},
+    }).encode()  # fmt: skip
+    layers = [
+        ((folder / "model.gguf").read_bytes(), f"{MEDIA}model"),
+        ((folder / "mmproj.gguf").read_bytes(), f"{MEDIA}projector"),
+        (BAKLLAVA_TEMPLATE.encode(), f"{MEDIA}template"),
+        (b'{"num_ctx": 4096, "stop": ["</s>", "USER:"]}', f"{MEDIA}params"),
+    ]
+    for data in [config, *(content for content, _ in layers)]:
+        reg.blobs[sha(data)] = data
+    reg.manifests[as_name] = json.dumps({
+        "schemaVersion": 2, "mediaType": MANIFEST_TYPE,
+        "config": {"mediaType": CONFIG_TYPE, "digest": sha(config), "size": len(config)},
+        "layers": [{"mediaType": media, "digest": sha(data), "size": len(data)}
+                   for data, media in layers],
+    }).encode()  # fmt: skip
+
+
+@pytest.mark.skipif(not HAS_LLAMA_CPP, reason="llama-cpp-python is not installed")
+def test_a_pulled_gguf_vision_model_answers_about_a_picture_on_llama_cpp(
+    server: Any, reg: FakeRegistry, tmp_path: Path
+) -> None:
+    publish_gguf(reg, tmp_path, "library/bakllava/latest")
+    client = ollama.Client(host=server.url)
+    name = f"{reg.host}/library/bakllava:latest"
+    lines = list(client.pull(name, insecure=True, stream=True))
+    assert statuses(lines)[-1] == "success" and len({line.digest for line in lines}) == 6
+
+    shown = client.show(name)
+    assert shown.capabilities is not None and "vision" in shown.capabilities
+    assert shown.details.format == "gguf" and shown.details.families == ["llama", "clip"]
+    assert shown.modelinfo is not None and shown.modelinfo["llama.block_count"] == 2
+    assert shown.template == BAKLLAVA_TEMPLATE
+
+    reply = client.chat(
+        model=name,
+        messages=[{"role": "user", "content": "What is this?", "images": [picture()]}],
+        options={"num_predict": 6, "temperature": 0},
+    )
+    assert reply.done_reason in ("stop", "length")
+    assert reply.prompt_eval_count is not None and reply.prompt_eval_count > 576
+    running = client.ps().models
+    assert [(m.model, m.context_length) for m in running] == [(name, 4096)]  # the params' window
+    assert running[0].size is not None and running[0].size > 4096 * 2 * 2 * 16 * 2 * 2
 
 
 def test_stream_false_answers_success_and_the_sdk_pulls(
