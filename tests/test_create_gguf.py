@@ -1,0 +1,69 @@
+"""A stored Hugging Face LLaVA becomes a GGUF model on create, through the official client."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import ollama
+import pytest
+
+from conftest import add_fake_draw, add_model, picture
+from limner.names import ModelName
+from limner.store import Store
+from limner.tiny import write_tiny_llava
+
+pytest.importorskip("llama_cpp")
+pytest.importorskip("transformers")
+
+QUESTION = [{"role": "user", "content": "What is this?", "images": [picture()]}]
+
+
+def add_tiny_llava(store: Store, tmp_path: Path, name: str = "hf") -> None:
+    folder = write_tiny_llava(tmp_path / "hf")
+    files = {
+        p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()
+    }
+    add_model(store, name, files)
+
+
+@pytest.mark.slow
+def test_quantize_turns_a_stored_llava_into_gguf_that_sees_as_much(
+    server: Any, store: Store, tmp_path: Path
+) -> None:
+    add_tiny_llava(store, tmp_path)
+    client = ollama.Client(host=server.url)
+    lines = list(client.create(model="q", from_="hf", quantize="q4_0", stream=True))
+    statuses = [line.status for line in lines]
+    assert statuses[0] == "quantizing F32 model to Q4_0" and statuses[-1] == "success"
+
+    shown = client.show("q")
+    assert (shown.details.format, shown.details.quantization_level) == ("gguf", "Q4_0")
+    assert shown.capabilities is not None and "vision" in shown.capabilities
+    manifest = store.entry(ModelName.parse("q")).manifest
+    assert sorted(layer.mediaType.rsplit(".", 1)[-1] for layer in manifest.layers) == [
+        "model",
+        "projector",
+    ]
+
+    options = {"num_predict": 3, "temperature": 0, "num_ctx": 2048}
+    on_gguf = client.chat(model="q", messages=QUESTION, options=options)
+    on_torch = client.chat(model="hf", messages=QUESTION, options=options)
+    # 576 picture tokens each; libmtmd adds a dummy-prefix space after a picture (one token).
+    assert on_gguf.prompt_eval_count is not None and on_torch.prompt_eval_count is not None
+    assert abs(on_gguf.prompt_eval_count - on_torch.prompt_eval_count) <= 1
+    assert on_gguf.prompt_eval_count > 576 and on_gguf.eval_count == 3
+
+
+def test_a_bad_quantize_is_refused_before_anything_is_written(
+    server: Any, store: Store, tmp_path: Path
+) -> None:
+    add_tiny_llava(store, tmp_path)
+    add_fake_draw(store, "draw")
+    client = ollama.Client(host=server.url)
+    with pytest.raises(ollama.ResponseError, match="use one of f32, f16, q8_0, q4_0") as bad:
+        client.create(model="q", from_="hf", quantize="q3_k_s")
+    assert bad.value.status_code == 400
+    with pytest.raises(ollama.ResponseError, match="only Hugging Face LLaVA models"):
+        client.create(model="q", from_="draw", quantize="q4_0")
+    assert store.find(ModelName.parse("q")) is None
