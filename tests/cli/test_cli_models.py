@@ -159,6 +159,20 @@ def test_create_tiny_llava(sdk: Client, capsys: pytest.CaptureFixture[str]) -> N
     assert re.search(r"^    image tokens {4,}576$", out, re.M)
 
 
+def test_create_tiny_gguf_and_quantize_a_stored_llava(
+    sdk: Client, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("llama_cpp")
+    code, out, _ = cli(capsys, "create", "tiny-gguf", "--tiny", "llava-gguf")
+    assert code == 0 and "copying file mmproj.gguf" in out and out.endswith("success\n")
+    cli(capsys, "create", "tiny", "--tiny", "llava")
+    code, out, _ = cli(capsys, "create", "tiny-q8", "--from", "tiny", "--quantize", "Q8_0")
+    assert code == 0 and out.splitlines()[0] == "quantizing F32 model to Q8_0"
+    for name, quantization in (("tiny-gguf", "F16"), ("tiny-q8", "Q8_0")):
+        _, out, _ = cli(capsys, "show", name)
+        assert re.search(rf"quantization\s+{quantization}", out) and "vision" in out
+
+
 def test_a_missing_server_tells_the_user_to_start_one(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
