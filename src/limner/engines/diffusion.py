@@ -255,6 +255,7 @@ class DiffusionEngine:
         transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
         self.folder = folder
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.on_gpu = self.device == "cuda"  # /api/ps reports the model in size_vram
         self.dtype, self.precision = _pick_precision(options.precision, self.device)
 
         # 1. The base pipeline of the model's family.

@@ -45,10 +45,16 @@ class LlavaTransformers:
     def __init__(self, folder: Path) -> None:
         # A runner's log is no terminal: no progress bars.
         transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+        # fp32 on a CPU; on CUDA half precision, as every LLaVA is served there.
+        self.on_gpu = torch.cuda.is_available()
+        self.device = torch.device("cuda" if self.on_gpu else "cpu")
+        dtype = torch.float32
+        if self.on_gpu:
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         # from_pretrained leaves the model in eval mode (no dropout).
         self.model = LlavaForConditionalGeneration.from_pretrained(
-            folder, local_files_only=True, dtype=torch.float32
-        )
+            folder, local_files_only=True, dtype=dtype
+        ).to(self.device)
         self.processor = AutoProcessor.from_pretrained(folder, local_files_only=True)  # type: ignore[no-untyped-call]
         self.tokenizer = self.processor.tokenizer
         config = self.model.config
@@ -105,7 +111,7 @@ class LlavaTransformers:
 
         # 2. Prefill: the whole prompt and the pictures, once; later steps reuse the cache.
         with torch.inference_mode():
-            out = self.model(**inputs, use_cache=True, logits_to_keep=1)
+            out = self.model(**inputs.to(self.device), use_cache=True, logits_to_keep=1)
         prefilled = time.perf_counter_ns()
 
         # 3. Decode one token at a time until a stop, the end-of-sequence token or a limit.
@@ -116,7 +122,7 @@ class LlavaTransformers:
         generated: list[int] = []
         reason = "stop"
         while True:
-            scores = sampler.scores(out.logits[0, -1], history)
+            scores = sampler.scores(out.logits[0, -1].float().cpu(), history)
             if grammar is None:
                 token: int | None = sampler.pick(scores)
             else:
@@ -136,7 +142,8 @@ class LlavaTransformers:
             if cancelled():
                 break
             with torch.inference_mode():
-                out = self.model(input_ids=torch.tensor([[token]]), cache=out.cache, use_cache=True)
+                ids = torch.tensor([[token]], device=self.device)
+                out = self.model(input_ids=ids, cache=out.cache, use_cache=True)
 
         # 4. Text held back for a possible stop string or a partial character is real output.
         rest = text.flush()

@@ -22,7 +22,7 @@ import os
 import re
 import secrets
 import struct
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,10 +126,10 @@ def gguf_info(path: Path) -> dict[str, Any]:
             if name.startswith("GGUF.") or name in VOCAB_KEYS:
                 continue
             value = field.contents()
-            if field.types[-1] == gguf.GGUFValueType.FLOAT32:
-                value = _shortest_float32(value)
             if isinstance(value, list) and len(value) > MAX_INFO_ARRAY:
                 continue
+            if field.types[-1] == gguf.GGUFValueType.FLOAT32:
+                value = _shortest_float32(value)
             info[name] = value
         info.setdefault("general.parameter_count", sum(int(t.n_elements) for t in reader.tensors))
     except (ValueError, KeyError, IndexError, TypeError, OverflowError, struct.error) as e:
@@ -250,9 +250,6 @@ class _Checkpoint:
 
     def __contains__(self, name: str) -> bool:
         return name in self._where
-
-    def names(self) -> Iterable[str]:
-        return self._where.keys()
 
     def shape(self, name: str) -> tuple[int, ...]:
         handle, key, _ = self._locate(name)
@@ -433,12 +430,8 @@ BYTE_PIECE = re.compile(r"<0x[0-9A-Fa-f]{2}>")
 
 
 def _vocab(src: Path, config: dict[str, Any], rows: int) -> _Vocab:
-    """tokenizer.json's byte-fallback BPE as llama.cpp's SentencePiece ("llama") vocabulary.
-
-    llama.cpp merges the adjacent pair whose joined piece has the highest score; HF merges
-    the pair with the lowest merge rank. So a piece's score is minus the rank of the first
-    merge that makes it, which reproduces HF's order whatever order the ids are in.
-    """
+    """tokenizer.json's byte-fallback BPE as llama.cpp's SentencePiece ("llama") vocabulary,
+    padded with UNUSED `[PADi]` tokens to the embedding's `rows`."""
     tok = _read_json(src / "tokenizer.json")
     model = tok.get("model") or {}
     if model.get("type") != "BPE" or not model.get("byte_fallback"):
@@ -451,59 +444,69 @@ def _vocab(src: Path, config: dict[str, Any], rows: int) -> _Vocab:
         tok_config = _read_json(src / "tokenizer_config.json")
     pieces: dict[int, str] = {i: p for p, i in model["vocab"].items()}
     special = _added_tokens(src, tok, tok_config, pieces)
-    size = max(pieces) + 1
-    if size > rows:
-        raise InvalidRequest(f"the tokenizer has {size} tokens but the embedding only {rows} rows")
-
-    merges = model.get("merges") or []
-    rank: dict[str, int] = {}
-    for r, merge in enumerate(merges):
-        left, right = merge.split(" ", 1) if isinstance(merge, str) else merge
-        rank.setdefault(left + right, r)
+    if max(pieces) >= rows:
+        raise InvalidRequest(
+            f"the tokenizer has {max(pieces) + 1} tokens but the embedding only {rows} rows"
+        )
     ids = {p: i for i, p in pieces.items()}
     unk = ids.get(model.get("unk_token") or "")
-
-    tokens, scores, types = [], [], []
-    for i in range(rows):
-        piece = pieces.get(i)
-        if piece is None:  # vocabulary padding, or a hole in the ids
-            tokens.append(f"[PAD{i}]")
-            scores.append(-1e9)
-            types.append(TokenType.UNUSED)
-            continue
-        tokens.append(piece)
-        if i == unk:
-            kind = TokenType.UNKNOWN
-        elif i in special:
-            kind = TokenType.CONTROL if special[i] else TokenType.USER_DEFINED
-        elif BYTE_PIECE.fullmatch(piece):
-            kind = TokenType.BYTE
-        else:
-            kind = TokenType.NORMAL
-        types.append(kind)
-        # Pieces no merge makes are never a merge result; rank them after all merges.
-        scores.append(-float(rank.get(piece, len(merges) + i)) if kind == TokenType.NORMAL else 0.0)
-
-    def special_id(field: str, fallback: Any) -> int | None:
-        value = tok_config.get(field)
-        content = value.get("content") if isinstance(value, dict) else value
-        found = ids.get(content) if isinstance(content, str) else None
-        return found if found is not None else (fallback if isinstance(fallback, int) else None)
-
+    kinds = [_kind(i, pieces.get(i), unk, special) for i in range(rows)]
+    ranks = _merge_ranks(model.get("merges") or [])
     text = config.get("text_config") or {}
     return _Vocab(
-        tokens=tokens,
-        scores=scores,
-        types=[int(t) for t in types],
-        bos=special_id("bos_token", text.get("bos_token_id", 1)),
-        eos=special_id("eos_token", text.get("eos_token_id", 2)),
+        tokens=[pieces.get(i, f"[PAD{i}]") for i in range(rows)],
+        scores=[_score(i, pieces.get(i), kind, ranks) for i, kind in enumerate(kinds)],
+        types=[int(kind) for kind in kinds],
+        bos=_special_id(tok_config, "bos_token", ids, text.get("bos_token_id", 1)),
+        eos=_special_id(tok_config, "eos_token", ids, text.get("eos_token_id", 2)),
         unk=unk,
-        pad=special_id("pad_token", config.get("pad_token_id")),
+        pad=_special_id(tok_config, "pad_token", ids, config.get("pad_token_id")),
         add_bos=bool(tok_config.get("add_bos_token", True)),
         add_eos=bool(tok_config.get("add_eos_token", False)),
         add_space_prefix=_adds_space_prefix(tok),
         chat_template=_chat_template(src, tok_config),
     )
+
+
+def _kind(i: int, piece: str | None, unk: int | None, special: dict[int, bool]) -> TokenType:
+    if piece is None:  # vocabulary padding, or a hole in the ids
+        return TokenType.UNUSED
+    if i == unk:
+        return TokenType.UNKNOWN
+    if i in special:
+        return TokenType.CONTROL if special[i] else TokenType.USER_DEFINED
+    return TokenType.BYTE if BYTE_PIECE.fullmatch(piece) else TokenType.NORMAL
+
+
+def _merge_ranks(merges: list[Any]) -> dict[str, int]:
+    """Each piece a merge makes -> the rank of the first merge that makes it."""
+    ranks: dict[str, int] = {}
+    for rank, merge in enumerate(merges):
+        left, right = merge.split(" ", 1) if isinstance(merge, str) else merge
+        ranks.setdefault(left + right, rank)
+    return ranks
+
+
+def _score(i: int, piece: str | None, kind: TokenType, ranks: dict[str, int]) -> float:
+    """llama.cpp merges the adjacent pair whose joined piece scores highest; HF merges the pair
+    of lowest merge rank. Minus the rank gives HF's order whatever order the ids are in (with
+    "minus the id" it would only hold when ids follow the merges, as a BPE trainer's do)."""
+    if kind != TokenType.NORMAL or piece is None:
+        return 0.0 if kind != TokenType.UNUSED else -1e9
+    # A piece no merge makes is never a merge result in HF; rank it after every merge.
+    return -float(ranks.get(piece, len(ranks) + i))
+
+
+def _special_id(
+    tok_config: dict[str, Any], field: str, ids: dict[str, int], fallback: Any
+) -> int | None:
+    """The id of tokenizer_config's `field` token ("<s>" or {"content": "<s>", ...})."""
+    value = tok_config.get(field)
+    content = value.get("content") if isinstance(value, dict) else value
+    found = ids.get(content) if isinstance(content, str) else None
+    if found is not None:
+        return found
+    return fallback if isinstance(fallback, int) else None
 
 
 def _added_tokens(
@@ -574,6 +577,7 @@ class _VisionParams:
 def _vision_params(
     config: dict[str, Any], src: Path, weights: _Checkpoint, projection_dim: int
 ) -> _VisionParams:
+    """Sizes from the tensors, the rest from vision_config; refuses what clip.cpp misreads."""
     vision = _vision_config(config)
     n_embd, _, patch, _ = weights.shape("vision_tower.embeddings.patch_embedding.weight")
     n_ff = weights.shape("vision_tower.encoder.layers.0.mlp.fc1.weight")[0]
@@ -627,9 +631,8 @@ def _image_normalization(src: Path) -> tuple[list[float], list[float]]:
             found = _read_json(src / name)
             found = found.get(nested, {}) if nested else found
             if "image_mean" in found and "image_std" in found:
-                return [float(v) for v in found["image_mean"]], [
-                    float(v) for v in found["image_std"]
-                ]
+                mean, std = found["image_mean"], found["image_std"]
+                return [float(v) for v in mean], [float(v) for v in std]
     return OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 
@@ -785,9 +788,6 @@ def _write_gguf(path: Path, spec: _GGUF) -> None:
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
         for t in spec.tensors:
-            data = t.make()
-            if data.nbytes != t.nbytes:
-                raise InvalidRequest(f"{t.name}: the weight's shape changed while converting")
-            writer.write_tensor_data(data)
+            writer.write_tensor_data(t.make())
     finally:
         writer.close()
