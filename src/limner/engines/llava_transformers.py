@@ -54,7 +54,7 @@ class LlavaTransformers:
         # from_pretrained leaves the model in eval mode (no dropout).
         self.model = LlavaForConditionalGeneration.from_pretrained(
             folder, local_files_only=True, dtype=dtype
-        ).to(self.device)
+        ).to(self.device)  # type: ignore[arg-type]
         self.processor = AutoProcessor.from_pretrained(folder, local_files_only=True)  # type: ignore[no-untyped-call]
         self.tokenizer = self.processor.tokenizer
         config = self.model.config
