@@ -84,6 +84,7 @@ class Metrics(_Response):
     eval_count: int | None = None
     eval_duration: int | None = None
     image_tokens: int | None = None  # limner: how many prompt tokens the pictures took
+    truncated: dict[str, int] | None = None  # limner: {"messages", "images"} dropped to fit
 
 
 class GenerateResponse(Metrics):

@@ -90,6 +90,7 @@ class Done:
     image_tokens: int = 0
     prompt_eval_duration: int = 0
     eval_duration: int = 0
+    truncated: dict[str, int] | None = None  # {"messages", "images"} dropped to fit the window
 
 
 ChatStep = Piece | Done

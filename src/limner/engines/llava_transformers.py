@@ -29,6 +29,7 @@ from transformers import AutoProcessor, LlavaForConditionalGeneration
 from transformers.utils import logging as transformers_logging
 
 from limner.engines import ChatStep, Done, Message, Options, Piece
+from limner.engines.context import fit
 from limner.errors import InvalidImage, InvalidRequest, TooLarge
 
 PICTURE_FORMATS = ("PNG", "JPEG", "WEBP")
@@ -67,6 +68,7 @@ class LlavaTransformers:
         self.banned = self._banned_mask(text_config.vocab_size)
         self.detokenizer = _Detokenizer(self.tokenizer)
         self._json_pieces: list[str | None] | None = None  # built on the first JSON request
+        self.image_cost = self._image_cost()
 
     def memory_bytes(self) -> int:
         return sum(p.numel() * p.element_size() for p in self.model.parameters())
@@ -79,16 +81,13 @@ class LlavaTransformers:
         _check_options(options)
         num_ctx = options.num_ctx or self.context_length
 
-        # 1. Prompt: the model's chat template, pictures decoded and preprocessed.
-        inputs = self._inputs(messages)
+        # 1. Prompt: the oldest turns dropped if it does not fit (keeping room for num_predict),
+        # then the model's chat template, pictures decoded and preprocessed.
+        fitted = fit(messages, self._count, num_ctx, reserve=max(options.num_predict, 0))
+        inputs = self._inputs(fitted.messages)
         prompt_ids: list[int] = inputs["input_ids"][0].tolist()
         prompt_count = len(prompt_ids)
         image_tokens = prompt_ids.count(self.image_token_id)
-        if prompt_count > num_ctx:
-            raise InvalidRequest(
-                f"the prompt is {prompt_count} tokens ({image_tokens} for pictures) but the "
-                f"context window is {num_ctx}; shorten the conversation or raise num_ctx"
-            )
 
         def done(reason: str, generated: list[int], prefilled: int, finished: int) -> Done:
             return Done(
@@ -98,6 +97,7 @@ class LlavaTransformers:
                 image_tokens=image_tokens,
                 prompt_eval_duration=prefilled - started,
                 eval_duration=finished - prefilled,
+                truncated=fitted.truncated(),
             )
 
         # How many tokens the answer may have: what the window leaves, and num_predict if set.
@@ -151,11 +151,25 @@ class LlavaTransformers:
             yield Piece(rest)
         yield done(reason, generated, prefilled, time.perf_counter_ns())
 
+    def _count(self, messages: list[Message]) -> int:
+        """The prompt's exact token count, pictures included, without decoding a picture."""
+        ids = self.tokenizer(self._render(messages))["input_ids"]
+        pictures = sum(len(m.images) for m in messages)
+        return len(ids) + pictures * (self.image_cost - 1)
+
     def _inputs(self, messages: list[Message]) -> Any:
+        pictures = [
+            _open_picture(data, number)
+            for number, data in enumerate((d for m in messages for d in m.images), 1)
+        ]
+        return self.processor(
+            text=self._render(messages), images=pictures or None, return_tensors="pt"
+        )
+
+    def _render(self, messages: list[Message]) -> str:
         if not messages:
             raise InvalidRequest("a chat needs at least one message")
         conversation = []
-        pictures: list[Image.Image] = []
         for message in messages:
             if self.processor.image_token in message.content:
                 raise InvalidRequest(
@@ -166,12 +180,17 @@ class LlavaTransformers:
             parts: list[dict[str, str]] = [{"type": "image"} for _ in message.images]
             parts.append({"type": "text", "text": message.content})
             conversation.append({"role": message.role, "content": parts})
-            for data in message.images:
-                pictures.append(_open_picture(data, number=len(pictures) + 1))
-        prompt = self.processor.apply_chat_template(
+        prompt: str = self.processor.apply_chat_template(
             conversation, add_generation_prompt=True, tokenize=False
         )
-        return self.processor(text=prompt, images=pictures or None, return_tensors="pt")
+        return prompt
+
+    def _image_cost(self) -> int:
+        """Tokens one picture takes in the prompt (576 for CLIP-336/14), from the processor."""
+        blank = Image.new("RGB", (64, 64))
+        token = self.processor.image_token
+        with_picture = self.processor(text=token, images=[blank], return_tensors="pt")
+        return len(with_picture["input_ids"][0]) - len(self.tokenizer(token)["input_ids"]) + 1
 
     def _banned_mask(self, rows: int) -> torch.Tensor:
         # Ids the model may score but must never emit: padded-vocab rows past the tokenizer

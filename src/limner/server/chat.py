@@ -8,6 +8,7 @@ re-encoded as Ollama's chunks.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
@@ -25,6 +26,8 @@ from limner.server.state import State, parse_body
 from limner.server.streaming import respond
 from limner.store import manifests as m
 from limner.types import ChatRequest, GenerateRequest
+
+log = logging.getLogger("limner.chat")
 
 
 def now() -> str:
@@ -159,6 +162,10 @@ async def _run(
         load_duration = model.runner.load_duration if model.fresh else 0
         async for step in model.runner.chat(messages, options):
             if step["type"] == "done":
+                if step.get("truncated"):
+                    log.info("%s: dropped %d oldest message(s) with %d picture(s) to fit the "
+                             "%d-token window", name.display(), step["truncated"]["messages"],
+                             step["truncated"]["images"], model.context_length)  # fmt: skip
                 step["load_duration"] = load_duration
                 step["total_duration"] = time.perf_counter_ns() - started
             yield step
@@ -188,7 +195,10 @@ def _with_model_context(
 def _metrics(step: dict[str, Any]) -> dict[str, Any]:
     keys = ("total_duration", "load_duration", "prompt_eval_count", "prompt_eval_duration",
             "eval_count", "eval_duration", "image_tokens")  # fmt: skip
-    return {"done_reason": step["done_reason"], **{k: step[k] for k in keys}}
+    metrics = {"done_reason": step["done_reason"], **{k: step[k] for k in keys}}
+    if step.get("truncated"):  # only when something was dropped, so Ollama's shape is kept
+        metrics["truncated"] = step["truncated"]
+    return metrics
 
 
 def _chat_text(text: str) -> dict[str, Any]:
