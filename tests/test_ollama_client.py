@@ -15,6 +15,7 @@ import pytest
 
 import limner
 from conftest import free_port, picture
+from limner.types import GenerateResponse
 
 pytestmark = pytest.mark.slow
 
@@ -102,17 +103,21 @@ def test_chat_with_a_picture_streams_and_counts_576_picture_tokens(
 
 
 def test_generate_with_two_pictures(client: ollama.Client) -> None:
-    one = client.generate("tiny", "Describe.", images=[picture()], options={"num_predict": 4})
     two = client.generate(
         "tiny", "Describe.", images=[picture(), picture("JPEG")], options={"num_predict": 4}
     )
-    assert two.prompt_eval_count is not None and one.prompt_eval_count is not None
+    assert two.done and two.eval_count == 4
+    sdk = limner.Client(str(client._client.base_url))
+
+    def prompt(pictures: int) -> int:
+        reply = sdk.generate("tiny", "Describe.", images=[picture()] * pictures,
+                             options={"num_predict": 1})  # fmt: skip
+        assert isinstance(reply, GenerateResponse) and reply.image_tokens == 576 * pictures
+        # The whole prompt: evaluated now, or reused from the cache of the turn before.
+        return (reply.prompt_eval_count or 0) + (reply.prompt_cached_count or 0)
+
     # 576 picture tokens plus the separator the chat template puts after each picture
-    assert 576 < two.prompt_eval_count - one.prompt_eval_count <= 578
-    counted = limner.Client(str(client._client.base_url)).generate(
-        "tiny", "Describe.", images=[picture(), picture()], options={"num_predict": 1}
-    )
-    assert counted.image_tokens == 2 * 576
+    assert 576 < prompt(2) - prompt(1) <= 578
     streamed = list(
         client.generate(
             "tiny", "Describe.", images=[picture("WEBP")], stream=True, options={"num_predict": 4}

@@ -85,6 +85,7 @@ class Metrics(_Response):
     eval_duration: int | None = None
     image_tokens: int | None = None  # limner: how many prompt tokens the pictures took
     truncated: dict[str, int] | None = None  # limner: {"messages", "images"} dropped to fit
+    prompt_cached_count: int | None = None  # limner: prompt tokens reused, not evaluated again
 
 
 class GenerateResponse(Metrics):

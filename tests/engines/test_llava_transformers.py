@@ -63,6 +63,11 @@ def ask(
     return text, done, steps
 
 
+def prompt_tokens(done: Done) -> int:
+    """The whole prompt: evaluated now, or reused from the previous turn's cache."""
+    return done.prompt_eval_count + done.prompt_cached_count
+
+
 def test_prompt_counts_576_tokens_per_picture(engine: LlavaTransformers, folder: Path) -> None:
     raw = Tokenizer.from_file(str(folder / "tokenizer.json"))
     for n in (0, 1, 2):
@@ -70,7 +75,7 @@ def test_prompt_counts_576_tokens_per_picture(engine: LlavaTransformers, folder:
         prompt = "USER: " + "<image>\n" * n + QUESTION + " ASSISTANT:"
         # Each "<image>" is one token in the text and 576 in what the model reads.
         assert done.image_tokens == 576 * n
-        assert done.prompt_eval_count == len(raw.encode(prompt).ids) + 575 * n
+        assert prompt_tokens(done) == len(raw.encode(prompt).ids) + 575 * n
 
 
 def test_pictures_in_every_turn_and_a_system_prompt(engine: LlavaTransformers) -> None:
@@ -159,7 +164,7 @@ def test_num_predict_limits_the_answer(engine: LlavaTransformers) -> None:
 
 
 def test_context_window_limits_the_answer(engine: LlavaTransformers) -> None:
-    prompt = ask(engine, num_predict=1)[1].prompt_eval_count
+    prompt = prompt_tokens(ask(engine, num_predict=1)[1])
     _, done, _ = ask(engine, num_ctx=prompt + 3, num_predict=10)
     assert done.eval_count == 3
     assert done.done_reason == "length"

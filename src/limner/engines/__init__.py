@@ -91,6 +91,7 @@ class Done:
     prompt_eval_duration: int = 0
     eval_duration: int = 0
     truncated: dict[str, int] | None = None  # {"messages", "images"} dropped to fit the window
+    prompt_cached_count: int = 0  # prompt tokens reused from the cache (not in prompt_eval_count)
 
 
 ChatStep = Piece | Done

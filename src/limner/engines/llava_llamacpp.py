@@ -21,6 +21,9 @@ from __future__ import annotations
 import codecs
 import contextlib
 import ctypes
+import functools
+import hashlib
+import itertools
 import os
 import random
 import time
@@ -34,6 +37,7 @@ from llama_cpp._logger import llama_log_callback
 from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
 
 from limner.engines import ChatStep, Done, Message, Options, Piece
+from limner.engines.context import fit
 from limner.engines.templates import (
     LLAVA_15,
     Turn,
@@ -51,6 +55,7 @@ KV_BYTES = 2  # f16 keys and values
 # llama.cpp's repacked CPU kernels (interleaved Q4_0/Q8_0 rows) crash on quantized models this
 # narrow (tiny test models); every real model is far wider and keeps them, they are its speed.
 NARROW = 1024
+MARKER = mtmd.mtmd_default_marker().decode()  # where libmtmd puts a picture in the prompt text
 
 
 def load(folder: Path, options: Options) -> LlavaLlamaCpp:
@@ -97,6 +102,7 @@ class LlavaLlamaCpp:
         self.kv_bytes = _kv_bytes(meta, arch, self.n_ctx)
         self.weight_bytes = sum(p.stat().st_size for p in (model_path, projector) if p.is_file())
         self._json: LlamaGrammar | None = None
+        self.cached: list[Any] = []  # the KV cache's contents, one key per position
 
     def memory_bytes(self) -> int:
         return self.weight_bytes + self.kv_bytes
@@ -107,28 +113,24 @@ class LlavaLlamaCpp:
         """Stream the assistant's answer to `messages`, then one `Done`."""
         started = time.perf_counter_ns()
         window = self._window(options)
-        prompt = self._prompt(messages)
-        pictures = [data for m in messages for data in m.images]
-        chunks = self._tokenize(prompt, pictures)
+        with _Pictures(self.vision, messages) as pictures:
+            # The oldest turns go if the chat does not fit, keeping room for num_predict.
+            measure = functools.partial(self._count, pictures=pictures)
+            fitted = fit(messages, measure, window, reserve=max(options.num_predict, 0))
+            prompt = self._tokenize(fitted.messages, pictures)
+        count, image_tokens = prompt.count()
+        limit = window - count
+        if options.num_predict >= 0:
+            limit = min(limit, options.num_predict)
+        if limit == 0 or cancelled():
+            prompt.free()
+            now = time.perf_counter_ns()
+            yield Done("length" if limit == 0 else "stop", count, 0, image_tokens, now - started)
+            return
         try:
-            count, image_tokens = chunks.count()
-            if count > window:
-                raise InvalidRequest(
-                    f"the prompt is {count} tokens ({image_tokens} for pictures) but the "
-                    f"context window is {window}; shorten the conversation or raise num_ctx"
-                )
-            limit = window - count
-            if options.num_predict >= 0:
-                limit = min(limit, options.num_predict)
-            if limit == 0 or cancelled():
-                now = time.perf_counter_ns()
-                yield Done(
-                    "length" if limit == 0 else "stop", count, 0, image_tokens, now - started
-                )
-                return
-            self._prefill(chunks)
+            reused = self._prefill(prompt)
         finally:
-            chunks.free()
+            prompt.free()
         prefilled = time.perf_counter_ns()
 
         text = _StopText(options.stop)
@@ -148,16 +150,20 @@ class LlavaLlamaCpp:
                 break
             if cancelled():
                 break
+        # What the KV cache now holds: the prompt, then the answer's evaluated tokens.
+        self.cached = prompt.keys + self.llama.input_ids[count : self.llama.n_tokens].tolist()
         rest = text.flush()
         if rest:
             yield Piece(rest)
         yield Done(
             reason,
-            count,
+            count - reused,
             generated,
             image_tokens,
             prompt_eval_duration=prefilled - started,
             eval_duration=time.perf_counter_ns() - prefilled,
+            truncated=fitted.truncated(),
+            prompt_cached_count=reused,
         )
 
     # --- the prompt ---
@@ -176,15 +182,14 @@ class LlavaLlamaCpp:
             )
         return options.num_ctx or self.n_ctx
 
-    def _prompt(self, messages: list[Message]) -> str:
+    def _render(self, messages: list[Message]) -> str:
         if not messages:
             raise InvalidRequest("a chat needs at least one message")
-        marker = mtmd.mtmd_default_marker().decode()
         turns = []
         for message in messages:
-            if marker in message.content:
+            if MARKER in message.content:
                 raise InvalidRequest(
-                    f"message text may not contain {marker!r}; attach pictures through "
+                    f"message text may not contain {MARKER!r}; attach pictures through "
                     "the message's images instead"
                 )
             if message.images and self.vision is None:
@@ -192,26 +197,46 @@ class LlavaLlamaCpp:
             turns.append(Turn(message.role, message.content, len(message.images)))
         kind, source = self.template
         if kind == "go":
-            return render_go(source, turns, marker + "\n")
-        return render_jinja(source, turns, "<image>", marker, self.bos, self.eos)
+            return render_go(source, turns, MARKER + "\n")
+        return render_jinja(source, turns, "<image>", MARKER, self.bos, self.eos)
 
-    def _tokenize(self, prompt: str, pictures: list[bytes]) -> _Chunks:
+    def _count(self, messages: list[Message], pictures: _Pictures) -> int:
+        prompt = self._tokenize(messages, pictures)
+        prompt.free()
+        return prompt.count()[0]
+
+    def _tokenize(self, messages: list[Message], pictures: _Pictures) -> _Prompt:
+        text = self._render(messages)
         # BOS is added by the tokenizer unless the template already wrote it.
-        add_bos = not (self.bos and prompt.startswith(self.bos))
+        add_bos = not (self.bos and text.startswith(self.bos))
         if self.vision is None:
-            ids = self.llama.tokenize(prompt.encode(), add_bos=add_bos, special=True)
-            return _Chunks(None, text_only=ids)
-        return self.vision.tokenize(prompt, pictures, add_bos)
+            ids = self.llama.tokenize(text.encode(), add_bos=add_bos, special=True)
+            return _Prompt(None, ids)
+        return self.vision.tokenize(text, pictures.of(messages), add_bos)
 
-    def _prefill(self, chunks: _Chunks) -> None:
-        """Decode the prompt and pictures into a fresh KV cache."""
-        self.llama.reset()  # type: ignore[no-untyped-call]
-        self.llama._ctx.kv_cache_clear()  # type: ignore[no-untyped-call]
-        if chunks.text_only is not None:
-            self.llama.eval(chunks.text_only)
-            return
-        assert self.vision is not None
-        self.vision.eval(chunks, self.llama)
+    def _prefill(self, prompt: _Prompt) -> int:
+        """Decode what the KV cache does not hold yet; returns how many tokens were reused.
+
+        The cache keeps the last conversation: its tokens, and each picture as its digest, so
+        a follow-up about the same picture decodes only the new turn. One token is always
+        decoded again, since sampling needs its logits.
+        """
+        keys = prompt.keys
+        same = 0
+        for old, new in zip(self.cached, keys, strict=False):
+            if old != new:
+                break
+            same += 1
+        reuse = prompt.boundary(min(same, len(keys) - 1))  # never inside a picture
+        self.cached = []  # until the new state is complete
+        llama = self.llama
+        llama.n_tokens = reuse
+        llama._ctx.kv_cache_seq_rm(-1, reuse, -1)
+        if self.vision is None:
+            llama.eval(keys[reuse:])
+        else:
+            self.vision.eval(prompt, llama, reuse)
+        return reuse
 
     # --- decoding ---
 
@@ -261,87 +286,131 @@ class _Vision:
             raise InvalidRequest("the projector layer could not be loaded by llama.cpp")
         llama._stack.callback(mtmd.mtmd_free, self.ctx)  # freed before the model it points to
 
-    def tokenize(self, prompt: str, pictures: list[bytes], add_bos: bool) -> _Chunks:
-        bitmaps = [self._bitmap(data, number) for number, data in enumerate(pictures, 1)]
-        chunks = _Chunks(mtmd.mtmd_input_chunks_init())
-        try:
-            text = mtmd.mtmd_input_text()
-            encoded = prompt.encode()
-            text.text, text.text_len = encoded, len(encoded)
-            text.add_special, text.parse_special = add_bos, True
-            array = (mtmd.mtmd_bitmap_p_ctypes * max(len(bitmaps), 1))(*bitmaps)
-            result = mtmd.mtmd_tokenize(
-                self.ctx, chunks.handle, ctypes.byref(text), array, len(bitmaps)
-            )
-            if result != 0:
-                raise InvalidRequest(
-                    f"the prompt and its {len(pictures)} picture(s) do not match (mtmd error {result})"
-                )
-        except BaseException:
-            chunks.free()
-            raise
-        finally:
-            for bitmap in bitmaps:
-                mtmd.mtmd_bitmap_free(bitmap)
-        return chunks
-
-    def eval(self, chunks: _Chunks, llama: llama_cpp.Llama) -> None:
-        """Text chunks through `Llama.eval` (which tracks them), pictures through libmtmd."""
-        last = len(chunks) - 1
-        for i, chunk in enumerate(chunks):
-            kind = mtmd.mtmd_input_chunk_get_type(chunk)
-            if kind == mtmd.MTMD_INPUT_CHUNK_TYPE_TEXT:
-                count = ctypes.c_size_t()
-                pointer = mtmd.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(count))
-                llama.eval([pointer[j] for j in range(count.value)])
-                continue
-            n_past = llama_cpp.llama_pos(0)
-            result = mtmd.mtmd_helper_eval_chunk_single(
-                self.ctx, llama._ctx.ctx, chunk, llama_cpp.llama_pos(llama.n_tokens),
-                llama_cpp.llama_seq_id(0), llama.n_batch, i == last, ctypes.byref(n_past),
-            )  # fmt: skip
-            if result != 0:
-                raise InvalidImage(f"a picture could not be encoded (mtmd error {result})")
-            # Picture positions hold no token id; -1 never matches a real one.
-            llama.input_ids[llama.n_tokens : n_past.value] = -1
-            llama.n_tokens = n_past.value
-            llama._requires_eval = i != last  # the last chunk's logits are live
-
-    def _bitmap(self, data: bytes, number: int) -> Any:
+    def bitmap(self, data: bytes, number: int) -> Any:
+        """A decoded picture, named by its digest (the id its chunk carries)."""
         buffer = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
         bitmap = mtmd.mtmd_helper_bitmap_init_from_buf(self.ctx, buffer, len(data), False)
         if not bitmap:
             raise InvalidImage(
                 f"picture {number} is not a PNG, JPEG or WebP file llama.cpp can read"
             )
+        mtmd.mtmd_bitmap_set_id(bitmap, hashlib.sha256(data).hexdigest().encode())
         return bitmap
 
+    def tokenize(self, text: str, bitmaps: list[Any], add_bos: bool) -> _Prompt:
+        prompt = _Prompt(mtmd.mtmd_input_chunks_init())
+        try:
+            source = mtmd.mtmd_input_text()
+            encoded = text.encode()
+            source.text, source.text_len = encoded, len(encoded)
+            source.add_special, source.parse_special = add_bos, True
+            array = (mtmd.mtmd_bitmap_p_ctypes * max(len(bitmaps), 1))(*bitmaps)
+            result = mtmd.mtmd_tokenize(
+                self.ctx, prompt.handle, ctypes.byref(source), array, len(bitmaps)
+            )
+            if result != 0:
+                raise InvalidRequest(
+                    f"the prompt and its {len(bitmaps)} picture(s) do not match (mtmd error {result})"
+                )
+            prompt.read_keys()
+        except BaseException:
+            prompt.free()
+            raise
+        return prompt
 
-class _Chunks:
-    """A tokenized prompt: libmtmd chunks (text and pictures), or plain ids for text models."""
+    def eval(self, prompt: _Prompt, llama: llama_cpp.Llama, start: int) -> None:
+        """Decode the chunks from position `start` on: text through `Llama.eval` (which keeps
+        its own record of the ids), pictures through libmtmd."""
+        chunks = list(prompt)
+        for i, (chunk, begin, end) in enumerate(
+            zip(chunks, prompt.starts, prompt.starts[1:], strict=False)
+        ):
+            if end <= start:
+                continue
+            last = i == len(chunks) - 1
+            if mtmd.mtmd_input_chunk_get_type(chunk) == mtmd.MTMD_INPUT_CHUNK_TYPE_TEXT:
+                llama.eval(prompt.keys[max(begin, start) : end])
+                continue
+            n_past = llama_cpp.llama_pos(0)
+            result = mtmd.mtmd_helper_eval_chunk_single(
+                self.ctx, llama._ctx.ctx, chunk, llama_cpp.llama_pos(llama.n_tokens),
+                llama_cpp.llama_seq_id(0), llama.n_batch, last, ctypes.byref(n_past),
+            )  # fmt: skip
+            if result != 0:
+                raise InvalidImage(f"a picture could not be encoded (mtmd error {result})")
+            # Picture positions hold no token id; -1 never matches a real one.
+            llama.input_ids[llama.n_tokens : n_past.value] = -1
+            llama.n_tokens = n_past.value
+            llama._requires_eval = not last  # the last chunk's logits are live
 
-    def __init__(self, handle: Any, text_only: list[int] | None = None) -> None:
+
+class _Pictures:
+    """Every picture of a chat decoded once (trying which turns fit tokenizes many times)."""
+
+    def __init__(self, vision: _Vision | None, messages: list[Message]) -> None:
+        self.bitmaps: dict[int, list[Any]] = {}
+        self.vision, self.messages = vision, messages
+
+    def __enter__(self) -> _Pictures:
+        if self.vision is not None:
+            number = itertools.count(1)
+            for message in self.messages:
+                self.bitmaps[id(message)] = [
+                    self.vision.bitmap(data, next(number)) for data in message.images
+                ]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for bitmaps in self.bitmaps.values():
+            for bitmap in bitmaps:
+                mtmd.mtmd_bitmap_free(bitmap)
+
+    def of(self, messages: list[Message]) -> list[Any]:
+        return [b for message in messages for b in self.bitmaps.get(id(message), [])]
+
+
+class _Prompt:
+    """A tokenized prompt: libmtmd chunks (text and pictures), or plain ids for text models.
+
+    `keys` has one entry per position: the token id for text, and `(digest, i)` for the i-th
+    token of a picture, so two prompts can be compared position by position.
+    """
+
+    def __init__(self, handle: Any, ids: list[int] | None = None) -> None:
         self.handle = handle
-        self.text_only = text_only
-
-    def __len__(self) -> int:
-        return 0 if self.handle is None else int(mtmd.mtmd_input_chunks_size(self.handle))
+        self.keys: list[Any] = list(ids or [])
+        self.starts = [0, len(self.keys)]  # where each chunk begins, then the end
+        self.image_tokens = 0
 
     def __iter__(self) -> Iterator[Any]:
-        for i in range(len(self)):
-            yield mtmd.mtmd_input_chunks_get(self.handle, i)
+        if self.handle is not None:
+            for i in range(int(mtmd.mtmd_input_chunks_size(self.handle))):
+                yield mtmd.mtmd_input_chunks_get(self.handle, i)
+
+    def read_keys(self) -> None:
+        self.keys, self.starts = [], [0]
+        for chunk in self:
+            if mtmd.mtmd_input_chunk_get_type(chunk) == mtmd.MTMD_INPUT_CHUNK_TYPE_TEXT:
+                count = ctypes.c_size_t()
+                ids = mtmd.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(count))
+                self.keys.extend(ids[j] for j in range(count.value))
+            else:
+                size = int(mtmd.mtmd_input_chunk_get_n_tokens(chunk))
+                digest = mtmd.mtmd_input_chunk_get_id(chunk)
+                self.keys.extend((digest, j) for j in range(size))
+                self.image_tokens += size
+            self.starts.append(len(self.keys))
 
     def count(self) -> tuple[int, int]:
         """Tokens in the prompt, and how many of them are pictures."""
-        if self.text_only is not None:
-            return len(self.text_only), 0
-        total = int(mtmd.mtmd_helper_get_n_tokens(self.handle))
-        images = sum(
-            int(mtmd.mtmd_input_chunk_get_n_tokens(chunk))
-            for chunk in self
-            if mtmd.mtmd_input_chunk_get_type(chunk) != mtmd.MTMD_INPUT_CHUNK_TYPE_TEXT
-        )
-        return total, images
+        return len(self.keys), self.image_tokens
+
+    def boundary(self, position: int) -> int:
+        """`position`, moved back to the start of the picture it falls inside, if any."""
+        for begin, end in itertools.pairwise(self.starts):
+            if begin < position < end and isinstance(self.keys[begin], tuple):
+                return begin
+        return position
 
     def free(self) -> None:
         if self.handle is not None:

@@ -17,6 +17,7 @@ Counting follows the processor: one picture is 576 `<image>` tokens for a CLIP-3
 
 from __future__ import annotations
 
+import hashlib
 import io
 import time
 from collections.abc import Callable, Iterator
@@ -69,6 +70,8 @@ class LlavaTransformers:
         self.detokenizer = _Detokenizer(self.tokenizer)
         self._json_pieces: list[str | None] | None = None  # built on the first JSON request
         self.image_cost = self._image_cost()
+        self.cache: Any = None  # the last conversation's KV cache...
+        self.cached: list[Any] = []  # ...and what it holds, one key per position
 
     def memory_bytes(self) -> int:
         return sum(p.numel() * p.element_size() for p in self.model.parameters())
@@ -89,10 +92,13 @@ class LlavaTransformers:
         prompt_count = len(prompt_ids)
         image_tokens = prompt_ids.count(self.image_token_id)
 
+        reused = 0
+
         def done(reason: str, generated: list[int], prefilled: int, finished: int) -> Done:
             return Done(
                 done_reason=reason,
-                prompt_eval_count=prompt_count,
+                prompt_eval_count=prompt_count - reused,
+                prompt_cached_count=reused,
                 eval_count=len(generated),
                 image_tokens=image_tokens,
                 prompt_eval_duration=prefilled - started,
@@ -109,9 +115,10 @@ class LlavaTransformers:
             yield done("length" if limit == 0 else "stop", [], now, now)
             return
 
-        # 2. Prefill: the whole prompt and the pictures, once; later steps reuse the cache.
-        with torch.inference_mode():
-            out = self.model(**inputs.to(self.device), use_cache=True, logits_to_keep=1)
+        # 2. Prefill: what the cache does not hold yet (a follow-up reuses the last turn).
+        digests = [hashlib.sha256(d).hexdigest() for m in fitted.messages for d in m.images]
+        keys = _position_keys(prompt_ids, self.image_token_id, digests, self.image_cost)
+        out, reused = self._prefill(inputs.to(self.device), keys)
         prefilled = time.perf_counter_ns()
 
         # 3. Decode one token at a time until a stop, the end-of-sequence token or a limit.
@@ -141,15 +148,51 @@ class LlavaTransformers:
                 break
             if cancelled():
                 break
+            self.cached = []  # until the step is done
             with torch.inference_mode():
                 ids = torch.tensor([[token]], device=self.device)
                 out = self.model(input_ids=ids, cache=out.cache, use_cache=True)
+            keys.append(token)
+            self.cached = keys
 
         # 4. Text held back for a possible stop string or a partial character is real output.
         rest = text.flush()
         if rest:
             yield Piece(rest)
         yield done(reason, generated, prefilled, time.perf_counter_ns())
+
+    def _prefill(self, inputs: Any, keys: list[Any]) -> tuple[Any, int]:
+        """Run the prompt through the model from where it differs from the cached one.
+
+        The cache holds the last conversation (token ids, pictures as their digests); a
+        follow-up about the same picture runs only its new tokens and no picture again. A
+        sliding-window cache that has already dropped states cannot be rewound: then, and for
+        any other conversation, the prompt runs whole.
+        """
+        reuse = _boundary(keys, _common_prefix(self.cached, keys, len(keys) - 1))
+        self.cached = []  # until the new state is complete
+        if reuse:
+            try:
+                self.cache.crop(reuse - self.cache.get_seq_length())
+            except (RuntimeError, ValueError):
+                reuse = 0
+        with torch.inference_mode():
+            if reuse:
+                ids = inputs["input_ids"][:, reuse:]
+                done_pictures = sum(isinstance(k, tuple) for k in keys[:reuse]) // self.image_cost
+                pixels = inputs.get("pixel_values")
+                rest = pixels[done_pictures:] if pixels is not None else None
+                out = self.model(
+                    input_ids=ids,
+                    pixel_values=rest if rest is not None and len(rest) else None,
+                    cache=self.cache,
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
+            else:
+                out = self.model(**inputs, use_cache=True, logits_to_keep=1)
+        self.cache, self.cached = out.cache, list(keys)
+        return out, reuse
 
     def _count(self, messages: list[Message]) -> int:
         """The prompt's exact token count, pictures included, without decoding a picture."""
@@ -205,6 +248,35 @@ class LlavaTransformers:
         if self._json_pieces is None:
             self._json_pieces = self.detokenizer.pieces()
         return self._json_pieces
+
+
+def _position_keys(ids: list[int], image_id: int, digests: list[str], cost: int) -> list[Any]:
+    """One key per prompt position: the token id, or (picture digest, index) for a picture's."""
+    keys: list[Any] = []
+    seen = 0
+    for token in ids:
+        if token == image_id:
+            keys.append((digests[seen // cost], seen % cost))
+            seen += 1
+        else:
+            keys.append(token)
+    return keys
+
+
+def _common_prefix(old: list[Any], new: list[Any], most: int) -> int:
+    same = 0
+    for a, b in zip(old, new, strict=False):
+        if a != b or same >= most:
+            break
+        same += 1
+    return same
+
+
+def _boundary(keys: list[Any], position: int) -> int:
+    """`position`, moved back to the first token of the picture it falls inside, if any."""
+    while 0 < position < len(keys) and isinstance(keys[position], tuple) and keys[position][1]:
+        position -= 1
+    return position
 
 
 def _check_options(options: Options) -> None:

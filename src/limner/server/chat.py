@@ -196,8 +196,9 @@ def _metrics(step: dict[str, Any]) -> dict[str, Any]:
     keys = ("total_duration", "load_duration", "prompt_eval_count", "prompt_eval_duration",
             "eval_count", "eval_duration", "image_tokens")  # fmt: skip
     metrics = {"done_reason": step["done_reason"], **{k: step[k] for k in keys}}
-    if step.get("truncated"):  # only when something was dropped, so Ollama's shape is kept
-        metrics["truncated"] = step["truncated"]
+    for extra in ("truncated", "prompt_cached_count"):  # only when they say something
+        if step.get(extra):
+            metrics[extra] = step[extra]
     return metrics
 
 
