@@ -326,6 +326,8 @@ def test_a_pulled_gguf_vision_model_answers_about_a_picture_on_llama_cpp(
     assert shown.capabilities is not None and "vision" in shown.capabilities
     assert shown.details.format == "gguf" and shown.details.families == ["llama", "clip"]
     assert shown.modelinfo is not None and shown.modelinfo["llama.block_count"] == 2
+    projector = httpx.post(f"{server.url}/api/show", json={"model": name}).json()["projector_info"]
+    assert projector["clip.vision.image_tokens"] == 576  # the exact cost of a picture
     assert shown.template == BAKLLAVA_TEMPLATE
 
     reply = client.chat(

@@ -171,6 +171,7 @@ def test_create_tiny_gguf_and_quantize_a_stored_llava(
     for name, quantization in (("tiny-gguf", "F16"), ("tiny-q8", "Q8_0")):
         _, out, _ = cli(capsys, "show", name)
         assert re.search(rf"quantization\s+{quantization}", out) and "vision" in out
+        assert re.search(r"^    image tokens {4,}576$", out, re.M)
 
 
 def test_a_missing_server_tells_the_user_to_start_one(

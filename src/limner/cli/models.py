@@ -256,12 +256,15 @@ def model_rows(info: ShowResponse) -> list[list[str]]:
 
 
 def projector_rows(info: ShowResponse) -> list[list[str]]:
-    """LLaVA's vision tower, from the `<arch>.vision.*` keys of model_info."""
-    arch = str(info.model_info.get("general.architecture", ""))
+    """LLaVA's vision tower: a GGUF projector's `clip.vision.*` keys, else the
+    `<arch>.vision.*` keys of model_info."""
+    values, prefix = info.model_info, f"{info.model_info.get('general.architecture', '')}.vision"
+    if info.projector_info:
+        values, prefix = info.projector_info, "clip.vision"
     labels = (("image_size", "image size"), ("patch_size", "patch size"),
               ("image_tokens", "image tokens"), ("embedding_length", "embedding length"))  # fmt: skip
-    return [[label, str(info.model_info[f"{arch}.vision.{key}"])]
-            for key, label in labels if f"{arch}.vision.{key}" in info.model_info]  # fmt: skip
+    return [[label, str(values[f"{prefix}.{key}"])]
+            for key, label in labels if f"{prefix}.{key}" in values]  # fmt: skip
 
 
 def _human_count(value: Any) -> str:

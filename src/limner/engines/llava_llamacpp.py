@@ -55,6 +55,10 @@ KV_BYTES = 2  # f16 keys and values
 # llama.cpp's repacked CPU kernels (interleaved Q4_0/Q8_0 rows) crash on quantized models this
 # narrow (tiny test models); every real model is far wider and keeps them, they are its speed.
 NARROW = 1024
+# On CPUs with AMX the first repacked buffer is AMX's, whose matmul segfaults on any prompt
+# longer than one token, at every width (ldtilecfg on a tile config the compiler dropped:
+# llama.cpp #20824, fix in PR #26954). Builds that compiled it say so in their system info.
+AMX = "AMX_INT8 = 1"
 MARKER = mtmd.mtmd_default_marker().decode()  # where libmtmd puts a picture in the prompt text
 
 
@@ -83,7 +87,7 @@ class LlavaLlamaCpp:
             raise InvalidRequest("the model has no GGUF weights layer")
         # Every layer goes to the GPU when llama.cpp was built with one (CUDA, Metal).
         self.on_gpu = bool(llama_cpp.llama_supports_gpu_offload())
-        with _repacking(_width(model_path) >= NARROW):
+        with _repacking(_may_repack(model_path)):
             self.llama = llama_cpp.Llama(
                 model_path=str(model_path),
                 n_ctx=round_ctx(num_ctx or DEFAULT_CTX),
@@ -448,6 +452,12 @@ def _overlap(text: str, stop: str) -> int:
         if text.endswith(stop[:size]):
             return size
     return 0
+
+
+def _may_repack(model_path: Path) -> bool:
+    """Whether llama.cpp may load the weights into its repacked (extra) CPU buffers."""
+    amx = AMX in llama_cpp.llama_print_system_info().decode(errors="replace")
+    return _width(model_path) >= NARROW and not amx
 
 
 def _width(model_path: Path) -> int:

@@ -224,8 +224,16 @@ def gguf_config(info: dict[str, Any], projector: dict[str, Any] | None) -> dict[
         "context_length": context,
         "embedding_length": info.get(f"{arch}.embedding_length"),
         "model_info": info,
-        "projector_info": projector or {},
+        "projector_info": _with_image_tokens(projector) if projector else {},
     }
+
+
+def _with_image_tokens(projector: dict[str, Any]) -> dict[str, Any]:
+    """A LLaVA-1.5 (`mlp`) projector's exact cost of one picture: one token per patch."""
+    side, patch = projector.get("clip.vision.image_size"), projector.get("clip.vision.patch_size")
+    if projector.get("clip.projector_type", "mlp") != "mlp" or not side or not patch:
+        return projector
+    return {**projector, "clip.vision.image_tokens": (int(side) // int(patch)) ** 2}
 
 
 # general.file_type -> Ollama's quantization_level names (llama.cpp's LLAMA_FTYPE values).
