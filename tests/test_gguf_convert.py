@@ -65,15 +65,9 @@ def no_repacking() -> Iterator[None]:
     if llama_cpp is None:
         yield
         return
-    defaults = llama_cpp.llama_cpp.llama_model_default_params
+    from limner.engines.llava_llamacpp import _repacking
 
-    def without() -> Any:
-        params = defaults()
-        params.use_extra_bufts = False
-        return params
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(llama_cpp.llama_cpp, "llama_model_default_params", without)
+    with _repacking(False):
         yield
 
 

@@ -106,6 +106,7 @@ def _converted(
     quantize: str,
     convert: Callable[[Path, Path, str], tuple[Path, Path]],
 ) -> Iterator[ProgressResponse]:
+    """The conversion itself, streamed: checks are done, so this runs only when consumed."""
     source_type = config.get("file_type", "F32")
     yield ProgressResponse(status=f"quantizing {source_type} model to {quantize.upper()}")
     with tempfile.TemporaryDirectory(prefix=".convert-", dir=store.root) as tmp:
