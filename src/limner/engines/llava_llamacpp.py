@@ -47,14 +47,10 @@ from limner.engines.templates import (
     render_jinja,
 )
 from limner.errors import InvalidImage, InvalidRequest
-from limner.store.gguf import gguf_info
 
 CTX_STEP = 256  # llama.cpp pads n_ctx to this; llama-cpp-python breaks if it is not a multiple
 DEFAULT_CTX = 4096  # when neither the request nor the model's parameters set num_ctx
 KV_BYTES = 2  # f16 keys and values
-# llama.cpp's repacked CPU kernels (interleaved Q4_0/Q8_0 rows) crash on quantized models this
-# narrow (tiny test models); every real model is far wider and keeps them, they are its speed.
-NARROW = 1024
 # On CPUs with AMX the first repacked buffer is AMX's, whose matmul segfaults on any prompt
 # longer than one token, at every width (ldtilecfg on a tile config the compiler dropped:
 # llama.cpp #20824, fix in PR #26954). Builds that compiled it say so in their system info.
@@ -87,11 +83,12 @@ class LlavaLlamaCpp:
             raise InvalidRequest("the model has no GGUF weights layer")
         # Every layer goes to the GPU when llama.cpp was built with one (CUDA, Metal).
         self.on_gpu = bool(llama_cpp.llama_supports_gpu_offload())
-        with _repacking(_may_repack(model_path)):
+        with _repacking(_may_repack()):
             self.llama = llama_cpp.Llama(
                 model_path=str(model_path),
                 n_ctx=round_ctx(num_ctx or DEFAULT_CTX),
                 n_threads=threads(),
+                n_threads_batch=threads(),
                 n_gpu_layers=-1 if self.on_gpu else 0,
                 verbose=False,
             )
@@ -454,15 +451,9 @@ def _overlap(text: str, stop: str) -> int:
     return 0
 
 
-def _may_repack(model_path: Path) -> bool:
+def _may_repack() -> bool:
     """Whether llama.cpp may load the weights into its repacked (extra) CPU buffers."""
-    amx = AMX in llama_cpp.llama_print_system_info().decode(errors="replace")
-    return _width(model_path) >= NARROW and not amx
-
-
-def _width(model_path: Path) -> int:
-    info = gguf_info(model_path)
-    return int(info.get(f"{info.get('general.architecture', 'llama')}.embedding_length", 0))
+    return AMX not in llama_cpp.llama_print_system_info().decode(errors="replace")
 
 
 @contextlib.contextmanager
