@@ -733,10 +733,10 @@ def main() -> None:
         flush=True,
     )
     # The three paths place the weights as limner's engine does: repacked for llama.cpp's
-    # fast CPU kernels, or plain where those crash (AMX builds, tiny widths).
+    # fast CPU kernels, or plain where those crash (AMX builds).
     from limner.engines.llava_llamacpp import _may_repack
 
-    args.repack = _may_repack(folder / "model.gguf")
+    args.repack = _may_repack()
     print(
         f"weights: {'repacked' if args.repack else 'plain (llama.cpp repacking off: AMX build)'}"
         " in all three paths",
