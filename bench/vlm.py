@@ -57,7 +57,7 @@ import numpy as np
 from gguf import GGMLQuantizationType as QType
 from gguf import GGUFWriter, LlamaFileType, TokenType
 
-FORMAT = 1  # bump when the files written below change, so cached copies are rebuilt
+FORMAT = 2  # bump when the files written below change, so cached copies are rebuilt
 FULL_LAYERS = 32
 # Mistral-7B / BakLLaVA's text model
 N_VOCAB, N_EMBD, N_FF, N_HEAD, N_HEAD_KV, HEAD_DIM = 32000, 4096, 14336, 32, 8, 128
@@ -120,7 +120,9 @@ def vocabulary() -> tuple[list[str], list[float], list[int]]:
     would), then synthetic words `▁w<n>` up to N_VOCAB."""
     tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
     types = [TokenType.UNKNOWN, TokenType.CONTROL, TokenType.CONTROL] + [TokenType.BYTE] * 256
-    pieces = ["▁"] + [chr(c) for c in range(33, 127)]
+    # "▁w" starts every synthetic word, so a generated answer tokenizes back into its own
+    # tokens when a chat client sends it in the next turn, as a real vocabulary's words do.
+    pieces = ["▁", "▁w"] + [chr(c) for c in range(33, 127)]
     for word in f"{SYSTEM} {QUESTION} USER: ASSISTANT:".split():
         for start in ("▁", ""):
             pieces += [start + word[:n] for n in range(1, len(word) + 1)]

@@ -104,6 +104,7 @@ class LlavaLlamaCpp:
         self.weight_bytes = sum(p.stat().st_size for p in (model_path, projector) if p.is_file())
         self._json: LlamaGrammar | None = None
         self.cached: list[Any] = []  # the KV cache's contents, one key per position
+        self.answer = ("", "")  # the last answer as shown, and as its tokens spell it
 
     def memory_bytes(self) -> int:
         return self.weight_bytes + self.kv_bytes
@@ -137,12 +138,17 @@ class LlavaLlamaCpp:
         text = _StopText(options.stop)
         generated = 0
         reason = "stop"
+        shown, spoken = [], bytearray()
         for token in self._tokens(options):
             if llama_cpp.llama_vocab_is_eog(self.llama._model.vocab, token):
                 break
             generated += 1
-            piece, hit_stop = text.push(self._piece(token, first=generated == 1))
+            raw = self.llama.detokenize([token])
+            spoken += raw
+            # SentencePiece marks a word start with a space; an answer's first one is not text.
+            piece, hit_stop = text.push(raw[1:] if generated == 1 and raw[:1] == b" " else raw)
             if piece:
+                shown.append(piece)
                 yield Piece(piece)
             if hit_stop:
                 break
@@ -155,7 +161,9 @@ class LlavaLlamaCpp:
         self.cached = prompt.keys + self.llama.input_ids[count : self.llama.n_tokens].tolist()
         rest = text.flush()
         if rest:
+            shown.append(rest)
             yield Piece(rest)
+        self.answer = ("".join(shown), spoken.decode(errors="replace"))
         yield Done(
             reason,
             count - reused,
@@ -195,7 +203,12 @@ class LlavaLlamaCpp:
                 )
             if message.images and self.vision is None:
                 raise InvalidRequest("this model has no projector, so it cannot see pictures")
-            turns.append(Turn(message.role, message.content, len(message.images)))
+            content = message.content
+            if message.role == "assistant" and content and self.answer == (content, f" {content}"):
+                # The last answer comes back without the space its first token carried: give
+                # it back, so the prompt tokenizes as the cache holds it and the turn is reused.
+                content = f" {content}"
+            turns.append(Turn(message.role, content, len(message.images)))
         kind, source = self.template
         if kind == "go":
             return render_go(source, turns, MARKER + "\n")
@@ -259,11 +272,6 @@ class LlavaLlamaCpp:
             repeat_penalty=options.repeat_penalty,
             grammar=grammar,
         )
-
-    def _piece(self, token: int, first: bool) -> bytes:
-        piece: bytes = self.llama.detokenize([token])
-        # SentencePiece marks a word start with a space; an answer's first one is not text.
-        return piece[1:] if first and piece.startswith(b" ") else piece
 
     def _json_grammar(self) -> LlamaGrammar:
         if self._json is None:
