@@ -15,7 +15,7 @@ import json
 import posixpath
 import struct
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -70,20 +70,13 @@ def create(store: Store, request: CreateRequest) -> Iterator[ProgressResponse]:
     layers, config = _base_layers(store, request)
     extras = _extra_layers(store, request, layers)
     if request.quantize:
-        return _quantize_then_write(store, name, layers, extras, config, request.quantize)
+        _check_quantizable(config, request.quantize)
+        return _converted(store, name, layers, extras, config, request.quantize)
     return _write(store, name, layers, extras, config)
 
 
-def _quantize_then_write(
-    store: Store,
-    name: ModelName,
-    layers: list[Layer],
-    extras: dict[str, bytes],
-    config: dict[str, Any],
-    quantize: str,
-) -> Iterator[ProgressResponse]:
-    """A Hugging Face LLaVA becomes llama.cpp's GGUF pair (text model + projector) at `quantize`."""
-    from limner.store.gguf import QUANTIZATIONS, convert_llava
+def _check_quantizable(config: dict[str, Any], quantize: str) -> None:
+    from limner.store.gguf import QUANTIZATIONS
 
     if quantize.lower() not in QUANTIZATIONS:
         raise InvalidRequest(
@@ -94,7 +87,6 @@ def _quantize_then_write(
             f"only Hugging Face LLaVA models (safetensors) can be quantized; this one is "
             f"{config.get('model_format')!r}"
         )
-    return _converted(store, name, layers, extras, config, quantize, convert_llava)
 
 
 def _converted(
@@ -104,9 +96,11 @@ def _converted(
     extras: dict[str, bytes],
     config: dict[str, Any],
     quantize: str,
-    convert: Callable[[Path, Path, str], tuple[Path, Path]],
 ) -> Iterator[ProgressResponse]:
-    """The conversion itself, streamed: checks are done, so this runs only when consumed."""
+    """A Hugging Face LLaVA becomes llama.cpp's GGUF pair (text model + projector) at
+    `quantize`, streamed: the checks ran before, this runs as the stream is read."""
+    from limner.store.gguf import convert_llava
+
     source_type = config.get("file_type", "F32")
     yield ProgressResponse(status=f"quantizing {source_type} model to {quantize.upper()}")
     with tempfile.TemporaryDirectory(prefix=".convert-", dir=store.root) as tmp:
@@ -116,7 +110,7 @@ def _converted(
                 (folder / layer.name).parent.mkdir(parents=True, exist_ok=True)
                 (folder / layer.name).symlink_to(store.blobs.open_path(layer.digest))
         files = {}
-        for path in convert(folder, Path(tmp), quantize):
+        for path in convert_llava(folder, Path(tmp), quantize):
             with path.open("rb") as f:
                 files[path.name], _ = store.blobs.write(
                     iter(functools.partial(f.read, 1 << 20), b"")
