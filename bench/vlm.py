@@ -75,8 +75,9 @@ SYSTEM = (
 QUESTION = "What is in this picture? Describe it in one sentence."
 MODEL_NAME = "bench-bakllava"
 RAW, SERVER_LABEL, LIMNER = "raw llama-cpp-python", "llama_cpp.server", "limner serve"
-# `python -m llama_cpp.server`, with llama.cpp's repacked weight buffers off when argv[1] is
-# "plain" (llama-cpp-python has no option for it; limner's engine patches the same default).
+# `python -m llama_cpp.server` with the weights placed as limner's engine places them: argv[1]
+# "repack" takes only AMX out of llama.cpp's repacked buffers where it would crash (as limner
+# does), "plain" turns repacking off (llama-cpp-python has no option for either).
 SERVER = """
 import runpy, sys
 if sys.argv.pop(1) == "plain":
@@ -87,6 +88,9 @@ if sys.argv.pop(1) == "plain":
         params.use_extra_bufts = False
         return params
     c.llama_model_default_params = plain
+else:
+    from limner.engines.llava_llamacpp import _may_repack
+    _may_repack()
 runpy.run_module("llama_cpp.server", run_name="__main__", alter_sys=True)
 """
 
@@ -735,12 +739,12 @@ def main() -> None:
         flush=True,
     )
     # The three paths place the weights as limner's engine does: repacked for llama.cpp's
-    # fast CPU kernels, or plain where those crash (AMX builds).
+    # fast CPU kernels (without the AMX buffer where that crashes), or plain if that fails.
     from limner.engines.llava_llamacpp import _may_repack
 
     args.repack = _may_repack()
     print(
-        f"weights: {'repacked' if args.repack else 'plain (llama.cpp repacking off: AMX build)'}"
+        f"weights: {'repacked' if args.repack else 'plain (llama.cpp repacking off)'}"
         " in all three paths",
         flush=True,
     )

@@ -54,6 +54,9 @@ KV_BYTES = 2  # f16 keys and values
 # On CPUs with AMX the first repacked buffer is AMX's, whose matmul segfaults on any prompt
 # longer than one token, at every width (ldtilecfg on a tile config the compiler dropped:
 # llama.cpp #20824, fix in PR #26954). Builds that compiled it say so in their system info.
+# limner takes AMX out of the CPU's list of extra buffer types and keeps the others (the
+# repacked Q4_0/Q8_0 kernels: 1.28x decode, 1.44x prefill measured); failing that, it loads
+# without repacking at all.
 AMX = "AMX_INT8 = 1"
 MARKER = mtmd.mtmd_default_marker().decode()  # where libmtmd puts a picture in the prompt text
 
@@ -461,7 +464,41 @@ def _overlap(text: str, stop: str) -> int:
 
 def _may_repack() -> bool:
     """Whether llama.cpp may load the weights into its repacked (extra) CPU buffers."""
-    return AMX not in llama_cpp.llama_print_system_info().decode(errors="replace")
+    if AMX not in llama_cpp.llama_print_system_info().decode(errors="replace"):
+        return True
+    try:
+        return _drop_amx_buffer()
+    except (AttributeError, OSError, ValueError):  # another llama.cpp: play safe
+        return False
+
+
+def _drop_amx_buffer() -> bool:
+    """Remove the AMX buffer type from the CPU device's null-terminated list of extra buffer
+    types (ggml keeps it in a static array that every model load reads); True when no AMX
+    entry is left in it."""
+    from llama_cpp._ggml import libggml
+
+    functions = {
+        "ggml_backend_dev_by_type": ([ctypes.c_int], ctypes.c_void_p),
+        "ggml_backend_dev_backend_reg": ([ctypes.c_void_p], ctypes.c_void_p),
+        "ggml_backend_reg_get_proc_address": ([ctypes.c_void_p, ctypes.c_char_p], ctypes.c_void_p),
+        "ggml_backend_buft_name": ([ctypes.c_void_p], ctypes.c_char_p),
+    }
+    for name, (argtypes, restype) in functions.items():
+        getattr(libggml, name).argtypes, getattr(libggml, name).restype = argtypes, restype
+    cpu = libggml.ggml_backend_dev_by_type(0)  # GGML_BACKEND_DEVICE_TYPE_CPU
+    address = libggml.ggml_backend_reg_get_proc_address(
+        libggml.ggml_backend_dev_backend_reg(cpu), b"ggml_backend_dev_get_extra_bufts"
+    )
+    if not cpu or not address:
+        return False
+    get_list = ctypes.CFUNCTYPE(ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p)(address)
+    types = get_list(cpu)
+    present = list(itertools.takewhile(bool, (types[i] for i in itertools.count())))
+    kept = [t for t in present if libggml.ggml_backend_buft_name(t) != b"AMX"]
+    for i in range(len(present)):
+        types[i] = kept[i] if i < len(kept) else None
+    return all(libggml.ggml_backend_buft_name(t) != b"AMX" for t in kept)
 
 
 @contextlib.contextmanager
