@@ -18,7 +18,9 @@ attention projections with LoRA weights in fp32, latents x scaling_factor, Gauss
 uniform random timesteps, an epsilon or v-prediction target per the model's scheduler config,
 MSE loss, gradient clipping, AdamW on the LoRA weights only, diffusers' LR schedules and
 gradient accumulation (`steps` counts optimizer steps). Everything random comes from
-`request.seed`, so the same seed on the same machine and dtype gives the same loss curve.
+`request.seed`, so the same seed on the same machine and dtype gives the same loss curve:
+bit-identical on one torch thread, within float rounding (~1e-7) on more, where some CPU
+kernels sum in a varying order (measured).
 Text embeddings are computed once per caption (the text encoder is frozen).
 
 Steps yielded: `TrainProgress` after every step, `TrainCheckpoint` every `checkpoint_every`
@@ -53,11 +55,14 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F  # noqa: N812 - torch's own convention
-from diffusers import DDPMScheduler, StableDiffusionPipeline
+import torch.nn.functional as F
+from diffusers import DDPMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import cast_training_params
-from diffusers.utils import convert_state_dict_to_diffusers, convert_state_dict_to_kohya
+from diffusers.utils.state_dict_utils import (
+    convert_state_dict_to_diffusers,
+    convert_state_dict_to_kohya,
+)
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 from PIL import Image, UnidentifiedImageError
@@ -176,14 +181,15 @@ def _wanted(name: str) -> bool:
 
 def _folder_files(folder: Path) -> dict[str, bytes]:
     sizes: dict[str, int] = {}
-    for root, dirs, names in os.walk(folder):
+    for root, dirs, names in os.walk(folder):  # symlinked folders are listed, not entered
         for name in dirs + names:
-            path = Path(root, name)
-            relative = path.relative_to(folder).as_posix()
-            if path.is_symlink():
+            if Path(root, name).is_symlink():
+                relative = Path(root, name).relative_to(folder).as_posix()
                 raise InvalidRequest(f"the dataset holds a symbolic link, {relative!r}")
-            if name in names and _wanted(relative):
-                sizes[relative] = path.stat().st_size
+        for name in names:
+            relative = Path(root, name).relative_to(folder).as_posix()
+            if _wanted(relative):
+                sizes[relative] = Path(root, name).stat().st_size
     _check_total(sum(sizes.values()))
     return {name: (folder / name).read_bytes() for name in sorted(sizes)}
 
@@ -343,7 +349,7 @@ def train(
         loss = _optimizer_step(model, batches, request, generator, lora, optimizer)
         schedule.step()
         eta = (time.monotonic() - started) / step * (request.steps - step)
-        yield TrainProgress(step, request.steps, loss, schedule.get_last_lr()[0], eta)
+        yield TrainProgress(step, request.steps, loss, float(schedule.get_last_lr()[0]), eta)
         if request.checkpoint_every and step % request.checkpoint_every == 0:
             yield TrainCheckpoint(step, _save_diffusers(model.unet, output / f"checkpoint-{step}"))
         if request.validation_every and step % request.validation_every == 0:
@@ -381,7 +387,7 @@ def _load_model(folder: Path, request: TrainRequest) -> _Model:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype, precision = _pick_precision(request.precision, device)
     pipe = load_diffusers_pipeline(folder, dtype)
-    if not isinstance(pipe, StableDiffusionPipeline):
+    if isinstance(pipe, StableDiffusionXLPipeline):
         raise InvalidRequest("LoRA training runs on Stable Diffusion 1.x/2.x models, not SDXL")
     pipe.set_progress_bar_config(disable=True)
     for part in (pipe.unet, pipe.vae, pipe.text_encoder):
@@ -399,7 +405,8 @@ def _add_lora(unet: Any, request: TrainRequest) -> list[torch.nn.Parameter]:
     """Attach the adapter and return its (fp32, trainable) weights."""
     config = LoraConfig(
         r=request.rank,
-        lora_alpha=request.alpha if request.alpha is not None else request.rank,
+        # peft types alpha as int but scales by alpha / r, so a float alpha works.
+        lora_alpha=request.alpha if request.alpha is not None else request.rank,  # type: ignore[arg-type]
         init_lora_weights="gaussian",
         target_modules=TARGET_MODULES,
     )
@@ -484,7 +491,7 @@ def _optimizer_step(
     total = 0.0
     for _ in range(request.gradient_accumulation):
         loss = _batch_loss(model, *batches.next(), generator) / request.gradient_accumulation
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         total += float(loss.detach())
     torch.nn.utils.clip_grad_norm_(lora, request.max_grad_norm)
     optimizer.step()
@@ -522,9 +529,14 @@ def _save_diffusers(unet: Any, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".saving-", dir=folder))
     try:
-        layers = convert_state_dict_to_diffusers(_lora_state(unet))
+        layers = convert_state_dict_to_diffusers(_lora_state(unet))  # type: ignore[no-untyped-call]
+        # The adapter's config travels in the file's metadata: without it, loaders assume
+        # alpha = rank, and a LoRA trained with another alpha would load at the wrong scale.
         StableDiffusionPipeline.save_lora_weights(  # type: ignore[no-untyped-call]
-            staging, unet_lora_layers=layers, weight_name=WEIGHTS_NAME
+            staging,
+            unet_lora_layers=layers,
+            weight_name=WEIGHTS_NAME,
+            unet_lora_adapter_metadata=unet.peft_config["default"].to_dict(),
         )
         os.replace(staging / WEIGHTS_NAME, folder / WEIGHTS_NAME)
     finally:
@@ -539,7 +551,7 @@ def _save_kohya(unet: Any, path: Path, request: TrainRequest) -> None:
     alpha = float(request.alpha if request.alpha is not None else request.rank)
     state = {
         key: torch.tensor(alpha) if key.endswith(".alpha") else value.contiguous()
-        for key, value in convert_state_dict_to_kohya(peft_state).items()
+        for key, value in convert_state_dict_to_kohya(peft_state).items()  # type: ignore[no-untyped-call]
     }
     metadata = {
         "ss_network_module": "networks.lora",
