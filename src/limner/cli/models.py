@@ -68,6 +68,14 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )  # fmt: skip
     source.add_argument("--tiny", choices=TINY_KINDS, help="a tiny model with random weights")
     create.add_argument(
+        "--adapter", metavar="FILE", action="append", type=Path,
+        help="a LoRA .safetensors (diffusers or kohya keys) to fuse into a drawing model; "
+        "--from names the stored model; may be given more than once",
+    )  # fmt: skip
+    create.add_argument(
+        "--adapter-scale", metavar="S", type=float, help="how strongly the LoRAs apply (default 1)"
+    )
+    create.add_argument(
         "--quantize", metavar="TYPE", choices=("q4_0", "q8_0", "f16", "f32"), type=str.lower,
         help="convert a Hugging Face LLaVA to GGUF with TYPE weights: q4_0, q8_0, f16 or f32",
     )  # fmt: skip
@@ -323,6 +331,8 @@ def stop_model(args: argparse.Namespace) -> int:
 
 
 def create_model(args: argparse.Namespace) -> int:
+    if args.adapter:
+        return _create_with_adapters(args)
     quantize = args.quantize
     if args.tiny:
         with tempfile.TemporaryDirectory(prefix="limner-tiny-") as tmp:
@@ -348,6 +358,28 @@ def create_model(args: argparse.Namespace) -> int:
         f"'{args.folder}' does not exist; --from takes a model folder, a checkpoint or GGUF "
         "file, or the name of a stored model"
     )
+
+
+def _create_with_adapters(args: argparse.Namespace) -> int:
+    """A stored drawing model plus LoRA files: each uploaded, then one adapter layer each."""
+    from limner.errors import InvalidRequest
+
+    if not args.folder:
+        raise InvalidRequest("--adapter needs --from with the name of a stored drawing model")
+    sdk = client()
+    adapters = {}
+    for path in args.adapter:
+        path = path.expanduser()
+        if not path.is_file():
+            raise InvalidRequest(f"'{path}' does not exist; --adapter takes a .safetensors file")
+        print(f"copying file {path.name} ({human_bytes(path.stat().st_size)})")
+        adapters[path.name] = sdk.create_blob(path)
+    scale = None if args.adapter_scale is None else {"adapter_scale": args.adapter_scale}
+    steps = sdk.create(
+        args.model, from_=args.folder, adapters=adapters, parameters=scale, stream=True
+    )
+    show_progress(steps)
+    return 0
 
 
 def _looks_like_path(text: str) -> bool:

@@ -41,6 +41,7 @@ class Options:
     repeat_last_n: int = 64
     num_ctx: int = 0  # 0: the model's own context length
     format: str = ""  # "" or "json"
+    adapter_scale: float = 1.0  # load time, diffusion: how strongly the model's LoRAs apply
     precision: str = (
         ""  # load time, diffusion: "" picks bf16 where the CPU has it (or CUDA), else fp32
     )

@@ -119,6 +119,7 @@ DEFAULT_STEPS, LCM_STEPS, MAX_STEPS = 20, 4, 150
 DEFAULT_GUIDANCE, LCM_GUIDANCE = 7.5, 1.0
 MAX_STYLE_STRENGTH = 2.0
 IP_ADAPTER_FOLDER = "ip_adapter"
+LORA_FOLDER = "adapters"  # a model's LoRA files (the store's adapter layers)
 IP_ADAPTER_FILE = "ip-adapter.safetensors"  # preferred when ip_adapter/ holds several
 
 SD_CLASSES = {
@@ -269,11 +270,14 @@ class DiffusionEngine:
         self.scheduler_config = pipe.scheduler.config
         self.scheduler_class: type[Any] = type(pipe.scheduler)
 
-        # 2. The IP-Adapter, once; its projections live inside the shared UNet.
+        # 2. The model's LoRAs, fused into the weights at their scale: no cost per step.
+        self.loras = _fuse_loras(pipe, folder / LORA_FOLDER, options.adapter_scale)
+
+        # 3. The IP-Adapter, once; its projections live inside the shared UNet.
         self.ip_adapter = self._load_ip_adapter(pipe, folder)
         pipe.to(self.device)
 
-        # 3. The other tasks share every module with the base pipeline (no second copy).
+        # 4. The other tasks share every module with the base pipeline (no second copy).
         self.pipes: dict[str, Any] = {
             "txt2img": pipe,
             "img2img": AutoPipelineForImage2Image.from_pipe(pipe),
@@ -282,7 +286,7 @@ class DiffusionEngine:
         for each in self.pipes.values():
             each.set_progress_bar_config(disable=True)
 
-        # 4. Image embeddings for calls without style pictures: any embedding will do, because
+        # 5. Image embeddings for calls without style pictures: any embedding will do, because
         # the adapter runs at scale 0 then (diffusers skips it), but their shapes must fit.
         self.idle_embeds: dict[bool, list[torch.Tensor]] = {}
         if self.ip_adapter:
@@ -622,6 +626,22 @@ def _diffusers_quiet() -> Iterator[None]:
         yield
     finally:
         diffusers_logging.set_verbosity(level)
+
+
+def _fuse_loras(pipe: Any, folder: Path, scale: float) -> list[str]:
+    """Load every LoRA in `folder` (diffusers or kohya keys) and fuse them at `scale`."""
+    files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+    for number, path in enumerate(files):
+        try:
+            pipe.load_lora_weights(str(folder), weight_name=path.name, adapter_name=f"lora{number}")
+        except (ValueError, KeyError, RuntimeError) as error:
+            raise InvalidRequest(
+                f"adapter {path.name} is not a LoRA this model can use: {error}"
+            ) from error
+    if files:
+        pipe.fuse_lora(lora_scale=scale)
+        pipe.unload_lora_weights()  # the fused weights stay; the LoRA layers go
+    return [path.name for path in files]
 
 
 def _pick_precision(precision: str, device: str) -> tuple[torch.dtype, str]:

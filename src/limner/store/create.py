@@ -68,6 +68,8 @@ def create(store: Store, request: CreateRequest) -> Iterator[ProgressResponse]:
     """Validate everything, then yield progress while writing. Errors come before any write."""
     name = ModelName.parse(request.model or request.name or "")
     layers, config = _base_layers(store, request)
+    if request.adapters:
+        layers = layers + _adapter_layers(store, request.adapters, config, layers)
     extras = _extra_layers(store, request, layers)
     if request.quantize:
         _check_quantizable(config, request.quantize)
@@ -119,6 +121,47 @@ def _converted(
     # The Jinja chat template travels inside the GGUF; text layers (a Go template too) stay.
     kept = [layer for layer in layers if not layer.name and layer.mediaType not in extras]
     yield from _write(store, name, gguf_layers + kept, extras, gguf_config)
+
+
+def _adapter_layers(
+    store: Store, adapters: dict[str, str], config: dict[str, Any], base: list[Layer]
+) -> list[Layer]:
+    """LoRA files for a drawing model (diffusers or kohya keys, safetensors only) as named
+    adapter layers; the drawing engine fuses them into the weights when it loads."""
+    if "image" not in config.get("capabilities", []):
+        raise InvalidRequest("adapters are LoRA files for drawing models; this model does not draw")
+    taken = {layer.name for layer in base if layer.name}
+    layers = []
+    for raw_name, digest in sorted(adapters.items()):
+        name = f"adapters/{posixpath.basename(check_relative(raw_name))}"
+        if not name.endswith(".safetensors") or name in taken:
+            raise InvalidRequest(
+                f"adapter {raw_name!r} must be a .safetensors file with a name the model "
+                "does not have yet"
+            )
+        try:
+            path = store.blobs.path(normalize(digest))
+        except InvalidRequest:
+            raise InvalidRequest(f"invalid digest format for adapter {raw_name!r}") from None
+        if not path.is_file():
+            raise InvalidRequest(
+                f'blob "{digest}" for adapter {raw_name!r} not found; upload it first'
+            )
+        kind = sniff(path)
+        if kind == PICKLE:
+            raise UnsafeWeights(
+                f"adapter {raw_name!r} holds pickle weights, which can run code when loaded; "
+                "use its .safetensors version"
+            )
+        if kind != SAFETENSORS or not any("lora" in key for key in safetensors_header(path)):
+            raise InvalidRequest(f"adapter {raw_name!r} is not a LoRA in safetensors format")
+        taken.add(name)
+        layers.append(
+            Layer(
+                mediaType=m.ADAPTER, digest=normalize(digest), size=path.stat().st_size, name=name
+            )
+        )
+    return layers
 
 
 def _base_layers(store: Store, request: CreateRequest) -> tuple[list[Layer], dict[str, Any]]:

@@ -1,0 +1,148 @@
+"""LoRA adapters on drawing models: a LoRA trained by limner (diffusers keys) or in kohya's
+format becomes an adapter layer, fused into the weights at the model's adapter_scale."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from conftest import add_fake, add_model
+from limner.cli.models import folder_files
+from limner.client import Client
+from limner.errors import InvalidRequest, UnsafeWeights
+from limner.names import ModelName
+from limner.store import Store
+from limner.store.create import create
+from limner.tiny import write_tiny_sd
+from limner.types import CreateRequest
+
+pytest.importorskip("peft")
+
+from limner.engines.lora import Example, TrainRequest, train
+
+
+def pixels(png: bytes) -> bytes:
+    return Image.open(io.BytesIO(png)).convert("RGB").tobytes()
+
+
+@pytest.fixture(scope="module")
+def lora_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Four steps at a high learning rate on the tiny SD: a LoRA that visibly changes it."""
+    root = tmp_path_factory.mktemp("lora")
+    model = write_tiny_sd(root / "sd", seed=0, ip_adapter=False)
+    picture = io.BytesIO()
+    Image.new("RGB", (32, 32), "orange").save(picture, "PNG")
+    examples = [Example("a.png", picture.getvalue(), "a zq square")]
+    request = TrainRequest(resolution=32, precision="fp32", learning_rate=5e-2, steps=4)
+    for _ in train(model, examples, request, root / "out", lambda: False):
+        pass
+    return root / "out"
+
+
+def store_with_adapters(store: Store, lora_files: Path, tmp_path: Path) -> None:
+    add_model(
+        store,
+        "sd",
+        {
+            n: p.read_bytes()
+            for n, p in folder_files(write_tiny_sd(tmp_path / "sd", seed=0, ip_adapter=False))
+        },
+    )
+    blobs = {
+        p.name: store.blobs.write_bytes(p.read_bytes())[0] for p in lora_files.glob("*.safetensors")
+    }
+    for name, adapter, scale in (("sd-lora", "pytorch_lora_weights.safetensors", 1.0),
+                                 ("sd-kohya", "lora_kohya.safetensors", 1.0),
+                                 ("sd-off", "pytorch_lora_weights.safetensors", 0.0)):  # fmt: skip
+        request = CreateRequest(model=name, **{"from": "sd"}, adapters={adapter: blobs[adapter]},
+                                parameters={"adapter_scale": scale})  # fmt: skip
+        for _ in create(store, request):
+            pass
+
+
+@pytest.mark.slow
+def test_a_lora_changes_what_the_model_draws_at_its_scale(
+    server: Any, store: Store, lora_files: Path, tmp_path: Path
+) -> None:
+    store_with_adapters(store, lora_files, tmp_path)
+    sdk = Client(server.url)
+    drawn = {
+        name: pixels(sdk.generate_image(name, "a zq square", steps=2, seed=7).png)
+        for name in ("sd", "sd-lora", "sd-kohya", "sd-off")
+    }
+    assert drawn["sd-lora"] != drawn["sd"]
+    assert drawn["sd-kohya"] != drawn["sd"]  # kohya's keys load too
+    assert drawn["sd-off"] == drawn["sd"]  # scale 0: the LoRA adds nothing
+    manifest = store.entry(ModelName.parse("sd-lora")).manifest
+    adapters = [layer.name for layer in manifest.layers if layer.mediaType.endswith(".adapter")]
+    assert adapters == ["adapters/pytorch_lora_weights.safetensors"]
+
+
+def test_adapters_must_be_safetensors_loras_for_a_drawing_model(
+    store: Store, lora_files: Path, tmp_path: Path
+) -> None:
+    add_model(
+        store,
+        "sd",
+        {
+            n: p.read_bytes()
+            for n, p in folder_files(write_tiny_sd(tmp_path / "sd", seed=0, ip_adapter=False))
+        },
+    )
+    add_fake(store, "chat")
+    lora = store.blobs.write_bytes((lora_files / "pytorch_lora_weights.safetensors").read_bytes())[
+        0
+    ]
+    pickle = store.blobs.write_bytes(b"\x80\x04K\x01.")[0]
+    not_lora = store.blobs.write_bytes(
+        (tmp_path / "sd" / "vae" / "diffusion_pytorch_model.safetensors").read_bytes()
+    )[0]
+
+    def attempt(base: str, adapters: dict[str, str]) -> None:
+        for _ in create(store, CreateRequest(model="x", **{"from": base}, adapters=adapters)):
+            pass
+
+    with pytest.raises(UnsafeWeights, match="pickle"):
+        attempt("sd", {"style.safetensors": pickle})
+    with pytest.raises(InvalidRequest, match="not a LoRA"):
+        attempt("sd", {"vae.safetensors": not_lora})
+    with pytest.raises(InvalidRequest, match="does not draw"):
+        attempt("chat", {"style.safetensors": lora})
+    with pytest.raises(InvalidRequest, match=r"\.safetensors file"):
+        attempt("sd", {"style.bin": lora})
+    assert store.find(ModelName.parse("x")) is None
+
+
+def test_limner_create_adds_a_lora_file_to_a_stored_model(
+    server: Any,
+    store: Store,
+    lora_files: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from limner.cli.main import main
+    from limner.store import manifests as m
+
+    add_model(
+        store,
+        "sd",
+        {
+            n: p.read_bytes()
+            for n, p in folder_files(write_tiny_sd(tmp_path / "sd", seed=0, ip_adapter=False))
+        },
+    )
+    monkeypatch.setenv("LIMNER_HOST", server.url)
+    kohya = lora_files / "lora_kohya.safetensors"
+    code = main(
+        ["create", "sd-cli", "--from", "sd", "--adapter", str(kohya), "--adapter-scale", "0.5"]
+    )
+    out = capsys.readouterr().out
+    assert code == 0 and "copying file lora_kohya.safetensors" in out and out.endswith("success\n")
+    manifest = store.entry(ModelName.parse("sd-cli")).manifest
+    assert manifest.layer(m.ADAPTER) is not None
+    assert store.json_layer(manifest, m.PARAMS) == {"adapter_scale": 0.5}
