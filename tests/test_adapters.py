@@ -25,6 +25,11 @@ pytest.importorskip("peft")
 from limner.engines.lora import Example, TrainRequest, train
 
 
+def add_tiny_sd(store: Store, tmp_path: Path) -> None:
+    folder = write_tiny_sd(tmp_path / "sd", seed=0, ip_adapter=False)
+    add_model(store, "sd", {name: path.read_bytes() for name, path in folder_files(folder)})
+
+
 def pixels(png: bytes) -> bytes:
     return Image.open(io.BytesIO(png)).convert("RGB").tobytes()
 
@@ -44,14 +49,7 @@ def lora_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def store_with_adapters(store: Store, lora_files: Path, tmp_path: Path) -> None:
-    add_model(
-        store,
-        "sd",
-        {
-            n: p.read_bytes()
-            for n, p in folder_files(write_tiny_sd(tmp_path / "sd", seed=0, ip_adapter=False))
-        },
-    )
+    add_tiny_sd(store, tmp_path)
     blobs = {
         p.name: store.blobs.write_bytes(p.read_bytes())[0] for p in lora_files.glob("*.safetensors")
     }
@@ -85,14 +83,7 @@ def test_a_lora_changes_what_the_model_draws_at_its_scale(
 def test_adapters_must_be_safetensors_loras_for_a_drawing_model(
     store: Store, lora_files: Path, tmp_path: Path
 ) -> None:
-    add_model(
-        store,
-        "sd",
-        {
-            n: p.read_bytes()
-            for n, p in folder_files(write_tiny_sd(tmp_path / "sd", seed=0, ip_adapter=False))
-        },
-    )
+    add_tiny_sd(store, tmp_path)
     add_fake(store, "chat")
     lora = store.blobs.write_bytes((lora_files / "pytorch_lora_weights.safetensors").read_bytes())[
         0
@@ -128,14 +119,7 @@ def test_limner_create_adds_a_lora_file_to_a_stored_model(
     from limner.cli.main import main
     from limner.store import manifests as m
 
-    add_model(
-        store,
-        "sd",
-        {
-            n: p.read_bytes()
-            for n, p in folder_files(write_tiny_sd(tmp_path / "sd", seed=0, ip_adapter=False))
-        },
-    )
+    add_tiny_sd(store, tmp_path)
     monkeypatch.setenv("LIMNER_HOST", server.url)
     kohya = lora_files / "lora_kohya.safetensors"
     code = main(
