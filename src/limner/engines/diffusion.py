@@ -99,7 +99,7 @@ from diffusers import (
     UniPCMultistepScheduler,
 )
 from diffusers.utils import logging as diffusers_logging
-from PIL import Image, PngImagePlugin, UnidentifiedImageError
+from PIL import Image, PngImagePlugin
 from transformers.utils import logging as transformers_logging
 
 from limner.engines import (
@@ -111,10 +111,10 @@ from limner.engines import (
     Progress,
     sd_configs,
 )
-from limner.errors import InvalidImage, InvalidRequest, TooLarge, UnsafeWeights
+from limner.engines.pictures import open_picture
+from limner.errors import InvalidRequest, UnsafeWeights
 from limner.store.create import PICKLE, SAFETENSORS, safetensors_header, sd_checkpoint_type, sniff
 
-PICTURE_FORMATS = ("PNG", "JPEG", "WEBP")
 DEFAULT_STEPS, LCM_STEPS, MAX_STEPS = 20, 4, 150
 DEFAULT_GUIDANCE, LCM_GUIDANCE = 7.5, 1.0
 MAX_STYLE_STRENGTH = 2.0
@@ -714,12 +714,12 @@ def _pictures(
     request: ImageRequest,
 ) -> tuple[Image.Image | None, Image.Image | None, list[Image.Image]]:
     """The decoded input picture, binary mask and style pictures; the mask fits the picture."""
-    init = _open_picture(request.image, "the picture") if request.image is not None else None
+    init = open_picture(request.image, "the picture") if request.image is not None else None
     mask = None
     if request.mask is not None:
         if init is None:
             raise InvalidRequest("a mask needs the picture to repaint in `image`")
-        mask = _open_picture(request.mask, "the mask").convert("L")
+        mask = open_picture(request.mask, "the mask").convert("L")
         if mask.size != init.size:
             raise InvalidRequest(
                 f"the mask is {mask.width}x{mask.height} but the picture is "
@@ -729,26 +729,9 @@ def _pictures(
         # Binary at diffusers' own threshold, so the pipeline and the paste-back agree.
         mask = mask.point(lambda v: 255 if v >= 128 else 0)
     styles = [
-        _open_picture(data, f"style picture {i}") for i, data in enumerate(request.style_images, 1)
+        open_picture(data, f"style picture {i}") for i, data in enumerate(request.style_images, 1)
     ]
     return init, mask, styles
-
-
-def _open_picture(data: bytes, what: str) -> Image.Image:
-    """Decode one picture to RGB, or say which picture is wrong and what is accepted."""
-    try:
-        with Image.open(io.BytesIO(data), formats=PICTURE_FORMATS) as picture:
-            picture.load()
-            # Palette transparency must go through RGBA, or Pillow warns and guesses.
-            if picture.mode == "P" and "transparency" in picture.info:
-                return picture.convert("RGBA").convert("RGB")
-            return picture.convert("RGB")
-    except Image.DecompressionBombError as error:
-        raise TooLarge(f"{what} is too large to decode: {error}") from error
-    except UnidentifiedImageError as error:
-        raise InvalidImage(f"{what} is not a PNG, JPEG or WebP file") from error
-    except (OSError, ValueError, SyntaxError) as error:
-        raise InvalidImage(f"{what} could not be decoded: {error}") from error
 
 
 def _overlay(image: Image.Image, original: Image.Image, mask: Image.Image) -> Image.Image:

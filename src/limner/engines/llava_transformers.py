@@ -18,22 +18,20 @@ Counting follows the processor: one picture is 576 `<image>` tokens for a CLIP-3
 from __future__ import annotations
 
 import hashlib
-import io
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 from transformers.utils import logging as transformers_logging
 
 from limner.engines import ChatStep, Done, Message, Options, Piece
 from limner.engines.context import fit
-from limner.errors import InvalidImage, InvalidRequest, TooLarge
-
-PICTURE_FORMATS = ("PNG", "JPEG", "WEBP")
+from limner.engines.pictures import open_picture
+from limner.errors import InvalidRequest
 
 
 def load(folder: Path, options: Options) -> LlavaTransformers:
@@ -202,7 +200,7 @@ class LlavaTransformers:
 
     def _inputs(self, messages: list[Message]) -> Any:
         pictures = [
-            _open_picture(data, number)
+            open_picture(data, f"picture {number}")
             for number, data in enumerate((d for m in messages for d in m.images), 1)
         ]
         return self.processor(
@@ -286,23 +284,6 @@ def _check_options(options: Options) -> None:
         raise InvalidRequest(
             f"num_ctx must be 0 (the model's own) or positive, not {options.num_ctx}"
         )
-
-
-def _open_picture(data: bytes, number: int) -> Image.Image:
-    """Decode one picture to RGB, or say which picture is wrong and what is accepted."""
-    try:
-        with Image.open(io.BytesIO(data), formats=PICTURE_FORMATS) as picture:
-            picture.load()
-            # Palette transparency must go through RGBA, or Pillow warns and guesses.
-            if picture.mode == "P" and "transparency" in picture.info:
-                return picture.convert("RGBA").convert("RGB")
-            return picture.convert("RGB")
-    except Image.DecompressionBombError as error:
-        raise TooLarge(f"picture {number} is too large to decode: {error}") from error
-    except UnidentifiedImageError as error:
-        raise InvalidImage(f"picture {number} is not a PNG, JPEG or WebP file") from error
-    except (OSError, ValueError, SyntaxError) as error:
-        raise InvalidImage(f"picture {number} could not be decoded: {error}") from error
 
 
 class _Sampler:

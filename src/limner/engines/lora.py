@@ -65,14 +65,14 @@ from diffusers.utils.state_dict_utils import (
 )
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from safetensors.torch import save_file
 
 from limner.engines.diffusion import _pick_precision, load_diffusers_pipeline
-from limner.errors import InvalidImage, InvalidRequest, TooLarge
+from limner.engines.pictures import PICTURE_FORMATS, check_picture
+from limner.errors import InvalidRequest, TooLarge
 
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
-PICTURE_FORMATS = ("PNG", "JPEG", "WEBP")
 METADATA = "metadata.jsonl"
 MAX_DATASET_BYTES = 2 << 30  # pictures + captions, read into memory
 MAX_RESOLUTION = 2048
@@ -238,7 +238,7 @@ def _examples(files: dict[str, bytes], instance_prompt: str) -> list[Example]:
     if not pictures:
         raise InvalidRequest("the dataset holds no PNG, JPEG or WebP pictures")
     for name in pictures:
-        _check_picture(name, files[name])
+        check_picture(files[name], f"picture {name!r}")
     listed = _metadata_captions(files, set(pictures))
     examples, missing = [], []
     for name in sorted(pictures):
@@ -253,18 +253,6 @@ def _examples(files: dict[str, bytes], instance_prompt: str) -> list[Example]:
             "or an instance prompt"
         )
     return examples
-
-
-def _check_picture(name: str, data: bytes) -> None:
-    try:
-        with Image.open(io.BytesIO(data), formats=PICTURE_FORMATS) as picture:
-            picture.verify()
-    except Image.DecompressionBombError as error:
-        raise TooLarge(f"picture {name!r} is too large to decode: {error}") from error
-    except UnidentifiedImageError as error:
-        raise InvalidImage(f"picture {name!r} is not a PNG, JPEG or WebP file") from error
-    except (OSError, ValueError, SyntaxError) as error:
-        raise InvalidImage(f"picture {name!r} could not be decoded: {error}") from error
 
 
 def _caption_file(files: dict[str, bytes], picture: str) -> str:
