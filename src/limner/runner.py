@@ -14,10 +14,14 @@ Messages (one JSON object per line):
     server -> runner   {"op": "load", "format", "folder", "options"}
                        {"op": "chat", "id", "messages": [{role, content, images: [b64]}], "options"}
                        {"op": "image", "id", "request": {ImageRequest fields, pictures as b64}}
+                       {"op": "train", "id", "files": {name: path}, "captions", "request", "output"}
                        {"op": "cancel", "id"}
     runner -> server   {"type": "ready", "memory", "vram", "load_duration"} | {"type": "load_error", ...}
                        {"type": "piece", "id", "text"} | {"type": "done", "id", ...Done fields}
                        {"type": "progress", "id", "completed", "total"} | {"type": "image", "id", "image", "parameters"}
+                       {"type": "train_progress", "id", "step", "total", "loss", "learning_rate", "eta_seconds"}
+                       {"type": "checkpoint", "id", "step", "path"} | {"type": "validation", "id", "step", "image"}
+                       {"type": "trained", "id", "steps", "final_loss", "path", "parameters"}
                        {"type": "error", "id", "status", "message"}
 """
 
@@ -51,10 +55,19 @@ from limner.engines import (
     Progress,
     engine_for,
 )
+from limner.engines.training import (
+    TrainCheckpoint,
+    TrainDone,
+    TrainProgress,
+    TrainRequest,
+    TrainValidation,
+    examples,
+    read_uploaded,
+)
 from limner.errors import InvalidRequest, LimnerError, RunnerFailed
 
 STREAM_LIMIT = 64 * 1024 * 1024  # one line may carry several base64 pictures
-LAST_REPLIES = ("done", "image")
+LAST_REPLIES = ("done", "image", "trained")
 
 
 # --- parent side ----------------------------------------------------------------------
@@ -127,6 +140,13 @@ class RunnerProcess:
     def generate_image(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """Yield `progress` messages then one `image` (pictures in the request as base64)."""
         return self._request({"op": "image", "request": request})
+
+    def train(self, job: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """Yield `train_progress`, `checkpoint` and `validation` messages, then `trained`.
+
+        `job`: the dataset's files (name -> path), captions written for it, the TrainRequest
+        fields, and the output folder."""
+        return self._request({"op": "train", **job})
 
     async def _request(self, message: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """Send one request; yield its replies up to the last; raise on `error`. Closing cancels."""
@@ -272,7 +292,7 @@ def _run(
             reply = _encode(step)
             if reply is not None:
                 _write(out, {**reply, "id": rid})
-            if isinstance(step, Done | ImageResult):
+            if isinstance(step, Done | ImageResult | TrainDone):
                 return
         _write(out, {"type": "error", "id": rid, "status": 499, "message": "request canceled"})
     except Exception as exc:  # one bad request must not stop the runner
@@ -280,6 +300,8 @@ def _run(
 
 
 def _steps(engine: Any, request: dict[str, Any], is_cancelled: Callable[[], bool]) -> Iterator[Any]:
+    if request["op"] == "train":
+        return _training(engine, request, is_cancelled)
     if request["op"] == "image":
         if not hasattr(engine, "generate_image"):
             raise InvalidRequest("this model does not draw pictures; it answers questions")
@@ -301,6 +323,17 @@ def _steps(engine: Any, request: dict[str, Any], is_cancelled: Callable[[], bool
     return iter(engine.chat(messages, Options.from_dict(request.get("options", {})), is_cancelled))
 
 
+def _training(
+    engine: Any, request: dict[str, Any], is_cancelled: Callable[[], bool]
+) -> Iterator[Any]:
+    if not hasattr(engine, "train"):
+        raise InvalidRequest("this runner holds a model loaded to serve, not to train")
+    settings = TrainRequest(**request["request"])
+    files = read_uploaded({name: Path(path) for name, path in request["files"].items()})
+    dataset = examples(files, settings.instance_prompt, request.get("captions"))
+    return iter(engine.train(dataset, settings, Path(request["output"]), is_cancelled))
+
+
 def _encode(step: Any) -> dict[str, Any] | None:
     if isinstance(step, Piece):
         return {"type": "piece", "text": step.text} if step.text else None
@@ -308,6 +341,18 @@ def _encode(step: Any) -> dict[str, Any] | None:
         return {"type": "done", **asdict(step)}
     if isinstance(step, Progress):
         return {"type": "progress", "completed": step.completed, "total": step.total}
+    if isinstance(step, TrainProgress):
+        return {"type": "train_progress", **asdict(step)}
+    if isinstance(step, TrainCheckpoint):
+        return {"type": "checkpoint", "step": step.step, "path": str(step.path)}
+    if isinstance(step, TrainValidation):
+        return {
+            "type": "validation",
+            "step": step.step,
+            "image": base64.b64encode(step.png).decode(),
+        }
+    if isinstance(step, TrainDone):
+        return {"type": "trained", **asdict(step), "path": str(step.path)}
     png = base64.b64encode(step.png).decode()
     return {"type": "image", "image": png, "parameters": step.parameters}
 

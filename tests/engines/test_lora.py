@@ -28,16 +28,17 @@ import torch
 from diffusers import StableDiffusionPipeline
 from safetensors.torch import load_file
 
-from limner.engines import lora
-from limner.engines.lora import (
+from limner.engines import lora, training
+from limner.engines.lora import train
+from limner.engines.training import (
     Example,
     TrainCheckpoint,
     TrainDone,
     TrainProgress,
     TrainRequest,
+    TrainStep,
     TrainValidation,
     load_dataset,
-    train,
 )
 
 
@@ -191,7 +192,7 @@ def test_a_zip_with_a_symlink_member_is_refused(tmp_path: Path) -> None:
 def test_a_zip_over_the_size_bound_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(lora, "MAX_DATASET_BYTES", 100)
+    monkeypatch.setattr(training, "MAX_DATASET_BYTES", 100)
     archive = _zip(tmp_path / "set.zip", {"a.png": _png(0), "a.txt": "a"})
     with pytest.raises(TooLarge, match="at most 100"):
         load_dataset(archive)
@@ -243,8 +244,8 @@ def examples() -> list[Example]:
 
 def _run(
     model: Path, examples: list[Example], output: Path, stop_after: int = 0, **fields: Any
-) -> list[lora.TrainStep]:
-    done: list[lora.TrainStep] = []
+) -> list[TrainStep]:
+    done: list[TrainStep] = []
 
     def cancelled() -> bool:
         progress = sum(isinstance(step, TrainProgress) for step in done)
@@ -254,25 +255,25 @@ def _run(
     return done
 
 
-def _losses(steps: list[lora.TrainStep]) -> list[float]:
+def _losses(steps: list[TrainStep]) -> list[float]:
     return [step.loss for step in steps if isinstance(step, TrainProgress)]
 
 
 @pytest.fixture(scope="module")
 def trained(
     model: Path, examples: list[Example], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[Path, list[lora.TrainStep], Any]]:
+) -> Iterator[tuple[Path, list[TrainStep], Any]]:
     """Four steps with checkpoints and a validation picture; also the trained model itself."""
     output = tmp_path_factory.mktemp("trained")
     loaded: list[Any] = []
-    real_load = lora._load_model
+    real_train = lora._train
 
-    def spy(folder: Path, request: TrainRequest) -> Any:
-        loaded.append(real_load(folder, request))
-        return loaded[-1]
+    def spy(model: Any, *rest: Any) -> Any:
+        loaded.append(model)
+        return real_train(model, *rest)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(lora, "_load_model", spy)
+        patch.setattr(lora, "_train", spy)
         patch.setattr(lora, "VALIDATION_STEPS", 2)
         # alpha != rank: the saved files must carry the scale alpha / rank = 2.
         fields = {"steps": 4, "checkpoint_every": 2, "validation_every": 4, "alpha": 8.0}
@@ -303,7 +304,7 @@ def _draw(pipe: Any) -> np.ndarray:
 
 @pytest.mark.slow
 def test_training_yields_progress_checkpoints_a_validation_picture_and_done(
-    trained: tuple[Path, list[lora.TrainStep], Any],
+    trained: tuple[Path, list[TrainStep], Any],
 ) -> None:
     output, steps, _ = trained
     kinds = [type(step).__name__ for step in steps]
@@ -341,9 +342,7 @@ def test_training_yields_progress_checkpoints_a_validation_picture_and_done(
 
 
 @pytest.mark.slow
-def test_only_lora_weights_change(
-    model: Path, trained: tuple[Path, list[lora.TrainStep], Any]
-) -> None:
+def test_only_lora_weights_change(model: Path, trained: tuple[Path, list[TrainStep], Any]) -> None:
     unet = trained[2].unet
     original = load_file(model / "unet" / "diffusion_pytorch_model.safetensors")
     state = unet.state_dict()
@@ -358,7 +357,7 @@ def test_only_lora_weights_change(
 def test_the_same_seed_gives_the_same_losses_and_another_seed_others(
     model: Path,
     examples: list[Example],
-    trained: tuple[Path, list[lora.TrainStep], Any],
+    trained: tuple[Path, list[TrainStep], Any],
     tmp_path: Path,
 ) -> None:
     again = _losses(_run(model, examples, tmp_path / "again", steps=2, alpha=8.0))
@@ -370,7 +369,7 @@ def test_the_same_seed_gives_the_same_losses_and_another_seed_others(
 
 @pytest.mark.slow
 def test_the_saved_files_load_and_change_the_pictures(
-    model: Path, trained: tuple[Path, list[lora.TrainStep], Any]
+    model: Path, trained: tuple[Path, list[TrainStep], Any]
 ) -> None:
     output = trained[0]
     pipe = _pipeline(model)

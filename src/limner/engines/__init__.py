@@ -12,9 +12,12 @@ import importlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from limner.errors import InvalidRequest
+
+if TYPE_CHECKING:
+    from limner.engines.training import Example, TrainRequest, TrainStep
 
 
 @dataclass
@@ -168,7 +171,21 @@ class ChatEngine(Protocol):
     def memory_bytes(self) -> int: ...
 
 
-EngineFactory = Callable[[Path, Options], ChatEngine | ImageEngine]
+class TrainEngine(Protocol):
+    """A model loaded to be trained (engines/lora.py). `cancelled()` is polled before every step."""
+
+    def train(
+        self,
+        dataset: list[Example],
+        request: TrainRequest,
+        output: Path,
+        cancelled: Callable[[], bool],
+    ) -> Iterator[TrainStep]: ...
+
+    def memory_bytes(self) -> int: ...
+
+
+EngineFactory = Callable[[Path, Options], ChatEngine | ImageEngine | TrainEngine]
 
 # model_format in the manifest config -> "module:factory", imported lazily in the runner.
 ENGINES: dict[str, str] = {
@@ -177,6 +194,9 @@ ENGINES: dict[str, str] = {
     "diffusers": "limner.engines.diffusion:load",
     "sd-checkpoint": "limner.engines.diffusion:load_checkpoint",
     "fake": "limner.engines.fake:load",
+    # Training runners: the model to train on, loaded by its trainer (`train` requests).
+    "train:diffusers": "limner.engines.lora:load_trainer",
+    "train:sd-checkpoint": "limner.engines.lora:load_checkpoint_trainer",
 }
 
 

@@ -120,6 +120,8 @@ DEFAULT_GUIDANCE, LCM_GUIDANCE = 7.5, 1.0
 MAX_STYLE_STRENGTH = 2.0
 IP_ADAPTER_FOLDER = "ip_adapter"
 LORA_FOLDER = "adapters"  # a model's LoRA files (the store's adapter layers)
+EXPORTS_FOLDER = "exports"  # files kept with a model for other tools (a kohya copy of a LoRA)
+SIDE_FOLDERS = (LORA_FOLDER, EXPORTS_FOLDER, IP_ADAPTER_FOLDER)
 IP_ADAPTER_FILE = "ip-adapter.safetensors"  # preferred when ip_adapter/ holds several
 
 SD_CLASSES = {
@@ -175,8 +177,13 @@ def load_checkpoint(folder: Path, options: Options) -> DiffusionEngine:
 
 
 def _single_checkpoint(folder: Path) -> Path:
+    # The model's LoRAs and exported files live in their own folders beside the checkpoint.
     files = sorted(p for p in folder.rglob("*") if p.is_file())
-    candidates = [p for p in files if p.name.endswith(".safetensors")]
+    candidates = [
+        p
+        for p in files
+        if p.name.endswith(".safetensors") and p.relative_to(folder).parts[0] not in SIDE_FOLDERS
+    ]
     if len(candidates) != 1:
         raise InvalidRequest(
             f"a single-file checkpoint folder holds exactly one .safetensors file; {folder} "

@@ -1,16 +1,9 @@
 """LoRA training for Stable Diffusion 1.x/2.x: a dataset of the user's pictures in, a LoRA out.
 
-This module knows nothing about HTTP, jobs or the store. `load_dataset` reads a folder or a
-.zip of pictures and captions into memory; `train` trains a LoRA on the UNet of a diffusers
-model folder and yields typed steps. Heavy imports (torch, diffusers, peft) happen here only.
-
-Datasets (`load_dataset`): PNG, JPEG and WebP pictures (by suffix, at any depth), captioned by
-a `metadata.jsonl` line (`{"file_name": ..., "text": ...}`, file_name relative to that file's
-folder) or else by a same-stem `.txt` next to the picture, or else by the instance prompt
-(DreamBooth style). Other files, hidden files and `__MACOSX/` are ignored; a picture suffix on
-a file that does not decode is refused. Nothing outside the dataset is ever read: symlinks, and
-zip members or file_names that are absolute or hold `..`, are refused; a zip is read in memory
-(never unpacked to disk) within MAX_DATASET_BYTES.
+This module knows nothing about HTTP, jobs or the store; the request, the dataset and the
+steps are defined torch-free in `engines/training.py`. `Trainer` is a runner's engine (the
+base model loaded once, frozen, its own LoRAs fused); `train()` does the same for a diffusers
+folder in one call. Heavy imports (torch, diffusers, peft) happen here only.
 
 Training (`train`) follows diffusers' examples/text_to_image/train_text_to_image_lora.py: all
 base weights frozen (cast to the chosen precision), `unet.add_adapter(LoraConfig(...))` on the
@@ -38,19 +31,16 @@ Torch work runs on the thread that iterates the generator; iterate it from one t
 from __future__ import annotations
 
 import io
-import json
 import math
 import os
-import posixpath
 import random
 import shutil
-import stat
 import tempfile
 import time
-import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -59,6 +49,7 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import cast_training_params
+from diffusers.utils import logging as diffusers_logging
 from diffusers.utils.state_dict_utils import (
     convert_state_dict_to_diffusers,
     convert_state_dict_to_kohya,
@@ -68,227 +59,34 @@ from peft.utils import get_peft_model_state_dict
 from PIL import Image
 from safetensors.torch import save_file
 
-from limner.engines.diffusion import _pick_precision, load_diffusers_pipeline
-from limner.engines.pictures import PICTURE_FORMATS, check_picture
-from limner.errors import InvalidRequest, TooLarge
+from limner.engines import Options
+from limner.engines.diffusion import (
+    LORA_FOLDER,
+    PipelineLoader,
+    _fuse_loras,
+    _load_single_file,
+    _pick_precision,
+    _single_checkpoint,
+    load_diffusers_pipeline,
+)
+from limner.engines.pictures import PICTURE_FORMATS
+from limner.engines.training import (
+    Example,
+    TrainCheckpoint,
+    TrainDone,
+    TrainProgress,
+    TrainRequest,
+    TrainStep,
+    TrainValidation,
+    check_request,
+)
+from limner.errors import InvalidRequest
+from limner.store.create import safetensors_header, sd_checkpoint_type
 
-PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
-METADATA = "metadata.jsonl"
-MAX_DATASET_BYTES = 2 << 30  # pictures + captions, read into memory
-MAX_RESOLUTION = 2048
-LR_SCHEDULERS = ("constant", "linear", "cosine", "constant_with_warmup")
 TARGET_MODULES = ["to_k", "to_q", "to_v", "to_out.0"]
 VALIDATION_STEPS = 20
 WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
 KOHYA_NAME = "lora_kohya.safetensors"
-
-
-@dataclass
-class Example:
-    """One training picture: its path inside the dataset, encoded bytes, and caption."""
-
-    name: str
-    picture: bytes
-    caption: str
-
-
-@dataclass
-class TrainRequest:
-    """How to train. Defaults follow diffusers' LoRA example (rank 4, lr 1e-4, constant)."""
-
-    resolution: int = 0  # 0: the model's default size (512 for SD 1.5)
-    center_crop: bool = True  # else a random crop
-    random_flip: bool = False
-    steps: int = 500  # optimizer steps
-    batch_size: int = 1
-    gradient_accumulation: int = 1
-    learning_rate: float = 1e-4
-    lr_scheduler: str = "constant"  # one of LR_SCHEDULERS
-    warmup_steps: int = 0
-    rank: int = 4
-    alpha: float | None = None  # None: rank (LoRA scale 1)
-    seed: int = 0
-    precision: str = ""  # frozen weights: "" picks bf16 where the device has it, else fp32
-    instance_prompt: str = ""  # caption of pictures without their own
-    validation_prompt: str = ""  # "": the first picture's caption
-    validation_every: int = 0  # 0: no validation pictures
-    checkpoint_every: int = 0  # 0: no checkpoints
-    max_grad_norm: float = 1.0
-
-
-@dataclass
-class TrainProgress:
-    """One optimizer step done; `loss` is its mean over the accumulated batches."""
-
-    step: int
-    total: int
-    loss: float
-    learning_rate: float
-    eta_seconds: float
-
-
-@dataclass
-class TrainCheckpoint:
-    """A loadable LoRA (diffusers keys) of the weights after `step`."""
-
-    step: int
-    path: Path
-
-
-@dataclass
-class TrainValidation:
-    """A picture of the validation prompt drawn with the adapter after `step`."""
-
-    step: int
-    png: bytes
-
-
-@dataclass
-class TrainDone:
-    """Training finished: `path` is the diffusers-format LoRA, `parameters` what was used."""
-
-    steps: int
-    final_loss: float
-    path: Path
-    parameters: dict[str, Any]
-
-
-TrainStep = TrainProgress | TrainCheckpoint | TrainValidation | TrainDone
-
-
-# --- Datasets ----------------------------------------------------------------------------
-
-
-def load_dataset(source: Path, instance_prompt: str = "") -> list[Example]:
-    """The captioned pictures of a folder or .zip; `instance_prompt` captions the others."""
-    source = Path(source)
-    if source.is_file() and zipfile.is_zipfile(source):
-        files = _zip_files(source)
-    elif source.is_dir():
-        files = _folder_files(source)
-    else:
-        raise InvalidRequest(f"dataset {source.name!r} is neither a folder nor a .zip file")
-    return _examples(files, instance_prompt.strip())
-
-
-def _wanted(name: str) -> bool:
-    # Only pictures and captions are read; macOS adds __MACOSX/ and ._ files to zips.
-    parts = PurePosixPath(name).parts
-    if any(part.startswith(".") or part == "__MACOSX" for part in parts):
-        return False
-    return name.lower().endswith((*PICTURE_SUFFIXES, ".txt")) or parts[-1] == METADATA
-
-
-def _folder_files(folder: Path) -> dict[str, bytes]:
-    sizes: dict[str, int] = {}
-    for root, dirs, names in os.walk(folder):  # symlinked folders are listed, not entered
-        for name in dirs + names:
-            if Path(root, name).is_symlink():
-                relative = Path(root, name).relative_to(folder).as_posix()
-                raise InvalidRequest(f"the dataset holds a symbolic link, {relative!r}")
-        for name in names:
-            relative = Path(root, name).relative_to(folder).as_posix()
-            if _wanted(relative):
-                sizes[relative] = Path(root, name).stat().st_size
-    _check_total(sum(sizes.values()))
-    return {name: (folder / name).read_bytes() for name in sorted(sizes)}
-
-
-def _zip_files(archive_path: Path) -> dict[str, bytes]:
-    with zipfile.ZipFile(archive_path) as archive:
-        members = [info for info in archive.infolist() if not info.is_dir()]
-        for info in members:
-            _check_member(info)
-        wanted = [info for info in members if _wanted(info.filename)]
-        _check_total(sum(info.file_size for info in wanted))
-        # ZipExtFile stops at the declared size and checks the CRC, so this read is bounded.
-        return {info.filename: archive.read(info) for info in wanted}
-
-
-def _check_member(info: zipfile.ZipInfo) -> None:
-    name = info.filename
-    if stat.S_ISLNK(info.external_attr >> 16):
-        raise InvalidRequest(f"the zip holds a symbolic link, {name!r}")
-    if not _inside(name):
-        raise InvalidRequest(f"the zip member {name!r} points outside the dataset")
-
-
-def _inside(name: str) -> bool:
-    """Whether a relative name stays inside its folder on POSIX and on Windows."""
-    windows = PureWindowsPath(name)
-    return bool(
-        name
-        and not windows.drive
-        and not windows.root
-        and not PurePosixPath(name).is_absolute()
-        and ".." not in windows.parts
-    )
-
-
-def _check_total(total: int) -> None:
-    if total > MAX_DATASET_BYTES:
-        raise TooLarge(
-            f"the dataset's pictures and captions hold {total} bytes; "
-            f"at most {MAX_DATASET_BYTES} are accepted"
-        )
-
-
-def _examples(files: dict[str, bytes], instance_prompt: str) -> list[Example]:
-    pictures = [name for name in files if name.lower().endswith(PICTURE_SUFFIXES)]
-    if not pictures:
-        raise InvalidRequest("the dataset holds no PNG, JPEG or WebP pictures")
-    for name in pictures:
-        check_picture(files[name], f"picture {name!r}")
-    listed = _metadata_captions(files, set(pictures))
-    examples, missing = [], []
-    for name in sorted(pictures):
-        caption = listed.get(name) or _caption_file(files, name) or instance_prompt
-        if not caption:
-            missing.append(name)
-        examples.append(Example(name, files[name], caption))
-    if missing:
-        shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if missing[10:] else "")
-        raise InvalidRequest(
-            f"no caption for {shown}: add a same-stem .txt, a metadata.jsonl line, "
-            "or an instance prompt"
-        )
-    return examples
-
-
-def _caption_file(files: dict[str, bytes], picture: str) -> str:
-    data = files.get(posixpath.splitext(picture)[0] + ".txt")
-    return data.decode("utf-8", errors="replace").strip() if data is not None else ""
-
-
-def _metadata_captions(files: dict[str, bytes], pictures: set[str]) -> dict[str, str]:
-    """Captions of every metadata.jsonl, keyed by the picture's name in the dataset."""
-    captions: dict[str, str] = {}
-    for meta in sorted(name for name in files if PurePosixPath(name).name == METADATA):
-        folder = posixpath.dirname(meta)
-        text = files[meta].decode("utf-8", errors="replace")
-        for number, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                where = f"{meta} line {number}"
-                file_name, caption = _metadata_line(line, where)
-                name = posixpath.join(folder, file_name) if folder else file_name
-                if name not in pictures:
-                    raise InvalidRequest(f"{where} names {file_name!r}, which is no picture here")
-                captions[name] = caption
-    return captions
-
-
-def _metadata_line(line: str, where: str) -> tuple[str, str]:
-    try:
-        entry = json.loads(line)
-    except json.JSONDecodeError as error:
-        raise InvalidRequest(f"{where} is not JSON: {error}") from error
-    file_name = entry.get("file_name") if isinstance(entry, dict) else None
-    caption = entry.get("text", "") if isinstance(entry, dict) else None
-    if not isinstance(file_name, str) or not isinstance(caption, str):
-        raise InvalidRequest(f'{where} needs a string "file_name" and a string "text"')
-    if not _inside(file_name) or "\\" in file_name:
-        raise InvalidRequest(f"{where}: file_name {file_name!r} points outside the dataset")
-    return posixpath.normpath(file_name), caption.strip()
 
 
 # --- Training ----------------------------------------------------------------------------
@@ -307,6 +105,73 @@ class _Model:
     resolution: int
 
 
+class Trainer:
+    """A training runner's engine: the base model, frozen, loaded once; one `train()` per load.
+
+    The model's own LoRAs are fused first (at `options.adapter_scale`), so a new adapter
+    learns on top of the pictures the model draws today.
+    """
+
+    def __init__(
+        self, folder: Path, options: Options, loader: PipelineLoader = load_diffusers_pipeline
+    ) -> None:
+        diffusers_logging.disable_progress_bar()  # a runner's log is no terminal
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.on_gpu = self.device == "cuda"
+        self.dtype, self.precision = _pick_precision(options.precision, self.device)
+        pipe = loader(Path(folder), self.dtype)
+        if isinstance(pipe, StableDiffusionXLPipeline):
+            raise InvalidRequest("LoRA training runs on Stable Diffusion 1.x/2.x models, not SDXL")
+        self.noise = DDPMScheduler.from_config(pipe.scheduler.config)  # type: ignore[no-untyped-call]
+        prediction = self.noise.config.prediction_type
+        if prediction not in ("epsilon", "v_prediction"):
+            raise InvalidRequest(f"cannot train prediction type {prediction!r}")
+        self.base_loras = _fuse_loras(pipe, Path(folder) / LORA_FOLDER, options.adapter_scale)
+        pipe.set_progress_bar_config(disable=True)
+        for part in (pipe.unet, pipe.vae, pipe.text_encoder):
+            part.requires_grad_(False)
+        pipe.to(self.device)
+        self.pipe = pipe
+        self.default_size = int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
+        self._trained = False
+
+    def memory_bytes(self) -> int:
+        modules = [m for m in self.pipe.components.values() if isinstance(m, torch.nn.Module)]
+        return sum(p.numel() * p.element_size() for m in modules for p in m.parameters())
+
+    def train(
+        self,
+        dataset: list[Example],
+        request: TrainRequest,
+        output: Path,
+        cancelled: Callable[[], bool],
+    ) -> Iterator[TrainStep]:
+        """Train a LoRA on `dataset`, writing checkpoints and the result into `output`."""
+        check_request(request)
+        if not dataset:
+            raise InvalidRequest("the dataset holds no pictures")
+        if self._trained:  # the adapter stays attached to the UNet: a new job needs a new load
+            raise RuntimeError("this trainer has trained already; load the model again")
+        self._trained = True
+        model = _Model(
+            self.pipe, self.pipe.unet, self.noise, self.device, self.dtype, self.precision,
+            request.resolution or self.default_size,
+        )  # fmt: skip
+        yield from _train(model, dataset, request, Path(output), cancelled)
+
+
+def load_trainer(folder: Path, options: Options) -> Trainer:
+    """The trainer of a diffusers folder."""
+    return Trainer(Path(folder), options)
+
+
+def load_checkpoint_trainer(folder: Path, options: Options) -> Trainer:
+    """The trainer of a single-file checkpoint (LDM layout), with the bundled config."""
+    path = _single_checkpoint(Path(folder))
+    kind = sd_checkpoint_type(safetensors_header(path), repr(path.name))
+    return Trainer(Path(folder), options, loader=partial(_load_single_file, path, kind))
+
+
 def train(
     model_folder: Path,
     dataset: list[Example],
@@ -314,10 +179,19 @@ def train(
     output: Path,
     cancelled: Callable[[], bool],
 ) -> Iterator[TrainStep]:
-    """Train a LoRA of the model in `model_folder` on `dataset`, writing into `output`."""
-    _check_request(request, dataset)
-    model = _load_model(Path(model_folder), request)
-    output = Path(output)
+    """Train a LoRA of the diffusers model in `model_folder` on `dataset`, into `output`."""
+    check_request(request)
+    trainer = Trainer(Path(model_folder), Options(precision=request.precision))
+    yield from trainer.train(dataset, request, output, cancelled)
+
+
+def _train(
+    model: _Model,
+    dataset: list[Example],
+    request: TrainRequest,
+    output: Path,
+    cancelled: Callable[[], bool],
+) -> Iterator[TrainStep]:
     output.mkdir(parents=True, exist_ok=True)
     lora = _add_lora(model.unet, request)
     optimizer = torch.optim.AdamW(lora, lr=request.learning_rate)
@@ -345,48 +219,6 @@ def train(
     path = _save_diffusers(model.unet, output)
     _save_kohya(model.unet, output / KOHYA_NAME, request)
     yield TrainDone(request.steps, loss, path, _parameters(request, model, dataset, lora))
-
-
-def _check_request(request: TrainRequest, dataset: list[Example]) -> None:
-    positive = ("steps", "batch_size", "gradient_accumulation", "rank")
-    for name in positive:
-        if getattr(request, name) < 1:
-            raise InvalidRequest(f"{name} must be at least 1, not {getattr(request, name)}")
-    for name in ("warmup_steps", "validation_every", "checkpoint_every", "resolution"):
-        if getattr(request, name) < 0:
-            raise InvalidRequest(f"{name} must not be negative, not {getattr(request, name)}")
-    for name in ("learning_rate", "max_grad_norm", "alpha"):
-        value = getattr(request, name)
-        if value is not None and not (math.isfinite(value) and value > 0):
-            raise InvalidRequest(f"{name} must be a positive number, not {value}")
-    if request.lr_scheduler not in LR_SCHEDULERS:
-        raise InvalidRequest(
-            f"lr_scheduler must be one of {', '.join(LR_SCHEDULERS)}, not {request.lr_scheduler!r}"
-        )
-    if request.resolution % 8 or request.resolution > MAX_RESOLUTION:
-        raise InvalidRequest(
-            f"resolution must be a multiple of 8 up to {MAX_RESOLUTION}, not {request.resolution}"
-        )
-    if not dataset:
-        raise InvalidRequest("the dataset holds no pictures")
-
-
-def _load_model(folder: Path, request: TrainRequest) -> _Model:
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype, precision = _pick_precision(request.precision, device)
-    pipe = load_diffusers_pipeline(folder, dtype)
-    if isinstance(pipe, StableDiffusionXLPipeline):
-        raise InvalidRequest("LoRA training runs on Stable Diffusion 1.x/2.x models, not SDXL")
-    pipe.set_progress_bar_config(disable=True)
-    for part in (pipe.unet, pipe.vae, pipe.text_encoder):
-        part.requires_grad_(False)
-    pipe.to(device)
-    noise = DDPMScheduler.from_config(pipe.scheduler.config)  # type: ignore[no-untyped-call]
-    if noise.config.prediction_type not in ("epsilon", "v_prediction"):
-        raise InvalidRequest(f"cannot train prediction type {noise.config.prediction_type!r}")
-    default = int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
-    resolution = request.resolution or default
-    return _Model(pipe, pipe.unet, noise, device, dtype, precision, resolution)
 
 
 def _add_lora(unet: Any, request: TrainRequest) -> list[torch.nn.Parameter]:
@@ -520,7 +352,7 @@ def _save_diffusers(unet: Any, folder: Path) -> Path:
         layers = convert_state_dict_to_diffusers(_lora_state(unet))  # type: ignore[no-untyped-call]
         # The adapter's config travels in the file's metadata: without it, loaders assume
         # alpha = rank, and a LoRA trained with another alpha would load at the wrong scale.
-        StableDiffusionPipeline.save_lora_weights(  # type: ignore[no-untyped-call]
+        StableDiffusionPipeline.save_lora_weights(
             staging,
             unet_lora_layers=layers,
             weight_name=WEIGHTS_NAME,
