@@ -135,3 +135,12 @@ def add_fake_draw(store: Store, name: str = "draw", **config: Any) -> None:
     """A drawing model served by the fake engine: flat pictures after `steps` progress lines."""
     model = {"model_type": "limner-fake-draw", **config}
     add_model(store, name, {"config.json": json.dumps(model).encode()})
+
+
+def add_tiny_sd(store: Store, tmp_path: Path, name: str = "sd") -> None:
+    """limner's tiny random Stable Diffusion (diffusers folder, no IP-Adapter) as `name`."""
+    from limner.cli.models import folder_files
+    from limner.tiny import write_tiny_sd
+
+    folder = write_tiny_sd(tmp_path / name, seed=0, ip_adapter=False)
+    add_model(store, name, {rel: path.read_bytes() for rel, path in folder_files(folder)})

@@ -10,8 +10,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from conftest import add_fake, add_model
-from limner.cli.models import folder_files
+from conftest import add_fake, add_tiny_sd
 from limner.client import Client
 from limner.errors import InvalidRequest, UnsafeWeights
 from limner.names import ModelName
@@ -22,12 +21,8 @@ from limner.types import CreateRequest
 
 pytest.importorskip("peft")
 
-from limner.engines.lora import Example, TrainRequest, train
-
-
-def add_tiny_sd(store: Store, tmp_path: Path) -> None:
-    folder = write_tiny_sd(tmp_path / "sd", seed=0, ip_adapter=False)
-    add_model(store, "sd", {name: path.read_bytes() for name, path in folder_files(folder)})
+from limner.engines.lora import train
+from limner.engines.training import Example, TrainRequest
 
 
 def pixels(png: bytes) -> bytes:

@@ -36,6 +36,7 @@ from limner.types import (
     ProcessResponse,
     ProgressResponse,
     ShowResponse,
+    TrainSection,
 )
 
 Reply = TypeVar("Reply", bound=BaseModel)
@@ -275,14 +276,19 @@ class Client(_Base):
         self, model: str, *, from_: str | None = None, files: dict[str, str] | None = None,
         system: str | None = None, template: str | None = None, license: str | Sequence[str] | None = None,
         parameters: dict[str, Any] | None = None, messages: Sequence[dict[str, Any]] | None = None,
-        quantize: str | None = None, adapters: dict[str, str] | None = None, stream: bool = False,
+        quantize: str | None = None, adapters: dict[str, str] | None = None,
+        train: TrainSection | dict[str, Any] | None = None, stream: bool = False,
     ) -> ProgressResponse | Iterator[ProgressResponse]:  # fmt: skip
         """Create a model from uploaded files (see `create_blob`) or from another model;
         `quantize` ("q4_0", "q8_0", "f16") converts a Hugging Face LLaVA to GGUF; `adapters`
-        (file name -> uploaded blob) adds LoRA files to a drawing model."""
+        (file name -> uploaded blob) adds LoRA files to a drawing model; `train` trains a LoRA
+        of the drawing model `from_` on uploaded pictures (`files` inside it), streaming each
+        step's loss (`status` "training")."""
+        if isinstance(train, TrainSection):
+            train = train.model_dump(exclude_none=True)
         body = _body(model=model, from_=from_, files=files, system=system, template=template,
                      license=license, parameters=parameters, messages=messages,
-                     quantize=quantize, adapters=adapters)  # fmt: skip
+                     quantize=quantize, adapters=adapters, train=train)  # fmt: skip
         result: ProgressResponse | Iterator[ProgressResponse] = self._call(
             "/api/create", body, ProgressResponse, stream
         )

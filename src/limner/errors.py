@@ -6,6 +6,7 @@
     │   └── UnsafeWeights (400)     pickle weights (.bin/.pt/.ckpt) refused
     ├── NotFound (404)
     │   └── ModelNotFound (404)     "model 'x' not found"
+    ├── Conflict (409)              a second training job while one runs
     ├── TooLarge (413)              request body or decoded picture over the limit
     ├── RequestCanceled (499)       the client went away
     ├── ServerBusy (503)            the scheduler's queue is full
@@ -56,6 +57,10 @@ class ModelNotFound(NotFound):
         self.name = name
 
 
+class Conflict(LimnerError):
+    status = 409
+
+
 class TooLarge(LimnerError):
     status = 413
 
@@ -99,6 +104,7 @@ class ConnectError(LimnerError):
 _BY_STATUS: dict[int, type[LimnerError]] = {
     400: InvalidRequest,
     404: NotFound,
+    409: Conflict,
     413: TooLarge,
     499: RequestCanceled,
     503: ServerBusy,

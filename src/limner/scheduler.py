@@ -13,6 +13,10 @@ are loaded, or the loaded models plus that need would pass LIMNER_MEMORY_LIMIT, 
 recently used idle model is unloaded first (if none is idle, the load waits). A model that
 cannot fit even alone is refused with both numbers (InsufficientMemory, 507).
 
+Work that is no loaded model (LoRA training) takes the whole budget with `exclusive()`: every
+model is unloaded once its requests end, and until the work ends a load is refused with
+ServerBusy (503) saying why.
+
 Windows: a model loads with the request's `num_ctx`, else its parameters' `num_ctx`, else
 its trained length capped by LIMNER_CONTEXT_LENGTH. A later request asking for a smaller
 window uses the loaded runner as is (Ollama reloads: #6148, #8903); only a larger one reloads
@@ -54,6 +58,8 @@ class Runner(Protocol):
     ) -> AsyncIterator[dict[str, Any]]: ...
 
     def generate_image(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]: ...
+
+    def train(self, job: dict[str, Any]) -> AsyncIterator[dict[str, Any]]: ...
 
     async def stop(self, grace: float = 5.0) -> None: ...
 
@@ -110,6 +116,7 @@ class Scheduler:
         self._load_lock = asyncio.Lock()
         self._became_idle = asyncio.Event()
         self._stopping: set[asyncio.Task[None]] = set()
+        self.held_by = ""  # what holds the whole budget (exclusive()), for messages
 
     # --- leasing ---
 
@@ -142,6 +149,24 @@ class Scheduler:
             model.fresh = False
             self._release(model)
 
+    @contextlib.asynccontextmanager
+    async def exclusive(self, holder: str) -> AsyncIterator[None]:
+        """The machine's whole memory budget for `holder`: every loaded model is unloaded
+        first (waiting for its requests to end), and no model loads until this ends."""
+        async with self._load_lock:
+            if self.held_by:
+                raise ServerBusy(f"the machine is busy with {self.held_by}; try again when it ends")
+            for model in list(self.loaded.values()):
+                await self._wait_idle(model)
+                log.info("unloading %s for %s", model.name, holder)
+                await self._unload(model)
+            await self.settle()
+            self.held_by = holder
+        try:
+            yield
+        finally:
+            self.held_by = ""
+
     def used_bytes(self) -> int:
         """Memory the loaded models hold, as their runners report it."""
         return sum(m.runner.memory or m.size for m in self.loaded.values())
@@ -162,6 +187,11 @@ class Scheduler:
                 await self._wait_idle(model)
                 await self._unload(model)
                 model = None
+            if model is None and self.held_by:
+                raise ServerBusy(
+                    f"{name.display()} cannot load while the machine is busy with "
+                    f"{self.held_by}; try again when it ends"
+                )
             if model is None:
                 model = await self._load(entry, keep_alive, work_bytes, num_ctx)
             model.references += 1

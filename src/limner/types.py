@@ -174,6 +174,7 @@ class ShowResponse(_Response):
     projector_info: dict[str, Any] | None = None  # GGUF models with a vision projector
     capabilities: list[str] = Field(default_factory=list)
     modified_at: datetime | None = None
+    training: dict[str, Any] | None = None  # how a trained model was trained, and its metrics
 
 
 class CopyRequest(_Request):
@@ -184,6 +185,32 @@ class CopyRequest(_Request):
 class DeleteRequest(_Request):
     model: str = ""
     name: str | None = None
+
+
+class TrainSection(_Request):
+    """`/api/create`'s `train`: a LoRA trained on uploaded pictures. None: the trainer's default."""
+
+    files: dict[str, str] = Field(default_factory=dict)  # relative name -> blob; or one .zip
+    caption_with: str | None = None  # a vision chat model captions pictures without captions
+    caption_prompt: str | None = None  # what it is asked
+    steps: int | None = None
+    rank: int | None = None
+    alpha: float | None = None
+    learning_rate: float | None = None
+    lr_scheduler: str | None = None
+    warmup_steps: int | None = None
+    resolution: int | None = None
+    batch_size: int | None = None
+    gradient_accumulation: int | None = None
+    center_crop: bool | None = None
+    random_flip: bool | None = None
+    seed: int | None = None
+    precision: str | None = None
+    instance_prompt: str | None = None
+    validation_prompt: str | None = None
+    validation_every: int | None = None
+    checkpoint_every: int | None = None
+    max_grad_norm: float | None = None
 
 
 class CreateRequest(_Request):
@@ -198,6 +225,7 @@ class CreateRequest(_Request):
     parameters: dict[str, Any] | None = None
     messages: list[Message] | None = None
     quantize: str | None = None
+    train: TrainSection | None = None
     stream: bool | None = True
 
 
@@ -214,6 +242,14 @@ class ProgressResponse(_Response):
     digest: str | None = None
     total: int | None = None
     completed: int | None = None
+    # Training (`status` "training", "checkpoint", "validation", "captioning"):
+    step: int | None = None
+    loss: float | None = None
+    learning_rate: float | None = None
+    eta: float | None = None  # seconds
+    image: str | None = None  # base64 PNG of a validation picture
+    file: str | None = None  # the picture being captioned
+    caption: str | None = None
 
 
 class VersionResponse(_Response):

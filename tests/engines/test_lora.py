@@ -394,6 +394,21 @@ def test_the_saved_files_load_and_change_the_pictures(
 
 
 @pytest.mark.slow
+def test_the_saved_adapter_reloads_bit_for_bit(
+    model: Path, trained: tuple[Path, list[TrainStep], Any]
+) -> None:
+    from peft.utils import get_peft_model_state_dict
+
+    trained_weights = get_peft_model_state_dict(trained[2].unet)
+    pipe = _pipeline(model)
+    pipe.load_lora_weights(trained[0], adapter_name="reloaded")
+    reloaded = get_peft_model_state_dict(pipe.unet, adapter_name="reloaded")
+    assert trained_weights.keys() == reloaded.keys() and len(reloaded) > 0
+    for key, tensor in trained_weights.items():
+        assert torch.equal(tensor.float(), reloaded[key]), key
+
+
+@pytest.mark.slow
 def test_cancelling_stops_cleanly_leaving_a_usable_checkpoint(
     model: Path, examples: list[Example], tmp_path: Path
 ) -> None:

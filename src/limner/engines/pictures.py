@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 from PIL import Image, UnidentifiedImageError
 
+from limner import config
 from limner.errors import InvalidImage, TooLarge
 
 PICTURE_FORMATS = ("PNG", "JPEG", "WEBP")
@@ -25,8 +26,16 @@ def open_picture(data: bytes, what: str) -> Image.Image:
 
 
 def check_picture(data: bytes, what: str) -> None:
-    """Check that a picture decodes (its structure, without decoding every pixel)."""
+    """Check that a picture decodes (its structure, without decoding every pixel) and that
+    its size, read from the header, fits LIMNER_MAX_IMAGE_PIXELS."""
+    limit = config.max_image_pixels()
     with _decoding(what), Image.open(io.BytesIO(data), formats=PICTURE_FORMATS) as picture:
+        width, height = picture.size
+        if width * height > limit:
+            raise TooLarge(
+                f"{what} is {width}x{height} = {width * height} pixels, over the limit of "
+                f"{limit} (LIMNER_MAX_IMAGE_PIXELS); use a smaller picture"
+            )
         picture.verify()
 
 

@@ -44,6 +44,7 @@ def create_app(store: Store, scheduler: Scheduler) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
+        await app.state.limner.trainings.close()  # a training keeps its last checkpoint
         await scheduler.close()  # SIGINT/SIGTERM: every runner stops with the server
 
     app = FastAPI(

@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse, Response
 from limner.engines import Options
 from limner.errors import InvalidRequest, ModelNotFound
 from limner.names import ModelName
+from limner.server import train
 from limner.server.state import State, parse_body
 from limner.server.streaming import respond
 from limner.store import create as creating
@@ -99,6 +100,7 @@ async def show(request: Request) -> Response:
         projector_info=cfg.get("projector_info") or None,
         capabilities=cfg.get("capabilities", ["completion"]),
         modified_at=entry.modified_at,
+        training=store.json_layer(entry.manifest, m.TRAINING),
     )
     return JSONResponse(reply.wire() | {"model_info": reply.model_info})
 
@@ -227,6 +229,8 @@ async def create(request: Request) -> Response:
             raise InvalidRequest(
                 f"message role {message.role!r} must be one of system, user, assistant"
             )
+    if body.train is not None:
+        return await respond(await train.create(_state(request), body), body.stream is not False)
     progress = creating.create(store, body)
     # In a worker thread: converting and quantizing a real model takes minutes.
     return await respond(_in_thread(progress), body.stream is not False)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from fastapi import Request
@@ -11,6 +11,7 @@ from pydantic import BaseModel, ValidationError
 
 from limner.errors import InvalidRequest
 from limner.scheduler import Scheduler
+from limner.server.train import Trainings
 from limner.store import Store
 
 Body = TypeVar("Body", bound=BaseModel)
@@ -20,6 +21,7 @@ Body = TypeVar("Body", bound=BaseModel)
 class State:
     store: Store
     scheduler: Scheduler
+    trainings: Trainings = field(default_factory=Trainings)
 
 
 async def parse_body(request: Request, model: type[Body]) -> Body:

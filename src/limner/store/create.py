@@ -77,6 +77,42 @@ def create(store: Store, request: CreateRequest) -> Iterator[ProgressResponse]:
     return _write(store, name, layers, extras, config)
 
 
+def trained(
+    store: Store,
+    request: CreateRequest,
+    adapter: Path,
+    record: dict[str, Any],
+    kohya: Path | None = None,
+) -> Iterator[ProgressResponse]:
+    """Store a model trained from `request.from_`: the base's layers, the new LoRA as an
+    adapter layer, its kohya copy as `exports/lora_kohya.safetensors`, and the training
+    `record` (parameters, losses, captions) as a training layer."""
+    name = ModelName.parse(request.model or request.name or "")
+    base, config = _base_layers(store, request)
+    # A model trained from a trained model keeps its adapters; its export is replaced.
+    layers = [layer for layer in base if not (layer.name or "").startswith("exports/")]
+    taken = {layer.name for layer in layers}
+    adapter_name = f"adapters/{name.model}.safetensors"
+    for number in range(2, len(taken) + 3):
+        if adapter_name not in taken:
+            break
+        adapter_name = f"adapters/{name.model}-{number}.safetensors"
+    layers.append(_file_layer(store, adapter, m.ADAPTER, adapter_name))
+    if kohya is not None:
+        export = _file_layer(store, kohya, m.FILE, "exports/lora_kohya.safetensors")
+        layers.append(export)
+        record = {**record, "exports": {"lora_kohya.safetensors": export.digest}}
+    extras = _extra_layers(store, request, layers)
+    extras[m.TRAINING] = json.dumps(record).encode()
+    return _write(store, name, layers, extras, config)
+
+
+def _file_layer(store: Store, path: Path, media_type: str, name: str) -> Layer:
+    with path.open("rb") as f:
+        digest, size = store.blobs.write(iter(functools.partial(f.read, 1 << 20), b""))
+    return Layer(mediaType=media_type, digest=digest, size=size, name=name)
+
+
 def _check_quantizable(config: dict[str, Any], quantize: str) -> None:
     from limner.store.gguf import QUANTIZATIONS
 

@@ -31,6 +31,8 @@ GGUF_MODEL, GGUF_PROJECTOR = "model.gguf", "mmproj.gguf"  # engine file names of
 MESSAGES, LICENSE = MEDIA + "messages", MEDIA + "license"
 # A file of a multi-file model (tokenizer, configs) that is not weights; carries `name`.
 FILE = "application/vnd.limner.image.file"
+# How a trained model was trained: parameters, losses, captions (JSON).
+TRAINING = "application/vnd.limner.image.training"
 
 
 class Layer(BaseModel):
