@@ -7,6 +7,7 @@ import base64
 import hashlib
 import io
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -69,6 +70,7 @@ def sdk(store: Store, server: Any, tmp_path: Path) -> Iterator[Client]:
         yield client
 
 
+@pytest.mark.slow
 def test_training_streams_steps_and_stores_a_model_that_draws_with_its_lora(
     sdk: Client, store: Store, tmp_path: Path
 ) -> None:
@@ -102,6 +104,7 @@ def test_training_streams_steps_and_stores_a_model_that_draws_with_its_lora(
     assert draw(sdk, "zq-off") == draw(sdk, "sd")
 
 
+@pytest.mark.slow
 def test_training_lowers_the_loss_on_the_same_draws_of_noise(sdk: Client, tmp_path: Path) -> None:
     """Same seed, same batches, noise and timesteps: only the learning differs."""
     files = upload(sdk, tmp_path / "photos", PICTURES)
@@ -114,6 +117,7 @@ def test_training_lowers_the_loss_on_the_same_draws_of_noise(sdk: Client, tmp_pa
     assert late(learned) < 0.9 * late(still)
 
 
+@pytest.mark.slow
 def test_a_client_that_goes_away_stops_training_and_keeps_the_last_checkpoint(
     sdk: Client, server: Any, store: Store, tmp_path: Path
 ) -> None:
@@ -198,8 +202,12 @@ Image.new("1", (12000, 12000)).save(BOMB, format="PNG")  # a few KB, 144 M pixel
         ({"a.txt": "words"}, {}, 400, "no PNG, JPEG or WebP pictures"),
         ({"a.png": "not a picture"}, {}, 400, "picture 'a.png' is not a PNG"),
         ({"a.png": BOMB.getvalue(), "a.txt": "x"}, {}, 413, "pixels, over the limit"),
-        ({"a.png": png("red"), "metadata.jsonl": '{"file_name": "../a.png", "text": "x"}'},
-         {}, 400, "points outside the dataset"),  # fmt: skip
+        (
+            {"a.png": png("red"), "metadata.jsonl": '{"file_name": "../a.png", "text": "x"}'},
+            {},
+            400,
+            "points outside the dataset",
+        ),
         ({"../a.png": png("red")}, {"instance_prompt": "x"}, 400, "points outside the dataset"),
         ({"a.png": png("red"), "a.txt": "x"}, {"steps": 0}, 400, "steps must be at least 1"),
         ({"a.png": png("red"), "a.txt": "x"}, {"rank": -2}, 400, "rank must be at least 1"),
@@ -238,3 +246,32 @@ def test_only_stable_diffusion_models_can_be_trained(
     body = {"model": "bad", "from": base, "train": {"files": files}}
     reply = httpx.post(f"{server.url}/api/create", json=body)
     assert (reply.status_code, message in reply.json()["error"]) == (status, True), reply.text
+
+
+def test_the_cli_trains_from_a_folder_and_saves_the_loss_curve_and_summary(
+    sdk: Client, server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    from limner.cli.main import main
+
+    photos = tmp_path / "photos"
+    for name, data in {**PICTURES, ".hidden.png": b"junk", "notes.md": "ignored"}.items():
+        (photos / name).parent.mkdir(parents=True, exist_ok=True)
+        (photos / name).write_bytes(data.encode() if isinstance(data, str) else data)
+    monkeypatch.setenv("LIMNER_HOST", server.url)
+    monkeypatch.chdir(tmp_path)
+    flags = ["--steps", "4", "--resolution", "32", "--precision", "fp32", "--lr", "0.05",
+             "--validation-every", "4", "--rank", "2"]  # fmt: skip
+    assert main(["create", "zq-cli", "--from", "sd", "--train", str(photos), *flags]) == 0
+    out = capsys.readouterr().out
+    assert "copying file a.png" in out and "notes.md" not in out and "hidden" not in out
+    assert "step 4/4" in out and "success" in out
+    results = tmp_path / "zq-cli-training"
+    with Image.open(results / "loss.png") as curve:
+        assert curve.format == "PNG" and curve.width > 100
+    assert json.loads((results / "summary.json").read_text())["parameters"]["rank"] == 2
+    assert (results / "validation-step-00004.png").is_file()
+
+    assert main(["show", "zq-cli"]) == 0
+    shown = capsys.readouterr().out
+    assert "completed" in shown and re.search(r"rank\s+2", shown)

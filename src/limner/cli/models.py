@@ -7,7 +7,9 @@ messages (`deleted 'M'`), so scripts written for one work with the other.
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import re
 import shutil
 import sys
 import tempfile
@@ -73,8 +75,10 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "--from names the stored model; may be given more than once",
     )  # fmt: skip
     create.add_argument(
-        "--adapter-scale", metavar="S", type=float, help="how strongly the LoRAs apply (default 1)"
-    )
+        "--adapter-scale", "--scale", metavar="S", type=float,
+        help="how strongly the LoRAs apply (default 1)",
+    )  # fmt: skip
+    add_training_arguments(create)
     create.add_argument(
         "--quantize", metavar="TYPE", choices=("q4_0", "q8_0", "f16", "f32"), type=str.lower,
         help="convert a Hugging Face LLaVA to GGUF with TYPE weights: q4_0, q8_0, f16 or f32",
@@ -210,7 +214,14 @@ def show_model(args: argparse.Namespace) -> int:
               "or '--template' can be specified", file=sys.stderr)  # fmt: skip
         return 1
     info = client().show(args.model)
-    print(show_field(info, chosen[0]) if chosen else format_show(info))
+    if chosen:
+        print(show_field(info, chosen[0]))
+    elif info.training:
+        from limner.cli.training import format_training
+
+        print(format_show(info) + "\n" + format_training(info.training))
+    else:
+        print(format_show(info))
     return 0
 
 
@@ -331,6 +342,8 @@ def stop_model(args: argparse.Namespace) -> int:
 
 
 def create_model(args: argparse.Namespace) -> int:
+    if args.train:
+        return _create_by_training(args)
     if args.adapter:
         return _create_with_adapters(args)
     quantize = args.quantize
@@ -379,6 +392,92 @@ def _create_with_adapters(args: argparse.Namespace) -> int:
         args.model, from_=args.folder, adapters=adapters, parameters=scale, stream=True
     )
     show_progress(steps)
+    return 0
+
+
+TRAIN_FLAGS = {  # flag -> (train field, type, help)
+    "steps": ("steps", int, "optimizer steps (default 500)"),
+    "rank": ("rank", int, "LoRA rank (default 4)"),
+    "alpha": ("alpha", float, "LoRA alpha (default: the rank)"),
+    "lr": ("learning_rate", float, "learning rate (default 1e-4)"),
+    "lr-scheduler": ("lr_scheduler", str, "constant, linear, cosine or constant_with_warmup"),
+    "resolution": ("resolution", int, "picture size trained at (default: the model's)"),
+    "batch-size": ("batch_size", int, "pictures per batch (default 1)"),
+    "gradient-accumulation": ("gradient_accumulation", int, "batches per step (default 1)"),
+    "seed": ("seed", int, "seed of everything random (default 0)"),
+    "precision": ("precision", str, "fp32, bf16 or fp16 (default: bf16 where the hardware has it)"),
+    "instance-prompt": ("instance_prompt", str, "the caption of pictures without their own"),
+    "caption-with": ("caption_with", str, "a vision model that captions pictures without one"),
+    "validation-prompt": ("validation_prompt", str, "what validation pictures draw"),
+    "validation-every": ("validation_every", int, "a validation picture every N steps"),
+    "checkpoint-every": ("checkpoint_every", int, "a checkpoint every N steps (kept if stopped)"),
+}
+
+
+def add_training_arguments(create: argparse.ArgumentParser) -> None:
+    group = create.add_argument_group(
+        "training",
+        "--train PATH trains a LoRA of the drawing model named by --from on a folder or .zip of "
+        "pictures (captions: same-name .txt files, a metadata.jsonl, --instance-prompt or "
+        "--caption-with); Ctrl-C stops it, keeping the last checkpoint as the model",
+    )
+    group.add_argument("--train", metavar="PATH", type=Path, help="a folder or .zip of pictures")
+    group.add_argument("--random-flip", action="store_true", help="flip pictures at random")
+    group.add_argument("--random-crop", action="store_true", help="crop at random, not centred")
+    for flag, (field, kind, text) in TRAIN_FLAGS.items():
+        metavar = {int: "N", float: "X"}.get(kind, "MODEL" if flag == "caption-with" else "TEXT")
+        group.add_argument(
+            f"--{flag}", dest=f"train_{field}", type=kind, metavar=metavar, help=text
+        )
+
+
+def _create_by_training(args: argparse.Namespace) -> int:
+    """Upload the dataset, train with a live progress line, then save the loss curve."""
+    from limner.cli.training import TrainingPrinter, format_training, loss_curve_png
+    from limner.engines.training import dataset_paths
+    from limner.errors import InvalidRequest
+
+    if not args.folder or _looks_like_path(args.folder):
+        raise InvalidRequest("--train needs --from with the name of a stored drawing model")
+    source = args.train.expanduser()
+    if source.is_file():
+        named = [(source.name, source)]
+    elif source.is_dir():
+        named = dataset_paths(source)
+    else:
+        raise InvalidRequest(f"'{source}' does not exist; --train takes a folder or a .zip")
+    sdk = client()
+    files = {}
+    for relname, path in named:
+        print(f"copying file {relname} ({human_bytes(path.stat().st_size)})")
+        files[relname] = sdk.create_blob(path)
+    train = {field: getattr(args, f"train_{field}") for field, _, _ in TRAIN_FLAGS.values()}
+    train = {k: v for k, v in train.items() if v is not None} | {"files": files}
+    if args.random_flip:
+        train["random_flip"] = True
+    if args.random_crop:
+        train["center_crop"] = False
+    scale = None if args.adapter_scale is None else {"adapter_scale": args.adapter_scale}
+    results = Path(re.sub(r"[^A-Za-z0-9._-]+", "-", args.model) + "-training")
+    printer = TrainingPrinter(sys.stdout, validation_dir=results)
+    steps = sdk.create(args.model, from_=args.folder, train=train, parameters=scale, stream=True)
+    try:
+        for step in cast("Iterator[ProgressResponse]", steps):
+            printer.show(step)
+    except KeyboardInterrupt:
+        printer.end()
+        print("stopping: the server keeps the last checkpoint as the model, if one was written")
+        raise
+    finally:
+        printer.end()
+    training = sdk.show(args.model).training or {}
+    curve = loss_curve_png(
+        training.get("losses") or printer.losses, results / "loss.png", args.model
+    )
+    summary = results / "summary.json"
+    summary.write_text(json.dumps(training, indent=2) + "\n")
+    print(format_training(training).rstrip())
+    print(f"loss curve: {curve}\nsummary: {summary}")
     return 0
 
 

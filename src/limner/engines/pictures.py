@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import warnings
 from collections.abc import Iterator
 
 from PIL import Image, UnidentifiedImageError
@@ -42,7 +43,9 @@ def check_picture(data: bytes, what: str) -> None:
 @contextlib.contextmanager
 def _decoding(what: str) -> Iterator[None]:
     try:
-        yield
+        with warnings.catch_warnings():  # the pixel limit is LIMNER_MAX_IMAGE_PIXELS, checked here
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            yield
     except Image.DecompressionBombError as error:
         raise TooLarge(f"{what} is too large to decode: {error}") from error
     except UnidentifiedImageError as error:

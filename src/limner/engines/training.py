@@ -135,8 +135,9 @@ def _wanted(name: str) -> bool:
     return name.lower().endswith((*PICTURE_SUFFIXES, ".txt")) or parts[-1] == METADATA
 
 
-def _folder_files(folder: Path) -> dict[str, bytes]:
-    sizes: dict[str, int] = {}
+def dataset_paths(folder: Path) -> list[tuple[str, Path]]:
+    """The dataset files of a folder as (relative name, path), checked but not read."""
+    found: list[tuple[str, Path]] = []
     for root, dirs, names in os.walk(folder):  # symlinked folders are listed, not entered
         for name in dirs + names:
             if Path(root, name).is_symlink():
@@ -145,9 +146,13 @@ def _folder_files(folder: Path) -> dict[str, bytes]:
         for name in names:
             relative = Path(root, name).relative_to(folder).as_posix()
             if _wanted(relative):
-                sizes[relative] = Path(root, name).stat().st_size
-    _check_total(sum(sizes.values()))
-    return {name: (folder / name).read_bytes() for name in sorted(sizes)}
+                found.append((relative, Path(root, name)))
+    _check_total(sum(path.stat().st_size for _, path in found))
+    return sorted(found)
+
+
+def _folder_files(folder: Path) -> dict[str, bytes]:
+    return {name: path.read_bytes() for name, path in dataset_paths(folder)}
 
 
 def _zip_files(archive_path: Path) -> dict[str, bytes]:
