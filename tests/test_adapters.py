@@ -7,6 +7,7 @@ import io
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -125,3 +126,53 @@ def test_limner_create_adds_a_lora_file_to_a_stored_model(
     manifest = store.entry(ModelName.parse("sd-cli")).manifest
     assert manifest.layer(m.ADAPTER) is not None
     assert store.json_layer(manifest, m.PARAMS) == {"adapter_scale": 0.5}
+
+
+@pytest.mark.slow
+def test_stacked_adapters_apply_at_their_own_weights(
+    server: Any, store: Store, lora_files: Path, tmp_path: Path
+) -> None:
+    """The same LoRA twice (diffusers and kohya keys): weights 1 + 0, 0 + 1 and 0.5 + 0.5 all
+    draw as the LoRA alone, and 0 + 0 as the base model (in fp32, so that fusing twice rounds
+    as little as fusing once)."""
+    add_tiny_sd(store, tmp_path)
+    both = {
+        p.name: store.blobs.write_bytes(p.read_bytes())[0] for p in lora_files.glob("*.safetensors")
+    }
+    diffusers, kohya = "pytorch_lora_weights.safetensors", "lora_kohya.safetensors"
+    for name, weights in (("lora", {diffusers: 1.0}),
+                          ("first", {diffusers: 1.0, kohya: 0.0}),
+                          ("second", {diffusers: 0.0, kohya: 1.0}),
+                          ("halves", {diffusers: 0.5, kohya: 0.5}),
+                          ("none", {diffusers: 0.0, kohya: 0.0})):  # fmt: skip
+        adapters = {file: both[file] for file in weights}
+        parameters = {"adapter_weights": weights, "precision": "fp32"}
+        request = CreateRequest(model=name, **{"from": "sd"}, adapters=adapters,
+                                parameters=parameters)  # fmt: skip
+        list(create(store, request))
+    list(create(store, CreateRequest(model="base", **{"from": "sd"},
+                                     parameters={"precision": "fp32"})))  # fmt: skip
+    sdk = Client(server.url)
+
+    def drawn(name: str) -> np.ndarray:
+        png = sdk.generate_image(name, "a zq square", steps=2, seed=7).png
+        return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.int16)
+
+    lora, base = drawn("lora"), drawn("base")
+    assert np.abs(lora - base).mean() > 5
+    for name, expected in (("first", lora), ("second", lora), ("halves", lora), ("none", base)):
+        assert np.abs(drawn(name) - expected).mean() < 0.5, name
+
+
+def test_adapter_weights_may_only_name_the_models_adapters(
+    store: Store, lora_files: Path, tmp_path: Path
+) -> None:
+    add_tiny_sd(store, tmp_path)
+    lora = store.blobs.write_bytes((lora_files / "lora_kohya.safetensors").read_bytes())[0]
+    request = CreateRequest(model="x", **{"from": "sd"}, adapters={"style.safetensors": lora},
+                            parameters={"adapter_weights": {"other.safetensors": 0.5}})  # fmt: skip
+    with pytest.raises(
+        InvalidRequest, match=r"'other\.safetensors'; this model's adapters are style"
+    ):
+        list(create(store, request))
+    assert store.find(ModelName.parse("x")) is None

@@ -70,9 +70,10 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )  # fmt: skip
     source.add_argument("--tiny", choices=TINY_KINDS, help="a tiny model with random weights")
     create.add_argument(
-        "--adapter", metavar="FILE", action="append", type=Path,
-        help="a LoRA .safetensors (diffusers or kohya keys) to fuse into a drawing model; "
-        "--from names the stored model; may be given more than once",
+        "--adapter", metavar="FILE[=WEIGHT]", action="append",
+        help="a LoRA .safetensors (diffusers or kohya keys) to fuse into a drawing model, at "
+        "WEIGHT (default 1) when several are stacked; --from names the stored model; may be "
+        "given more than once",
     )  # fmt: skip
     create.add_argument(
         "--adapter-scale", "--scale", metavar="S", type=float,
@@ -380,16 +381,20 @@ def _create_with_adapters(args: argparse.Namespace) -> int:
     if not args.folder:
         raise InvalidRequest("--adapter needs --from with the name of a stored drawing model")
     sdk = client()
-    adapters = {}
-    for path in args.adapter:
-        path = path.expanduser()
+    adapters, weights = {}, {}
+    for given in args.adapter:
+        path, weight = _weighted(given)
         if not path.is_file():
             raise InvalidRequest(f"'{path}' does not exist; --adapter takes a .safetensors file")
         print(f"copying file {path.name} ({human_bytes(path.stat().st_size)})")
         adapters[path.name] = sdk.create_blob(path)
-    scale = None if args.adapter_scale is None else {"adapter_scale": args.adapter_scale}
+        if weight is not None:
+            weights[path.name] = weight
+    params: dict[str, Any] = {"adapter_weights": weights} if weights else {}
+    if args.adapter_scale is not None:
+        params["adapter_scale"] = args.adapter_scale
     steps = sdk.create(
-        args.model, from_=args.folder, adapters=adapters, parameters=scale, stream=True
+        args.model, from_=args.folder, adapters=adapters, parameters=params or None, stream=True
     )
     show_progress(steps)
     return 0
@@ -479,6 +484,15 @@ def _create_by_training(args: argparse.Namespace) -> int:
     print(format_training(training).rstrip())
     print(f"loss curve: {curve}\nsummary: {summary}")
     return 0
+
+
+def _weighted(given: str) -> tuple[Path, float | None]:
+    """`style.safetensors=0.7` -> the file and its weight; a name with `=` and no number stays."""
+    name, _, weight = given.rpartition("=")
+    try:
+        return Path(name).expanduser(), float(weight)
+    except ValueError:
+        return Path(given).expanduser(), None
 
 
 def _looks_like_path(text: str) -> bool:

@@ -45,6 +45,8 @@ class Options:
     num_ctx: int = 0  # 0: the model's own context length
     format: str = ""  # "" or "json"
     adapter_scale: float = 1.0  # load time, diffusion: how strongly the model's LoRAs apply
+    # load time, diffusion: each LoRA's weight by file name when several are stacked (default 1)
+    adapter_weights: dict[str, float] = field(default_factory=dict)
     precision: str = (
         ""  # load time, diffusion: "" picks bf16 where the CPU has it (or CUDA), else fp32
     )
@@ -62,6 +64,13 @@ class Options:
 
 
 def _coerce(key: str, value: Any, kind: type) -> Any:
+    if kind is dict:
+        if not isinstance(value, dict) or not all(
+            isinstance(k, str) and not isinstance(v, bool) and isinstance(v, int | float)
+            for k, v in value.items()
+        ):
+            raise InvalidRequest(f'option "{key}" must be an object of numbers')
+        return {k: float(v) for k, v in value.items()}
     if kind is list:
         items = [value] if isinstance(value, str) else value
         if not isinstance(items, list) or not all(isinstance(s, str) for s in items):

@@ -278,7 +278,9 @@ class DiffusionEngine:
         self.scheduler_class: type[Any] = type(pipe.scheduler)
 
         # 2. The model's LoRAs, fused into the weights at their scale: no cost per step.
-        self.loras = _fuse_loras(pipe, folder / LORA_FOLDER, options.adapter_scale)
+        self.loras = _fuse_loras(
+            pipe, folder / LORA_FOLDER, options.adapter_scale, options.adapter_weights
+        )
 
         # 3. The IP-Adapter, once; its projections live inside the shared UNet.
         self.ip_adapter = self._load_ip_adapter(pipe, folder)
@@ -635,18 +637,27 @@ def _diffusers_quiet() -> Iterator[None]:
         diffusers_logging.set_verbosity(level)
 
 
-def _fuse_loras(pipe: Any, folder: Path, scale: float) -> list[str]:
-    """Load every LoRA in `folder` (diffusers or kohya keys) and fuse them at `scale`."""
+def _fuse_loras(
+    pipe: Any, folder: Path, scale: float, weights: dict[str, float] | None = None
+) -> list[str]:
+    """Load every LoRA in `folder` (diffusers or kohya keys) and fuse them, each at its
+    weight in `weights` (by file name; default 1), all at `scale`."""
     files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
-    for number, path in enumerate(files):
+    weights = weights or {}
+    unknown = sorted(set(weights) - {path.name for path in files})
+    if unknown:
+        raise InvalidRequest(f"adapter_weights names {', '.join(unknown)}, which this model lacks")
+    names = [f"lora{number}" for number in range(len(files))]
+    for name, path in zip(names, files, strict=True):
         try:
-            pipe.load_lora_weights(str(folder), weight_name=path.name, adapter_name=f"lora{number}")
+            pipe.load_lora_weights(str(folder), weight_name=path.name, adapter_name=name)
         except (ValueError, KeyError, RuntimeError) as error:
             raise InvalidRequest(
                 f"adapter {path.name} is not a LoRA this model can use: {error}"
             ) from error
     if files:
-        pipe.fuse_lora(lora_scale=scale)
+        pipe.set_adapters(names, adapter_weights=[weights.get(p.name, 1.0) for p in files])
+        pipe.fuse_lora(lora_scale=scale, adapter_names=names)
         pipe.unload_lora_weights()  # the fused weights stay; the LoRA layers go
     return [path.name for path in files]
 

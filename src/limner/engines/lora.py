@@ -126,7 +126,9 @@ class Trainer:
         prediction = self.noise.config.prediction_type
         if prediction not in ("epsilon", "v_prediction"):
             raise InvalidRequest(f"cannot train prediction type {prediction!r}")
-        self.base_loras = _fuse_loras(pipe, Path(folder) / LORA_FOLDER, options.adapter_scale)
+        self.base_loras = _fuse_loras(
+            pipe, Path(folder) / LORA_FOLDER, options.adapter_scale, options.adapter_weights
+        )
         pipe.set_progress_bar_config(disable=True)
         for part in (pipe.unet, pipe.vae, pipe.text_encoder):
             part.requires_grad_(False)

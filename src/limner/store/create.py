@@ -71,6 +71,7 @@ def create(store: Store, request: CreateRequest) -> Iterator[ProgressResponse]:
     if request.adapters:
         layers = layers + _adapter_layers(store, request.adapters, config, layers)
     extras = _extra_layers(store, request, layers)
+    _check_adapter_weights(layers, extras)
     if request.quantize:
         _check_quantizable(config, request.quantize)
         return _converted(store, name, layers, extras, config, request.quantize)
@@ -157,6 +158,22 @@ def _converted(
     # The Jinja chat template travels inside the GGUF; text layers (a Go template too) stay.
     kept = [layer for layer in layers if not layer.name and layer.mediaType not in extras]
     yield from _write(store, name, gguf_layers + kept, extras, gguf_config)
+
+
+def _check_adapter_weights(layers: list[Layer], extras: dict[str, bytes]) -> None:
+    """`adapter_weights` may only name the model's own LoRA files."""
+    weights = json.loads(extras[m.PARAMS]).get("adapter_weights") if m.PARAMS in extras else None
+    if not weights:
+        return
+    names = {
+        posixpath.basename(layer.name or "") for layer in layers if layer.mediaType == m.ADAPTER
+    }
+    unknown = sorted(set(weights) - names)
+    if unknown:
+        raise InvalidRequest(
+            f"adapter_weights names {', '.join(map(repr, unknown))}; this model's adapters are "
+            f"{', '.join(sorted(names)) or 'none'}"
+        )
 
 
 def _adapter_layers(
