@@ -119,13 +119,16 @@ def test_limner_create_adds_a_lora_file_to_a_stored_model(
     monkeypatch.setenv("LIMNER_HOST", server.url)
     kohya = lora_files / "lora_kohya.safetensors"
     code = main(
-        ["create", "sd-cli", "--from", "sd", "--adapter", str(kohya), "--adapter-scale", "0.5"]
+        ["create", "sd-cli", "--from", "sd", "--adapter", f"{kohya}=0.7", "--adapter-scale", "0.5"]
     )
     out = capsys.readouterr().out
     assert code == 0 and "copying file lora_kohya.safetensors" in out and out.endswith("success\n")
     manifest = store.entry(ModelName.parse("sd-cli")).manifest
     assert manifest.layer(m.ADAPTER) is not None
-    assert store.json_layer(manifest, m.PARAMS) == {"adapter_scale": 0.5}
+    assert store.json_layer(manifest, m.PARAMS) == {
+        "adapter_weights": {"lora_kohya.safetensors": 0.7},
+        "adapter_scale": 0.5,
+    }
 
 
 @pytest.mark.slow
