@@ -340,10 +340,7 @@ class DiffusionEngine:
 
     def memory_bytes(self) -> int:
         """Bytes of the parameters of every component (IP-Adapter and image encoder included)."""
-        modules = [
-            m for m in self.pipes["txt2img"].components.values() if isinstance(m, torch.nn.Module)
-        ]
-        return sum(p.numel() * p.element_size() for m in modules for p in m.parameters())
+        return pipeline_bytes(self.pipes["txt2img"])
 
     def estimate_peak_bytes(self, width: int, height: int) -> int:
         """A rough upper bound of one call's activation memory at `width` x `height`.
@@ -625,6 +622,12 @@ def load_diffusers_pipeline(folder: Path, dtype: torch.dtype) -> Any:
         f"model_index.json names {class_name!r}; this engine runs Stable Diffusion 1.x/2.x "
         f"and SDXL pipelines ({', '.join(sorted(SD_CLASSES | XL_CLASSES))})"
     )
+
+
+def pipeline_bytes(pipe: Any) -> int:
+    """Bytes of the parameters of every torch component of a pipeline."""
+    modules = [m for m in pipe.components.values() if isinstance(m, torch.nn.Module)]
+    return sum(p.numel() * p.element_size() for m in modules for p in m.parameters())
 
 
 @contextmanager

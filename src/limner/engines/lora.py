@@ -68,6 +68,7 @@ from limner.engines.diffusion import (
     _pick_precision,
     _single_checkpoint,
     load_diffusers_pipeline,
+    pipeline_bytes,
 )
 from limner.engines.pictures import PICTURE_FORMATS
 from limner.engines.training import (
@@ -138,8 +139,7 @@ class Trainer:
         self._trained = False
 
     def memory_bytes(self) -> int:
-        modules = [m for m in self.pipe.components.values() if isinstance(m, torch.nn.Module)]
-        return sum(p.numel() * p.element_size() for m in modules for p in m.parameters())
+        return pipeline_bytes(self.pipe)
 
     def train(
         self,
