@@ -21,6 +21,7 @@ from conftest import add_fake, add_model, add_tiny_sd
 from limner.client import Client
 from limner.errors import Conflict
 from limner.store import Store
+from limner.store import manifests as m
 from limner.types import ProgressResponse
 
 pytest.importorskip("peft")
@@ -275,3 +276,20 @@ def test_the_cli_trains_from_a_folder_and_saves_the_loss_curve_and_summary(
     assert main(["show", "zq-cli"]) == 0
     shown = capsys.readouterr().out
     assert "completed" in shown and re.search(r"rank\s+2", shown)
+
+
+@pytest.mark.slow
+def test_a_server_that_shuts_down_keeps_the_last_checkpoint(
+    sdk: Client, store: Store, make_server: Any, tmp_path: Path
+) -> None:
+    server = make_server()
+    files = upload(Client(server.url), tmp_path / "photos", PICTURES)
+    body = {"model": "shutdown", "from": "sd",
+            "train": {"files": files, **FAST, "steps": 100000, "checkpoint_every": 2}}  # fmt: skip
+    with httpx.stream("POST", f"{server.url}/api/create", json=body, timeout=60) as reply:
+        for line in reply.iter_lines():
+            if (json.loads(line).get("step") or 0) >= 3:
+                break
+        server.__exit__()  # uvicorn's shutdown: the training stops and stores its checkpoint
+    record = store.json_layer(store.entry(store.resolve("shutdown")).manifest, m.TRAINING)
+    assert record["completed"] is False and record["steps"] >= 2

@@ -75,10 +75,15 @@ class Trainings:
         self.job: Job | None = None
         self.task: asyncio.Task[None] | None = None
 
-    async def close(self) -> None:
-        """Server shutdown: stop the job; it keeps its last checkpoint."""
-        if self.job is not None and self.task is not None:
-            self.job.stop.set()
+    async def close(self, grace: float = 30.0) -> None:
+        """Server shutdown: stop the job after its current step, so that it keeps its last
+        checkpoint; a job that does not stop within `grace` seconds is cancelled."""
+        if self.job is None or self.task is None:
+            return
+        self.job.stop.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(self.task), grace)
+        except TimeoutError:
             self.task.cancel()
             await asyncio.gather(self.task, return_exceptions=True)
 
