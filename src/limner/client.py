@@ -137,6 +137,14 @@ class _Base:
     def __init__(self, host: str | None = None) -> None:
         self.host = config.parse_host(host) if host else config.host()
 
+    @staticmethod
+    def _auth(httpx_kwargs: dict[str, Any]) -> None:
+        """Send LIMNER_API_KEY as a bearer token, unless the caller set Authorization."""
+        token = config.api_key()
+        headers = dict(httpx_kwargs.get("headers") or {})
+        if token and not any(key.lower() == "authorization" for key in headers):
+            httpx_kwargs["headers"] = {**headers, "Authorization": f"Bearer {token}"}
+
     def _error(self, response_status: int, text: str) -> LimnerError:
         try:
             message = json.loads(text)["error"]
@@ -158,6 +166,7 @@ class Client(_Base):
     def __init__(self, host: str | None = None, **httpx_kwargs: Any) -> None:
         super().__init__(host)
         httpx_kwargs.setdefault("timeout", None)
+        self._auth(httpx_kwargs)
         self._http = httpx.Client(base_url=self.host, **httpx_kwargs)
 
     def __enter__(self) -> Client:
@@ -331,6 +340,7 @@ class AsyncClient(_Base):
     def __init__(self, host: str | None = None, **httpx_kwargs: Any) -> None:
         super().__init__(host)
         httpx_kwargs.setdefault("timeout", None)
+        self._auth(httpx_kwargs)
         self._http = httpx.AsyncClient(base_url=self.host, **httpx_kwargs)
 
     async def __aenter__(self) -> AsyncClient:

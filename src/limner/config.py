@@ -47,6 +47,15 @@ VARIABLES = [
     Variable("LIMNER_MAX_BODY_BYTES", "104857600", "largest request body (413 beyond)"),
     Variable("LIMNER_MAX_IMAGE_PIXELS", "50000000", "largest decoded picture, in pixels (413)"),
     Variable("LIMNER_ORIGINS", "", "extra allowed browser origins, comma-separated"),
+    Variable(
+        "LIMNER_API_KEY",
+        "",
+        "token every request must carry (Authorization: Bearer); required off loopback",
+    ),
+    Variable(
+        "LIMNER_API_KEY_READONLY", "", "token that may read and run models but not change them"
+    ),
+    Variable("LIMNER_ALLOWED_HOSTS", "", "extra Host names the server answers, comma-separated"),
     Variable("LIMNER_DEBUG", "0", "1: debug logging, including runner output"),
 ]
 
@@ -164,6 +173,18 @@ def max_image_pixels() -> int:
 
 def origins() -> list[str]:
     return [o.strip() for o in _get("LIMNER_ORIGINS").split(",") if o.strip()]
+
+
+def api_key() -> str:
+    return _get("LIMNER_API_KEY")
+
+
+def api_key_readonly() -> str:
+    return _get("LIMNER_API_KEY_READONLY")
+
+
+def allowed_hosts() -> list[str]:
+    return [h.strip() for h in _get("LIMNER_ALLOWED_HOSTS").split(",") if h.strip()]
 
 
 def debug() -> bool:

@@ -15,11 +15,16 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         epilog=f"Environment variables:\n{lines}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
+    parser.add_argument(
+        "--insecure-open-to-network", action="store_true",
+        help="listen on a non-loopback LIMNER_HOST without LIMNER_API_KEY: anyone who can "
+        "reach the machine can use, change and delete its models",
+    )  # fmt: skip
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from limner.server.app import serve
 
-    serve()
+    serve(open_network=args.insecure_open_to_network)
     return 0

@@ -22,6 +22,7 @@ from limner import config
 from limner.errors import LimnerError, TooLarge
 from limner.scheduler import Scheduler
 from limner.server import chat, models, openai
+from limner.server.access import Access, loopback
 from limner.server.origins import OriginCheck, origin_pattern
 from limner.server.state import State
 from limner.store import Store
@@ -62,7 +63,9 @@ def create_app(store: Store, scheduler: Scheduler) -> FastAPI:
         allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"],
         allow_headers=CORS_HEADERS,
     )
-    app.add_middleware(OriginCheck, allowed=allowed)  # added last: runs first
+    app.add_middleware(OriginCheck, allowed=allowed)
+    tokens = {config.api_key(): "full", config.api_key_readonly(): "read"}
+    app.add_middleware(Access, tokens=tokens, allowed_hosts=config.allowed_hosts())  # runs first
 
     route = app.add_api_route
     route("/", _running, methods=["GET", "HEAD"])
@@ -164,11 +167,22 @@ def build(store: Store | None = None) -> FastAPI:
     return create_app(store, scheduler)
 
 
-def serve(host: str | None = None, port: int | None = None) -> None:
-    """Run the server until SIGINT/SIGTERM; shutdown stops every runner."""
+def serve(host: str | None = None, port: int | None = None, open_network: bool = False) -> None:
+    """Run the server until SIGINT/SIGTERM; shutdown stops every runner. Off loopback, an
+    API token is required unless `open_network` (the user's explicit, loud choice)."""
     import uvicorn
 
     bind_host, bind_port = config.bind()
+    if not loopback(host or bind_host) and not config.api_key():
+        if not open_network:
+            raise LimnerError(
+                f"refusing to listen on {host or bind_host} without an API token: anyone who "
+                "can reach this machine could use and change your models. Set LIMNER_API_KEY "
+                "(clients send it as 'Authorization: Bearer ...'), or pass "
+                "--insecure-open-to-network if you really mean it"
+            )
+        log.warning("LISTENING ON %s WITHOUT AN API TOKEN: anyone on the network can use, "
+                    "change and delete your models", host or bind_host)  # fmt: skip
     logging.basicConfig(level=logging.DEBUG if config.debug() else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
     app = build()
