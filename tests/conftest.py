@@ -30,6 +30,8 @@ def models_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Every test gets its own empty store, and never the user's."""
     root = tmp_path / "models"
     monkeypatch.setenv("LIMNER_MODELS", str(root))
+    # The registries and hubs of the tests listen on loopback (tests/security checks the refusal).
+    monkeypatch.setenv("LIMNER_PULL_PRIVATE", "1")
     return root
 
 

@@ -56,6 +56,11 @@ VARIABLES = [
         "LIMNER_API_KEY_READONLY", "", "token that may read and run models but not change them"
     ),
     Variable("LIMNER_ALLOWED_HOSTS", "", "extra Host names the server answers, comma-separated"),
+    Variable(
+        "LIMNER_PULL_PRIVATE",
+        "0",
+        "1: pulls may reach loopback and private addresses (local registries)",
+    ),
     Variable("LIMNER_DEBUG", "0", "1: debug logging, including runner output"),
 ]
 
@@ -185,6 +190,10 @@ def api_key_readonly() -> str:
 
 def allowed_hosts() -> list[str]:
     return [h.strip() for h in _get("LIMNER_ALLOWED_HOSTS").split(",") if h.strip()]
+
+
+def pull_private() -> bool:
+    return _get("LIMNER_PULL_PRIVATE") not in ("", "0", "false")
 
 
 def debug() -> bool:

@@ -41,6 +41,7 @@ from limner.names import DEFAULT_TAG, ModelName
 from limner.store import registry
 from limner.store.create import check_relative, manifest_for_blobs
 from limner.store.manifests import FILE, Layer, Store
+from limner.store.outbound import check_public
 from limner.types import ProgressResponse
 
 log = logging.getLogger("limner.store.hub")
@@ -155,6 +156,7 @@ def _listing(endpoint: str, token: str | None, repo: str, revision: str) -> tupl
     )
 
     what = "pull model manifest"
+    check_public(endpoint, what)
     offline = getattr(constants, "is_offline_mode", lambda: constants.HF_HUB_OFFLINE)
     if offline():
         raise LimnerError(f"{what}: the Hugging Face Hub is off (HF_HUB_OFFLINE is set)")

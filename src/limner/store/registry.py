@@ -47,6 +47,7 @@ from limner.errors import InvalidRequest, LimnerError, RequestCanceled
 from limner.names import ModelName
 from limner.store.blobs import BlobStore, file_digest, normalize
 from limner.store.manifests import MANIFEST_TYPE, Layer, Manifest, Store
+from limner.store.outbound import check_public
 from limner.types import ProgressResponse
 
 log = logging.getLogger("limner.store.registry")
@@ -217,6 +218,7 @@ class _Registry:
         challenged = False
         for _ in range(MAX_REDIRECTS + 1):
             self._check_scheme(target)
+            check_public(target, "pull")
             own = _url_key(target) == _url_key(self.origin)
             sent = dict(headers)
             token = self.token
@@ -272,6 +274,7 @@ class _Registry:
                     f"the registry host {self.host!r}"
                 )
             self._check_scheme(realm_url)
+            check_public(realm_url, "unauthorized: token request")
             query = {key: params[key] for key in ("service", "scope") if key in params}
             try:
                 response = self.http.send(
