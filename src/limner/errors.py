@@ -19,6 +19,11 @@ the SDK raises them back from the status it receives, so callers catch the same 
 
 from __future__ import annotations
 
+import re
+
+# An absolute POSIX path of two or more parts, not inside a URL (no ':' or '/' or word before).
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~-])/(?:[^\s'\"/:]+/)+([^\s'\"/:]*)")
+
 
 class LimnerError(Exception):
     """Base class: `status` is the HTTP status, `message` what the user should read."""
@@ -118,3 +123,9 @@ def from_status(status: int, message: str) -> LimnerError:
     if cls in (RequestCanceled, ServerBusy):
         return cls(message)
     return cls(message, status) if cls is LimnerError else cls(message)
+
+
+def without_paths(message: str) -> str:
+    """`message` with absolute paths cut to their last part: what a client reads never tells
+    it where the store, the runners' folders or the user's home are."""
+    return _ABSOLUTE_PATH.sub(lambda match: "…/" + match.group(1), message)

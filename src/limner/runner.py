@@ -64,7 +64,7 @@ from limner.engines.training import (
     examples,
     read_uploaded,
 )
-from limner.errors import InvalidRequest, LimnerError, RunnerFailed
+from limner.errors import InvalidRequest, LimnerError, RunnerFailed, without_paths
 
 STREAM_LIMIT = 64 * 1024 * 1024  # one line may carry several base64 pictures
 LAST_REPLIES = ("done", "image", "trained")
@@ -359,9 +359,10 @@ def _encode(step: Any) -> dict[str, Any] | None:
 
 def _describe(exc: Exception) -> dict[str, Any]:
     if isinstance(exc, LimnerError):
-        return {"status": exc.status, "message": exc.message}
+        return {"status": exc.status, "message": without_paths(exc.message)}
     print(f"runner error: {exc!r}", file=sys.stderr)
-    return {"status": 500, "message": f"the model failed: {type(exc).__name__}: {exc}"}
+    message = f"the model failed: {type(exc).__name__}: {exc}"
+    return {"status": 500, "message": without_paths(message)}
 
 
 def _write(out: IO[str], message: dict[str, Any]) -> None:

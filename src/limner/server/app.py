@@ -19,7 +19,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from limner import config
-from limner.errors import LimnerError, TooLarge
+from limner.errors import LimnerError, TooLarge, without_paths
 from limner.scheduler import Scheduler
 from limner.server import chat, models, openai
 from limner.server.access import Access, loopback
@@ -96,7 +96,7 @@ async def _version(request: Request) -> Response:
 
 async def _limner_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, LimnerError)
-    return JSONResponse({"error": exc.message}, status_code=exc.status)
+    return JSONResponse({"error": without_paths(exc.message)}, status_code=exc.status)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

@@ -16,7 +16,7 @@ from typing import Any
 
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from limner.errors import LimnerError
+from limner.errors import LimnerError, without_paths
 
 log = logging.getLogger("limner.server")
 
@@ -47,7 +47,7 @@ async def _lines(
         async for chunk in rest:
             yield _line(chunk)
     except LimnerError as exc:
-        yield _line({"error": exc.message})
+        yield _line({"error": without_paths(exc.message)})
     except Exception:
         log.exception("stream failed")
         yield _line({"error": "internal error; see the server log"})

@@ -29,7 +29,7 @@ from anyio import to_thread
 
 from limner.engines import Options
 from limner.engines.training import TrainRequest, check_request, examples, read_uploaded
-from limner.errors import Conflict, InvalidRequest, LimnerError, ModelNotFound
+from limner.errors import Conflict, InvalidRequest, LimnerError, ModelNotFound, without_paths
 from limner.names import ModelName
 from limner.store import create as creating
 from limner.store import manifests as m
@@ -205,7 +205,7 @@ async def _run(state: State, job: Job) -> None:
         if not job.stop.is_set():
             await _train(state, job, captions)
     except LimnerError as error:
-        job.lines.put_nowait({"error": error.message})
+        job.lines.put_nowait({"error": without_paths(error.message)})
     except asyncio.CancelledError:
         log.info("training of %s stopped with the server", job.name.display())
     except Exception:
