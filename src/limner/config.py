@@ -46,6 +46,8 @@ VARIABLES = [
     Variable("LIMNER_LOAD_TIMEOUT", "5m", "how long a model may take to load"),
     Variable("LIMNER_MAX_BODY_BYTES", "104857600", "largest request body (413 beyond)"),
     Variable("LIMNER_MAX_IMAGE_PIXELS", "50000000", "largest decoded picture, in pixels (413)"),
+    Variable("LIMNER_MAX_PICTURES", "16", "most pictures one request may carry (413)"),
+    Variable("LIMNER_MAX_CONNECTIONS", "256", "most open connections; more get 503 at once"),
     Variable("LIMNER_ORIGINS", "", "extra allowed browser origins, comma-separated"),
     Variable(
         "LIMNER_API_KEY",
@@ -174,6 +176,14 @@ def max_body_bytes() -> int:
 
 def max_image_pixels() -> int:
     return int(_get("LIMNER_MAX_IMAGE_PIXELS"))
+
+
+def max_pictures() -> int:
+    return max(1, int(_get("LIMNER_MAX_PICTURES")))
+
+
+def max_connections() -> int:
+    return max(1, int(_get("LIMNER_MAX_CONNECTIONS")))
 
 
 def origins() -> list[str]:

@@ -96,7 +96,11 @@ async def _version(request: Request) -> Response:
 
 async def _limner_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, LimnerError)
-    return JSONResponse({"error": without_paths(exc.message)}, status_code=exc.status)
+    # A busy server says when to come back; clients and proxies honour Retry-After.
+    headers = {"Retry-After": "1"} if exc.status == 503 else None
+    return JSONResponse(
+        {"error": without_paths(exc.message)}, status_code=exc.status, headers=headers
+    )
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -199,4 +203,6 @@ def serve(host: str | None = None, port: int | None = None, open_network: bool =
         port=port or bind_port,
         log_level="warning",
         timeout_graceful_shutdown=3,
+        limit_concurrency=config.max_connections(),  # beyond it: 503 at once
+        timeout_keep_alive=5,
     )

@@ -39,6 +39,7 @@ async def chat(request: Request) -> Response:
     body = await parse_body(request, ChatRequest)
     state: State = request.app.state.limner
     name = _stored_name(state, body.model)
+    pictures.check_count(sum(len(msg.images or []) for msg in body.messages or []))
     messages = [
         _wire_message(msg.model_dump(), f"message {i}")
         for i, msg in enumerate(body.messages or [], 1)

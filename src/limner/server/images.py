@@ -32,6 +32,7 @@ MAX_SIDE = 4096  # Ollama's "width and height must be <= 4096"
 def check(body: GenerateRequest, model_config: dict[str, Any]) -> dict[str, Any]:
     """The engine's ImageRequest fields (pictures still base64), or InvalidRequest."""
     images = body.images or []
+    pictures.check_count(len(images) + len(body.style_images or []) + (body.mask is not None))
     if len(images) > 1:
         raise InvalidRequest(
             "send one init picture in images; reference pictures go in style_images"

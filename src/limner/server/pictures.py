@@ -22,6 +22,7 @@ FORMATS = {"PNG", "JPEG", "WEBP"}
 
 
 def decode_base64(items: list[str], where: str) -> list[bytes]:
+    check_count(len(items))
     pictures = []
     for number, item in enumerate(items, 1):
         try:
@@ -32,6 +33,16 @@ def decode_base64(items: list[str], where: str) -> list[bytes]:
                 "standard base64, without a 'data:' prefix"
             ) from None
     return pictures
+
+
+def check_count(count: int) -> None:
+    """At most LIMNER_MAX_PICTURES pictures in one request, counted before any is decoded."""
+    limit = config.max_pictures()
+    if count > limit:
+        raise TooLarge(
+            f"the request carries {count} pictures; at most {limit} are accepted "
+            "(LIMNER_MAX_PICTURES)"
+        )
 
 
 def check(data: bytes, label: str) -> None:
