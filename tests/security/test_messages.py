@@ -21,6 +21,8 @@ from limner.store import Store
         ("file path must be relative: '/etc/passwd'", "file path must be relative: '…/passwd'"),
         ("pull http://10.0.0.5:5000/v2/a/b failed", "pull http://10.0.0.5:5000/v2/a/b failed"),
         ("picture 'photos/a.png' is not a PNG", "picture 'photos/a.png' is not a PNG"),
+        ("send its prompt to /api/generate", "send its prompt to /api/generate"),
+        ("use /v1/chat/completions", "use /v1/chat/completions"),
     ],
 )
 def test_absolute_paths_are_cut_to_their_last_part(message: str, shown: str) -> None:
