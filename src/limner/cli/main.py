@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from limner.cli import demo, models, run, serve
+from limner.cli import check, demo, models, run, serve
 
 
 def parser() -> argparse.ArgumentParser:
@@ -18,6 +18,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_parser(commands)
     models.add_parsers(commands)
     demo.add_parser(commands)
+    check.add_parser(commands)
     return top
 
 
