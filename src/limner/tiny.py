@@ -29,6 +29,7 @@ import itertools
 import json
 import re
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -156,14 +157,15 @@ def write_tiny_llava(dest: Path, seed: int = 0) -> Path:
     return dest
 
 
-def _tokenizer() -> Tokenizer:
+def _tokenizer(extra_corpus: Sequence[str] = ()) -> Tokenizer:
     # Learn merges with whitespace splitting (SentencePiece never merges across words), then
     # rebuild the model with Mistral's fixed ids in front: unk 0, bos 1, eos 2, bytes 3-258.
+    # `extra_corpus` adds a model's own words (the toys' colours and shapes) to the merges.
     trainer_tok = Tokenizer(models.BPE(unk_token="<unk>"))
     trainer_tok.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="always", split=True)
     fixed = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
     trainer = trainers.BpeTrainer(vocab_size=BASE_VOCAB - len(fixed), show_progress=False)
-    trainer_tok.train_from_iterator(CORPUS, trainer)
+    trainer_tok.train_from_iterator([*CORPUS, *extra_corpus], trainer)
     learned = json.loads(trainer_tok.to_str())["model"]
     pieces = sorted(learned["vocab"], key=learned["vocab"].__getitem__)
     vocab = {piece: i for i, piece in enumerate(fixed + pieces)}
