@@ -207,3 +207,16 @@ def test_human_bytes(size: int, text: str) -> None:
 )  # fmt: skip
 def test_human_duration(seconds: float, text: str) -> None:
     assert human_duration(seconds) == text
+
+
+def test_create_the_toy_vision_model_and_its_gguf(
+    sdk: Client, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("llama_cpp")
+    code, out, _ = cli(capsys, "create", "toy-see", "--toy", "see")
+    assert code == 0 and out.endswith("success\n")
+    code, out, _ = cli(capsys, "create", "toy-see-gguf", "--toy", "see-gguf")
+    assert code == 0 and "copying file mmproj.gguf" in out
+    for name in ("toy-see", "toy-see-gguf"):
+        _, out, _ = cli(capsys, "show", name)
+        assert "vision" in out and re.search(r"^    image tokens {4,}64$", out, re.M), out

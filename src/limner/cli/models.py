@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 SHOW_FIELDS = ("license", "modelfile", "parameters", "template", "system")
 TINY_KINDS = ("llava", "llava-gguf", "sd", "sd-inpaint", "sd-checkpoint")
+TOY_KINDS = ("see", "see-gguf", "draw")
 
 
 def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -69,6 +70,11 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help="a model folder, a .safetensors or .gguf file, or the name of a stored model",
     )  # fmt: skip
     source.add_argument("--tiny", choices=TINY_KINDS, help="a tiny model with random weights")
+    source.add_argument(
+        "--toy", choices=TOY_KINDS,
+        help="a toy model that knows coloured shapes: see (chat), see-gguf (the same on "
+        "llama.cpp), draw (draws and inpaints them)",
+    )  # fmt: skip
     create.add_argument(
         "--adapter", metavar="FILE[=WEIGHT]", action="append",
         help="a LoRA .safetensors (diffusers or kohya keys) to fuse into a drawing model, at "
@@ -348,6 +354,10 @@ def create_model(args: argparse.Namespace) -> int:
     if args.adapter:
         return _create_with_adapters(args)
     quantize = args.quantize
+    if args.toy:
+        with tempfile.TemporaryDirectory(prefix="limner-toy-") as tmp:
+            upload_folder(client(), args.model, toy_folder(args.toy, Path(tmp)), quantize=quantize)
+        return 0
     if args.tiny:
         with tempfile.TemporaryDirectory(prefix="limner-tiny-") as tmp:
             print(f"writing a tiny {args.tiny} model with random weights")
@@ -497,6 +507,18 @@ def _weighted(given: str) -> tuple[Path, float | None]:
 
 def _looks_like_path(text: str) -> bool:
     return text.startswith((".", "/", "~")) or text.endswith((".safetensors", ".gguf"))
+
+
+def toy_folder(kind: str, scratch: Path) -> Path:
+    """The shipped folder of a toy (see TOY_KINDS); see-gguf is converted into `scratch`."""
+    from limner.toys import weights
+
+    if kind != "see-gguf":
+        return weights(kind)
+    from limner.store.gguf import convert_llava
+
+    convert_llava(weights("see"), scratch, "f16")
+    return scratch
 
 
 def write_tiny(kind: str, dest: Path) -> Path:
