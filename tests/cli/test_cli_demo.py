@@ -1,5 +1,6 @@
-"""`limner demo` end to end: a private server, the tiny LLaVA answering about a picture, and the
-tiny Stable Diffusion models drawing, inpainting and restyling into ./limner-demo/."""
+"""`limner demo` end to end: a private server, the toy vision model naming the colours and
+shapes of fresh pictures, and the tiny Stable Diffusion models drawing, inpainting and
+restyling into ./limner-demo/."""
 
 from __future__ import annotations
 
@@ -30,13 +31,15 @@ def test_demo_answers_draws_and_leaves_only_its_pictures(tmp_path: Path) -> None
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     assert "random weights" in out
-    for step in ("1. starting", "2. creating the tiny model", "3. drawing", "4. asking",
+    for step in ("1. starting", "2. storing the toy vision model", "3. drawing", "4. asking",
                  "5. creating the tiny drawing models", "6. drawing", "7. inpainting",
                  "8. restyling", "9. stopping"):  # fmt: skip
         assert step in out
-    answer = out.split("--- answer (random weights: nonsense) ---\n")[1].split("--- timings ---")[0]
-    assert answer.strip()
-    assert "total duration:" in out and "eval count:           32 token(s)" in out
+    answer = out.split("--- answer about picture 1")[1].split("--- timings ---")[0]
+    assert re.search(r"\ba (red|green|blue|yellow) (circle|square|triangle)\b", answer)
+    assert "total duration:" in out
+    # The toy knows its shapes: 3 pictures x (colour, shape), judged against the truth.
+    assert out.count("(right)") >= 5 and out.count("(wrong)") <= 1, out
     assert f"saved in {work / 'limner-demo'}" in out and "noise" in out
     names = ["1-drawn.png", "2-inpainted.png", "3-restyled.png"]
     assert sorted(p.name for p in (work / "limner-demo").iterdir()) == names

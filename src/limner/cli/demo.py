@@ -1,8 +1,8 @@
 """`limner demo`: the whole path once, offline, on a fresh machine, in well under a minute.
 
-It starts a private server on a free loopback port with a temporary model store, creates
-the tiny random-weight LLaVA through the SDK (the same upload path as `limner create`),
-draws a test picture, asks about it with streaming and prints the timings. Then it creates
+It starts a private server on a free loopback port with a temporary model store, stores the
+toy vision model through the SDK (the same upload path as `limner create --toy see`), asks it
+about fresh pictures of shapes (one answer streamed, with its timings) and checks its answers. Then it creates
 the tiny Stable Diffusion models (as `limner create --tiny sd|sd-inpaint`), draws a picture,
 inpaints half of it and restyles it after a style picture, saving the three PNGs in
 ./limner-demo/ for the user to look at. It stops the server and removes every temporary
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -25,16 +26,16 @@ if TYPE_CHECKING:
     from limner.cli.draw import DrawSettings
     from limner.client import Client
 
-MODEL = "tiny-llava"
-QUESTION = "What shape is in this picture?"
+SEE = "toy-see"
+PICTURES = 3  # fresh pictures the toy vision model is asked about
 DRAW_MODEL, INPAINT_MODEL = "tiny-sd", "tiny-sd-inpaint"
 DRAW_PROMPT = "a red circle"
 SIDE, STEPS = 64, 8  # the tiny models' own size; few steps keep the demo short
 OUTPUT = "limner-demo"  # in the current folder: the pictures outlive the demo
-INTRO = """limner demo: a tiny LLaVA model answers a question about a picture, and tiny Stable
-Diffusion models draw, inpaint and restyle a picture, fully offline. Tiny models have random
-weights, so the answer is nonsense and the pictures are noise: what the demo proves is that
-every step (upload, load, pictures, streaming, progress, timings) works on this machine.
+INTRO = """limner demo, fully offline: limner's toy vision model (trained on pictures of coloured
+shapes) names the colour and shape of fresh pictures, checked against the truth; then tiny
+Stable Diffusion models with random weights draw, inpaint and restyle a picture (noise, not
+shapes: they prove every step of drawing works on this machine).
 """
 
 
@@ -58,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             with Client(host) as sdk:
                 wait_until_running(sdk, server, root / "server.log")
-                ask_about_a_circle(sdk, root)
+                ask_about_shapes(sdk, root)
                 draw_pictures(sdk, root, picture_folder(root))
         finally:
             print("9. stopping the server and removing the temporary folder...")
@@ -68,25 +69,35 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def ask_about_a_circle(sdk: Client, root: Path) -> None:
+def ask_about_shapes(sdk: Client, root: Path) -> None:
     from limner.cli.models import upload_folder
     from limner.cli.run import print_stream, print_timings
-    from limner.tiny import write_tiny_llava
+    from limner.toys import shapes, weights
 
-    print(f"2. creating the tiny model '{MODEL}' (random weights)...")
-    folder = write_tiny_llava(root / MODEL, seed=0)
-    upload_folder(sdk, MODEL, folder, say=_quiet_layers)
-    print("3. drawing a test picture: a red circle on white, 336x336...")
-    picture = draw_circle(root / "circle.png")
-    print(f'4. asking "{QUESTION}" (loading the model takes a few seconds)...\n')
-    chunks = sdk.generate(
-        MODEL, QUESTION, images=[picture], options={"num_predict": 32, "seed": 0}, stream=True
-    )
-    print("--- answer (random weights: nonsense) ---")
+    print(f"2. storing the toy vision model '{SEE}'...")
+    upload_folder(sdk, SEE, weights("see"), say=_quiet_layers)
+    specs = [shapes.random_spec(random.Random(seed)) for seed in range(PICTURES)]
+    print(f"3. drawing {PICTURES} fresh pictures of shapes (64x64) to ask about...")
+    paths = []
+    for number, spec in enumerate(specs, 1):
+        paths.append(root / f"question-{number}.png")
+        shapes.draw(spec).save(paths[-1])
+    print(f'4. asking "{shapes.QUESTIONS["caption"]}" (loading the model first)...\n')
+    chunks = sdk.generate(SEE, shapes.QUESTIONS["caption"], images=[paths[0]],
+                          options={"temperature": 0}, stream=True)  # fmt: skip
+    print(f"--- answer about picture 1 ({shapes.caption(specs[0])} on {specs[0].background}) ---")
     final = print_stream(chunks, lambda chunk: chunk.response, wordwrap=True)
     print("\n--- timings ---")
     if final is not None:
         print_timings(final, sys.stdout)
+    print()
+    for number, (spec, path) in enumerate(zip(specs, paths, strict=True), 1):
+        said = {kind: _answer(sdk, shapes.QUESTIONS[kind], path) for kind in ("colour", "shape")}
+        truth = shapes.answers(spec)
+        marks = ", ".join(
+            f"{kind} {said[kind]!r} {_mark(said[kind] == truth[kind])}" for kind in said
+        )
+        print(f"   picture {number} ({shapes.caption(spec)}): {marks}")
     print()
 
 
@@ -112,6 +123,15 @@ def draw_pictures(sdk: Client, root: Path, out: Path) -> None:
     styled = replace(plain, image=first, styles=[style], style_strength=0.8)
     draw_one(sdk, DRAW_MODEL, DRAW_PROMPT, styled, out / "3-restyled.png")
     print("   Tiny models have random weights: the pictures are noise, not circles.\n")
+
+
+def _answer(sdk: Client, question: str, picture: Path) -> str:
+    reply = sdk.generate(SEE, question, images=[picture], options={"temperature": 0})
+    return str(getattr(reply, "response", "")).strip()
+
+
+def _mark(right: bool) -> str:
+    return "(right)" if right else "(wrong)"
 
 
 def draw_one(sdk: Client, model: str, prompt: str, settings: DrawSettings, path: Path) -> Path:
@@ -176,15 +196,6 @@ def _quiet_files(line: str) -> None:
 def _quiet_layers(line: str) -> None:
     if "layer sha256:" not in line:  # one line per layer says little in a demo
         print(f"   {line}")
-
-
-def draw_circle(path: Path) -> Path:
-    from PIL import Image, ImageDraw
-
-    image = Image.new("RGB", (336, 336), "white")
-    ImageDraw.Draw(image).ellipse((68, 68, 268, 268), fill="red")
-    image.save(path)
-    return path
 
 
 def free_port() -> int:
