@@ -53,7 +53,9 @@ def call(server: Any, method: str, path: str, body: Any, **headers: str) -> http
 
 
 @pytest.mark.parametrize(("method", "path", "body"), ENDPOINTS)
-@pytest.mark.parametrize("authorization", [None, "Bearer wrong", f"Basic {FULL}", f"Bearer {FULL}x"])
+@pytest.mark.parametrize(
+    "authorization", [None, "Bearer wrong", f"Basic {FULL}", f"Bearer {FULL}x"]
+)
 def test_every_endpoint_needs_a_valid_token(
     guarded: Any, store: Store, method: str, path: str, body: Any, authorization: str | None
 ) -> None:
