@@ -23,9 +23,7 @@ import re
 
 # An absolute POSIX path of two or more parts, not inside a URL (no ':' or '/' or word
 # before) and not one of the API's own routes, which messages name on purpose.
-_ABSOLUTE_PATH = re.compile(
-    r"(?<![\w.:/~-])/(?!(?:api|v1|sdapi)/)(?:[^\s'\"/:]+/)+([^\s'\"/:]*)"
-)
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~-])/(?!(?:api|v1|sdapi)/)(?:[^\s'\"/:]+/)+([^\s'\"/:]*)")
 
 
 class LimnerError(Exception):
