@@ -12,13 +12,13 @@ needs one is named, to be pulled again), and moves manifests that do not parse i
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from limner.names import ModelName
+from limner.store.blobs import file_digest
 from limner.store.manifests import Manifest, Store
 
 TEMPORARY_PREFIXES = (".incoming-", ".convert-", ".training-")
@@ -83,7 +83,7 @@ def _check_blobs(store: Store, named: dict[str, list[str]], report: Report, repa
             report.problems.append(f"blob {digest} is missing; pull or create {models[0]} again")
             continue
         report.blobs += 1
-        if _hash(path) != digest:
+        if file_digest(path) != digest:
             report.problems.append(
                 f"blob {digest} does not match its content; pull or create {models[0]} again"
             )
@@ -120,14 +120,6 @@ def _temporary(store: Store) -> list[Path]:
     if store.manifests.is_dir():
         found += [p for p in store.manifests.rglob(".manifest-*") if p.is_file()]
     return sorted(found)
-
-
-def _hash(path: Path) -> str:
-    sha = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            sha.update(chunk)
-    return f"sha256:{sha.hexdigest()}"
 
 
 def _quarantine(store: Store, path: Path) -> None:
