@@ -9,27 +9,34 @@ circle", each followed by end-of-sequence) exactly as limner's engines prompt it
 
     <s> USER: <image>\\n{question} ASSISTANT: {answer}</s>
 
-llama.cpp's libmtmd tokenizes the text after a picture as a chunk of its own, with
-SentencePiece's dummy-prefix space in front ("▁", then "\\n"), where transformers does not;
-the model is trained on both forms, half and half, so it answers alike on both engines.
+llama.cpp sees the same chat in two ways of its own, and the model is trained on each form,
+half the time, independently, so that it answers alike on both engines:
+- libmtmd tokenizes the text after a picture as a chunk of its own, with SentencePiece's
+  dummy-prefix space in front ("▁", then "\\n"), where transformers does not;
+- its llava graph puts CLIP's class token after the patches (llama.cpp #25814; the fix, PR
+  #25844, is not in the llama.cpp limner runs): each patch gets its neighbour's position
+  embedding, the first patch is dropped and the class token is fed as the last image token.
+  A model trained only as transformers runs it named colours right on llama.cpp three times
+  in four; see `_llama_cpp_image_features`, checked against libmtmd's output to 0.005.
 
 `train` writes a llava-hf folder (float16 safetensors) that limner's transformers engine
 loads like any stored model, and `write_gguf` converts it for llama.cpp. `evaluate` asks
 about fresh pictures through either engine, greedily, and counts right answers.
 
-    >>> metrics = train(Path("see"))  # about 10 minutes on 2 CPU cores
+    >>> metrics = train(Path("see"))  # about 9 minutes on one CPU core
     >>> evaluate(Path("see"), engine="llamacpp")["shape"]
-    0.99
+    0.98
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import random
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,9 +79,13 @@ VISION = {
 FEATURE_LAYER = -2  # the pictures' features come from the second to last block, as BakLLaVA's
 IMAGE_TOKENS = (SIZE // 8) ** 2
 
-# Steps and rates: measured to fit about 10 minutes on 2 CPU cores.
+# Steps and rates: about 8 minutes (0.15 s a step) on one core of a 2-core machine.
 STEPS, BATCH, LEARNING_RATE, WARMUP = 3000, 48, 2e-3, 100
-LLAMA_CPP_SHARE = 0.5  # prompts with libmtmd's "▁" after the picture
+# One thread: the same seed then writes the same bytes on any machine (torch's sums split
+# differently with more threads), and training beside another process does not stall (two
+# threads sharing their cores with one took 2.9 s a step, twenty times longer).
+THREADS = 1
+LLAMA_CPP_SHARE = 0.5  # prompts tokenized, and pictures seen, as llama.cpp does (each alone)
 EVAL_COUNT = 100  # pictures `train` asks about to report its accuracy
 ENGINES = ("transformers", "llamacpp")
 LOG_EVERY = 50
@@ -89,9 +100,23 @@ CORPUS = [
 
 def train(dest: Path, seed: int = 0, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train the toy from scratch into the llava-hf folder `dest`; returns its metrics: the
-    final loss, the seconds it took, and the accuracy on fresh pictures (transformers)."""
+    final loss, the seconds training took, and the accuracy on fresh pictures per engine."""
+    with _threads(THREADS):
+        return _train(Path(dest), seed, log)
+
+
+@contextlib.contextmanager
+def _threads(count: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _train(dest: Path, seed: int, log: Callable[[str], None]) -> dict[str, Any]:
     started = time.perf_counter()
-    dest = Path(dest)
     _write_files(dest)
     processor = AutoProcessor.from_pretrained(dest, local_files_only=True)  # type: ignore[no-untyped-call]
     examples = _Examples(processor)
@@ -134,7 +159,7 @@ class _Batch:
     attention_mask: torch.Tensor
     labels: torch.Tensor  # -100 but on the answers
     pixel_values: torch.Tensor
-    llama_cpp: torch.Tensor  # which pictures to see as llama.cpp does (see _image_features)
+    llama_cpp: torch.Tensor  # which pictures to see as llama.cpp sees them
 
 
 class _Examples:
@@ -339,9 +364,10 @@ def write_gguf(folder: Path, dest: Path) -> Path:
 def evaluate(
     folder: Path, count: int = 100, seed: int = 1234, engine: str = "transformers"
 ) -> dict[str, Any]:
-    """Ask each question about `count` fresh pictures through limner's own engine (greedy) and
-    return the share of right answers per question. `engine` is "transformers" (a llava-hf
-    folder) or "llamacpp" (a folder with model.gguf, or a llava-hf folder, converted first)."""
+    """Ask each of QUESTIONS about `count` fresh pictures through limner's own engine, greedily,
+    and return the share of exactly right answers per question ({"colour": 0.99, ...}).
+    `engine` is "transformers" (a llava-hf folder) or "llamacpp" (a folder with model.gguf
+    and mmproj.gguf, or a llava-hf folder, converted first)."""
     from limner.engines import Message, Options, Piece
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -355,7 +381,7 @@ def evaluate(
             for key, question in QUESTIONS.items():
                 steps = chat.chat([Message("user", question, [png])], greedy, lambda: False)
                 said = "".join(s.text for s in steps if isinstance(s, Piece))
-                right[key] += said.strip() == answers(spec)[key]
+                right[key] += said == answers(spec)[key]
     return {key: right[key] / count for key in QUESTIONS}
 
 
