@@ -11,7 +11,6 @@ statistics, so a drawn "blue square" can be checked without any model. Only nump
 
 from __future__ import annotations
 
-import math
 import random
 from dataclasses import dataclass
 
@@ -65,10 +64,10 @@ def random_spec(
     )
 
 
-def draw(spec: Spec, size: int = SIZE) -> Image.Image:
-    """The picture of `spec`, `size` pixels square, in RGB."""
+def draw(spec: Spec, size: int = SIZE, fill: tuple[int, int, int] | None = None) -> Image.Image:
+    """The picture of `spec`, `size` pixels square, in RGB; `fill` overrides its colour."""
     picture = Image.new("RGB", (size, size), BACKGROUNDS[spec.background])
-    fill = {**COLOURS, **UNSEEN}[spec.colour]
+    fill = fill or {**COLOURS, **UNSEEN}[spec.colour]
     half = spec.extent * size / 2
     cx, cy = spec.centre[0] * size, spec.centre[1] * size
     box = (cx - half, cy - half, cx + half, cy + half)
@@ -118,16 +117,35 @@ def judge_colour(
 
 
 def judge_shape(picture: Image.Image) -> str:
-    """circle, square or triangle, from how much of its bounding box the foreground fills
-    (square 1, circle pi/4, triangle 1/2) and where: a triangle is wider at the bottom."""
+    """circle, square or triangle: the ideal shape, drawn to fill the foreground's bounding box,
+    that overlaps the foreground best (intersection over union).
+
+    Matching whole outlines, not one number such as the filled share of the box, keeps soft or
+    wobbly drawn edges (a square with rounded corners, a triangle with a blunt top) from reading
+    as circles."""
     mask = foreground(picture)
     if mask.sum() < 4:
         return ""
     rows, cols = np.nonzero(mask)
-    top, bottom, left, right = rows.min(), rows.max(), cols.min(), cols.max()
-    box = mask[top : bottom + 1, left : right + 1]
-    fill = float(box.mean())
-    upper, lower = box[: box.shape[0] // 2].mean(), box[box.shape[0] // 2 :].mean()
-    if fill < (0.5 + math.pi / 4) / 2 and lower > 1.4 * upper:
-        return "triangle"
-    return "square" if fill > (1 + math.pi / 4) / 2 else "circle"
+    box = mask[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+    overlaps = {
+        shape: float((box & ideal).sum() / (box | ideal).sum())
+        for shape, ideal in _ideal_shapes(*box.shape).items()
+    }
+    return max(overlaps, key=overlaps.__getitem__)
+
+
+def _ideal_shapes(height: int, width: int) -> dict[str, np.ndarray]:
+    """Each of SHAPES drawn as `draw` draws it, filling a box of this size."""
+    ideals = {}
+    for shape in SHAPES:
+        canvas = Image.new("L", (width, height), 0)
+        pen, right, bottom = ImageDraw.Draw(canvas), width - 1, height - 1
+        if shape == "circle":
+            pen.ellipse((0, 0, right, bottom), fill=255)
+        elif shape == "square":
+            pen.rectangle((0, 0, right, bottom), fill=255)
+        else:
+            pen.polygon([(0, bottom), (right, bottom), (right / 2, 0)], fill=255)
+        ideals[shape] = np.asarray(canvas) > 127
+    return ideals
