@@ -1,12 +1,12 @@
-"""`limner demo`: the whole path once, offline, on a fresh machine, in well under a minute.
+"""`limner demo`: the whole path once, offline, on a fresh machine, in about a minute.
 
-It starts a private server on a free loopback port with a temporary model store, stores the
-toy vision model through the SDK (the same upload path as `limner create --toy see`), asks it
-about fresh pictures of shapes (one answer streamed, with its timings) and checks its answers. Then it creates
-the tiny Stable Diffusion models (as `limner create --tiny sd|sd-inpaint`), draws a picture,
-inpaints half of it and restyles it after a style picture, saving the three PNGs in
-./limner-demo/ for the user to look at. It stops the server and removes every temporary
-file however it ends.
+It starts a private server on a free loopback port with a temporary model store and stores
+limner's toy models through the SDK (the same upload path as `limner create --toy`): a vision
+chat model and a Stable Diffusion trained on pictures of coloured shapes. The chat model names
+the colour and the shape of fresh pictures (streaming one answer, with its timings); the drawing
+model draws a shape, inpaints half of it and redraws a user's picture by image-to-image, and every picture
+is checked by pixel statistics and saved in ./limner-demo/. It stops the server and removes
+every temporary file however it ends.
 """
 
 from __future__ import annotations
@@ -26,22 +26,23 @@ if TYPE_CHECKING:
     from limner.cli.draw import DrawSettings
     from limner.client import Client
 
-SEE = "toy-see"
-PICTURES = 3  # fresh pictures the toy vision model is asked about
-DRAW_MODEL, INPAINT_MODEL = "tiny-sd", "tiny-sd-inpaint"
-DRAW_PROMPT = "a red circle"
-SIDE, STEPS = 64, 8  # the tiny models' own size; few steps keep the demo short
+SEE, DRAW = "toy-see", "toy-draw"
+PICTURES = 3  # fresh pictures the chat model is asked about
+DRAW_PROMPT, INPAINT_PROMPT = "a blue square", "a green square"
+# A picture "of the user's", redrawn at low strength; the toy bends shapes at high guidance.
+OWN_PICTURE, OWN_STRENGTH, OWN_GUIDANCE = ("yellow", "triangle", "grey"), 0.3, 3.0
+SIDE, STEPS = 64, 20  # the toys' own size and default steps
 OUTPUT = "limner-demo"  # in the current folder: the pictures outlive the demo
-INTRO = """limner demo, fully offline: limner's toy vision model (trained on pictures of coloured
-shapes) names the colour and shape of fresh pictures, checked against the truth; then tiny
-Stable Diffusion models with random weights draw, inpaint and restyle a picture (noise, not
-shapes: they prove every step of drawing works on this machine).
+INTRO = """limner demo: a toy vision model answers questions about pictures of coloured shapes,
+and a toy Stable Diffusion draws, inpaints and redraws them, fully offline. The toys are tiny
+models limner ships, trained on such pictures (python -m limner.toys train): their answers and
+pictures are checked here by pixel statistics.
 """
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = commands.add_parser(
-        "demo", help="try limner end to end with a tiny model (offline, seconds)",
+        "demo", help="try limner end to end with its toy models (offline, about a minute)",
         description=INTRO, formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
     parser.set_defaults(run=run)
@@ -102,27 +103,40 @@ def ask_about_shapes(sdk: Client, root: Path) -> None:
 
 
 def draw_pictures(sdk: Client, root: Path, out: Path) -> None:
-    """Draw, inpaint the right half, restyle: one PNG each in `out`, with steps/s."""
+    """Draw, inpaint the right half, redraw a picture by image-to-image: a PNG each in `out`."""
     from dataclasses import replace
 
-    from limner.cli.draw import DrawSettings
-    from limner.cli.models import upload_folder, write_tiny
+    from PIL import Image
 
-    print(f"5. creating the tiny drawing models '{DRAW_MODEL}' and '{INPAINT_MODEL}'...")
-    for model, kind in ((DRAW_MODEL, "sd"), (INPAINT_MODEL, "sd-inpaint")):
-        upload_folder(sdk, model, write_tiny(kind, root / model), say=_quiet_files)
+    from limner.cli.draw import DrawSettings
+    from limner.cli.models import upload_folder
+    from limner.toys import shapes, weights
+
+    print(f"5. storing the toy drawing model '{DRAW}'...")
+    upload_folder(sdk, DRAW, weights("draw"), say=_quiet_files)
     plain = DrawSettings(width=SIDE, height=SIDE, steps=STEPS, seed=0)
     print(f'6. drawing "{DRAW_PROMPT}" ({SIDE}x{SIDE}, {STEPS} steps, seed 0; loading first)...')
-    first = draw_one(sdk, DRAW_MODEL, DRAW_PROMPT, plain, out / "1-drawn.png")
-    print("7. inpainting its right half (the white of a mask) with the inpainting model...")
+    first = draw_one(sdk, DRAW, DRAW_PROMPT, plain, out / "1-drawn.png")
+    with Image.open(first) as picture:
+        judged = f"{shapes.judge_colour(picture)} {shapes.judge_shape(picture)}"
+    print(f"   judged by its pixels: a {judged} {_mark(judged == DRAW_PROMPT[2:])}")
+    print(f'7. inpainting its right half (the white of a mask) with "{INPAINT_PROMPT}"...')
     mask = half_mask(root / "mask.png")
-    inpaint = replace(plain, image=first, mask=mask)
-    draw_one(sdk, INPAINT_MODEL, "a blue square", inpaint, out / "2-inpainted.png")
-    print("8. restyling it after a striped style picture (IP-Adapter style transfer)...")
-    style = draw_stripes(root / "style.png")
-    styled = replace(plain, image=first, styles=[style], style_strength=0.8)
-    draw_one(sdk, DRAW_MODEL, DRAW_PROMPT, styled, out / "3-restyled.png")
-    print("   Tiny models have random weights: the pictures are noise, not circles.\n")
+    inpainted = draw_one(sdk, DRAW, INPAINT_PROMPT, replace(plain, image=first, mask=mask),
+                         out / "2-inpainted.png")  # fmt: skip
+    with Image.open(inpainted) as picture:
+        right = picture.crop((SIDE // 2, 0, SIDE, SIDE))
+        colour = shapes.judge_colour(right)
+    print(f"   the right half is now {colour or 'background'} {_mark(colour == 'green')}")
+    own = shapes.Spec(*OWN_PICTURE, centre=(0.45, 0.55))
+    shapes.draw(own).save(root / "own.png")
+    print(f'8. redrawing a picture of {shapes.caption(own)} by image-to-image (strength '
+          f'{OWN_STRENGTH}, guidance {OWN_GUIDANCE})...')  # fmt: skip
+    redraw = replace(plain, image=root / "own.png", strength=OWN_STRENGTH, guidance=OWN_GUIDANCE)
+    redrawn = draw_one(sdk, DRAW, shapes.caption(own), redraw, out / "3-redrawn.png")
+    with Image.open(redrawn) as picture:
+        judged = f"{shapes.judge_colour(picture)} {shapes.judge_shape(picture)}"
+    print(f"   judged by its pixels: a {judged} {_mark(judged == shapes.caption(own)[2:])}\n")
 
 
 def _answer(sdk: Client, question: str, picture: Path) -> str:
@@ -173,18 +187,6 @@ def half_mask(path: Path) -> Path:
     mask = Image.new("L", (SIDE, SIDE), 0)
     ImageDraw.Draw(mask).rectangle((SIDE // 2, 0, SIDE - 1, SIDE - 1), fill=255)
     mask.save(path)
-    return path
-
-
-def draw_stripes(path: Path) -> Path:
-    """A style picture: bold blue and yellow diagonal stripes."""
-    from PIL import Image, ImageDraw
-
-    image = Image.new("RGB", (SIDE * 4, SIDE * 4), "yellow")
-    pen = ImageDraw.Draw(image)
-    for start in range(-SIDE * 4, SIDE * 4, 32):
-        pen.line((start, 0, start + SIDE * 4, SIDE * 4), fill="blue", width=12)
-    image.save(path)
     return path
 
 
