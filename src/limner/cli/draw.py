@@ -169,6 +169,7 @@ def draw_once(
     target = Path(output).expanduser() if output else None
     saved, bar = draw_and_save(sdk, session, settings, text, init, target)
     print(f"Image saved to: {saved}", flush=True)
+    show_picture(saved)
     if session.verbose:
         print_draw_timings(bar, sys.stderr)
     return 0
@@ -328,3 +329,10 @@ def print_draw_timings(bar: ProgressBar, out: IO[str]) -> None:
     if rate is not None:
         print(f"denoising rate:       {rate:.2f} steps/s", file=out)
     out.flush()
+
+
+def show_picture(saved: Path) -> None:
+    """The saved picture, inline on terminals that can show one (see `inline`)."""
+    from limner.cli import inline
+
+    inline.show(saved.read_bytes(), sys.stdout)

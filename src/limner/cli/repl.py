@@ -486,7 +486,12 @@ class DrawRepl(Repl):
     def _ask(self, text: str) -> None:
         from pathlib import Path
 
-        from limner.cli.draw import draw_and_save, print_draw_timings, take_pictures
+        from limner.cli.draw import (
+            draw_and_save,
+            print_draw_timings,
+            show_picture,
+            take_pictures,
+        )
 
         prompt, init = take_pictures(text, self.settings.image)
         if not prompt:
@@ -498,6 +503,7 @@ class DrawRepl(Repl):
             self.sdk, self.session, self.settings, prompt, init, target, replace=False
         )
         print(f"Image saved to: {saved}", flush=True)
+        show_picture(saved)
         if self.session.verbose:
             print_draw_timings(bar, sys.stderr)
 
