@@ -254,3 +254,39 @@ class ProgressResponse(_Response):
 
 class VersionResponse(_Response):
     version: str
+
+
+# --- OpenAI's chat API (translated into the native chat by the server) --------------------
+
+
+class OpenAIContentPart(_Request):
+    type: str  # "text" | "image_url"; others are refused by the server
+    text: str | None = None
+    image_url: dict[str, Any] | str | None = None  # {"url": "data:image/png;base64,..."}
+
+
+class OpenAIMessage(_Request):
+    role: str  # system, developer, user, assistant or tool
+    content: str | list[OpenAIContentPart] | None = None
+    name: str | None = None
+    tool_call_id: str | None = None
+
+
+class OpenAIChatRequest(_Request):
+    model: str = ""
+    messages: list[OpenAIMessage] = Field(default_factory=list)
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None  # {"include_usage": true}
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None  # the newer name of max_tokens
+    temperature: float | None = None  # OpenAI's default, 1.0, when absent
+    top_p: float | None = None  # 1.0 when absent
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    n: int | None = None  # only 1
+    response_format: dict[str, Any] | None = None  # {"type": "text"|"json_object"|"json_schema"}
+    frequency_penalty: float | None = None  # accepted, not applied
+    presence_penalty: float | None = None  # accepted, not applied
+    logprobs: bool | None = None  # refused when true
+    tools: list[dict[str, Any]] | None = None
+    user: str | None = None
