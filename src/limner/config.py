@@ -47,7 +47,23 @@ VARIABLES = [
     Variable("LIMNER_MAX_BODY_BYTES", "104857600", "largest request body (413 beyond)"),
     Variable("LIMNER_MAX_IMAGE_PIXELS", "50000000", "largest decoded picture, in pixels (413)"),
     Variable("LIMNER_MAX_PICTURES", "16", "most pictures one request may carry (413)"),
-    Variable("LIMNER_MAX_CONNECTIONS", "256", "most open connections; more get 503 at once"),
+    Variable(
+        "LIMNER_MAX_CONNECTIONS",
+        "256",
+        "most requests in progress at once; more get 503 at once",
+    ),
+    Variable("LIMNER_HEADER_TIMEOUT", "10s", "time a client has to send its request headers (408)"),
+    Variable("LIMNER_MAX_HEADER_BYTES", "65536", "largest request headers, in bytes (431)"),
+    Variable(
+        "LIMNER_BODY_TIMEOUT",
+        "30s",
+        "time a request body may take per 64 KiB (a small body: in all) before 408",
+    ),
+    Variable(
+        "LIMNER_SHUTDOWN_TIMEOUT",
+        "10s",
+        "on SIGTERM, how long requests in progress may take to finish before they are cut",
+    ),
     Variable("LIMNER_ORIGINS", "", "extra allowed browser origins, comma-separated"),
     Variable(
         "LIMNER_API_KEY",
@@ -184,6 +200,30 @@ def max_pictures() -> int:
 
 def max_connections() -> int:
     return max(1, int(_get("LIMNER_MAX_CONNECTIONS")))
+
+
+def _seconds(name: str) -> float:
+    """A duration variable: `10s`, `1m30s`, or a bare number of seconds."""
+    raw = _get(name)
+    if re.fullmatch(r"\d+(\.\d*)?", raw):
+        return float(raw)
+    return parse_keep_alive(raw)
+
+
+def header_timeout() -> float:
+    return _seconds("LIMNER_HEADER_TIMEOUT")
+
+
+def max_header_bytes() -> int:
+    return max(1024, int(_get("LIMNER_MAX_HEADER_BYTES")))
+
+
+def body_timeout() -> float:
+    return _seconds("LIMNER_BODY_TIMEOUT")
+
+
+def shutdown_timeout() -> float:
+    return _seconds("LIMNER_SHUTDOWN_TIMEOUT")
 
 
 def origins() -> list[str]:

@@ -113,6 +113,7 @@ class Scheduler:
         self.loaded: dict[str, Loaded] = {}
         self.loads = 0  # how many runners were started, for tests and logs
         self._pending = 0
+        self.in_flight = 0  # leases waiting or held: 0 once every request has ended
         self._load_lock = asyncio.Lock()
         self._became_idle = asyncio.Event()
         self._stopping: set[asyncio.Task[None]] = set()
@@ -132,11 +133,13 @@ class Scheduler:
         if self._pending >= self.max_queue:
             raise ServerBusy()
         self._pending += 1
+        self.in_flight += 1
         model: Loaded | None = None
         try:
             model = await self._acquire(name, keep_alive, work_bytes, num_ctx)
             await model.slot.acquire()
         except BaseException:
+            self.in_flight -= 1
             if model is not None:
                 self._release(model)
             raise
@@ -145,6 +148,7 @@ class Scheduler:
         try:
             yield model
         finally:
+            self.in_flight -= 1
             model.slot.release()
             model.fresh = False
             self._release(model)

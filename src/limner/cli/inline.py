@@ -127,7 +127,9 @@ def _enlarged(picture: Image.Image) -> Image.Image:
     factor = min(-(-MIN_SIDE // min(picture.size)), MAX_SIDE // max(picture.size))
     if factor <= 1:
         return picture
-    return picture.resize((picture.width * factor, picture.height * factor), Image.Resampling.NEAREST)
+    return picture.resize(
+        (picture.width * factor, picture.height * factor), Image.Resampling.NEAREST
+    )
 
 
 def _png(picture: Image.Image) -> bytes:

@@ -9,6 +9,7 @@ imported only inside a runner process.
 from __future__ import annotations
 
 import importlib
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -60,14 +61,28 @@ class Options:
             if key not in known or value is None:
                 continue
             setattr(opts, key, _coerce(key, value, type(getattr(opts, key))))
+        for key, (low, high) in RANGES.items():
+            if not low <= getattr(opts, key) <= high:
+                raise InvalidRequest(f'option "{key}" must be between {low} and {high}')
+        if opts.num_ctx and opts.num_ctx < 4:
+            raise InvalidRequest('option "num_ctx" must be 0 (the model\'s own) or at least 4')
         return opts
+
+
+INT32 = 2**31 - 1
+# What each numeric option may be; -1 is the only sentinel (num_predict: until a stop,
+# repeat_last_n: the whole window, seed: random). Wider values are refused, not clamped.
+RANGES: dict[str, tuple[float, float]] = {
+    "temperature": (0, 100), "top_k": (0, INT32), "top_p": (0, 1), "min_p": (0, 1),
+    "seed": (-(2**63), 2**64 - 1), "num_predict": (-1, INT32), "repeat_penalty": (0, 100),
+    "repeat_last_n": (-1, INT32), "num_ctx": (0, 2**24), "adapter_scale": (-100, 100),
+}  # fmt: skip
 
 
 def _coerce(key: str, value: Any, kind: type) -> Any:
     if kind is dict:
         if not isinstance(value, dict) or not all(
-            isinstance(k, str) and not isinstance(v, bool) and isinstance(v, int | float)
-            for k, v in value.items()
+            isinstance(k, str) and _finite(v) for k, v in value.items()
         ):
             raise InvalidRequest(f'option "{key}" must be an object of numbers')
         return {k: float(v) for k, v in value.items()}
@@ -80,10 +95,21 @@ def _coerce(key: str, value: Any, kind: type) -> Any:
         if not isinstance(value, str):
             raise InvalidRequest(f'option "{key}" must be of type string')
         return value
+    name = "integer" if kind is int else "float32"
     if isinstance(value, bool) or not isinstance(value, int | float):
-        name = "integer" if kind is int else "float32"
         raise InvalidRequest(f'option "{key}" must be of type {name}')
+    if not _finite(value) or (kind is int and isinstance(value, float) and value % 1):
+        raise InvalidRequest(f'option "{key}" must be a finite {name}')  # NaN, 1e400, 1.5
     return int(value) if kind is int else float(value)
+
+
+def _finite(value: Any) -> bool:
+    """A JSON number that fits 64 bits: not a bool, NaN, Infinity or 10**400."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return -(2**64) < value < 2**64
+    return isinstance(value, float) and math.isfinite(value)
 
 
 @dataclass

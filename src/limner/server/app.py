@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import AsyncIterator
 from importlib.metadata import version as package_version
 from typing import Any
@@ -21,8 +22,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from limner import config
 from limner.errors import LimnerError, TooLarge, without_paths
 from limner.scheduler import Scheduler
-from limner.server import chat, models, openai
+from limner.server import chat, models, openai, openai_chat
 from limner.server.access import Access, loopback
+from limner.server.connections import ClientGone, Concurrency, Limits, guarded
 from limner.server.origins import OriginCheck, origin_pattern
 from limner.server.state import State
 from limner.store import Store
@@ -55,6 +57,7 @@ def create_app(store: Store, scheduler: Scheduler) -> FastAPI:
     app.add_exception_handler(LimnerError, _limner_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)
+    app.add_middleware(ClientGone)  # a client that leaves before its answer frees its place
     app.add_middleware(BodyLimit, limit=config.max_body_bytes(), exempt=("/api/blobs/",))
     allowed = origin_pattern(config.origins())
     app.add_middleware(
@@ -64,6 +67,7 @@ def create_app(store: Store, scheduler: Scheduler) -> FastAPI:
         allow_headers=CORS_HEADERS,
     )
     app.add_middleware(OriginCheck, allowed=allowed)
+    app.add_middleware(Concurrency, limit=config.max_connections())
     tokens = {config.api_key(): "full", config.api_key_readonly(): "read"}
     app.add_middleware(Access, tokens=tokens, allowed_hosts=config.allowed_hosts())  # runs first
 
@@ -83,6 +87,9 @@ def create_app(store: Store, scheduler: Scheduler) -> FastAPI:
     route("/api/blobs/{digest}", models.blob_upload, methods=["POST"])
     route("/v1/images/generations", openai.generations, methods=["POST"])
     route("/v1/images/edits", openai.edits, methods=["POST"])
+    route("/v1/chat/completions", openai_chat.chat_completions, methods=["POST"])
+    route("/v1/models", openai_chat.list_models, methods=["GET"])
+    route("/v1/models/{model:path}", openai_chat.show_model, methods=["GET"])
     return app
 
 
@@ -197,12 +204,19 @@ def serve(host: str | None = None, port: int | None = None, open_network: bool =
         port or bind_port,
         config.models(),
     )
-    uvicorn.run(
-        app,
-        host=host or bind_host,
-        port=port or bind_port,
-        log_level="warning",
-        timeout_graceful_shutdown=3,
-        limit_concurrency=config.max_connections(),  # beyond it: 503 at once
-        timeout_keep_alive=5,
-    )
+    uvicorn.run(app, host=host or bind_host, port=port or bind_port, **uvicorn_options())
+
+
+def uvicorn_options() -> dict[str, Any]:
+    """How `limner serve` runs uvicorn: slow and oversized requests are cut off (see
+    server/connections.py), and SIGTERM gives requests in progress LIMNER_SHUTDOWN_TIMEOUT
+    to finish while new connections are refused."""
+    limits = Limits(config.header_timeout(), config.body_timeout(), config.max_header_bytes())
+    return {
+        "http": guarded(limits),
+        # h11's own cap answers 400; ours must come first with 431.
+        "h11_max_incomplete_event_size": limits.header_bytes + (1 << 20),
+        "timeout_keep_alive": 5,
+        "timeout_graceful_shutdown": math.ceil(config.shutdown_timeout()),
+        "log_level": "warning",
+    }

@@ -9,6 +9,7 @@ re-encoded as Ollama's chunks.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
@@ -38,6 +39,15 @@ def now() -> str:
 async def chat(request: Request) -> Response:
     body = await parse_body(request, ChatRequest)
     state: State = request.app.state.limner
+    if not body.messages:
+        name = _stored_name(state, body.model)
+        return await _load_or_unload(state, name, _keep_alive(body.keep_alive), chat=True)
+    return await respond(chat_chunks(state, body), body.stream is not False, _aggregate_chat)
+
+
+async def chat_chunks(state: State, body: ChatRequest) -> AsyncIterator[dict[str, Any]]:
+    """A chat with at least one message as Ollama's chunks; every check is done before the
+    first chunk, so that a caller can still answer an error with its HTTP status."""
     name = _stored_name(state, body.model)
     pictures.check_count(sum(len(msg.images or []) for msg in body.messages or []))
     messages = [
@@ -45,14 +55,11 @@ async def chat(request: Request) -> Response:
         for i, msg in enumerate(body.messages or [], 1)
     ]
     keep_alive = _keep_alive(body.keep_alive)
-    if not messages:
-        return await _load_or_unload(state, name, keep_alive, chat=True)
     if _draws(_model_config(state, name)):
         raise InvalidRequest(f"'{body.model}' draws pictures; send its prompt to /api/generate")
     steps = _run(state, name, messages, body.options, body.format, keep_alive, replace_system=None)
-    return await respond(
-        _chunks(body.model, steps, _chat_text), body.stream is not False, _aggregate_chat
-    )
+    async for chunk in _chunks(body.model, steps, _chat_text):
+        yield chunk
 
 
 async def generate(request: Request) -> Response:
@@ -98,7 +105,14 @@ def _draws(model_config: dict[str, Any]) -> bool:
 
 
 def _keep_alive(value: float | str | None) -> float | None:
-    return None if value is None else config.parse_keep_alive(value)
+    if value is None:
+        return None
+    if isinstance(value, float) and math.isnan(value):
+        raise InvalidRequest("keep_alive must be a number of seconds or a duration like '5m'")
+    try:
+        return config.parse_keep_alive(value)
+    except InvalidRequest as exc:
+        raise InvalidRequest(f"invalid keep_alive: {exc.message}") from None
 
 
 def _wire_message(message: dict[str, Any], label: str) -> dict[str, Any]:

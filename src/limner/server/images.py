@@ -56,6 +56,9 @@ def check(body: GenerateRequest, model_config: dict[str, Any]) -> dict[str, Any]
     style_strength = 0.6 if body.style_strength is None else body.style_strength
     if not 0 <= style_strength <= 1:
         raise InvalidRequest(f"style_strength must be between 0 and 1, got {style_strength}")
+    guidance = body.guidance_scale
+    if guidance is not None and not 0 <= guidance <= 100:  # NaN and Infinity too
+        raise InvalidRequest(f"guidance_scale must be between 0 and 100, got {guidance}")
     scheduler = (body.scheduler or "").strip().lower()
     if scheduler and scheduler not in SCHEDULERS:
         raise InvalidRequest(

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import json
 import time
 from typing import Any
 
@@ -21,8 +20,8 @@ from PIL import Image
 from starlette.datastructures import UploadFile
 
 from limner.errors import InvalidImage, InvalidRequest, LimnerError
-from limner.server import images
-from limner.server.state import State
+from limner.server import images, pictures
+from limner.server.state import State, loads
 from limner.types import GenerateRequest
 
 MAX_IMAGES_PER_REQUEST = 10
@@ -59,10 +58,7 @@ def openai_error(exc: LimnerError) -> JSONResponse:
 
 
 async def _json(request: Request) -> dict[str, Any]:
-    try:
-        data = json.loads(await request.body() or b"null")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidRequest(f"invalid JSON in the request body: {exc}") from None
+    data = loads(await request.body() or b"null")
     if not isinstance(data, dict):
         raise InvalidRequest("the request body must be a JSON object")
     return data
@@ -162,15 +158,15 @@ def _size(size: Any) -> tuple[int | None, int | None]:
         width, height = (int(side) for side in str(size).lower().split("x"))
     except ValueError:
         raise InvalidRequest(f"size must look like '512x512', got {size!r}") from None
+    if width < 1 or height < 1:
+        raise InvalidRequest(f"size must look like '512x512', got {size!r}")
     return width, height
 
 
 def _open(data: bytes, label: str) -> Image.Image:
-    try:
-        picture = Image.open(io.BytesIO(data))
-        picture.load()
-    except (OSError, SyntaxError, ValueError):
-        raise InvalidImage(f"{label} is not a PNG, JPEG or WebP picture") from None
+    pictures.check(data, label)  # format and pixel count from the header, before decoding
+    picture = Image.open(io.BytesIO(data))
+    picture.load()
     return picture
 
 

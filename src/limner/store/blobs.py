@@ -1,7 +1,7 @@
 """Content-addressed blobs: `blobs/sha256-<hex>`, written to a temporary file, hashed, renamed.
 
-A digest is validated against `^sha256[:-][0-9a-f]{64}$` before it becomes a path, so no
-user-supplied digest can name a file outside the blobs folder.
+A digest is validated against `sha256[:-]<64 hex digits>` (the whole string) before it
+becomes a path, so no user-supplied digest can name a file outside the blobs folder.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from limner.errors import InvalidRequest, NotFound
 
-DIGEST = re.compile(r"^sha256[:-]([0-9a-f]{64})$")
+DIGEST = re.compile(r"^sha256[:-]([0-9a-f]{64})\Z")  # \Z: "$" would let a last "\n" in
 
 
 def normalize(digest: str) -> str:

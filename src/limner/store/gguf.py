@@ -120,6 +120,7 @@ def gguf_info(path: Path) -> dict[str, Any]:
     the parameter count is summed from the tensor shapes when the file does not say it.
     """
     try:
+        check_header(Path(path))
         reader = gguf.GGUFReader(path)
         info: dict[str, Any] = {}
         for name, field in reader.fields.items():
@@ -135,6 +136,96 @@ def gguf_info(path: Path) -> dict[str, Any]:
     except (ValueError, KeyError, IndexError, TypeError, OverflowError, struct.error) as e:
         raise InvalidRequest(f"{Path(path).name} is not a valid GGUF file: {e}") from None
     return info
+
+
+# GGUF value types by id: struct format of the fixed-size ones; 8 is a string, 9 an array.
+_SCALARS = {
+    0: "B",
+    1: "b",
+    2: "H",
+    3: "h",
+    4: "I",
+    5: "i",
+    6: "f",
+    7: "?",
+    10: "Q",
+    11: "q",
+    12: "d",
+}
+_STRING, _ARRAY = 8, 9
+_MAX_DIMS = 4  # GGML_MAX_DIMS
+
+
+def check_header(path: Path) -> None:
+    """Walk a GGUF file's header (metadata and tensor infos) with every count and length
+    checked against the bytes left in the file, before any reader allocates from them: a
+    header that claims 2**60 entries is refused here, not turned into a list by GGUFReader."""
+    size = path.stat().st_size
+    with path.open("rb") as file:
+        header = _Header(file, size)
+        if header.take(4) != b"GGUF" or header.number("I") not in (2, 3):
+            raise ValueError("not GGUF version 2 or 3")
+        tensors, values = header.count(24), header.count(12)  # the smallest entry of each
+        for _ in range(values):
+            header.string()
+            header.value(header.number("I"), nested=False)
+        for _ in range(tensors):
+            header.string()
+            dims = header.number("I")
+            if not 1 <= dims <= _MAX_DIMS:
+                raise ValueError(f"a tensor with {dims} dimensions")
+            header.skip(8 * dims + 4 + 8)
+
+
+class _Header:
+    """A forward reader over a GGUF header that refuses to read or skip past the file."""
+
+    def __init__(self, file: Any, size: int) -> None:
+        self.file, self.left = file, size
+
+    def take(self, count: int) -> bytes:
+        if count > self.left:
+            raise ValueError("the header runs past the end of the file")
+        self.left -= count
+        data: bytes = self.file.read(count)
+        return data
+
+    def skip(self, count: int) -> None:
+        if count > self.left:
+            raise ValueError("the header runs past the end of the file")
+        self.left -= count
+        self.file.seek(count, os.SEEK_CUR)
+
+    def number(self, kind: str) -> int:
+        value: int = struct.unpack("<" + kind, self.take(struct.calcsize(kind)))[0]
+        return value
+
+    def count(self, smallest: int) -> int:
+        """A uint64 count of entries of at least `smallest` bytes each, that fit what is left."""
+        count = self.number("Q")
+        if count * smallest > self.left:
+            raise ValueError(f"a count of {count} that the file is too short to hold")
+        return count
+
+    def string(self) -> None:
+        self.skip(self.count(1))
+
+    def value(self, kind: int, nested: bool) -> None:
+        if kind in _SCALARS:
+            self.skip(struct.calcsize(_SCALARS[kind]))
+        elif kind == _STRING:
+            self.string()
+        elif kind == _ARRAY and not nested:
+            item = self.number("I")
+            smallest = struct.calcsize(_SCALARS[item]) if item in _SCALARS else 8
+            count = self.count(smallest)
+            if item in _SCALARS:
+                self.skip(count * smallest)
+            else:
+                for _ in range(count):
+                    self.value(item, nested=True)
+        else:
+            raise ValueError(f"unknown value type {kind}")
 
 
 def _shortest_float32(value: Any) -> Any:
