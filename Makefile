@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # torch is pinned here, never in pyproject: an unpinned torch pulls a multi-GB CUDA build.
 TORCH := torch==2.13.0
 
-.PHONY: install demo test test-quick lint
+.PHONY: install demo test test-quick test-full-security lint
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -31,3 +31,7 @@ test: lint
 
 test-quick: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow"
+
+# Every security and reliability test, the minutes-long ones included (about 15 minutes).
+test-full-security: install
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "" tests/security tests/reliability

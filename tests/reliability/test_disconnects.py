@@ -95,6 +95,7 @@ def test_a_disconnect_storm_leaves_the_other_streams_whole_and_frees_every_slot(
 
 
 @pytest.mark.slow
+@pytest.mark.full
 def test_a_hundred_streams_three_times_with_ten_cut_each(
     store: Store, serve_thread: Any, tally: Any
 ) -> None:

@@ -106,6 +106,7 @@ def test_trickling_headers_are_cut_off_while_real_clients_are_served(
 
 
 @pytest.mark.slow
+@pytest.mark.full
 def test_five_hundred_slowloris_connections_for_five_minutes_are_each_cut_within_ten_seconds(
     store: Store, serve_thread: Any, tally: Any
 ) -> None:

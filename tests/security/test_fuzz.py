@@ -76,6 +76,7 @@ def test_an_accepted_model_name_stays_inside_the_store(text: str) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.full
 @SLOW
 @given(NAMES)
 def test_an_accepted_model_name_stays_inside_the_store_10k(text: str) -> None:
@@ -126,6 +127,7 @@ def test_an_accepted_digest_names_one_file_in_the_blobs_folder(text: str) -> Non
 
 
 @pytest.mark.slow
+@pytest.mark.full
 @SLOW
 @given(DIGESTS)
 def test_an_accepted_digest_names_one_file_in_the_blobs_folder_10k(text: str) -> None:
@@ -198,6 +200,7 @@ def test_a_manifest_is_parsed_safely_or_refused(raw: bytes) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.full
 @SLOW
 @given(manifests())
 def test_a_manifest_is_parsed_safely_or_refused_10k(raw: bytes) -> None:
@@ -292,6 +295,7 @@ def test_a_mutated_gguf_header_is_read_or_refused_with_limners_error(
 
 
 @pytest.mark.slow
+@pytest.mark.full
 @SLOW
 @given(gguf_mutations())
 def test_a_mutated_gguf_header_is_read_or_refused_with_limners_error_10k(
@@ -385,6 +389,7 @@ def test_a_mutated_picture_is_checked_from_its_header_or_refused(data: bytes) ->
 
 
 @pytest.mark.slow
+@pytest.mark.full
 @SLOW
 @given(picture_bytes())
 def test_a_mutated_picture_is_checked_from_its_header_or_refused_10k(data: bytes) -> None:
