@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import socket
 import threading
 import time
@@ -146,3 +147,9 @@ def add_tiny_sd(store: Store, tmp_path: Path, name: str = "sd") -> None:
 
     folder = write_tiny_sd(tmp_path / name, seed=0, ip_adapter=False)
     add_model(store, name, {rel: path.read_bytes() for rel, path in folder_files(folder)})
+
+
+def ctrl_c_default() -> None:
+    """For pexpect children: Ctrl+C interrupts even when the tests were started from a shell
+    that ignores SIGINT (a background job), whose ignoring every child would inherit."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

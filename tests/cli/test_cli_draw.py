@@ -20,7 +20,7 @@ import pexpect
 import pytest
 from PIL import Image
 
-from conftest import add_fake, add_fake_draw, picture
+from conftest import add_fake, add_fake_draw, ctrl_c_default, picture
 from limner import read_parameters
 from limner.store import Store
 
@@ -166,7 +166,7 @@ def test_a_drawing_never_replaces_another(tmp_path: Path) -> None:
 @pytest.fixture
 def repl(env: dict[str, str], cwd: Path) -> Iterator[pexpect.spawn]:
     child = pexpect.spawn(sys.executable, ["-m", "limner", "run", "draw"], cwd=str(cwd),
-                          env={**env, "TERM": "dumb"}, encoding="utf-8", timeout=30,
+                          env={**env, "TERM": "dumb"}, preexec_fn=ctrl_c_default, encoding="utf-8", timeout=30,
                           dimensions=(24, 200))  # fmt: skip
     child.expect_exact(PROMPT)
     yield child

@@ -17,7 +17,7 @@ import pexpect
 import pytest
 from PIL import Image
 
-from conftest import add_fake_draw
+from conftest import add_fake_draw, ctrl_c_default
 from limner.cli import inline
 from limner.store import Store
 from limner.toys.shapes import Spec, draw
@@ -137,7 +137,7 @@ def test_limner_run_shows_its_drawing_on_a_kitty_terminal(
     add_fake_draw(store, "draw")
     env = {**os.environ, "LIMNER_HOST": server.url.removeprefix("http://"), "TERM": "xterm-kitty"}
     child = pexpect.spawn(sys.executable, ["-m", "limner", "run", "draw", "a red fox",
-                          "--steps", "2"], cwd=str(tmp_path), env=env, encoding="utf-8",
+                          "--steps", "2"], cwd=str(tmp_path), env=env, preexec_fn=ctrl_c_default, encoding="utf-8",
                           timeout=60)  # fmt: skip
     child.expect(r"Image saved to: (.+\.png)\r\n")
     saved = Path(str(child.match.group(1)))

@@ -12,7 +12,7 @@ from typing import Any
 import pexpect
 import pytest
 
-from conftest import add_fake, picture
+from conftest import add_fake, ctrl_c_default, picture
 from limner.store import Store
 
 PROMPT = ">>> "
@@ -25,7 +25,7 @@ def repl(server: Any, store: Store, tmp_path: Path) -> Iterator[pexpect.spawn]:
     (tmp_path / "img.png").write_bytes(picture())
     env = {**os.environ, "LIMNER_HOST": server.url.removeprefix("http://"), "TERM": "dumb"}
     child = pexpect.spawn(sys.executable, ["-m", "limner", "run", "fake"], env=env, cwd=str(tmp_path),
-                          encoding="utf-8", timeout=30, dimensions=(24, 200))  # fmt: skip
+                          preexec_fn=ctrl_c_default, encoding="utf-8", timeout=30, dimensions=(24, 200))  # fmt: skip
     child.expect_exact(PROMPT)
     yield child
     child.close(force=True)

@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from limner import config
 from limner.errors import LimnerError, TooLarge, without_paths
 from limner.scheduler import Scheduler
-from limner.server import chat, models, openai, openai_chat
+from limner.server import chat, models, openai, openai_chat, schema
 from limner.server.access import Access, loopback
 from limner.server.connections import ClientGone, Concurrency, Limits, guarded
 from limner.server.origins import OriginCheck, origin_pattern
@@ -90,6 +90,7 @@ def create_app(store: Store, scheduler: Scheduler) -> FastAPI:
     route("/v1/chat/completions", openai_chat.chat_completions, methods=["POST"])
     route("/v1/models", openai_chat.list_models, methods=["GET"])
     route("/v1/models/{model:path}", openai_chat.show_model, methods=["GET"])
+    app.openapi = lambda: schema.openapi(app)  # type: ignore[method-assign]
     return app
 
 

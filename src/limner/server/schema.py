@@ -1,0 +1,54 @@
+"""The OpenAPI document of the HTTP API, with the request bodies the handlers parse.
+
+Handlers read their bodies themselves (`state.parse_body`: a 400 that names the field, as
+Ollama answers), so FastAPI cannot see them; this fills them in from the wire models in
+`limner.types`, so that /openapi.json describes what each endpoint takes and schema-based
+fuzzers (tests/security/test_schema.py) can send it.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel
+
+from limner import types
+
+BODIES: dict[tuple[str, str], type[BaseModel]] = {
+    ("/api/generate", "post"): types.GenerateRequest,
+    ("/api/chat", "post"): types.ChatRequest,
+    ("/api/show", "post"): types.ShowRequest,
+    ("/api/copy", "post"): types.CopyRequest,
+    ("/api/delete", "delete"): types.DeleteRequest,
+    ("/api/create", "post"): types.CreateRequest,
+    ("/api/pull", "post"): types.PullRequest,
+    ("/v1/chat/completions", "post"): types.OpenAIChatRequest,
+}
+
+
+def openapi(app: FastAPI) -> dict[str, Any]:
+    if app.openapi_schema is None:
+        with warnings.catch_warnings():  # duplicate operation ids: renamed below
+            warnings.simplefilter("ignore", UserWarning)
+            document = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        components = document.setdefault("components", {}).setdefault("schemas", {})
+        for (path, method), model in BODIES.items():
+            body = model.model_json_schema(
+                by_alias=True, ref_template="#/components/schemas/{model}"
+            )
+            components.update(body.pop("$defs", {}))
+            components[model.__name__] = body
+            document["paths"][path][method]["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}},
+            }  # fmt: skip
+        for path, operations in document["paths"].items():
+            for method, operation in operations.items():  # GET and HEAD share a handler
+                words = re.sub(r"\W+", "_", path).strip("_") or "root"
+                operation["operationId"] = f"{method}_{words}"
+        app.openapi_schema = document
+    return app.openapi_schema
