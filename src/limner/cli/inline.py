@@ -15,6 +15,7 @@ import os
 from collections.abc import Mapping
 from typing import IO
 
+import numpy as np
 from PIL import Image
 
 PROTOCOLS = ("kitty", "iterm", "sixel")
@@ -89,23 +90,20 @@ def sixel(picture: Image.Image) -> str:
     indexed = picture.convert("RGB").quantize(colors=SIXEL_COLOURS)
     width, height = indexed.size
     palette = indexed.getpalette() or []
-    pixels = indexed.tobytes()
-    used = sorted(set(pixels))
+    pixels = np.asarray(indexed)  # height x width palette indices
+    used = np.unique(pixels).tolist()
     # Raster attributes (1:1 pixels, the size), then each colour in percent of 100.
     parts = [f'\x1bP0;1;0q"1;1;{width};{height}']
     for index in used:
         red, green, blue = (round(c * 100 / 255) for c in palette[index * 3 : index * 3 + 3])
         parts.append(f"#{index};2;{red};{green};{blue}")
+    weights = (1 << np.arange(6))[:, None]  # a sixel's bit for each of its six rows
     for top in range(0, height, 6):
-        rows = range(top, min(top + 6, height))
+        band = pixels[top : top + 6]
         lines = []
-        for index in used:
-            bits = [
-                sum(1 << (y - top) for y in rows if pixels[y * width + x] == index)
-                for x in range(width)
-            ]
-            if any(bits):
-                lines.append(f"#{index}" + _runs(bits))
+        for index in np.unique(band).tolist():  # only the colours this band uses
+            bits = ((band == index) * weights[: len(band)]).sum(axis=0).tolist()
+            lines.append(f"#{index}" + _runs(bits))
         parts.append("$".join(lines) + "-")  # $: back to the band's start; -: next band
     return "".join(parts) + "\x1b\\"
 
