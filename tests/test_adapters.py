@@ -3,10 +3,12 @@ format becomes an adapter layer, fused into the weights at the model's adapter_s
 
 from __future__ import annotations
 
+import base64
 import io
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
@@ -179,3 +181,36 @@ def test_adapter_weights_may_only_name_the_models_adapters(
     ):
         list(create(store, request))
     assert store.find(ModelName.parse("x")) is None
+
+
+@pytest.mark.slow
+def test_a_request_can_borrow_another_models_lora_for_one_picture(
+    server: Any, store: Store, lora_files: Path, tmp_path: Path
+) -> None:
+    """`loras` (A1111's `<lora:name:weight>`) applies a LoRA model's adapter to one drawing:
+    as if fused at that weight, and gone again for the next picture."""
+    add_tiny_sd(store, tmp_path)
+    adapter = store.blobs.write_bytes(
+        (lora_files / "pytorch_lora_weights.safetensors").read_bytes()
+    )
+    fp32 = {"precision": "fp32"}
+    list(create(store, CreateRequest(model="base", **{"from": "sd"}, parameters=fp32)))
+    list(create(store, CreateRequest(model="style", **{"from": "sd"}, parameters=fp32,
+                                     adapters={"style.safetensors": adapter[0]})))  # fmt: skip
+
+    def drawn(name: str, **fields: Any) -> np.ndarray:
+        body = {"model": name, "prompt": "a zq square", "steps": 2, "seed": 7, "stream": False}
+        reply = httpx.post(f"{server.url}/api/generate", json={**body, **fields}, timeout=120)
+        assert reply.status_code == 200, reply.text
+        png = base64.b64decode(reply.json()["image"])
+        return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.int16)
+
+    base, fused = drawn("base"), drawn("style")
+    borrowed = drawn("base", loras={"style": 1.0})
+    assert np.abs(fused - base).mean() > 5
+    assert np.abs(borrowed - fused).mean() < 0.5
+    assert np.abs(drawn("base", loras={"style": 0.0}) - base).mean() < 0.5
+    assert np.array_equal(drawn("base"), base)  # unloaded after the picture
+    missing = httpx.post(f"{server.url}/api/generate",
+                         json={"model": "base", "prompt": "x", "loras": {"sd": 1.0}})  # fmt: skip
+    assert missing.status_code == 400 and "has no LoRA" in missing.json()["error"]

@@ -37,6 +37,21 @@ def mask_png(size: tuple[int, int], box: tuple[int, int, int, int]) -> bytes:
     return buffer.getvalue()
 
 
+def test_preview_every_n_steps_puts_a_picture_of_the_work_in_progress_lines(
+    api: httpx.Client,
+) -> None:
+    body = {"model": "draw", "prompt": "a fox", "width": 32, "height": 24, "steps": 5,
+            "preview_every": 2}  # fmt: skip
+    lines = [json.loads(line) for line in api.post("/api/generate", json=body).text.splitlines()]
+    previews = {x["completed"]: x["preview"] for x in lines[:-1] if "preview" in x}
+    assert sorted(previews) == [2, 4]  # not the last step: the picture itself follows
+    assert all(
+        Image.open(io.BytesIO(base64.b64decode(p))).size == (32, 24) for p in previews.values()
+    )
+    reply = api.post("/api/generate", json={**body, "preview_every": -1})
+    assert reply.status_code == 400 and "preview_every" in reply.json()["error"]
+
+
 def test_progress_lines_then_a_png(api: httpx.Client) -> None:
     reply = api.post(
         "/api/generate",

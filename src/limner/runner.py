@@ -137,9 +137,12 @@ class RunnerProcess:
         """Yield `piece` messages then one `done`."""
         return self._request({"op": "chat", "messages": messages, "options": options})
 
-    def generate_image(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        """Yield `progress` messages then one `image` (pictures in the request as base64)."""
-        return self._request({"op": "image", "request": request})
+    def generate_image(
+        self, request: dict[str, Any], finish: asyncio.Event | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Yield `progress` messages then one `image` (pictures in the request as base64).
+        Setting `finish` skips the remaining steps and decodes the picture so far."""
+        return self._request({"op": "image", "request": request}, finish)
 
     def train(self, job: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """Yield `train_progress`, `checkpoint` and `validation` messages, then `trained`.
@@ -148,16 +151,21 @@ class RunnerProcess:
         fields, and the output folder."""
         return self._request({"op": "train", **job})
 
-    async def _request(self, message: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    async def _request(
+        self, message: dict[str, Any], finish: asyncio.Event | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
         """Send one request; yield its replies up to the last; raise on `error`. Closing cancels."""
         request_id = next(self._ids)
         inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._queues[request_id] = inbox
         finished = False
+        finisher: asyncio.Task[None] | None = None
         try:
             if not self.alive:
                 raise RunnerFailed("the model's runner has stopped; try again")
             await _send(self.process, {**message, "id": request_id})
+            if finish is not None:
+                finisher = asyncio.create_task(self._finish_when(finish, request_id))
             while True:
                 reply = await inbox.get()
                 if reply["type"] == "error":
@@ -168,6 +176,8 @@ class RunnerProcess:
                     finished = True
                     return
         finally:
+            if finisher is not None:
+                finisher.cancel()
             self._queues.pop(request_id, None)
             if not finished and self.alive:
                 # No await here: this runs while the request's task is being cancelled.
@@ -176,6 +186,12 @@ class RunnerProcess:
                     self.process.stdin.write(
                         json.dumps({"op": "cancel", "id": request_id}).encode() + b"\n"
                     )
+
+    async def _finish_when(self, finish: asyncio.Event, request_id: int) -> None:
+        await finish.wait()
+        if self.alive:
+            with contextlib.suppress(OSError, RuntimeError):
+                await _send(self.process, {"op": "finish", "id": request_id})
 
     async def _read(self) -> None:
         assert self.process.stdout is not None
@@ -263,12 +279,15 @@ def _link_files(files: dict[str, Path], folder: Path) -> Path:
 def _serve(engine: Any, out: IO[str]) -> None:
     work: queue.Queue[dict[str, Any]] = queue.Queue()
     cancelled: set[int] = set()
+    finished: set[int] = set()  # drawings asked to stop early and keep their picture
 
     def read_stdin() -> None:
         for line in sys.stdin:
             message = json.loads(line)
             if message["op"] == "cancel":
                 cancelled.add(message["id"])
+            elif message["op"] == "finish":
+                finished.add(message["id"])
             else:
                 work.put(message)
         os._exit(0)  # the server closed our stdin: exit now, even mid-generation
@@ -277,16 +296,22 @@ def _serve(engine: Any, out: IO[str]) -> None:
     while True:
         request = work.get()
         rid: int = request["id"]
-        _run(engine, request, functools.partial(set.__contains__, cancelled, rid), out)
+        is_cancelled = functools.partial(set.__contains__, cancelled, rid)
+        _run(engine, request, is_cancelled, functools.partial(set.__contains__, finished, rid), out)
         cancelled.discard(rid)
+        finished.discard(rid)
 
 
 def _run(
-    engine: Any, request: dict[str, Any], is_cancelled: Callable[[], bool], out: IO[str]
+    engine: Any,
+    request: dict[str, Any],
+    is_cancelled: Callable[[], bool],
+    finish: Callable[[], bool],
+    out: IO[str],
 ) -> None:
     rid = request["id"]
     try:
-        for step in _steps(engine, request, is_cancelled):
+        for step in _steps(engine, request, is_cancelled, finish):
             if is_cancelled():
                 break
             reply = _encode(step)
@@ -299,7 +324,12 @@ def _run(
         _write(out, {"type": "error", "id": rid, **_describe(exc)})
 
 
-def _steps(engine: Any, request: dict[str, Any], is_cancelled: Callable[[], bool]) -> Iterator[Any]:
+def _steps(
+    engine: Any,
+    request: dict[str, Any],
+    is_cancelled: Callable[[], bool],
+    finish: Callable[[], bool],
+) -> Iterator[Any]:
     if request["op"] == "train":
         return _training(engine, request, is_cancelled)
     if request["op"] == "image":
@@ -309,7 +339,7 @@ def _steps(engine: Any, request: dict[str, Any], is_cancelled: Callable[[], bool
         for key in ("image", "mask"):
             fields[key] = base64.b64decode(fields[key]) if fields.get(key) else None
         fields["style_images"] = [base64.b64decode(i) for i in fields.get("style_images") or []]
-        return iter(engine.generate_image(ImageRequest(**fields), is_cancelled))
+        return iter(engine.generate_image(ImageRequest(**fields), is_cancelled, finish))
     if not hasattr(engine, "chat"):
         raise InvalidRequest("this model draws pictures; it does not chat")
     messages = [
@@ -340,7 +370,9 @@ def _encode(step: Any) -> dict[str, Any] | None:
     if isinstance(step, Done):
         return {"type": "done", **asdict(step)}
     if isinstance(step, Progress):
-        return {"type": "progress", "completed": step.completed, "total": step.total}
+        preview = base64.b64encode(step.preview).decode() if step.preview else None
+        return {"type": "progress", "completed": step.completed, "total": step.total,
+                "preview": preview}  # fmt: skip
     if isinstance(step, TrainProgress):
         return {"type": "train_progress", **asdict(step)}
     if isinstance(step, TrainCheckpoint):

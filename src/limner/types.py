@@ -64,6 +64,8 @@ class GenerateRequest(_Request):
     mask: str | None = None  # base64 PNG the size of images[0]; white = repaint
     style_images: list[str] | None = None  # reference pictures for style transfer
     style_strength: float | None = None  # 0-1, default 0.6
+    loras: dict[str, float] | None = None  # model with a LoRA -> weight, for this picture only
+    preview_every: int | None = None  # progress lines carry a `preview` PNG every N steps
 
 
 class ChatRequest(_Request):
@@ -290,3 +292,57 @@ class OpenAIChatRequest(_Request):
     logprobs: bool | None = None  # refused when true
     tools: list[dict[str, Any]] | None = None
     user: str | None = None
+
+
+# --- Automatic1111's /sdapi/v1 (fields as its API declares them; unknown ones are ignored) ---
+
+
+class A1111Txt2ImgRequest(_Request):
+    # Strict: A1111's FastAPI models are lax, but a 0.0 read as "false" hides a client's bug.
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, strict=True)
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    styles: list[str] | None = None  # A1111's saved styles: limner has none
+    seed: int = -1
+    subseed: int = -1
+    subseed_strength: float = 0.0  # variation seeds: only 0
+    seed_resize_from_h: int = -1
+    seed_resize_from_w: int = -1
+    sampler_name: str | None = None  # "Euler a", "DPM++ 2M", ... (GET /sdapi/v1/samplers)
+    sampler_index: str | None = None  # the old name of sampler_name
+    scheduler: str | None = None  # A1111 1.9+: "Automatic" or "Karras"
+    batch_size: int = 1
+    n_iter: int = 1
+    steps: int = 50  # A1111's API default
+    cfg_scale: float = 7.0
+    width: int = 512
+    height: int = 512
+    restore_faces: bool | None = None  # only false
+    tiling: bool | None = None  # only false
+    denoising_strength: float | None = None  # the hires pass's (txt2img); img2img's strength
+    enable_hr: bool = False  # the hires fix: only false
+    override_settings: dict[str, Any] | None = None  # only sd_model_checkpoint is read
+    override_settings_restore_afterwards: bool = True
+    script_name: str | None = None  # A1111 scripts: none
+    alwayson_scripts: dict[str, Any] | None = None  # extensions (ADetailer, ...): none
+    send_images: bool = True
+    save_images: bool = False  # limner keeps no pictures; ignored
+    force_task_id: str | None = None  # the job's id for /sdapi/v1/progress?id_task=
+
+
+class A1111Img2ImgRequest(A1111Txt2ImgRequest):
+    init_images: list[str] = Field(default_factory=list)  # base64 or data: URIs; the first
+    resize_mode: int = 0  # 0 resize, 1 crop and resize, 2 resize and fill, 3 = 0
+    denoising_strength: float | None = 0.75
+    image_cfg_scale: float | None = None  # instruct-pix2pix only: ignored
+    mask: str | None = None  # white (or transparent) = repaint
+    mask_blur: int | None = None  # sets mask_blur_x and mask_blur_y
+    mask_blur_x: int = 4
+    mask_blur_y: int = 4
+    inpainting_fill: int = 0  # 0 fill, 1 original (2 latent noise, 3 latent nothing: refused)
+    inpaint_full_res: bool = True  # "only masked": draw the masked area at full size
+    inpaint_full_res_padding: int = 0
+    inpainting_mask_invert: int = 0  # 1: black repaints
+    initial_noise_multiplier: float | None = None  # only 1
+    include_init_images: bool = False

@@ -32,11 +32,18 @@ OPERATIONS = [
     ("HEAD", "/api/blobs/{digest}"), ("POST", "/api/blobs/{digest}"),
     ("POST", "/v1/images/generations"), ("POST", "/v1/images/edits"),
     ("POST", "/v1/chat/completions"), ("GET", "/v1/models"), ("GET", "/v1/models/{model}"),
+    ("POST", "/sdapi/v1/txt2img"), ("POST", "/sdapi/v1/img2img"), ("GET", "/sdapi/v1/sd-models"),
+    ("GET", "/sdapi/v1/samplers"), ("GET", "/sdapi/v1/schedulers"), ("GET", "/sdapi/v1/loras"),
+    ("GET", "/sdapi/v1/upscalers"), ("GET", "/sdapi/v1/sd-vae"), ("GET", "/sdapi/v1/prompt-styles"),
+    ("GET", "/sdapi/v1/hypernetworks"), ("GET", "/sdapi/v1/face-restorers"),
+    ("GET", "/sdapi/v1/options"), ("POST", "/sdapi/v1/options"), ("GET", "/sdapi/v1/progress"),
+    ("POST", "/sdapi/v1/interrupt"), ("POST", "/sdapi/v1/skip"),
 ]  # fmt: skip
 # The operations whose schema (a JSON body) can be broken: the negative phase.
 WITH_BODIES = [
     ("POST", "/api/generate"), ("POST", "/api/chat"), ("POST", "/api/show"), ("POST", "/api/copy"),
     ("DELETE", "/api/delete"), ("POST", "/api/create"), ("POST", "/v1/chat/completions"),
+    ("POST", "/sdapi/v1/txt2img"), ("POST", "/sdapi/v1/img2img"),
 ]  # fmt: skip
 
 

@@ -158,6 +158,8 @@ class ImageRequest:
     mask: bytes | None = None  # same size as `image`; white repaints, black keeps
     style_images: list[bytes] = field(default_factory=list)
     style_strength: float = 0.6
+    loras: dict[str, float] = field(default_factory=dict)  # LoRA file -> weight, this call only
+    preview_every: int = 0  # >0: a picture of the work in progress every N steps
     metadata: dict[str, str] = field(
         default_factory=dict
     )  # e.g. model name and digest, for the PNG
@@ -173,6 +175,7 @@ class Progress:
 
     completed: int
     total: int
+    preview: bytes | None = None  # PNG of the work so far, when the request asks for previews
 
 
 @dataclass
@@ -187,10 +190,14 @@ ImageStep = Progress | ImageResult
 
 
 class ImageEngine(Protocol):
-    """A loaded diffusion model. `cancelled()` is polled after every denoising step."""
+    """A loaded diffusion model. `cancelled()` is polled after every denoising step; once
+    `finish()` is true the remaining steps are skipped and the picture so far is decoded."""
 
     def generate_image(
-        self, request: ImageRequest, cancelled: Callable[[], bool]
+        self,
+        request: ImageRequest,
+        cancelled: Callable[[], bool],
+        finish: Callable[[], bool] = lambda: False,
     ) -> Iterator[ImageStep]: ...
 
     def memory_bytes(self) -> int: ...

@@ -84,6 +84,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import safetensors.torch
 import torch
 from diffusers import (
     AutoPipelineForImage2Image,
@@ -363,15 +364,19 @@ class DiffusionEngine:
         return int(max(unet, vae) * size)
 
     def generate_image(
-        self, request: ImageRequest, cancelled: Callable[[], bool]
+        self,
+        request: ImageRequest,
+        cancelled: Callable[[], bool],
+        finish: Callable[[], bool] = lambda: False,
     ) -> Iterator[ImageStep]:
-        """Progress after every denoising step, then the picture; nothing more if cancelled."""
+        """Progress after every denoising step, then the picture; nothing more if cancelled.
+        Once `finish()` is true the remaining steps are skipped and the latents decoded."""
         with self._lock:
             plan = self._plan(request)
             if cancelled():
                 return
-            with self._memory_switches(plan.width, plan.height):
-                image = yield from self._denoise(plan, cancelled)
+            with self._memory_switches(plan.width, plan.height), self._request_loras(request):
+                image = yield from self._denoise(plan, cancelled, finish, request.preview_every)
             if image is None:
                 return
             if plan.mask is not None and plan.init is not None:
@@ -433,6 +438,8 @@ class DiffusionEngine:
             "style": style,
             "style_strength": request.style_strength if style else None,
         }
+        if request.metadata.get("loras"):
+            parameters["loras"] = request.metadata["loras"]  # "name:weight, ..." as asked
         if mode != "inpaint":
             init = mask = None  # nothing to paste back
         return _Plan(pipe, scheduler, kwargs, parameters, width, height, init, mask)
@@ -548,7 +555,11 @@ class DiffusionEngine:
             kwargs["ip_adapter_image_embeds"] = self.idle_embeds[cfg]
 
     def _denoise(
-        self, plan: _Plan, cancelled: Callable[[], bool]
+        self,
+        plan: _Plan,
+        cancelled: Callable[[], bool],
+        finish: Callable[[], bool],
+        preview_every: int,
     ) -> Generator[ImageStep, None, Image.Image | None]:
         """Run the pipeline on the torch thread; yield its steps; return the picture or None."""
         events: queue.Queue[Any] = queue.Queue()
@@ -557,7 +568,12 @@ class DiffusionEngine:
         def on_step(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
             if stop.is_set() or cancelled():
                 raise _Stopped
-            events.put(Progress(step + 1, pipe.num_timesteps))
+            done, total = step + 1, pipe.num_timesteps
+            if finish():
+                pipe._interrupt = True  # diffusers skips the remaining steps, then decodes
+            wanted = preview_every > 0 and done % preview_every == 0 and done < total
+            preview = self._preview(pipe, tensors["latents"]) if wanted else None
+            events.put(Progress(done, total, preview))
             return tensors
 
         def work() -> None:
@@ -582,6 +598,39 @@ class DiffusionEngine:
         finally:
             stop.set()  # a closed generator stops the worker at its next step
             wait([worker])
+
+    def _preview(self, pipe: Any, latents: torch.Tensor) -> bytes:
+        """The latents so far through the VAE, as a PNG (what A1111 calls a "Full" preview)."""
+        with torch.no_grad():
+            scaled = latents[:1].to(self.vae.dtype) / self.vae.config.scaling_factor
+            pixels = self.vae.decode(scaled).sample
+        picture = pipe.image_processor.postprocess(pixels.float(), output_type="pil")[0]
+        buffer = io.BytesIO()
+        picture.save(buffer, format="PNG", compress_level=1)
+        return buffer.getvalue()
+
+    @contextmanager
+    def _request_loras(self, request: ImageRequest) -> Iterator[None]:
+        """LoRAs for this call only (A1111's `<lora:name:weight>`), unloaded after it."""
+        if not request.loras:
+            yield
+            return
+        pipe = self.pipes["txt2img"]  # every pipe shares its UNet and text encoder
+        names = [f"request{number}" for number in range(len(request.loras))]
+        try:
+            for name, path in zip(names, request.loras, strict=True):
+                try:
+                    weights = self._torch.submit(safetensors.torch.load_file, path).result()
+                    self._torch.submit(pipe.load_lora_weights, weights, adapter_name=name).result()
+                except (ValueError, KeyError, RuntimeError, OSError) as error:
+                    raise InvalidRequest(
+                        f"LoRA {Path(path).name} does not fit this model: {error}"
+                    ) from error
+            weights_list = list(request.loras.values())
+            self._torch.submit(pipe.set_adapters, names, adapter_weights=weights_list).result()
+            yield
+        finally:
+            self._torch.submit(pipe.unload_lora_weights).result()
 
     @contextmanager
     def _memory_switches(self, width: int, height: int) -> Iterator[None]:
@@ -781,7 +830,9 @@ def a1111_parameters(parameters: dict[str, Any]) -> str:
         fields.append(("Model hash", digest[:10]))
     if parameters.get("strength") is not None:
         fields.append(("Denoising strength", f"{parameters['strength']:g}"))
-    lines = [parameters["prompt"]]
+    # A1111 keeps LoRA tags in the prompt it writes, so its PNG Info draws them again.
+    tags = [f"<lora:{each.strip()}>" for each in (parameters.get("loras") or "").split(",")]
+    lines = [" ".join([parameters["prompt"], *(tag for tag in tags if tag != "<lora:>")])]
     if parameters.get("negative_prompt"):
         lines.append(f"Negative prompt: {parameters['negative_prompt']}")
     lines.append(", ".join(f"{key}: {_a1111_quote(str(value))}" for key, value in fields))

@@ -52,9 +52,13 @@ class FakeEngine:
         return 1024
 
     def generate_image(
-        self, request: ImageRequest, cancelled: Callable[[], bool]
+        self,
+        request: ImageRequest,
+        cancelled: Callable[[], bool],
+        finish: Callable[[], bool] = lambda: False,
     ) -> Iterator[ImageStep]:
-        """A flat picture in a colour picked from the prompt; the mask's area when inpainting."""
+        """A flat picture in a colour picked from the prompt; the mask's area when inpainting.
+        Previews are grey; `finish()` ends the steps early, as the real engine does."""
         steps = request.steps or 4
         width, height = request.width or 64, request.height or 64
         for step in range(1, steps + 1):
@@ -62,7 +66,15 @@ class FakeEngine:
                 return
             if "SLOW" in request.prompt:
                 time.sleep(self.token_delay)
-            yield Progress(step, steps)
+            every = request.preview_every
+            preview = (
+                _png(Image.new("RGB", (width, height), "grey"))
+                if every and step % every == 0 and step < steps
+                else None
+            )
+            yield Progress(step, steps, preview)
+            if finish():
+                break
         colour = tuple(hashlib.sha256(f"{request.prompt}{request.seed}".encode()).digest()[:3])
         picture = Image.new("RGB", (width, height), colour)
         if request.image is not None:
@@ -70,7 +82,8 @@ class FakeEngine:
             mask = Image.open(io.BytesIO(request.mask)).convert("L") if request.mask else None
             picture = Image.composite(picture, base, mask) if mask else picture
         parameters = {"prompt": request.prompt, "seed": request.seed, "steps": steps,
-                      "width": width, "height": height, **request.metadata}  # fmt: skip
+                      "width": width, "height": height, "loras": request.loras or None,
+                      **request.metadata}  # fmt: skip
         info = PngImagePlugin.PngInfo()
         info.add_text("limner", json.dumps(parameters))
         buffer = io.BytesIO()
@@ -115,3 +128,9 @@ def _script(last: str, pictures: int) -> list[str]:
 
 def load(folder: Path, options: Options) -> FakeEngine:
     return FakeEngine(folder)
+
+
+def _png(picture: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from limner import config
 from limner.errors import LimnerError, TooLarge, without_paths
 from limner.scheduler import Scheduler
-from limner.server import chat, models, openai, openai_chat, schema
+from limner.server import a1111, chat, models, openai, openai_chat, schema
 from limner.server.access import Access, loopback
 from limner.server.connections import ClientGone, Concurrency, Limits, guarded
 from limner.server.origins import OriginCheck, origin_pattern
@@ -54,6 +54,7 @@ def create_app(store: Store, scheduler: Scheduler) -> FastAPI:
         title="limner", version=version(), lifespan=lifespan, docs_url=None, redoc_url=None
     )
     app.state.limner = State(store=store, scheduler=scheduler)
+    app.state.a1111 = a1111.Session()
     app.add_exception_handler(LimnerError, _limner_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)
@@ -90,6 +91,19 @@ def create_app(store: Store, scheduler: Scheduler) -> FastAPI:
     route("/v1/chat/completions", openai_chat.chat_completions, methods=["POST"])
     route("/v1/models", openai_chat.list_models, methods=["GET"])
     route("/v1/models/{model:path}", openai_chat.show_model, methods=["GET"])
+    route("/sdapi/v1/txt2img", a1111.txt2img, methods=["POST"])
+    route("/sdapi/v1/img2img", a1111.img2img, methods=["POST"])
+    route("/sdapi/v1/sd-models", a1111.sd_models, methods=["GET"])
+    route("/sdapi/v1/samplers", a1111.samplers, methods=["GET"])
+    route("/sdapi/v1/schedulers", a1111.schedulers, methods=["GET"])
+    route("/sdapi/v1/loras", a1111.loras, methods=["GET"])
+    for nothing in ("upscalers", "sd-vae", "prompt-styles", "hypernetworks", "face-restorers"):
+        route(f"/sdapi/v1/{nothing}", a1111.empty_list, methods=["GET"])
+    route("/sdapi/v1/options", a1111.get_options, methods=["GET"])
+    route("/sdapi/v1/options", a1111.set_options, methods=["POST"])
+    route("/sdapi/v1/progress", a1111.progress, methods=["GET"])
+    route("/sdapi/v1/interrupt", a1111.interrupt, methods=["POST"])
+    route("/sdapi/v1/skip", a1111.skip, methods=["POST"])
     app.openapi = lambda: schema.openapi(app)  # type: ignore[method-assign]
     return app
 

@@ -9,7 +9,9 @@ request costs nothing and always gets a 400 that says what to fix.
 
 from __future__ import annotations
 
+import asyncio
 import io
+import math
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -22,11 +24,14 @@ from limner.errors import InvalidRequest, TooLarge
 from limner.names import ModelName
 from limner.server import pictures
 from limner.server.state import State
+from limner.store import Store
+from limner.store.manifests import ADAPTER
 from limner.types import GenerateRequest
 
 DEFAULT_STEPS = 20
 DEFAULT_STRENGTH = 0.75
 MAX_SIDE = 4096  # Ollama's "width and height must be <= 4096"
+MAX_LORA_WEIGHT = 10.0  # A1111 accepts any; far past 2 a LoRA only breaks the picture
 
 
 def check(body: GenerateRequest, model_config: dict[str, Any]) -> dict[str, Any]:
@@ -67,12 +72,22 @@ def check(body: GenerateRequest, model_config: dict[str, Any]) -> dict[str, Any]
     seed = body.seed if body.seed is not None else (body.options or {}).get("seed", -1)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise InvalidRequest("seed must be an integer")
+    preview_every = body.preview_every or 0
+    if not 0 <= preview_every <= 150:
+        raise InvalidRequest(f"preview_every must be between 0 and 150, got {preview_every}")
+    for lora, weight in (body.loras or {}).items():
+        if not math.isfinite(weight) or abs(weight) > MAX_LORA_WEIGHT:
+            raise InvalidRequest(
+                f"the weight of LoRA {lora!r} must be between -{MAX_LORA_WEIGHT} and "
+                f"{MAX_LORA_WEIGHT}, got {weight}"
+            )
     return {
         "prompt": body.prompt or "", "negative_prompt": body.negative_prompt or "",
         "width": width, "height": height, "steps": steps, "guidance_scale": body.guidance_scale,
         "seed": seed, "scheduler": scheduler, "strength": strength,
         "image": images[0] if images else None, "mask": body.mask,
         "style_images": body.style_images or [], "style_strength": style_strength,
+        "loras": body.loras or {}, "preview_every": preview_every,
     }  # fmt: skip
 
 
@@ -123,17 +138,41 @@ def activation_bytes(width: int, height: int) -> int:
     return 2 * 8 * latent_pixels * latent_pixels * 4 + (256 << 20)
 
 
+def lora_files(store: Store, loras: dict[str, float]) -> dict[str, float]:
+    """Each named model's LoRA files (its adapter layers), at the weight asked for."""
+    files: dict[str, float] = {}
+    for model, weight in loras.items():
+        entry = store.entry(store.resolve(model))
+        layers = [layer for layer in entry.manifest.layers if layer.mediaType == ADAPTER]
+        if not layers:
+            raise InvalidRequest(
+                f"{model!r} has no LoRA; name a model made by training, or created with adapters"
+            )
+        for layer in layers:
+            files[str(store.blobs.open_path(layer.digest))] = weight
+    return files
+
+
 async def draw(
-    state: State, name: ModelName, request: dict[str, Any], keep_alive: float | None
+    state: State,
+    name: ModelName,
+    request: dict[str, Any],
+    keep_alive: float | None,
+    finish: asyncio.Event | None = None,
 ) -> AsyncIterator[dict[str, Any]]:
-    """The runner's `progress` and `image` messages, the last with durations added."""
+    """The runner's `progress` and `image` messages, the last with durations added.
+    Setting `finish` ends the drawing early with the picture so far (A1111's interrupt)."""
     started = time.perf_counter_ns()
     entry = state.store.entry(name)
-    request = {**request, "metadata": {"model": name.display(), "digest": entry.digest}}
+    loras = request.get("loras") or {}
+    metadata = {"model": name.display(), "digest": entry.digest}
+    if loras:
+        metadata["loras"] = ", ".join(f"{lora}:{weight:g}" for lora, weight in loras.items())
+    request = {**request, "loras": lora_files(state.store, loras), "metadata": metadata}
     work = activation_bytes(request["width"], request["height"])
     async with state.scheduler.lease(name, keep_alive, work) as model:
         load_duration = model.runner.load_duration if model.fresh else 0
-        async for step in model.runner.generate_image(request):
+        async for step in model.runner.generate_image(request, finish):
             if step["type"] == "image":
                 step["load_duration"] = load_duration
                 step["total_duration"] = time.perf_counter_ns() - started
@@ -149,7 +188,10 @@ async def chunks(
         line: dict[str, Any] = {"model": model, "created_at": now(), "response": ""}
         if step["type"] == "progress":
             total = step["total"]
-            yield {**line, "done": False, "completed": step["completed"], "total": total}
+            progress = {"done": False, "completed": step["completed"], "total": total}
+            if step.get("preview"):
+                progress["preview"] = step["preview"]
+            yield {**line, **progress}
         else:
             yield {
                 **line, "done": True, "done_reason": "stop", "completed": total, "total": total,

@@ -27,6 +27,8 @@ BODIES: dict[tuple[str, str], type[BaseModel]] = {
     ("/api/create", "post"): types.CreateRequest,
     ("/api/pull", "post"): types.PullRequest,
     ("/v1/chat/completions", "post"): types.OpenAIChatRequest,
+    ("/sdapi/v1/txt2img", "post"): types.A1111Txt2ImgRequest,
+    ("/sdapi/v1/img2img", "post"): types.A1111Img2ImgRequest,
 }
 
 
