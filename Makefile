@@ -15,7 +15,13 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e ".[engines,dev]"
 	touch $@
 
-install: $(VENV)/.installed
+# The browser tests drive Debian's Chromium (Playwright never downloads a browser here).
+CHROMIUM := /usr/bin/chromium
+
+$(CHROMIUM):
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+
+install: $(VENV)/.installed $(CHROMIUM)
 
 demo: install
 	HF_HUB_OFFLINE=1 $(VENV)/bin/limner demo
