@@ -24,7 +24,7 @@ from limner.errors import LimnerError, TooLarge, without_paths
 from limner.scheduler import Scheduler
 from limner.server import a1111, chat, models, openai, openai_chat, schema
 from limner.server.access import Access, loopback
-from limner.server.connections import ClientGone, Concurrency, Limits, guarded
+from limner.server.connections import SHUTDOWN, ClientGone, Concurrency, Limits, guarded
 from limner.server.origins import OriginCheck, origin_pattern
 from limner.server.state import State
 from limner.store import Store
@@ -219,7 +219,10 @@ def serve(host: str | None = None, port: int | None = None, open_network: bool =
         port or bind_port,
         config.models(),
     )
-    uvicorn.run(app, host=host or bind_host, port=port or bind_port, **uvicorn_options())
+    settings = uvicorn.Config(
+        app, host=host or bind_host, port=port or bind_port, **uvicorn_options()
+    )
+    _server_class()(settings).run()
 
 
 def uvicorn_options() -> dict[str, Any]:
@@ -235,3 +238,16 @@ def uvicorn_options() -> dict[str, Any]:
         "timeout_graceful_shutdown": math.ceil(config.shutdown_timeout()),
         "log_level": "warning",
     }
+
+
+def _server_class() -> type[Any]:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, telling streams when the shutdown clock starts."""
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            SHUTDOWN.begin(config.shutdown_timeout())
+            super().handle_exit(sig, frame)
+
+    return Server

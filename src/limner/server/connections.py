@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
@@ -197,3 +198,21 @@ class ClientGone:
         finally:
             if gone is not None and not gone.done():
                 gone.cancel()
+
+
+class Shutdown:
+    """When the server began shutting down, so that streams can end with an error line of
+    their own before uvicorn cancels them at the end of LIMNER_SHUTDOWN_TIMEOUT."""
+
+    def __init__(self) -> None:
+        self.cut_at: float | None = None  # time.monotonic() by which streams end
+
+    def begin(self, grace: float) -> None:
+        if self.cut_at is None:
+            self.cut_at = time.monotonic() + grace - min(0.5, grace / 4)
+
+    def seconds_left(self) -> float | None:
+        return None if self.cut_at is None else self.cut_at - time.monotonic()
+
+
+SHUTDOWN = Shutdown()  # one per process, as the signal that starts it

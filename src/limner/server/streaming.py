@@ -4,11 +4,13 @@
   has `done: true` or `status: "success"`.
 - `stream` false: one JSON object, the final one, with text fields concatenated.
 - An error before the first line is a real HTTP status with `{"error": ...}` (the first
-  item is computed before any byte is sent); after it, a last `{"error": ...}` line.
+  item is computed before any byte is sent); after it, a last `{"error": ...}` line. A
+  stream still running when the server's shutdown time is nearly up ends with one too.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -16,7 +18,8 @@ from typing import Any
 
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from limner.errors import LimnerError, without_paths
+from limner.errors import LimnerError, ServerBusy, without_paths
+from limner.server.connections import SHUTDOWN
 
 log = logging.getLogger("limner.server")
 
@@ -44,13 +47,35 @@ async def _lines(
 ) -> AsyncIterator[bytes]:
     yield _line(first)
     try:
-        async for chunk in rest:
+        async for chunk in _until_shutdown(rest):
             yield _line(chunk)
     except LimnerError as exc:
         yield _line({"error": without_paths(exc.message)})
     except Exception:
         log.exception("stream failed")
         yield _line({"error": "internal error; see the server log"})
+
+
+POLL = 0.25  # how often a waiting stream looks at the shutdown clock
+
+
+async def _until_shutdown(chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+    """`chunks`, until the server's shutdown time is nearly up: then ServerBusy, which the
+    stream reports in its last line (uvicorn would cut the connection without a word)."""
+    while True:
+        following = asyncio.ensure_future(anext(chunks))
+        try:
+            while not following.done():
+                left = SHUTDOWN.seconds_left()
+                if left is not None and left <= 0:
+                    raise ServerBusy("the server is shutting down; this answer was cut short")
+                await asyncio.wait({following}, timeout=POLL if left is None else min(POLL, left))
+        finally:
+            following.cancel()  # the client left, or the shutdown: the runner stops too
+        try:
+            yield following.result()
+        except StopAsyncIteration:
+            return
 
 
 def _line(obj: dict[str, Any]) -> bytes:
