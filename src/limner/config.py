@@ -52,6 +52,15 @@ VARIABLES = [
         "256",
         "most requests in progress at once; more get 503 at once",
     ),
+    Variable(
+        "LIMNER_CLUSTER", "", "serve models on a Ray cluster: local, auto or ray://HEAD:10001"
+    ),
+    Variable("LIMNER_CLUSTER_REPLICAS", "1", "replicas of each model on the cluster"),
+    Variable("LIMNER_CLUSTER_AUTOSCALE", "", "MIN-MAX: autoscale each model's replicas instead"),
+    Variable("LIMNER_CLUSTER_CPUS", "1", "CPUs each replica reserves"),
+    Variable(
+        "LIMNER_CLUSTER_GPUS", "", "GPUs each replica reserves (default: 1 if the cluster has any)"
+    ),
     Variable("LIMNER_HEADER_TIMEOUT", "10s", "time a client has to send its request headers (408)"),
     Variable("LIMNER_MAX_HEADER_BYTES", "65536", "largest request headers, in bytes (431)"),
     Variable(
@@ -286,3 +295,15 @@ def format_duration(seconds: float) -> str:
     if minutes:
         return f"{minutes}m{secs}s"
     return f"{seconds:g}s"
+
+
+def cluster() -> str:
+    return _get("LIMNER_CLUSTER")
+
+
+def cluster_settings() -> tuple[str, str, str, str, str]:
+    """LIMNER_CLUSTER and its placement settings, as written (cluster.py parses them)."""
+    names = ("LIMNER_CLUSTER", "LIMNER_CLUSTER_REPLICAS", "LIMNER_CLUSTER_AUTOSCALE",
+             "LIMNER_CLUSTER_CPUS", "LIMNER_CLUSTER_GPUS")  # fmt: skip
+    address, replicas, autoscale, cpus, gpus = (_get(name) for name in names)
+    return address, replicas, autoscale, cpus, gpus

@@ -41,7 +41,7 @@ import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -67,6 +67,17 @@ from limner.engines.training import (
 from limner.errors import InvalidRequest, LimnerError, RunnerFailed, without_paths
 
 STREAM_LIMIT = 64 * 1024 * 1024  # one line may carry several base64 pictures
+
+
+@dataclass(frozen=True)
+class Placement:
+    """What the scheduler knows of a load beyond its files: the model's name and the
+    memory it is estimated to need (a cluster places replicas by it)."""
+
+    model: str = ""
+    need: int = 0
+
+
 LAST_REPLIES = ("done", "image", "trained")
 
 
@@ -95,7 +106,12 @@ class RunnerProcess:
 
     @classmethod
     async def start(
-        cls, model_format: str, files: dict[str, Path], options: dict[str, Any], timeout: float
+        cls,
+        model_format: str,
+        files: dict[str, Path],
+        options: dict[str, Any],
+        timeout: float,
+        placement: Placement | None = None,
     ) -> RunnerProcess:
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "limner.runner",

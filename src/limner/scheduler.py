@@ -38,7 +38,7 @@ from typing import Any, Protocol
 
 from limner.errors import InsufficientMemory, ServerBusy
 from limner.names import ModelName
-from limner.runner import RunnerProcess
+from limner.runner import Placement, RunnerProcess
 from limner.store.create import described
 from limner.store.manifests import PARAMS, TEMPLATE, Entry, Store
 
@@ -68,7 +68,7 @@ class Runner(Protocol):
     def kill_now(self) -> None: ...
 
 
-StartRunner = Callable[[str, dict[str, Path], dict[str, Any], float], Awaitable[Runner]]
+StartRunner = Callable[[str, dict[str, Path], dict[str, Any], float, Placement], Awaitable[Runner]]
 
 
 @dataclass
@@ -240,12 +240,17 @@ class Scheduler:
             params = {**params, "num_ctx": window}
         log.info("loading %s (~%d MiB%s)", name, need >> 20,
                  f", {window}-token window" if window else "")  # fmt: skip
-        runner = await self.start_runner(config["model_format"], files, params, self.load_timeout)
+        placement = Placement(name.display(), need)
+        runner = await self.start_runner(
+            config["model_format"], files, params, self.load_timeout, placement
+        )
         self.loads += 1
+        # A runner takes one request at a time; a cluster's model takes one per replica.
+        slot = asyncio.Semaphore(getattr(runner, "concurrency", 1))
         model = Loaded(
             key=digest, name=name, digest=digest, runner=runner,
             keep_alive=self.keep_alive if keep_alive is None else keep_alive,
-            config=config, size=weights + context, context_length=window,
+            config=config, size=weights + context, context_length=window, slot=slot,
         )  # fmt: skip
         self.loaded[digest] = model
         return model

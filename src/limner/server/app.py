@@ -179,18 +179,35 @@ async def _send_error(send: Send, exc: LimnerError) -> None:
 
 
 def build(store: Store | None = None) -> FastAPI:
-    """The app as `limner serve` runs it, configured from LIMNER_* variables."""
+    """The app as `limner serve` runs it, configured from LIMNER_* variables; with
+    LIMNER_CLUSTER set, every model is served by replicas on that Ray cluster."""
     store = store or Store(config.models())
+    placement: dict[str, Any] = {"memory_limit": config.memory_limit()}
+    if config.cluster():
+        placement = _on_cluster()
     scheduler = Scheduler(
         store,
         max_loaded=config.max_loaded_models(),
         max_queue=config.max_queue(),
         keep_alive=config.keep_alive(),
         load_timeout=config.load_timeout(),
-        memory_limit=config.memory_limit(),
         context_limit=config.context_length(),
+        **placement,
     )
     return create_app(store, scheduler)
+
+
+def _on_cluster() -> dict[str, Any]:
+    """The scheduler's runner factory for a Ray cluster; the cluster, not this machine's
+    memory limit, decides what fits."""
+    import functools
+
+    from limner import cluster
+
+    settings = cluster.ClusterSettings.parse(*config.cluster_settings())
+    cluster.connect(settings)
+    start = functools.partial(cluster.RayRunner.start, settings=settings)
+    return {"start_runner": start, "memory_limit": 1 << 62}
 
 
 def serve(host: str | None = None, port: int | None = None, open_network: bool = False) -> None:
@@ -222,7 +239,13 @@ def serve(host: str | None = None, port: int | None = None, open_network: bool =
     settings = uvicorn.Config(
         app, host=host or bind_host, port=port or bind_port, **uvicorn_options()
     )
-    _server_class()(settings).run()
+    try:
+        _server_class()(settings).run()
+    finally:
+        if config.cluster():
+            from limner import cluster
+
+            cluster.disconnect()  # a local cluster stops with the server
 
 
 def uvicorn_options() -> dict[str, Any]:

@@ -31,6 +31,7 @@ from limner.engines import Options
 from limner.engines.training import TrainRequest, check_request, examples, read_uploaded
 from limner.errors import Conflict, InvalidRequest, LimnerError, ModelNotFound, without_paths
 from limner.names import ModelName
+from limner.runner import RunnerProcess
 from limner.store import create as creating
 from limner.store import manifests as m
 from limner.store.blobs import normalize
@@ -273,7 +274,9 @@ async def _train(state: State, job: Job, captions: dict[str, str]) -> None:
     try:
         async with state.scheduler.exclusive(f"training {job.name.display()}"):
             job.say(f"loading {base.name.display()} for training")
-            runner = await state.scheduler.start_runner(
+            # Always a local runner process, on a cluster too: training needs the store's
+            # folder to write into, and takes this machine's whole budget (exclusive above).
+            runner = await RunnerProcess.start(
                 f"train:{config['model_format']}",
                 state.store.files(base.manifest),
                 options,
