@@ -100,6 +100,7 @@ class RunnerProcess:
         self.memory = memory
         self.vram = vram  # the part of `memory` on a GPU
         self.load_duration = load_duration
+        self.concurrency = 1  # requests it takes at once (an engine that batches: more)
         self._ids = itertools.count(1)
         self._queues: dict[int, asyncio.Queue[dict[str, Any]]] = {}
         self._reader = asyncio.create_task(self._read())
@@ -138,10 +139,12 @@ class RunnerProcess:
         if reply["type"] != "ready":
             await _kill(process, folder)
             raise _error(reply)
-        return cls(
+        runner = cls(
             process, folder, int(reply["memory"]), int(reply["load_duration"]),
             int(reply.get("vram", 0)),
         )  # fmt: skip
+        runner.concurrency = int(reply.get("concurrency", 1))
+        return runner
 
     @property
     def alive(self) -> bool:
@@ -279,7 +282,9 @@ def main() -> None:
         return
     memory = engine.memory_bytes()
     vram = memory if getattr(engine, "on_gpu", False) else 0
-    _write(out, {"type": "ready", "memory": memory, "vram": vram, "load_duration": loaded})
+    concurrency = int(getattr(engine, "max_concurrency", 1))
+    _write(out, {"type": "ready", "memory": memory, "vram": vram, "load_duration": loaded,
+                 "concurrency": concurrency})  # fmt: skip
     _serve(engine, out)
 
 
@@ -309,13 +314,20 @@ def _serve(engine: Any, out: IO[str]) -> None:
         os._exit(0)  # the server closed our stdin: exit now, even mid-generation
 
     threading.Thread(target=read_stdin, daemon=True).start()
-    while True:
-        request = work.get()
+
+    def run(request: dict[str, Any]) -> None:
         rid: int = request["id"]
         is_cancelled = functools.partial(set.__contains__, cancelled, rid)
         _run(engine, request, is_cancelled, functools.partial(set.__contains__, finished, rid), out)
         cancelled.discard(rid)
         finished.discard(rid)
+
+    while True:
+        request = work.get()
+        if getattr(engine, "concurrent", False):  # it batches requests itself (vLLM)
+            threading.Thread(target=run, args=(request,), daemon=True).start()
+        else:
+            run(request)
 
 
 def _run(
@@ -413,8 +425,13 @@ def _describe(exc: Exception) -> dict[str, Any]:
     return {"status": 500, "message": without_paths(message)}
 
 
+_WRITING = threading.Lock()  # concurrent engines answer from several threads
+
+
 def _write(out: IO[str], message: dict[str, Any]) -> None:
-    out.write(json.dumps(message) + "\n")
+    line = json.dumps(message) + "\n"
+    with _WRITING:
+        out.write(line)
 
 
 if __name__ == "__main__":

@@ -231,7 +231,8 @@ EngineFactory = Callable[[Path, Options], ChatEngine | ImageEngine | TrainEngine
 
 # model_format in the manifest config -> "module:factory", imported lazily in the runner.
 ENGINES: dict[str, str] = {
-    "safetensors": "limner.engines.llava_transformers:load",
+    # Hugging Face-format vision models: vLLM on a GPU when installed, else transformers.
+    "safetensors": "limner.engines.llava_vllm:vision_engine",
     "gguf": "limner.engines.llava_llamacpp:load",
     "diffusers": "limner.engines.diffusion:load",
     "sd-checkpoint": "limner.engines.diffusion:load_checkpoint",

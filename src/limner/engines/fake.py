@@ -10,6 +10,8 @@ message script misbehaviour:
            or every denoising step
     CRASH  emit one word, then kill the process (a runner crash mid-stream)
     HANG   emit one word, then never answer again
+
+`"concurrent": N` in config.json makes the runner hand it N requests at once, on threads.
 """
 
 from __future__ import annotations
@@ -47,6 +49,9 @@ class FakeEngine:
         if config.get("fail_load"):
             raise RuntimeError("this fake model is scripted to fail loading")
         self.token_delay: float = config.get("token_delay", 0.2)
+        # `"concurrent": N`: takes N requests at once, as an engine that batches (vLLM) does.
+        self.max_concurrency = int(config.get("concurrent", 1))
+        self.concurrent = self.max_concurrency > 1
 
     def memory_bytes(self) -> int:
         return 1024
