@@ -118,7 +118,8 @@ class ModelReplica:
         memory = self.engine.memory_bytes()
         vram = memory if getattr(self.engine, "on_gpu", False) else 0
         return {"memory": memory, "vram": vram, "load_duration": self.load_duration,
-                "replica": self.replica, "pid": os.getpid()}  # fmt: skip
+                "replica": self.replica, "pid": os.getpid(),
+                "concurrency": int(getattr(self.engine, "max_concurrency", 1))}  # fmt: skip
 
     async def run(self, message: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """The runner protocol's replies to one request, the last one naming this replica."""
@@ -127,7 +128,9 @@ class ModelReplica:
         cancelled = threading.Event()
 
         def work() -> None:
-            with self.busy:
+            # An engine that batches (vLLM) takes requests side by side; others one at a time.
+            concurrent = getattr(self.engine, "concurrent", False)
+            with contextlib.nullcontext() if concurrent else self.busy:
                 for reply in _replies(self.engine, message, cancelled):
                     loop.call_soon_threadsafe(replies.put_nowait, reply)
 
@@ -190,7 +193,8 @@ class RayRunner:
         deployment = serve.deployment(ModelReplica).options(  # type: ignore[attr-defined]
             name="model", max_ongoing_requests=1, **_scale(settings, placement)
         )
-        bound = deployment.bind(model_format, {k: str(v) for k, v in files.items()}, options)
+        arguments = (model_format, {k: str(v) for k, v in files.items()}, options)
+        bound = deployment.bind(*arguments)
         try:
             handle = await asyncio.wait_for(
                 asyncio.to_thread(serve.run, bound, name=app, route_prefix=None), timeout
@@ -205,10 +209,14 @@ class RayRunner:
         except Exception as exc:
             await asyncio.to_thread(_delete, app)
             raise RunnerFailed(f"the model's replicas failed to start: {_reason(exc)}") from None
+        each = int(info.get("concurrency", 1))
+        if each > 1:  # the engine batches: Serve may send each replica that many at once
+            wider = deployment.options(max_ongoing_requests=each)
+            await asyncio.to_thread(serve.run, wider.bind(*arguments), name=app, route_prefix=None)
         most = (
             settings.autoscale[1] if settings.autoscale else settings.replicas_of(placement.model)
         )
-        return cls(app, handle, info, most)
+        return cls(app, handle, info, most * each)
 
     @property
     def alive(self) -> bool:

@@ -62,8 +62,11 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadServer]:
         add_model(store, name, {str(p.relative_to(folder)): p.read_bytes()
                                 for p in folder.rglob("*") if p.is_file()})  # fmt: skip
     add_fake(store, "slow", token_delay=0.1)  # a held request: 100 words, 10 seconds
+    add_fake(store, "batching", token_delay=0.05, concurrent=4)  # as vLLM's engine says
     ray.init(num_cpus=6, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    settings = cluster.ClusterSettings("local", replicas=2, models={"draw": 1}, cpus=1.0)
+    settings = cluster.ClusterSettings(
+        "local", replicas=2, models={"draw": 1, "batching": 1}, cpus=1.0
+    )
     cluster.connect(settings)
     start = partial(cluster.RayRunner.start, settings=settings)
     try:
@@ -144,3 +147,20 @@ def _replicas(app: str) -> list[str]:
     """The names of the app's live replica actors (Serve names them after the app)."""
     named = ray.util.list_named_actors(all_namespaces=True)
     return sorted(a["name"] for a in named if a["namespace"] == "serve" and f"{app}#" in a["name"])
+
+
+@pytest.mark.slow
+def test_a_replica_whose_engine_batches_takes_several_requests_at_once(
+    served: ThreadServer,
+) -> None:
+    client = ollama.Client(host=served.url)
+    client.generate(model="batching", prompt="load")
+    assert runner_of(served, "batching").concurrency == 4  # 1 replica x 4 at once
+    started = time.monotonic()
+    options = {"num_predict": 20}
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda _: client.generate(model="batching", prompt="SLOW",
+                                                          options=options), range(4)))  # fmt: skip
+    took = time.monotonic() - started
+    assert all(answer.done for answer in answers)
+    assert took < 2.5, took  # 20 words x 0.05 s each side by side: about 1 s, not 4
