@@ -9,6 +9,7 @@ import signal
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -153,3 +154,48 @@ def ctrl_c_default() -> None:
     """For pexpect children: Ctrl+C interrupts even when the tests were started from a shell
     that ignores SIGINT (a background job), whose ignoring every child would inherit."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+# --- Security and reliability tests print how many cases they tried and held, per file ---
+
+TALLIED = ("tests/security/", "tests/reliability/", "security/", "reliability/")
+TRIED: Counter[str] = Counter()
+HELD: Counter[str] = Counter()
+CASES_TRIED: Counter[str] = Counter()
+CASES_HELD: Counter[str] = Counter()
+NOTES: dict[str, list[str]] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    where = report.nodeid.split("::")[0]
+    if not where.startswith(TALLIED):
+        return
+    if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
+        TRIED[where] += 1
+        HELD[where] += report.outcome == "passed"
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    for where in sorted(TRIED):
+        inner = (f"; {CASES_TRIED[where]} requests or connections tried, {CASES_HELD[where]} held"
+                 if CASES_TRIED[where] else "")  # fmt: skip
+        terminalreporter.write_line(
+            f"{where}: {TRIED[where]} cases tried, {HELD[where]} held{inner}"
+        )
+        for note in NOTES.get(where, []):
+            terminalreporter.write_line(f"    {note}")
+
+
+@pytest.fixture
+def tally(request: pytest.FixtureRequest) -> Any:
+    """`tally(tried, held, note)`: a test's inner cases (requests, connections) and a measured
+    number, added to its file's summary line."""
+    where = request.node.nodeid.split("::")[0]
+
+    def add(tried: int, held: int, note: str = "") -> None:
+        CASES_TRIED[where] += tried
+        CASES_HELD[where] += held
+        if note:
+            NOTES.setdefault(where, []).append(f"{request.node.name}: {note}")
+
+    return add

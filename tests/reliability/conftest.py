@@ -1,5 +1,6 @@
-"""Reliability tests print how many cases they tried and how many held, per file; servers
-here run with `limner serve`'s own uvicorn settings (timeouts, header limits, shutdown)."""
+"""Servers for the reliability tests, run with `limner serve`'s own uvicorn settings
+(timeouts, header limits, shutdown). Each file's tally of cases is printed by the root
+conftest."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,45 +22,6 @@ from conftest import ThreadServer, free_port
 from limner.scheduler import Scheduler
 from limner.server.app import uvicorn_options
 from limner.store import Store
-
-TRIED: Counter[str] = Counter()
-HELD: Counter[str] = Counter()
-CASES_TRIED: Counter[str] = Counter()
-CASES_HELD: Counter[str] = Counter()
-NOTES: dict[str, list[str]] = {}
-
-
-def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
-        where = report.nodeid.split("::")[0]
-        TRIED[where] += 1
-        HELD[where] += report.outcome == "passed"
-
-
-def pytest_terminal_summary(terminalreporter: Any) -> None:
-    for where in sorted(TRIED):
-        inner = (f"; {CASES_TRIED[where]} requests or connections tried, {CASES_HELD[where]} held"
-                 if CASES_TRIED[where] else "")  # fmt: skip
-        terminalreporter.write_line(
-            f"{where}: {TRIED[where]} cases tried, {HELD[where]} held{inner}"
-        )
-        for note in NOTES.get(where, []):
-            terminalreporter.write_line(f"    {note}")
-
-
-@pytest.fixture
-def tally(request: pytest.FixtureRequest) -> Any:
-    """`tally(tried, held, note)`: a test's inner cases (requests, connections) and a measured
-    number, added to its file's summary line."""
-    where = request.node.nodeid.split("::")[0]
-
-    def add(tried: int, held: int, note: str = "") -> None:
-        CASES_TRIED[where] += tried
-        CASES_HELD[where] += held
-        if note:
-            NOTES.setdefault(where, []).append(f"{request.node.name}: {note}")
-
-    return add
 
 
 class ServeThread(ThreadServer):

@@ -7,11 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
-import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -23,33 +19,10 @@ import pytest
 from conftest import add_fake, free_port
 from limner.store import Store
 from limner.store.check import check
+from reliability.conftest import ServeProcess
 from test_registry import FakeRegistry
 
 BIG = 6 * 1024 * 1024  # big enough that a kill lands mid-blob now and then
-
-
-class Serve:
-    """A real `limner serve` process on a store, killed with SIGKILL."""
-
-    def __init__(self, store: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "LIMNER_MODELS": str(store), "LIMNER_HOST": f"127.0.0.1:{self.port}",
-               "LIMNER_PULL_PRIVATE": "1"}  # fmt: skip
-        self.process = subprocess.Popen([sys.executable, "-m", "limner", "serve"], env=env,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(self.url + "/api/version", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.05)
-        raise RuntimeError("limner serve did not start")
-
-    def kill(self) -> None:
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(10)
 
 
 def consistent(store: Store) -> list[str]:
@@ -102,13 +75,13 @@ def crash_rounds(tmp_path: Path, rounds: int) -> tuple[int, int]:
     rng, bad, cut = random.Random(42), 0, 0
     try:
         for round_ in range(rounds):
-            server = Serve(store.root)
+            server = ServeProcess(store.root, LIMNER_PULL_PRIVATE="1")
             upload = tmp_path / "weights.bin"
             upload.write_bytes(random.Random(1000 + round_).randbytes(BIG))
             worker = threading.Thread(target=work, args=(server.url, registry, round_, upload))
             worker.start()
             time.sleep(rng.uniform(0.0, 1.2))
-            server.kill()
+            server.stop()  # SIGKILL
             worker.join(30)
             problems = consistent(store)
             if problems or not listed_models_are_whole(store):
