@@ -10,12 +10,16 @@ network (pulls are covered by test_inputs.py, test_outbound.py and tests/test_re
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+from schemathesis.checks import response_schema_conformance
+from schemathesis.core.failures import FailureGroup
 from schemathesis.generation import GenerationMode
 
 from conftest import add_fake, add_fake_draw
@@ -64,6 +68,21 @@ def test_the_schema_documents_every_route_and_the_request_bodies(api: Any) -> No
     assert documented == set(OPERATIONS) | LEFT_OUT
     body = api.raw_schema["paths"]["/api/chat"]["post"]["requestBody"]
     assert body["content"]["application/json"]["schema"]["$ref"].endswith("/ChatRequest")
+    answer = api.raw_schema["paths"]["/api/tags"]["get"]["responses"]["200"]
+    assert answer["content"]["application/json"]["schema"]["$ref"].endswith("/ListResponse")
+
+
+def test_the_conformance_check_catches_an_answer_that_breaks_its_model(api: Any) -> None:
+    """The check that holds answers to their models can fail: a /api/tags answer whose
+    `models` is not a list of models is caught."""
+    case = api["/api/tags"]["GET"].Case()
+    wrong = httpx.Response(
+        200, json={"models": "none"}, request=httpx.Request("GET", "http://x/api/tags")
+    )
+    wrong.elapsed = timedelta(0)  # as if it had been sent
+    with pytest.raises(FailureGroup) as caught:
+        case.validate_response(wrong, checks=[response_schema_conformance])
+    assert "Response violates schema" in str(caught.value.exceptions[0])
 
 
 def _run(api: Any, method: str, path: str, mode: GenerationMode, examples: int) -> list[int]:
@@ -79,6 +98,8 @@ def _run(api: Any, method: str, path: str, mode: GenerationMode, examples: int) 
         response = case.call()
         statuses.append(response.status_code)
         assert response.status_code < 500, (case.body, response.text[:300])
+        # Documented answers (the native API's JSON models and its error shape) must match.
+        case.validate_response(response, checks=[response_schema_conformance])
         if case.meta.generation.mode is GenerationMode.NEGATIVE:
             assert not 200 <= response.status_code < 300, (case.body, response.text[:300])
 

@@ -32,6 +32,18 @@ BODIES: dict[tuple[str, str], type[BaseModel]] = {
 }
 
 
+# The JSON answers of the native API, by operation: documented so that a schema-based
+# checker can hold each answer to its model (tests/security/test_schema.py).
+ANSWERS: dict[tuple[str, str], type[BaseModel]] = {
+    ("/api/tags", "get"): types.ListResponse,
+    ("/api/ps", "get"): types.ProcessResponse,
+    ("/api/show", "post"): types.ShowResponse,
+    ("/api/version", "get"): types.VersionResponse,
+}
+# Every native endpoint's errors: `{"error": "what to fix"}` with a 4xx or 5xx status.
+ERROR = {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}
+
+
 def openapi(app: FastAPI) -> dict[str, Any]:
     if app.openapi_schema is None:
         with warnings.catch_warnings():  # duplicate operation ids: renamed below
@@ -48,6 +60,21 @@ def openapi(app: FastAPI) -> dict[str, Any]:
                 "required": True,
                 "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}},
             }  # fmt: skip
+        for (path, method), model in ANSWERS.items():
+            answer = model.model_json_schema(
+                by_alias=True, ref_template="#/components/schemas/{model}", mode="serialization"
+            )
+            components.update(answer.pop("$defs", {}))
+            components[model.__name__] = answer
+            reference = {"$ref": f"#/components/schemas/{model.__name__}"}
+            document["paths"][path][method]["responses"]["200"] = {
+                "description": model.__name__, "content": {"application/json": {"schema": reference}},
+            }  # fmt: skip
+        for path, operations in document["paths"].items():
+            for operation in operations.values():
+                if path.startswith("/api/"):
+                    body = {"application/json": {"schema": ERROR}}
+                    operation["responses"]["4XX"] = {"description": "what to fix", "content": body}
         for path, operations in document["paths"].items():
             for method, operation in operations.items():  # GET and HEAD share a handler
                 words = re.sub(r"\W+", "_", path).strip("_") or "root"
