@@ -21,6 +21,7 @@ import socket
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 OPEN_PATHS = ("/", "/api/version")  # HEAD/GET: liveness and version probes, never secret
+OPEN_PREFIXES = ("/web/",)  # the web page's own files: it asks for the token itself
 WRITES = {
     ("POST", "/api/pull"), ("POST", "/api/push"), ("POST", "/api/create"),
     ("POST", "/api/copy"), ("DELETE", "/api/delete"),
@@ -46,7 +47,8 @@ class Access:
             await _refuse(send, 403, "this Host is not allowed; add it to LIMNER_ALLOWED_HOSTS")
             return
         method, path = scope["method"], scope["path"]
-        if self.tokens and not (method in ("GET", "HEAD") and path in OPEN_PATHS):
+        opened = path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
+        if self.tokens and not (method in ("GET", "HEAD") and opened):
             kind = self.token_kind(headers.get(b"authorization", b""))
             if kind is None:
                 await _refuse(send, 401, "a valid API token is required: send "

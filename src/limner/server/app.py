@@ -14,7 +14,7 @@ from importlib.metadata import version as package_version
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from limner import config
 from limner.errors import LimnerError, TooLarge, without_paths
 from limner.scheduler import Scheduler
-from limner.server import a1111, chat, models, openai, openai_chat, schema
+from limner.server import a1111, chat, models, openai, openai_chat, schema, web
 from limner.server.access import Access, loopback
 from limner.server.connections import SHUTDOWN, ClientGone, Concurrency, Limits, guarded
 from limner.server.origins import OriginCheck, origin_pattern
@@ -73,7 +73,8 @@ def create_app(store: Store, scheduler: Scheduler) -> FastAPI:
     app.add_middleware(Access, tokens=tokens, allowed_hosts=config.allowed_hosts())  # runs first
 
     route = app.add_api_route
-    route("/", _running, methods=["GET", "HEAD"])
+    route("/", web.index, methods=["GET", "HEAD"])
+    route("/web/{name}", web.asset, methods=["GET", "HEAD"], include_in_schema=False)
     route("/api/version", _version, methods=["GET", "HEAD"])
     route("/api/generate", chat.generate, methods=["POST"])
     route("/api/chat", chat.chat, methods=["POST"])
@@ -106,10 +107,6 @@ def create_app(store: Store, scheduler: Scheduler) -> FastAPI:
     route("/sdapi/v1/skip", a1111.skip, methods=["POST"])
     app.openapi = lambda: schema.openapi(app)  # type: ignore[method-assign]
     return app
-
-
-async def _running(request: Request) -> Response:
-    return PlainTextResponse("Ollama is running")  # clients and scripts match this text
 
 
 async def _version(request: Request) -> Response:

@@ -1,7 +1,9 @@
 """Browser origins, as Ollama allows them: local pages and apps by default, more by LIMNER_ORIGINS.
 
 A request that carries an Origin not on the list gets 403 with an empty body (Ollama #2425);
-requests without an Origin (every non-browser client) always pass.
+requests without an Origin (every non-browser client) always pass, and so do the web page's
+own requests (an Origin that is the request's own scheme and Host: no other site's page can
+send that, and the Host itself is checked against LIMNER_ALLOWED_HOSTS first).
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ class OriginCheck:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            origin = dict(scope["headers"]).get(b"origin")
-            if origin is not None and not self.allowed.match(origin.decode("latin-1")):
+            headers = dict(scope["headers"])
+            origin = headers.get(b"origin")
+            if origin is not None and not self._allowed(origin, headers.get(b"host"), scope):
                 await send(
                     {
                         "type": "http.response.start",
@@ -41,3 +44,10 @@ class OriginCheck:
                 await send({"type": "http.response.body", "body": b""})
                 return
         await self.app(scope, receive, send)
+
+    def _allowed(self, origin: bytes, host: bytes | None, scope: Scope) -> bool:
+        text = origin.decode("latin-1")
+        own = (
+            host is not None and text == f"{scope.get('scheme', 'http')}://{host.decode('latin-1')}"
+        )
+        return own or self.allowed.match(text) is not None
