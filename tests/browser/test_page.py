@@ -88,24 +88,32 @@ def test_pictures_are_attached_by_picking_pasting_and_dropping(
     page: Any, toys: ThreadServer, tmp_path: Path
 ) -> None:
     open_page(page, toys)
+    attached = page.locator("#chat-attachments img")
     page.set_input_files("#chat-files", shape_file(tmp_path, Spec("red", "circle")))
+    expect(attached).to_have_count(1)
     png = base64.b64encode(shape_file(tmp_path, Spec("blue", "square")).read_bytes()).decode()
+    make_file = """(png) => new File([Uint8Array.from(atob(png), (c) => c.charCodeAt(0))],
+                                     "shape.png", { type: "image/png" })"""
     page.evaluate(
-        """(png) => {
-            const file = () => new File([Uint8Array.from(atob(png), (c) => c.charCodeAt(0))],
-                                        "shape.png", { type: "image/png" });
+        f"""(png) => {{
             const pasted = new DataTransfer();
-            pasted.items.add(file());
+            pasted.items.add(({make_file})(png));
             document.getElementById("chat-input").dispatchEvent(
-                new ClipboardEvent("paste", { clipboardData: pasted, bubbles: true }));
-            const dropped = new DataTransfer();
-            dropped.items.add(file());
-            document.getElementById("chat-form").dispatchEvent(
-                new DragEvent("drop", { dataTransfer: dropped, bubbles: true, cancelable: true }));
-        }""",
+                new ClipboardEvent("paste", {{ clipboardData: pasted, bubbles: true }}));
+        }}""",
         png,
     )
-    expect(page.locator("#chat-attachments img")).to_have_count(3)
+    expect(attached).to_have_count(2)
+    page.evaluate(
+        f"""(png) => {{
+            const dropped = new DataTransfer();
+            dropped.items.add(({make_file})(png));
+            document.getElementById("chat-form").dispatchEvent(
+                new DragEvent("drop", {{ dataTransfer: dropped, bubbles: true, cancelable: true }}));
+        }}""",
+        png,
+    )
+    expect(attached).to_have_count(3)
     page.get_by_role("button", name="Remove shape.png").first.click()
     expect(page.locator("#chat-attachments img")).to_have_count(2)
     expect(page.locator("#chat-error")).to_be_hidden()

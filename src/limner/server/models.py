@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 from collections.abc import AsyncIterator, Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
+import anyio
 from anyio import to_thread
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
@@ -253,13 +255,22 @@ async def _in_thread(progress: Iterator[ProgressResponse]) -> AsyncIterator[dict
     waits on stops, and its finished parts stay for the next pull.
     """
     last: dict[str, Any] | None = None
+    turn = threading.Lock()  # a step still running in its thread ends before the close
+
+    def step() -> ProgressResponse | None:
+        with turn:
+            return next(progress, None)
+
+    def close() -> None:
+        with turn:
+            getattr(progress, "close", lambda: None)()
+
     try:
-        while (step := await to_thread.run_sync(next, progress, None)) is not None:
-            line = step.wire()
+        while (taken := await to_thread.run_sync(step)) is not None:
+            line = taken.wire()
             if line != last:  # a layer's progress repeats while nothing arrives: sent once
                 yield line
             last = line
     finally:
-        close = getattr(progress, "close", None)
-        if close is not None:
-            close()
+        with anyio.CancelScope(shield=True):  # cancelled or not, the downloads are let go
+            await to_thread.run_sync(close)

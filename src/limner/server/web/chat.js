@@ -28,7 +28,15 @@ export function setupChat() {
     }));
   }
 
-  async function attach(files) {
+  // Pictures arrive from the picker, a paste and a drop, maybe at once: one batch at a time,
+  // in order, so none is lost between a read and the list being drawn.
+  let attaching = Promise.resolve();
+  function attach(files) {
+    attaching = attaching.then(() => attachNow(files));
+    return attaching;
+  }
+
+  async function attachNow(files) {
     showError(error, "");
     for (const file of files) {
       try {
