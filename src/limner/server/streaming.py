@@ -11,11 +11,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import anyio
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from limner.errors import LimnerError, ServerBusy, without_paths
@@ -61,21 +63,29 @@ POLL = 0.25  # how often a waiting stream looks at the shutdown clock
 
 async def _until_shutdown(chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
     """`chunks`, until the server's shutdown time is nearly up: then ServerBusy, which the
-    stream reports in its last line (uvicorn would cut the connection without a word)."""
-    while True:
-        following = asyncio.ensure_future(anext(chunks))
-        try:
+    stream reports in its last line (uvicorn would cut the connection without a word).
+    However it ends, `chunks` is closed before this returns, so its model is let go."""
+    following: asyncio.Future[dict[str, Any]] | None = None
+    try:
+        while True:
+            following = asyncio.ensure_future(anext(chunks))
             while not following.done():
                 left = SHUTDOWN.seconds_left()
                 if left is not None and left <= 0:
                     raise ServerBusy("the server is shutting down; this answer was cut short")
                 await asyncio.wait({following}, timeout=POLL if left is None else min(POLL, left))
-        finally:
-            following.cancel()  # the client left, or the shutdown: the runner stops too
-        try:
-            yield following.result()
-        except StopAsyncIteration:
-            return
+            try:
+                chunk = following.result()
+            except StopAsyncIteration:
+                return
+            yield chunk
+    finally:
+        with anyio.CancelScope(shield=True):  # the client left, or the shutdown: clean up
+            if following is not None and not following.done():
+                following.cancel()
+                with contextlib.suppress(BaseException):
+                    await following
+            await chunks.aclose()  # type: ignore[attr-defined]
 
 
 def _line(obj: dict[str, Any]) -> bytes:
