@@ -35,7 +35,7 @@ import ray
 from ray import serve
 
 from limner.errors import InvalidRequest, LimnerError, RunnerFailed
-from limner.runner import Placement, _error, _link_files
+from limner.runner import Placement, _error, _link_files, chat_message, image_message
 
 LAST = {"done", "image", "trained"}  # the reply types that end a request
 
@@ -225,14 +225,14 @@ class RayRunner:
     def chat(
         self, messages: list[dict[str, Any]], options: dict[str, Any]
     ) -> AsyncIterator[dict[str, Any]]:
-        return self._request({"op": "chat", "messages": messages, "options": options})
+        return self._request(chat_message(messages, options))
 
     def generate_image(
         self, request: dict[str, Any], finish: asyncio.Event | None = None
     ) -> AsyncIterator[dict[str, Any]]:
         # A replica cannot be told to finish early (requests go to whichever replica is
         # free), so Automatic1111's interrupt ends a drawing on a cluster without a picture.
-        return self._request({"op": "image", "request": request})
+        return self._request(image_message(request))
 
     def train(self, job: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         raise InvalidRequest("training runs on the API server's machine, not on the cluster")

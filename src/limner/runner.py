@@ -69,6 +69,16 @@ from limner.errors import InvalidRequest, LimnerError, RunnerFailed, without_pat
 STREAM_LIMIT = 64 * 1024 * 1024  # one line may carry several base64 pictures
 
 
+def chat_message(messages: list[dict[str, Any]], options: dict[str, Any]) -> dict[str, Any]:
+    """The protocol's chat request (every kind of runner sends these)."""
+    return {"op": "chat", "messages": messages, "options": options}
+
+
+def image_message(request: dict[str, Any]) -> dict[str, Any]:
+    """The protocol's drawing request (pictures in `request` as base64)."""
+    return {"op": "image", "request": request}
+
+
 @dataclass(frozen=True)
 class Placement:
     """What the scheduler knows of a load beyond its files: the model's name and the
@@ -154,14 +164,14 @@ class RunnerProcess:
         self, messages: list[dict[str, Any]], options: dict[str, Any]
     ) -> AsyncIterator[dict[str, Any]]:
         """Yield `piece` messages then one `done`."""
-        return self._request({"op": "chat", "messages": messages, "options": options})
+        return self._request(chat_message(messages, options))
 
     def generate_image(
         self, request: dict[str, Any], finish: asyncio.Event | None = None
     ) -> AsyncIterator[dict[str, Any]]:
         """Yield `progress` messages then one `image` (pictures in the request as base64).
         Setting `finish` skips the remaining steps and decodes the picture so far."""
-        return self._request({"op": "image", "request": request}, finish)
+        return self._request(image_message(request), finish)
 
     def train(self, job: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """Yield `train_progress`, `checkpoint` and `validation` messages, then `trained`.

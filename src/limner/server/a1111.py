@@ -281,14 +281,7 @@ def _scheduler(sampler: str | None, scheduler: str | None) -> str:
 
 
 def _open(encoded: str, label: str) -> Image.Image:
-    data = _base64(encoded, label)
-    pictures.check(data, label)  # format and size from the header, before decoding
-    picture = Image.open(io.BytesIO(data))
-    try:
-        picture.load()
-    except (OSError, ValueError) as exc:
-        raise InvalidImage(f"{label} could not be decoded: {exc}") from None
-    return picture
+    return pictures.check(_base64(encoded, label), label)
 
 
 def _base64(encoded: str, label: str) -> bytes:

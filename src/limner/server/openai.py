@@ -16,7 +16,6 @@ from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
-from PIL import Image
 from starlette.datastructures import UploadFile
 
 from limner.errors import InvalidImage, InvalidRequest, LimnerError
@@ -163,22 +162,15 @@ def _size(size: Any) -> tuple[int | None, int | None]:
     return width, height
 
 
-def _open(data: bytes, label: str) -> Image.Image:
-    pictures.check(data, label)  # format and pixel count from the header, before decoding
-    picture = Image.open(io.BytesIO(data))
-    picture.load()
-    return picture
-
-
 def _rgb_png(data: bytes, label: str) -> bytes:
     buffer = io.BytesIO()
-    _open(data, label).convert("RGB").save(buffer, format="PNG")
+    pictures.check(data, label).convert("RGB").save(buffer, format="PNG")
     return buffer.getvalue()
 
 
 def _mask_from_alpha(data: bytes) -> bytes | None:
     """OpenAI's mask: transparent pixels are edited. Ours: white repaints. None if opaque."""
-    picture = _open(data, "mask")
+    picture = pictures.check(data, "mask")
     if "A" not in picture.getbands():
         return None
     alpha = picture.getchannel("A")

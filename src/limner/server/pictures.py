@@ -45,8 +45,9 @@ def check_count(count: int) -> None:
         )
 
 
-def check(data: bytes, label: str) -> None:
-    """Raise InvalidImage or TooLarge unless `data` is a whole PNG, JPEG or WebP picture."""
+def check(data: bytes, label: str) -> Image.Image:
+    """The decoded picture; InvalidImage or TooLarge unless `data` is a whole PNG, JPEG or
+    WebP picture (format and pixel count read from the header before anything is decoded)."""
     limit = config.max_image_pixels()
     try:
         with warnings.catch_warnings():
@@ -61,6 +62,7 @@ def check(data: bytes, label: str) -> None:
                     f"{limit} (LIMNER_MAX_IMAGE_PIXELS); send a smaller picture"
                 )
             image.load()
+            return image
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise TooLarge(
             f"{label} decodes to too many pixels (LIMNER_MAX_IMAGE_PIXELS={limit})"
