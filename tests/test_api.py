@@ -232,7 +232,7 @@ def test_a_full_queue_answers_503(store: Store, make_server: Any) -> None:
             kwargs={"json": {"model": "slow", "prompt": "q"}, "timeout": 30},
         )
         queued.start()
-        wait_until(lambda: server.scheduler._pending == 1)
+        wait_until(lambda: server.scheduler.waiting == 1)
         reply = httpx.post(url, json={"model": "slow", "prompt": "x", "stream": False})
     assert reply.status_code == 503
     assert (

@@ -79,7 +79,7 @@ def run_storm(store: Store, serve_thread: Any, tally: Any, streams: int, rounds:
         held += sum(r == EXPECTED for r in whole) + len(cuts)
         assert whole == [EXPECTED] * (streams - len(cuts))
         freed = wait_for(lambda: server.scheduler.in_flight == 0, 2.0)
-        assert not server.scheduler._pending
+        assert not server.scheduler.waiting
         for name in models:  # every model's slot is free: each answers a new request
             reply = httpx.post(server.url + "/api/generate", timeout=30,
                                json={"model": name, "prompt": "after", "stream": False})  # fmt: skip
@@ -122,9 +122,9 @@ def test_leaving_the_queue_frees_its_entry_within_500_ms(
     running = send_raw(server.port, {"model": "slow", "prompt": "SLOW"})  # 5 s of words
     running.recv(1)  # the first word came: it holds the model's only slot
     queued = send_raw(server.port, {"model": "slow", "prompt": "SLOW", "stream": stream})
-    wait_for(lambda: scheduler._pending == 1, 5.0)
+    wait_for(lambda: scheduler.waiting == 1, 5.0)
     queued.close()
-    freed = wait_for(lambda: scheduler._pending == 0, 0.5)
+    freed = wait_for(lambda: scheduler.waiting == 0, 0.5)
     assert scheduler.in_flight == 1  # only the running request
     running.close()
     wait_for(lambda: scheduler.in_flight == 0, 0.5)

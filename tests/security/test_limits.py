@@ -61,7 +61,7 @@ def test_a_full_queue_says_when_to_come_back(store: Store, make_server: Any) -> 
         while not server.scheduler.loaded and time.monotonic() < deadline:
             time.sleep(0.05)
         waiting = pool.submit(post)  # waits in the queue of one
-        while server.scheduler._pending < 1 and time.monotonic() < deadline:
+        while server.scheduler.waiting < 1 and time.monotonic() < deadline:
             time.sleep(0.02)
         busy = httpx.post(server.url + "/api/generate", json=slow, timeout=60)
         assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
