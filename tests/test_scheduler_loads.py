@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -284,7 +285,8 @@ async def test_a_larger_window_reloads_once_the_running_request_ends(store: Stor
         loads.finish("g")
         small = await held(busy := leases.hold("g"))
         old_runner = loads.runners["g"]
-        small.config = {**small.config, "model_format": "gguf"}  # a window fixed at load
+        gguf = {**small.described.config, "model_format": "gguf"}  # a window fixed at load
+        small.described = dataclasses.replace(small.described, config=gguf)
         small.context_length = 256
         bigger = leases.hold("g", num_ctx=512)
         await until(lambda: loads.started == ["g", "g"])

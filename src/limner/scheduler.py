@@ -48,8 +48,8 @@ from typing import Any, Protocol
 from limner.errors import InsufficientMemory, RunnerFailed, ServerBusy
 from limner.names import ModelName
 from limner.runner import Placement, RunnerProcess
-from limner.store.create import described
-from limner.store.manifests import PARAMS, TEMPLATE, Entry, Store
+from limner.store.described import GGUF, Capability, Described, describe
+from limner.store.manifests import TEMPLATE, Store
 
 log = logging.getLogger("limner.scheduler")
 
@@ -84,12 +84,9 @@ StartRunner = Callable[[str, dict[str, Path], dict[str, Any], float, Placement],
 class Loaded:
     """A model in memory, as /api/ps shows it."""
 
-    key: str
-    name: ModelName
-    digest: str
+    described: Described
     runner: Runner
     keep_alive: float
-    config: dict[str, Any]
     size: int
     references: int = 0
     last_used: float = field(default_factory=time.monotonic)
@@ -100,12 +97,23 @@ class Loaded:
     context_length: int = 0  # the window the runner was loaded with (0: not a chat model)
     stopping: asyncio.Task[None] | None = None  # set once its runner is being stopped
 
+    @property
+    def key(self) -> str:
+        return self.described.digest
+
+    @property
+    def name(self) -> ModelName:
+        return self.described.name
+
+    @property
+    def digest(self) -> str:
+        return self.described.digest
+
 
 @dataclass(eq=False)
 class Plan:
     """What a load needs, worked out before anything is reserved."""
 
-    config: dict[str, Any]
     params: dict[str, Any]
     files: dict[str, Path]
     window: int
@@ -118,13 +126,20 @@ class Loading:
     """A model whose runner is starting. Requests for it wait on `ready`; the load counts
     against the memory budget from the moment it is admitted until its runner is up."""
 
-    key: str
-    name: ModelName
+    described: Described
     plan: Plan
     ready: asyncio.Future[Loaded]
     waiters: int = 0  # requests waiting on `ready`; each gets a reference when it resolves
     admitted: bool = False
     task: asyncio.Task[None] | None = None
+
+    @property
+    def key(self) -> str:
+        return self.described.digest
+
+    @property
+    def name(self) -> ModelName:
+        return self.described.name
 
 
 class Scheduler:
@@ -164,34 +179,37 @@ class Scheduler:
     @contextlib.asynccontextmanager
     async def lease(
         self,
-        name: ModelName,
+        model: Described | ModelName,
         keep_alive: float | None = None,
         work_bytes: int = 0,
         num_ctx: int = 0,
     ) -> AsyncIterator[Loaded]:
-        """Hold a loaded model for one request; the caller has the runner to itself."""
+        """Hold a loaded model for one request; the caller has the runner to itself.
+        Handlers pass the model they described; a name is described here."""
         if self.waiting >= self.max_queue:
             raise ServerBusy()
         self.waiting += 1
         self.in_flight += 1
-        model: Loaded | None = None
+        loaded: Loaded | None = None
         try:
-            model = await self._acquire(name, keep_alive, work_bytes, num_ctx)
-            await model.slot.acquire()
+            if isinstance(model, ModelName):
+                model = describe(self.store, model)
+            loaded = await self._acquire(model, keep_alive, work_bytes, num_ctx)
+            await loaded.slot.acquire()
         except BaseException:
             self.in_flight -= 1
-            if model is not None:
-                self._release(model)
+            if loaded is not None:
+                self._release(loaded)
             raise
         finally:
             self.waiting -= 1
         try:
-            yield model
+            yield loaded
         finally:
             self.in_flight -= 1
-            model.slot.release()
-            model.fresh = False
-            self._release(model)
+            loaded.slot.release()
+            loaded.fresh = False
+            self._release(loaded)
 
     @contextlib.asynccontextmanager
     async def exclusive(self, holder: str) -> AsyncIterator[None]:
@@ -225,16 +243,15 @@ class Scheduler:
         return runners, held + sum(load.plan.need for load in admitted)
 
     async def _acquire(
-        self, name: ModelName, keep_alive: float | None, work_bytes: int, num_ctx: int
+        self, described: Described, keep_alive: float | None, work_bytes: int, num_ctx: int
     ) -> Loaded:
         """A reference to the model's runner; only this model's own load is ever awaited."""
-        entry = self.store.entry(name)
         while True:
-            model = self._current(entry.digest, num_ctx)
+            model = self._current(described.digest, num_ctx)
             if model is None:
-                loading = self.loading.get(entry.digest)
+                loading = self.loading.get(described.digest)
                 if loading is None:
-                    loading = self._start_load(entry, keep_alive, work_bytes, num_ctx)
+                    loading = self._start_load(described, keep_alive, work_bytes, num_ctx)
                 model = await self._wait_for(loading)
                 if self.loaded.get(model.key) is not model or not self._serves(model, num_ctx):
                     self._release(model)  # it was replaced meanwhile, or its window is small
@@ -267,30 +284,28 @@ class Scheduler:
         return model
 
     def _serves(self, model: Loaded, num_ctx: int) -> bool:
-        return not (_fixed_window(model.config) and num_ctx > model.context_length)
+        return not (model.described.fixed_window and num_ctx > model.context_length)
 
     def _start_load(
-        self, entry: Entry, keep_alive: float | None, work_bytes: int, num_ctx: int
+        self, described: Described, keep_alive: float | None, work_bytes: int, num_ctx: int
     ) -> Loading:
         """Check that the model can load at all, then start loading it in the background."""
         if self.held_by:
             raise ServerBusy(
-                f"{entry.name.display()} cannot load while the machine is busy with "
+                f"{described.name.display()} cannot load while the machine is busy with "
                 f"{self.held_by}; try again when it ends"
             )
-        plan = self._plan(entry, work_bytes, num_ctx)
+        plan = self._plan(described, work_bytes, num_ctx)
         ready: asyncio.Future[Loaded] = asyncio.get_running_loop().create_future()
-        loading = Loading(key=entry.digest, name=entry.name, plan=plan, ready=ready)
-        self.loading[entry.digest] = loading
+        loading = Loading(described=described, plan=plan, ready=ready)
+        self.loading[described.digest] = loading
         loading.task = self._spawn(self._load(loading, keep_alive))
         return loading
 
-    def _plan(self, entry: Entry, work_bytes: int, num_ctx: int) -> Plan:
-        name, manifest = entry.name, entry.manifest
-        config = described(self.store, manifest)
-        params = self.store.json_layer(manifest, PARAMS) or {}
-        window = self.window(config, num_ctx or int(params.get("num_ctx", 0)))
-        weights, context = manifest.size(), context_bytes(config, window)
+    def _plan(self, described: Described, work_bytes: int, num_ctx: int) -> Plan:
+        name, manifest, params = described.name, described.manifest, described.parameters
+        window = self.window(described, num_ctx or int(params.get("num_ctx", 0)))
+        weights, context = manifest.size(), context_bytes(described.config, window)
         need = weights + context + work_bytes
         if need > self.memory_limit:
             raise InsufficientMemory(
@@ -307,7 +322,7 @@ class Scheduler:
             files["chat_template.jinja"] = self.store.blobs.open_path(template.digest)
         if window:
             params = {**params, "num_ctx": window}
-        return Plan(config, params, files, window, weights + context, need)
+        return Plan(params, files, window, weights + context, need)
 
     async def _wait_for(self, loading: Loading) -> Loaded:
         """Wait for a load this request shares; the reference it holds once the load is done
@@ -332,7 +347,7 @@ class Scheduler:
                      f", {plan.window}-token window" if plan.window else "")  # fmt: skip
             placement = Placement(loading.name.display(), plan.need)
             runner = await self.start_runner(
-                plan.config["model_format"], plan.files, plan.params, self.load_timeout, placement
+                loading.described.format, plan.files, plan.params, self.load_timeout, placement
             )
         except BaseException as exc:
             del self.loading[loading.key]
@@ -347,9 +362,9 @@ class Scheduler:
         # A runner takes one request at a time; a cluster's model takes one per replica.
         slot = asyncio.Semaphore(getattr(runner, "concurrency", 1))
         model = Loaded(
-            key=loading.key, name=loading.name, digest=loading.key, runner=runner,
+            runner=runner,
             keep_alive=self.keep_alive if keep_alive is None else keep_alive,
-            config=plan.config, size=plan.size, context_length=plan.window, slot=slot,
+            described=loading.described, size=plan.size, context_length=plan.window, slot=slot,
             references=loading.waiters,
         )  # fmt: skip
         del self.loading[loading.key]
@@ -392,14 +407,14 @@ class Scheduler:
         idle = [m for m in self.loaded.values() if m.references == 0]
         return min(idle, key=lambda m: m.last_used) if idle else None
 
-    def window(self, config: dict[str, Any], asked: int) -> int:
+    def window(self, described: Described, asked: int) -> int:
         """The context window a chat model loads with; 0 for models that do not chat."""
-        trained = int(config.get("context_length", 0))
-        if "completion" not in config.get("capabilities", ["completion"]) or not trained:
+        trained = described.context_length
+        if not described.can(Capability.COMPLETION) or not trained:
             return 0
         window = min(asked, trained) if asked else min(trained, self.context_limit)
         # llama.cpp allocates whole blocks of 256 tokens.
-        return -(-window // 256) * 256 if _fixed_window(config) else window
+        return -(-window // 256) * 256 if described.fixed_window else window
 
     def _release(self, model: Loaded) -> None:
         # Synchronous on purpose: it runs in `finally` blocks of cancelled requests,
@@ -521,12 +536,8 @@ def context_bytes(config: dict[str, Any], window: int) -> int:
     layers, width = key("block_count"), key("embedding_length")
     heads = key("attention.head_count", 1)
     head_dim = key("attention.key_length", width // heads)
-    element = 2 if config.get("model_format") == "gguf" else 4
+    element = 2 if config.get("model_format") == GGUF else 4
     return layers * key("attention.head_count_kv", heads) * head_dim * 2 * element * window
-
-
-def _fixed_window(config: dict[str, Any]) -> bool:
-    return config.get("model_format") == "gguf"
 
 
 def _gib(size: int) -> str:

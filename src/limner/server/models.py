@@ -25,6 +25,7 @@ from limner.store import create as creating
 from limner.store import manifests as m
 from limner.store import registry
 from limner.store.blobs import normalize
+from limner.store.described import completed_config
 from limner.store.manifests import Entry, Store
 from limner.types import (
     CopyRequest,
@@ -87,7 +88,7 @@ async def show(request: Request) -> Response:
         entry = store.entry(store.resolve(text))
     except ModelNotFound:
         raise ModelNotFound(ModelName.parse(text).display()) from None
-    cfg = creating.described(store, entry.manifest)
+    cfg = completed_config(store, entry.manifest)
     params = store.json_layer(entry.manifest, m.PARAMS)
     reply = ShowResponse(
         license=store.text(entry.manifest, m.LICENSE),

@@ -35,6 +35,7 @@ from limner.runner import RunnerProcess
 from limner.store import create as creating
 from limner.store import manifests as m
 from limner.store.blobs import normalize
+from limner.store.described import completed_config
 from limner.store.manifests import Entry
 from limner.types import CreateRequest, TrainSection
 
@@ -190,7 +191,7 @@ def _check_captioner(state: State, text: str) -> None:
         entry = state.store.entry(state.store.resolve(text))
     except ModelNotFound:
         raise InvalidRequest(f"caption_with: model {text!r} not found; pull it first") from None
-    if "vision" not in creating.described(state.store, entry.manifest).get("capabilities", []):
+    if "vision" not in completed_config(state.store, entry.manifest).get("capabilities", []):
         raise InvalidRequest(
             f"caption_with: {entry.name.display()} does not see pictures; name a vision chat model"
         )

@@ -23,6 +23,7 @@ from limner.errors import InvalidRequest, UnsafeWeights
 from limner.names import ModelName
 from limner.store import manifests as m
 from limner.store.blobs import normalize
+from limner.store.described import gguf_config, human_count
 from limner.store.manifests import Layer, Manifest, Store
 from limner.types import CreateRequest, ProgressResponse
 
@@ -280,56 +281,6 @@ def _gguf_model(layers: list[Layer], ggufs: dict[str, Path]) -> tuple[list[Layer
         for layer in layers
     ]
     return out, gguf_config(infos[texts[0]], infos[projectors[0]] if projectors else None)
-
-
-def described(store: Store, manifest: Manifest) -> dict[str, Any]:
-    """A model's config, completed from its GGUF headers when a registry's config (Ollama's
-    carries only format, family and sizes) leaves out capabilities and model_info."""
-    config = store.config(manifest)
-    if config.get("model_format") != GGUF or "model_info" in config:
-        return config
-    from limner.store.gguf import gguf_info
-
-    text, projector = manifest.layer(m.MODEL), manifest.layer(m.PROJECTOR)
-    if text is None:
-        return config
-    info = gguf_info(store.blobs.open_path(text.digest))
-    vision = gguf_info(store.blobs.open_path(projector.digest)) if projector else None
-    return {**gguf_config(info, vision), **config}
-
-
-def gguf_config(info: dict[str, Any], projector: dict[str, Any] | None) -> dict[str, Any]:
-    """The config blob of a GGUF model, with Ollama's fields, from the files' metadata."""
-    arch = info.get("general.architecture", "llama")
-    params = int(info.get("general.parameter_count", 0))
-    file_type = int(info.get("general.file_type", 1))
-    families = [arch, "clip"] if projector else [arch]
-    context = int(info.get(f"{arch}.context_length", 4096))
-    return {
-        "model_format": GGUF,
-        "model_family": arch,
-        "model_families": families,
-        "model_type": human_count(params),
-        "file_type": FILE_TYPES.get(file_type, f"type {file_type}"),
-        "capabilities": ["completion", "vision"] if projector else ["completion"],
-        "context_length": context,
-        "embedding_length": info.get(f"{arch}.embedding_length"),
-        "model_info": info,
-        "projector_info": _with_image_tokens(projector) if projector else {},
-    }
-
-
-def _with_image_tokens(projector: dict[str, Any]) -> dict[str, Any]:
-    """A LLaVA-1.5 (`mlp`) projector's exact cost of one picture: one token per patch."""
-    side, patch = projector.get("clip.vision.image_size"), projector.get("clip.vision.patch_size")
-    if projector.get("clip.projector_type", "mlp") != "mlp" or not side or not patch:
-        return projector
-    return {**projector, "clip.vision.image_tokens": (int(side) // int(patch)) ** 2}
-
-
-# general.file_type -> Ollama's quantization_level names (llama.cpp's LLAMA_FTYPE values).
-FILE_TYPES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1",
-              10: "Q2_K", 12: "Q3_K_M", 15: "Q4_K_M", 17: "Q5_K_M", 18: "Q6_K", 32: "BF16"}  # fmt: skip
 
 
 def manifest_for_blobs(store: Store, files: dict[str, str]) -> Manifest:
@@ -604,14 +555,6 @@ def _llava_config(hf: dict[str, Any], weights: list[Path]) -> dict[str, Any]:
         "embedding_length": text.get("hidden_size", 4096),
         "model_info": {k: v for k, v in info.items() if v is not None},
     }
-
-
-def human_count(count: int) -> str:
-    """Ollama's parameter_size: 7.2B, 312M, 217K."""
-    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if count >= size:
-            return f"{count / size:.1f}".rstrip("0").rstrip(".") + unit
-    return str(count)
 
 
 def _extra_layers(store: Store, request: CreateRequest, base: list[Layer]) -> dict[str, bytes]:
