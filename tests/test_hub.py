@@ -28,6 +28,7 @@ from PIL import Image
 import limner
 from limner.errors import LimnerError, UnsafeWeights
 from limner.store import Store, registry
+from limner.store import pull as pulling
 from limner.store.hub import git_blob_id
 from limner.types import ProgressResponse
 
@@ -211,7 +212,7 @@ def statuses(lines: list[Any]) -> list[str]:
 
 
 def steps(store: Store, name: str) -> list[ProgressResponse]:
-    return list(registry.pull(store, name))
+    return list(pulling.pull(store, name))
 
 
 def leftovers(store: Store) -> list[str]:

@@ -27,8 +27,9 @@ import ollama
 import pytest
 
 from conftest import add_fake, picture
+from limner.cli.formats import human_bytes
 from limner.cli.main import main
-from limner.cli.models import PullPrinter, human_bytes
+from limner.cli.models import PullPrinter
 from limner.client import AsyncClient, Client
 from limner.errors import InvalidRequest, LimnerError
 from limner.names import ModelName

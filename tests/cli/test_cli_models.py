@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from conftest import add_fake
+from limner.cli.formats import human_bytes, human_duration
 from limner.cli.main import main
-from limner.cli.models import human_bytes, human_duration
 from limner.client import Client
 from limner.store import Store
 

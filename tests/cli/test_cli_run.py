@@ -86,7 +86,7 @@ def test_help_imports_no_engine_server_or_tiny_model(env: dict[str, str]) -> Non
 
 
 def test_timings_format_like_go() -> None:
-    from limner.cli.run import go_duration
+    from limner.cli.session import go_duration
 
     assert [go_duration(n) for n in (412, 3_200, 342_546_125, 1_500_000_000, 62_500_000_000, 3_723_000_000_000)] == [
         "412ns", "3.2µs", "342.546125ms", "1.5s", "1m2.5s", "1h2m3s"
@@ -94,7 +94,7 @@ def test_timings_format_like_go() -> None:
 
 
 def test_word_wrap_breaks_between_words() -> None:
-    from limner.cli.run import Wrapper
+    from limner.cli.session import Wrapper
 
     out: list[str] = []
     wrapper = Wrapper(25, out.append)

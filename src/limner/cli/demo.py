@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
 
 def ask_about_shapes(sdk: Client, root: Path) -> None:
     from limner.cli.models import upload_folder
-    from limner.cli.run import print_stream, print_timings
+    from limner.cli.session import print_stream, print_timings
     from limner.toys import shapes, weights
 
     print(f"2. storing the toy vision model '{SEE}'...")
@@ -151,7 +151,7 @@ def _mark(right: bool) -> str:
 def draw_one(sdk: Client, model: str, prompt: str, settings: DrawSettings, path: Path) -> Path:
     """One drawing through the same helper as `limner run`, progress bar and all."""
     from limner.cli.draw import ProgressBar, draw, write_png
-    from limner.cli.run import Session
+    from limner.cli.session import Session
 
     bar = ProgressBar(sys.stderr if sys.stderr.isatty() else None)
     try:

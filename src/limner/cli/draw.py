@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from limner.cli.run import Session
+    from limner.cli.session import Session
     from limner.client import Client, GeneratedImage
 
 NEEDS_PROMPT = (
@@ -320,7 +320,7 @@ class ProgressBar:
 
 def print_draw_timings(bar: ProgressBar, out: IO[str]) -> None:
     """--verbose for drawings, in the shape of Ollama's timing lines."""
-    from limner.cli.run import go_duration
+    from limner.cli.session import go_duration
 
     print(f"total duration:       {go_duration(int(bar.elapsed() * 1e9))}", file=out)
     if bar.last is not None:

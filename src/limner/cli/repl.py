@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from limner.cli.run import Session, attach_pictures, print_stream, print_timings
+from limner.cli.session import Session, attach_pictures, print_stream, print_timings
 
 if TYPE_CHECKING:
     from limner.cli.draw import DrawSettings
@@ -337,7 +337,7 @@ class Repl:
         print(f"Set '{mode}' mode.")
 
     def _show(self, args: list[str]) -> None:
-        from limner.cli.models import format_show, show_field
+        from limner.cli.formats import format_show, show_field
 
         if len(args) != 1:
             print(HELP_SHOW)

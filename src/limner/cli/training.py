@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from limner.cli.models import columns
+from limner.cli.formats import columns
 
 if TYPE_CHECKING:
     from PIL import ImageDraw

@@ -23,7 +23,7 @@ from limner.server.state import State, parse_body
 from limner.server.streaming import respond
 from limner.store import create as creating
 from limner.store import manifests as m
-from limner.store import registry
+from limner.store import pull as pulling
 from limner.store.blobs import normalize
 from limner.store.described import completed_config
 from limner.store.manifests import Entry, Store
@@ -242,7 +242,7 @@ async def create(request: Request) -> Response:
 async def pull(request: Request) -> Response:
     """Ollama's /api/pull: a bad name is a 400; registry errors come as an `{"error"}` line."""
     body = await parse_body(request, PullRequest)
-    progress = registry.pull(
+    progress = pulling.pull(
         _state(request).store, body.model or body.name or "", insecure=bool(body.insecure)
     )
     return await respond(_in_thread(progress), body.stream is not False)

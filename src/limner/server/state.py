@@ -12,7 +12,7 @@ from pydantic import BaseModel, ValidationError
 
 from limner.errors import InvalidRequest
 from limner.scheduler import Scheduler
-from limner.server.train import Trainings
+from limner.server.trainings import Trainings
 from limner.store import Store
 
 Body = TypeVar("Body", bound=BaseModel)

@@ -21,7 +21,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import AsyncIterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +32,7 @@ from limner.engines.training import TrainRequest, check_request, examples, read_
 from limner.errors import Conflict, InvalidRequest, LimnerError, ModelNotFound, without_paths
 from limner.names import ModelName
 from limner.runner import RunnerProcess
+from limner.server.trainings import Job
 from limner.store import create as creating
 from limner.store import manifests as m
 from limner.store.blobs import normalize
@@ -48,46 +49,6 @@ TRAINABLE_FORMATS = ("diffusers", "sd-checkpoint")
 CAPTION_PROMPT = "Describe this picture in one short sentence."
 CAPTION_OPTIONS = {"temperature": 0, "seed": 0, "num_predict": 48}
 MAX_CAPTION = 300
-
-
-@dataclass
-class Job:
-    """One training run: what it makes, its plan, and the lines its clients read."""
-
-    name: ModelName
-    base: Entry
-    request: CreateRequest
-    settings: TrainRequest
-    files: dict[str, Path]  # the dataset's files (name -> blob)
-    uncaptioned: list[str]  # pictures the vision model captions
-    lines: asyncio.Queue[dict[str, Any] | None] = field(default_factory=asyncio.Queue)
-    stop: asyncio.Event = field(default_factory=asyncio.Event)
-    step: int = 0
-    losses: list[float] = field(default_factory=list)
-    checkpoint: tuple[int, Path] | None = None
-
-    def say(self, status: str, **fields: Any) -> None:
-        self.lines.put_nowait({"status": status, **fields})
-
-
-class Trainings:
-    """The one training slot of the server."""
-
-    def __init__(self) -> None:
-        self.job: Job | None = None
-        self.task: asyncio.Task[None] | None = None
-
-    async def close(self, grace: float = 30.0) -> None:
-        """Server shutdown: stop the job after its current step, so that it keeps its last
-        checkpoint; a job that does not stop within `grace` seconds is cancelled."""
-        if self.job is None or self.task is None:
-            return
-        self.job.stop.set()
-        try:
-            await asyncio.wait_for(asyncio.shield(self.task), grace)
-        except TimeoutError:
-            self.task.cancel()
-            await asyncio.gather(self.task, return_exceptions=True)
 
 
 async def create(state: State, request: CreateRequest) -> AsyncIterator[dict[str, Any]]:

@@ -84,15 +84,11 @@ def pull(store: Store, text: str, insecure: bool = False) -> Iterator[ProgressRe
     """Check the name now (errors raise before the first line), then yield Ollama's progress.
 
     `text` is `[http(s)://][host/][namespace/]model[:tag]`; `http://` needs `insecure`, and
-    `insecure` makes every registry request plain http (as Ollama does). A name on `hf.co` or
-    `huggingface.co` is pulled from the Hugging Face Hub instead (store/hub.py).
+    `insecure` makes every registry request plain http (as Ollama does). Names on the Hugging
+    Face Hub are pulled by store/pull.py's dispatch, not here.
     """
     stripped = text.strip()
     name = ModelName.parse(stripped)
-    if name.host.lower() in ("hf.co", "huggingface.co"):
-        from limner.store import hub  # hub.py builds on this module
-
-        return hub.pull(store, name)
     scheme = "http" if stripped.startswith("http://") else DEFAULT_SCHEME
     if scheme == "http" and not insecure:
         raise InvalidRequest("insecure protocol http")
