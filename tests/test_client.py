@@ -95,3 +95,21 @@ async def test_the_async_client_streams_too(client: limner.Client) -> None:
         with pytest.raises(limner.NotFound):
             await aclient.chat("nothere", [{"role": "user", "content": "x"}])
         assert (await aclient.list()).models[0].model == "fake:latest"
+
+
+@pytest.mark.anyio
+async def test_the_async_client_uploads_and_creates_as_the_client_does(
+    client: limner.Client, tmp_path: Path
+) -> None:
+    config = tmp_path / "config.json"
+    config.write_bytes(b'{"model_type": "limner-fake", "v": 4}' + b" " * (3 << 20))  # 3 chunks
+    async with limner.AsyncClient(client.host) as aclient:
+        assert await aclient.is_running()
+        digest = await aclient.create_blob(config)
+        assert digest == client.create_blob(config)  # the same blob, already there
+        steps = await aclient.create("made-async", files={"config.json": digest}, stream=True)
+        statuses = [step.status async for step in steps]  # type: ignore[union-attr]
+        assert statuses[-1] == "success"
+        assert (await aclient.show("made-async")).details.format == "fake"
+    async with limner.AsyncClient(f"127.0.0.1:{free_port()}") as nobody:
+        assert not await nobody.is_running()

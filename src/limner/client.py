@@ -14,6 +14,7 @@ server, the engines or torch.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -131,6 +132,21 @@ def _finished(chunk: GenerateResponse, progress: Any) -> GeneratedImage | None:
 
 def _body(**fields: Any) -> dict[str, Any]:
     return {key.rstrip("_"): value for key, value in fields.items() if value is not None}
+
+
+def _create_body(
+    model: str, train: TrainSection | dict[str, Any] | None, **fields: Any
+) -> dict[str, Any]:
+    if isinstance(train, TrainSection):
+        train = train.model_dump(exclude_none=True)
+    return _body(model=model, train=train, **fields)
+
+
+async def _chunks_of(path: str | os.PathLike[str], size: int = 1 << 20) -> AsyncIterator[bytes]:
+    """A file's bytes a megabyte at a time, so an upload never holds the whole file."""
+    with open(path, "rb") as f:
+        while chunk := await asyncio.to_thread(f.read, size):
+            yield chunk
 
 
 class _Base:
@@ -293,11 +309,9 @@ class Client(_Base):
         (file name -> uploaded blob) adds LoRA files to a drawing model; `train` trains a LoRA
         of the drawing model `from_` on uploaded pictures (`files` inside it), streaming each
         step's loss (`status` "training")."""
-        if isinstance(train, TrainSection):
-            train = train.model_dump(exclude_none=True)
-        body = _body(model=model, from_=from_, files=files, system=system, template=template,
-                     license=license, parameters=parameters, messages=messages,
-                     quantize=quantize, adapters=adapters, train=train)  # fmt: skip
+        body = _create_body(model, from_=from_, files=files, system=system, template=template,
+                            license=license, parameters=parameters, messages=messages,
+                            quantize=quantize, adapters=adapters, train=train)  # fmt: skip
         result: ProgressResponse | Iterator[ProgressResponse] = self._call(
             "/api/create", body, ProgressResponse, stream
         )
@@ -455,5 +469,34 @@ class AsyncClient(_Base):
         )
         return result
 
+    async def create(
+        self, model: str, *, from_: str | None = None, files: dict[str, str] | None = None,
+        system: str | None = None, template: str | None = None, license: str | Sequence[str] | None = None,
+        parameters: dict[str, Any] | None = None, messages: Sequence[dict[str, Any]] | None = None,
+        quantize: str | None = None, adapters: dict[str, str] | None = None,
+        train: TrainSection | dict[str, Any] | None = None, stream: bool = False,
+    ) -> ProgressResponse | AsyncIterator[ProgressResponse]:  # fmt: skip
+        """As `Client.create`."""
+        body = _create_body(model, from_=from_, files=files, system=system, template=template,
+                            license=license, parameters=parameters, messages=messages,
+                            quantize=quantize, adapters=adapters, train=train)  # fmt: skip
+        result: ProgressResponse | AsyncIterator[ProgressResponse] = await self._call(
+            "/api/create", body, ProgressResponse, stream
+        )
+        return result
+
+    async def create_blob(self, path: str | os.PathLike[str]) -> str:
+        """Upload a file unless the server has it; returns its digest."""
+        digest = await asyncio.to_thread(file_digest, Path(path))
+        if (await self._http.head(f"/api/blobs/{digest}")).status_code != 200:
+            await self._send("POST", f"/api/blobs/{digest}", content=_chunks_of(path))
+        return digest
+
     async def version(self) -> str:
         return str((await self._send("GET", "/api/version")).json()["version"])
+
+    async def is_running(self) -> bool:
+        try:
+            return (await self._http.head("/")).status_code == 200
+        except httpx.HTTPError:
+            return False
