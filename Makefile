@@ -23,7 +23,8 @@ $(CHROMIUM):
 
 install: $(VENV)/.installed $(CHROMIUM)
 
-demo: install
+# The demo needs only the venv: no root, no browser.
+demo: $(VENV)/.installed
 	HF_HUB_OFFLINE=1 $(VENV)/bin/limner demo
 
 lint: install

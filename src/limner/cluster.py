@@ -104,12 +104,12 @@ class ModelReplica:
     """One replica of one model: the engine loaded once, one request at a time."""
 
     def __init__(self, model_format: str, files: dict[str, str], options: dict[str, Any]) -> None:
-        from limner.engines import Options, engine_for
+        from limner.engines import LoadOptions, engine_for
 
         self.folder = _link_files({name: Path(path) for name, path in files.items()},
                                   Path(tempfile.mkdtemp(prefix="limner-replica-")))  # fmt: skip
         started = time.perf_counter_ns()
-        self.engine = engine_for(model_format)(self.folder, Options.from_dict(options))
+        self.engine = engine_for(model_format)(self.folder, LoadOptions.from_dict(options))
         self.load_duration = time.perf_counter_ns() - started
         self.replica = serve.get_replica_context().replica_id.unique_id
         self.busy = threading.Lock()  # a cancelled request's engine work ends before the next

@@ -49,6 +49,7 @@ from limner.engines import (
     Done,
     ImageRequest,
     ImageResult,
+    LoadOptions,
     Message,
     Options,
     Piece,
@@ -285,7 +286,7 @@ def main() -> None:
     try:
         started = time.perf_counter_ns()
         factory = engine_for(load["format"])
-        engine = factory(Path(load["folder"]), Options.from_dict(load.get("options", {})))
+        engine = factory(Path(load["folder"]), LoadOptions.from_dict(load.get("options", {})))
         loaded = time.perf_counter_ns() - started
     except Exception as exc:  # reported to the server, which maps it
         _write(out, {"type": "load_error", **_describe(exc)})

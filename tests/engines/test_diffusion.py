@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 from safetensors.numpy import load_file
 
-from limner.engines import SCHEDULERS, ImageRequest, ImageResult, Options, Progress
+from limner.engines import SCHEDULERS, ImageRequest, ImageResult, LoadOptions, Progress
 from limner.errors import InvalidImage, InvalidRequest
 from limner.tiny import write_tiny_sd
 
@@ -46,19 +46,19 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def engine(folders: dict[str, Path]) -> DiffusionEngine:
     """4-channel UNet with an IP-Adapter."""
-    return load(folders["ip"], Options(precision="fp32"))
+    return load(folders["ip"], LoadOptions(precision="fp32"))
 
 
 @pytest.fixture(scope="module")
 def plain(folders: dict[str, Path]) -> DiffusionEngine:
     """The same weights without an IP-Adapter."""
-    return load(folders["plain"], Options(precision="fp32"))
+    return load(folders["plain"], LoadOptions(precision="fp32"))
 
 
 @pytest.fixture(scope="module")
 def inpainter(folders: dict[str, Path]) -> DiffusionEngine:
     """9-channel inpainting UNet."""
-    return load(folders["inpaint"], Options(precision="fp32"))
+    return load(folders["inpaint"], LoadOptions(precision="fp32"))
 
 
 def never() -> bool:
@@ -294,7 +294,7 @@ def test_an_unknown_pipeline_class_is_refused_at_load(tmp_path: Path) -> None:
     index = json.loads((folder / "model_index.json").read_text())
     (folder / "model_index.json").write_text(json.dumps({**index, "_class_name": "FluxPipeline"}))
     with pytest.raises(InvalidRequest, match="'FluxPipeline'; this engine runs Stable Diffusion"):
-        load(folder, Options(precision="fp32"))
+        load(folder, LoadOptions(precision="fp32"))
 
 
 # --- cancel ---------------------------------------------------------------------------------
@@ -410,7 +410,7 @@ def test_precision_auto_follows_the_cpu_and_fp32_forces_float32(
 ) -> None:
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     expected = "bf16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "fp32"
-    auto = load(folders["plain"], Options())
+    auto = load(folders["plain"], LoadOptions())
 
     assert cpu_has_bf16() is (expected == "bf16")
     assert auto.precision == expected
@@ -420,7 +420,7 @@ def test_precision_auto_follows_the_cpu_and_fp32_forces_float32(
     assert {p.dtype for p in plain.unet.parameters()} == {torch.float32}
     assert {p.dtype for p in plain.pipes["txt2img"].text_encoder.parameters()} == {torch.float32}
     with pytest.raises(InvalidRequest, match="precision must be"):
-        load(folders["plain"], Options(precision="int4"))
+        load(folders["plain"], LoadOptions(precision="int4"))
 
 
 def test_cpu_flags_are_read_from_cpuinfo(tmp_path: Path) -> None:
@@ -554,7 +554,7 @@ def write_tiny_sdxl(dest: Path, tokenizer_folder: Path) -> Path:
 @pytest.fixture(scope="module")
 def sdxl(folders: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> DiffusionEngine:
     folder = write_tiny_sdxl(tmp_path_factory.mktemp("sdxl") / "xl", folders["ip"] / "tokenizer")
-    return load(folder, Options(precision="fp32"))
+    return load(folder, LoadOptions(precision="fp32"))
 
 
 def test_sdxl_draws_every_mode(sdxl: DiffusionEngine) -> None:

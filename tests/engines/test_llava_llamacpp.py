@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from limner.engines import Done, Message, Options, Piece
+from limner.engines import Done, LoadOptions, Message, Options, Piece
 from limner.errors import InvalidImage, InvalidRequest
 from limner.tiny import write_tiny_llava, write_tiny_llava_gguf
 
@@ -28,7 +28,7 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def engine(folder: Path) -> LlavaLlamaCpp:
-    return load(folder, Options(num_ctx=2048))
+    return load(folder, LoadOptions(num_ctx=2048))
 
 
 def picture(color: str = "red", size: tuple[int, int] = (64, 48)) -> bytes:
@@ -148,14 +148,14 @@ def test_follow_up_turns_render_with_the_answer_between(engine: LlavaLlamaCpp) -
 
 def test_the_window_is_rounded_to_what_llama_cpp_allocates(folder: Path) -> None:
     assert [round_ctx(n) for n in (1, 256, 700, 4096)] == [256, 256, 768, 4096]
-    small = load(folder, Options(num_ctx=700))
+    small = load(folder, LoadOptions(num_ctx=700))
     assert small.n_ctx == 768
     assert small.memory_bytes() > sum(p.stat().st_size for p in folder.glob("*.gguf"))
 
 
 @pytest.mark.parametrize("quantize", ["q8_0", "q4_0"])
 def test_quantized_tiny_models_answer(tmp_path: Path, quantize: str) -> None:
-    engine = load(write_tiny_llava_gguf(tmp_path, quantize=quantize), Options(num_ctx=1024))
+    engine = load(write_tiny_llava_gguf(tmp_path, quantize=quantize), LoadOptions(num_ctx=1024))
     _, done = ask(engine, num_predict=4)
     assert done.eval_count == 4 and done.image_tokens == 576
 
@@ -166,8 +166,8 @@ def test_both_engines_count_the_same_picture_tokens(tmp_path: Path) -> None:
     from limner.engines import llava_transformers
 
     hf = write_tiny_llava(tmp_path / "hf")
-    gguf = load(write_tiny_llava_gguf(tmp_path / "gguf"), Options(num_ctx=2048))
-    torch_engine = llava_transformers.load(hf, Options())
+    gguf = load(write_tiny_llava_gguf(tmp_path / "gguf"), LoadOptions(num_ctx=2048))
+    torch_engine = llava_transformers.load(hf, LoadOptions())
     messages = [Message("user", QUESTION, [picture("blue", (80, 80)), picture()])]
     opts = Options(num_predict=2, temperature=0)
     counts = []

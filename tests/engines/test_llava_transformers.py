@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 from tokenizers import Tokenizer
 
-from limner.engines import Done, Message, Options, Piece
+from limner.engines import Done, LoadOptions, Message, Options, Piece
 from limner.errors import InvalidImage, InvalidRequest
 from limner.tiny import write_tiny_llava
 
@@ -39,7 +39,7 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def engine(folder: Path) -> LlavaTransformers:
-    return load(folder, Options())
+    return load(folder, LoadOptions())
 
 
 def picture(fmt: str = "PNG", mode: str = "RGB", color: object = "red") -> bytes:

@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from conftest import add_fake
-from limner.engines import Done, Message, Options, Piece, llava_vllm
+from limner.engines import Done, LoadOptions, Message, Options, Piece, llava_vllm
 from limner.errors import InvalidRequest
 from limner.store import Store
 
@@ -108,7 +108,7 @@ def fake_vllm(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
 
 @pytest.fixture
 def engine(fake_vllm: types.ModuleType, tmp_path: Path) -> llava_vllm.LlavaVllm:
-    return llava_vllm.load(tmp_path, Options(num_ctx=2048))
+    return llava_vllm.load(tmp_path, LoadOptions(num_ctx=2048))
 
 
 def png(colour: str) -> bytes:
@@ -200,17 +200,17 @@ def test_the_engine_is_chosen_by_vllm_and_a_gpu_or_by_the_variable(
 
     monkeypatch.setattr(llava_transformers, "load", lambda folder, options: "transformers")
     monkeypatch.setenv("LIMNER_VISION_ENGINE", "vllm")
-    assert isinstance(llava_vllm.vision_engine(tmp_path, Options()), llava_vllm.LlavaVllm)
+    assert isinstance(llava_vllm.vision_engine(tmp_path, LoadOptions()), llava_vllm.LlavaVllm)
     monkeypatch.setenv("LIMNER_VISION_ENGINE", "transformers")
-    assert llava_vllm.vision_engine(tmp_path, Options()) == "transformers"
+    assert llava_vllm.vision_engine(tmp_path, LoadOptions()) == "transformers"
     monkeypatch.setenv("LIMNER_VISION_ENGINE", "auto")
     monkeypatch.setattr(llava_vllm, "_vllm_usable", lambda: False)  # no GPU here
-    assert llava_vllm.vision_engine(tmp_path, Options()) == "transformers"
+    assert llava_vllm.vision_engine(tmp_path, LoadOptions()) == "transformers"
     monkeypatch.setattr(llava_vllm, "_vllm_usable", lambda: True)
-    assert isinstance(llava_vllm.vision_engine(tmp_path, Options()), llava_vllm.LlavaVllm)
+    assert isinstance(llava_vllm.vision_engine(tmp_path, LoadOptions()), llava_vllm.LlavaVllm)
     monkeypatch.setenv("LIMNER_VISION_ENGINE", "tensorrt")
     with pytest.raises(InvalidRequest, match="LIMNER_VISION_ENGINE"):
-        llava_vllm.vision_engine(tmp_path, Options())
+        llava_vllm.vision_engine(tmp_path, LoadOptions())
 
 
 def test_without_vllm_asking_for_it_says_how_to_install_it(
@@ -219,7 +219,7 @@ def test_without_vllm_asking_for_it_says_how_to_install_it(
     monkeypatch.setitem(sys.modules, "vllm", None)  # import fails
     monkeypatch.setenv("LIMNER_VISION_ENGINE", "vllm")
     with pytest.raises(InvalidRequest, match=r"limner\[vllm\]"):
-        llava_vllm.vision_engine(tmp_path, Options())
+        llava_vllm.vision_engine(tmp_path, LoadOptions())
 
 
 def test_a_runner_whose_engine_batches_takes_several_requests_at_once(

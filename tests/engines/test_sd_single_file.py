@@ -18,7 +18,14 @@ import pytest
 from PIL import Image
 from safetensors.numpy import save_file
 
-from limner.engines import ENGINES, ImageRequest, ImageResult, Options, engine_for, sd_configs
+from limner.engines import (
+    ENGINES,
+    ImageRequest,
+    ImageResult,
+    LoadOptions,
+    engine_for,
+    sd_configs,
+)
 from limner.errors import InvalidRequest, UnsafeWeights
 from limner.store import Store
 from limner.store.create import create, safetensors_header, sd_checkpoint_type
@@ -94,8 +101,8 @@ def test_the_checkpoint_draws_exactly_what_the_diffusers_folder_draws(
     files: dict[str, Path],
 ) -> None:
     assert ENGINES["sd-checkpoint"] == "limner.engines.diffusion:load_checkpoint"
-    single = engine_for("sd-checkpoint")(files["checkpoint"].parent, Options(precision="fp32"))
-    folder = load(files["folder"], Options(precision="fp32"))
+    single = engine_for("sd-checkpoint")(files["checkpoint"].parent, LoadOptions(precision="fp32"))
+    folder = load(files["folder"], LoadOptions(precision="fp32"))
     assert isinstance(single, DiffusionEngine)
     assert not single.ip_adapter and not single.inpainting_unet and single.default_size == 64
     a, b = draw(single), draw(folder)
@@ -117,13 +124,13 @@ def test_extra_keys_of_real_checkpoints_are_ignored(files: dict[str, Path], tmp_
     tensors[key] = np.arange(77, dtype=np.int64)[None]
     (tmp_path / "full").mkdir()
     save_file(tensors, str(tmp_path / "full" / "full.safetensors"))
-    full = load_checkpoint(tmp_path / "full", Options(precision="fp32"))
-    plain = load_checkpoint(files["checkpoint"].parent, Options(precision="fp32"))
+    full = load_checkpoint(tmp_path / "full", LoadOptions(precision="fp32"))
+    plain = load_checkpoint(files["checkpoint"].parent, LoadOptions(precision="fp32"))
     assert draw(full).png == draw(plain).png
 
 
 def test_the_inpainting_checkpoint_inpaints(files: dict[str, Path]) -> None:
-    engine = load_checkpoint(files["inpaint"].parent, Options(precision="fp32"))
+    engine = load_checkpoint(files["inpaint"].parent, LoadOptions(precision="fp32"))
     assert engine.inpainting_unet
     mask = Image.new("L", (64, 64), 0)
     mask.paste(255, (0, 0, 32, 64))
@@ -144,10 +151,10 @@ def test_a_safetensors_file_that_is_no_sd_checkpoint_is_refused(tmp_path: Path) 
     save_file({"lora_unet_x.lora_up.weight": np.zeros((4, 4), np.float32)},
               str(tmp_path / "lora" / "lora.safetensors"))  # fmt: skip
     with pytest.raises(InvalidRequest, match="not a Stable Diffusion checkpoint"):
-        load_checkpoint(tmp_path / "lora", Options(precision="fp32"))
+        load_checkpoint(tmp_path / "lora", LoadOptions(precision="fp32"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(InvalidRequest, match=r"exactly one \.safetensors"):
-        load_checkpoint(tmp_path / "empty", Options(precision="fp32"))
+        load_checkpoint(tmp_path / "empty", LoadOptions(precision="fp32"))
 
 
 def header(**shapes: list[int]) -> dict[str, Any]:
@@ -223,7 +230,7 @@ def test_create_makes_an_sd_checkpoint_model_that_loads_from_its_blob(
     # The runner hands engines a folder of links to the blobs, under the layers' names.
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "tiny.safetensors").symlink_to(store.blobs.path(digest))
-    engine = load_checkpoint(tmp_path / "run", Options(precision="fp32"))
+    engine = load_checkpoint(tmp_path / "run", LoadOptions(precision="fp32"))
     assert engine.inpainting_unet
 
 

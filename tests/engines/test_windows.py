@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from limner.engines import Done, Message, Options, Piece
+from limner.engines import Done, LoadOptions, Message, Options, Piece
 from limner.errors import InvalidRequest
 from limner.tiny import write_tiny_llava, write_tiny_llava_gguf
 
@@ -34,11 +34,11 @@ def engine(
     if request.param == "transformers":
         from limner.engines import llava_transformers
 
-        yield llava_transformers.load(write_tiny_llava(folder / "hf"), Options())
+        yield llava_transformers.load(write_tiny_llava(folder / "hf"), LoadOptions())
     else:
         from limner.engines import llava_llamacpp
 
-        yield llava_llamacpp.load(write_tiny_llava_gguf(folder / "gguf"), Options(num_ctx=4096))
+        yield llava_llamacpp.load(write_tiny_llava_gguf(folder / "gguf"), LoadOptions(num_ctx=4096))
 
 
 def run(engine: Any, messages: list[Message], **options: Any) -> tuple[str, Done]:

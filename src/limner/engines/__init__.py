@@ -13,7 +13,7 @@ import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from limner.errors import InvalidRequest
 
@@ -32,7 +32,8 @@ class Message:
 
 @dataclass
 class Options:
-    """Ollama's runtime options with Ollama's defaults (api/types.go DefaultOptions)."""
+    """What one request asks of a chat model: Ollama's runtime options with Ollama's
+    defaults (api/types.go DefaultOptions)."""
 
     temperature: float = 0.8
     top_k: int = 40
@@ -43,30 +44,55 @@ class Options:
     stop: list[str] = field(default_factory=list)
     repeat_penalty: float = 1.0
     repeat_last_n: int = 64
-    num_ctx: int = 0  # 0: the model's own context length
+    num_ctx: int = 0  # 0: the whole window the model loaded with
     format: str = ""  # "" or "json"
-    adapter_scale: float = 1.0  # load time, diffusion: how strongly the model's LoRAs apply
-    # load time, diffusion: each LoRA's weight by file name when several are stacked (default 1)
-    adapter_weights: dict[str, float] = field(default_factory=dict)
-    precision: str = (
-        ""  # load time, diffusion: "" picks bf16 where the CPU has it (or CUDA), else fp32
-    )
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Options:
         """Options from merged request values; unknown keys are ignored, as Ollama does."""
-        known = {f.name: f for f in fields(cls)}
-        opts = cls()
-        for key, value in values.items():
-            if key not in known or value is None:
-                continue
-            setattr(opts, key, _coerce(key, value, type(getattr(opts, key))))
-        for key, (low, high) in RANGES.items():
-            if not low <= getattr(opts, key) <= high:
-                raise InvalidRequest(f'option "{key}" must be between {low} and {high}')
-        if opts.num_ctx and opts.num_ctx < 4:
-            raise InvalidRequest('option "num_ctx" must be 0 (the model\'s own) or at least 4')
-        return opts
+        return _from_dict(cls, values)
+
+
+@dataclass
+class LoadOptions:
+    """What a model loads with, fixed for its runner's life: the window to allocate, the
+    precision of a drawing model and how strongly its LoRAs apply."""
+
+    num_ctx: int = 0  # 0: the model's own context length
+    precision: str = ""  # diffusion: "" picks bf16 where the CPU has it (or CUDA), else fp32
+    adapter_scale: float = 1.0  # diffusion: how strongly the model's LoRAs apply
+    # diffusion: each LoRA's weight by file name when several are stacked (default 1)
+    adapter_weights: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> LoadOptions:
+        """Load options from a model's parameters; sampling options are ignored here."""
+        return _from_dict(cls, values)
+
+
+def check_parameters(values: dict[str, Any]) -> Options:
+    """Stored parameters and request options may hold both kinds of option: 400 if either
+    is wrong, else the sampling half."""
+    LoadOptions.from_dict(values)
+    return Options.from_dict(values)
+
+
+Settings = TypeVar("Settings", Options, LoadOptions)
+
+
+def _from_dict(cls: type[Settings], values: dict[str, Any]) -> Settings:
+    known = {f.name for f in fields(cls)}
+    opts = cls()
+    for key, value in values.items():
+        if key not in known or value is None:
+            continue
+        setattr(opts, key, _coerce(key, value, type(getattr(opts, key))))
+    for key, (low, high) in RANGES.items():
+        if key in known and not low <= getattr(opts, key) <= high:
+            raise InvalidRequest(f'option "{key}" must be between {low} and {high}')
+    if opts.num_ctx and opts.num_ctx < 4:
+        raise InvalidRequest('option "num_ctx" must be 0 (the model\'s own) or at least 4')
+    return opts
 
 
 INT32 = 2**31 - 1
@@ -227,7 +253,7 @@ class TrainEngine(Protocol):
     def memory_bytes(self) -> int: ...
 
 
-EngineFactory = Callable[[Path, Options], ChatEngine | ImageEngine | TrainEngine]
+EngineFactory = Callable[[Path, LoadOptions], ChatEngine | ImageEngine | TrainEngine]
 
 # model_format in the manifest config -> "module:factory", imported lazily in the runner.
 ENGINES: dict[str, str] = {

@@ -53,7 +53,7 @@ serialised by a lock.
 Seeds: -1 (any negative) picks a random seed, which the result reports. Noise comes from a CPU
 `torch.Generator`, so a request and seed give identical PNG bytes on the same machine and dtype.
 
-Precision (`Options.precision`, load time): "" picks bf16 on CUDA (fp16 where the GPU lacks bf16)
+Precision (`LoadOptions.precision`, load time): "" picks bf16 on CUDA (fp16 where the GPU lacks bf16)
 and on CPUs whose /proc/cpuinfo flags list avx512_bf16 or amx_bf16, else fp32; "fp32", "bf16"
 and "fp16" force one.
 
@@ -108,7 +108,7 @@ from limner.engines import (
     ImageRequest,
     ImageResult,
     ImageStep,
-    Options,
+    LoadOptions,
     Progress,
     sd_configs,
 )
@@ -163,12 +163,12 @@ assert set(SCHEDULER_TABLE) == set(SCHEDULERS), "the engine contract and this ta
 PipelineLoader = Callable[[Path, torch.dtype], Any]
 
 
-def load(folder: Path, options: Options) -> DiffusionEngine:
+def load(folder: Path, options: LoadOptions) -> DiffusionEngine:
     """Load the pipeline in `folder` (and its IP-Adapter, if any) at `options.precision`."""
     return DiffusionEngine(Path(folder), options)
 
 
-def load_checkpoint(folder: Path, options: Options) -> DiffusionEngine:
+def load_checkpoint(folder: Path, options: LoadOptions) -> DiffusionEngine:
     """Load the single-file checkpoint in `folder` (its one `.safetensors` file, any name) with
     the bundled config of its family, at `options.precision`. No IP-Adapter."""
     folder = Path(folder)
@@ -249,7 +249,7 @@ class DiffusionEngine:
     """A loaded Stable Diffusion model: `generate_image()` draws one picture at a time."""
 
     def __init__(
-        self, folder: Path, options: Options, loader: PipelineLoader | None = None
+        self, folder: Path, options: LoadOptions, loader: PipelineLoader | None = None
     ) -> None:
         """`loader` builds the base pipeline from `folder` at a dtype; by default a diffusers
         folder (`load_diffusers_pipeline`), for single files `load_checkpoint`'s."""
@@ -258,7 +258,7 @@ class DiffusionEngine:
         self._torch = ThreadPoolExecutor(1, thread_name_prefix="limner-torch")
         self._torch.submit(self._setup, folder, options, loader or load_diffusers_pipeline).result()
 
-    def _setup(self, folder: Path, options: Options, loader: PipelineLoader) -> None:
+    def _setup(self, folder: Path, options: LoadOptions, loader: PipelineLoader) -> None:
         # A runner's log is no terminal: no progress bars while loading or drawing.
         diffusers_logging.disable_progress_bar()
         transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]

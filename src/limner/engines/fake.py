@@ -32,6 +32,7 @@ from limner.engines import (
     ImageRequest,
     ImageResult,
     ImageStep,
+    LoadOptions,
     Message,
     Options,
     Piece,
@@ -131,7 +132,7 @@ def _script(last: str, pictures: int) -> list[str]:
     return [f"I see {pictures} picture(s).", "You", "said:", *last.split()]
 
 
-def load(folder: Path, options: Options) -> FakeEngine:
+def load(folder: Path, options: LoadOptions) -> FakeEngine:
     return FakeEngine(folder)
 
 

@@ -7,7 +7,7 @@ marker per picture, each picture is encoded by the projector and decoded into th
 then tokens are sampled with llama.cpp's own sampler chain through `Llama.generate`, the
 same path raw llama-cpp-python takes, so limner adds nothing per token:
 
-    engine = load(Path("bakllava"), Options(num_ctx=4096))
+    engine = load(Path("bakllava"), LoadOptions(num_ctx=4096))
     for step in engine.chat([Message("user", "What is this?", [png])], Options(), lambda: False):
         print(step)
 
@@ -36,7 +36,7 @@ import llama_cpp.mtmd_cpp as mtmd
 from llama_cpp._logger import llama_log_callback
 from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
 
-from limner.engines import ChatStep, Done, Message, Options, Piece
+from limner.engines import ChatStep, Done, LoadOptions, Message, Options, Piece
 from limner.engines.context import fit
 from limner.engines.templates import (
     LLAVA_15,
@@ -61,7 +61,7 @@ AMX = "AMX_INT8 = 1"
 MARKER = mtmd.mtmd_default_marker().decode()  # where libmtmd puts a picture in the prompt text
 
 
-def load(folder: Path, options: Options) -> LlavaLlamaCpp:
+def load(folder: Path, options: LoadOptions) -> LlavaLlamaCpp:
     """Load `model.gguf` and `mmproj.gguf` in `folder` with a window of `options.num_ctx`."""
     return LlavaLlamaCpp(Path(folder), options.num_ctx)
 

@@ -7,7 +7,7 @@ and yields `Piece` steps as text streams out, then one `Done` with counts and du
 Generation is a hand-written token loop over a KV cache rather than `model.generate`, so that
 `cancelled()` is polled between tokens and sampling (Ollama's options, JSON mode) is ours:
 
-    engine = load(Path("tiny-llava"), Options())
+    engine = load(Path("tiny-llava"), LoadOptions())
     for step in engine.chat([Message("user", "What is this?", [png])], Options(), lambda: False):
         print(step)
 
@@ -28,13 +28,13 @@ from PIL import Image
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 from transformers.utils import logging as transformers_logging
 
-from limner.engines import ChatStep, Done, Message, Options, Piece
+from limner.engines import ChatStep, Done, LoadOptions, Message, Options, Piece
 from limner.engines.context import fit
 from limner.engines.pictures import open_picture
 from limner.errors import InvalidRequest
 
 
-def load(folder: Path, options: Options) -> LlavaTransformers:
+def load(folder: Path, options: LoadOptions) -> LlavaTransformers:
     """Load the model and processor in `folder`; runtime options arrive with each chat."""
     return LlavaTransformers(Path(folder))
 

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from limner.engines import ChatStep, Done, Message, Options, Piece
+from limner.engines import ChatStep, Done, LoadOptions, Message, Options, Piece
 from limner.engines.pictures import open_picture
 from limner.errors import InvalidRequest
 
@@ -37,7 +37,7 @@ MAX_SEQUENCES = 32  # requests in one batch; the runner takes as many at once
 POLL = 0.05  # seconds between looks at a request's cancelled() while it waits
 
 
-def vision_engine(folder: Path, options: Options) -> Any:
+def vision_engine(folder: Path, options: LoadOptions) -> Any:
     """The engine for a Hugging Face-format vision model: vLLM on a GPU when installed,
     else transformers; LIMNER_VISION_ENGINE=vllm|transformers decides instead."""
     choice = os.environ.get("LIMNER_VISION_ENGINE", "auto").strip().lower() or "auto"
@@ -60,7 +60,7 @@ def _vllm_usable() -> bool:
     return bool(torch.cuda.is_available())
 
 
-def load(folder: Path, options: Options) -> LlavaVllm:
+def load(folder: Path, options: LoadOptions) -> LlavaVllm:
     try:
         vllm = importlib.import_module("vllm")
     except ImportError:
@@ -77,7 +77,7 @@ class LlavaVllm:
     concurrent = True
     max_concurrency = MAX_SEQUENCES
 
-    def __init__(self, vllm: Any, folder: Path, options: Options) -> None:
+    def __init__(self, vllm: Any, folder: Path, options: LoadOptions) -> None:
         self.vllm = vllm
         arguments = vllm.EngineArgs(
             model=str(folder),

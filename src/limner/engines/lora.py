@@ -59,7 +59,7 @@ from peft.utils import get_peft_model_state_dict
 from PIL import Image
 from safetensors.torch import save_file
 
-from limner.engines import Options
+from limner.engines import LoadOptions
 from limner.engines.diffusion import (
     LORA_FOLDER,
     PipelineLoader,
@@ -114,7 +114,7 @@ class Trainer:
     """
 
     def __init__(
-        self, folder: Path, options: Options, loader: PipelineLoader = load_diffusers_pipeline
+        self, folder: Path, options: LoadOptions, loader: PipelineLoader = load_diffusers_pipeline
     ) -> None:
         diffusers_logging.disable_progress_bar()  # a runner's log is no terminal
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -162,12 +162,12 @@ class Trainer:
         yield from _train(model, dataset, request, Path(output), cancelled)
 
 
-def load_trainer(folder: Path, options: Options) -> Trainer:
+def load_trainer(folder: Path, options: LoadOptions) -> Trainer:
     """The trainer of a diffusers folder."""
     return Trainer(Path(folder), options)
 
 
-def load_checkpoint_trainer(folder: Path, options: Options) -> Trainer:
+def load_checkpoint_trainer(folder: Path, options: LoadOptions) -> Trainer:
     """The trainer of a single-file checkpoint (LDM layout), with the bundled config."""
     path = _single_checkpoint(Path(folder))
     kind = sd_checkpoint_type(safetensors_header(path), repr(path.name))
@@ -183,7 +183,7 @@ def train(
 ) -> Iterator[TrainStep]:
     """Train a LoRA of the diffusers model in `model_folder` on `dataset`, into `output`."""
     check_request(request)
-    trainer = Trainer(Path(model_folder), Options(precision=request.precision))
+    trainer = Trainer(Path(model_folder), LoadOptions(precision=request.precision))
     yield from trainer.train(dataset, request, output, cancelled)
 
 

@@ -19,7 +19,7 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from limner import config
-from limner.engines import Options
+from limner.engines import check_parameters
 from limner.errors import InvalidRequest
 from limner.names import ModelName
 from limner.server import images, pictures
@@ -169,7 +169,7 @@ async def _run(
     manifest = state.store.entry(name).manifest
     options = {**(state.store.json_layer(manifest, m.PARAMS) or {}), **(request_options or {})}
     options["format"] = _format(format_)
-    num_ctx = Options.from_dict(options).num_ctx  # 400 on a badly typed option, before loading
+    num_ctx = check_parameters(options).num_ctx  # 400 on a badly typed option, before loading
     messages = _with_model_context(state, manifest, messages, replace_system)
     async with state.scheduler.lease(name, keep_alive, num_ctx=num_ctx) as model:
         if not num_ctx and model.context_length:  # the window the scheduler chose

@@ -15,7 +15,7 @@ from anyio import to_thread
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
-from limner.engines import Options
+from limner.engines import check_parameters
 from limner.errors import InvalidRequest, ModelNotFound
 from limner.names import ModelName
 from limner.server import train
@@ -226,7 +226,7 @@ async def create(request: Request) -> Response:
     body = await parse_body(request, CreateRequest)
     store = _state(request).store
     if body.parameters is not None:
-        Options.from_dict(body.parameters)
+        check_parameters(body.parameters)
     for message in body.messages or []:
         if message.role.lower() not in ROLES:
             raise InvalidRequest(

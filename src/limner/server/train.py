@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from anyio import to_thread
 
-from limner.engines import Options
+from limner.engines import check_parameters
 from limner.engines.training import TrainRequest, check_request, examples, read_uploaded
 from limner.errors import Conflict, InvalidRequest, LimnerError, ModelNotFound, without_paths
 from limner.names import ModelName
@@ -85,7 +85,7 @@ async def _planned(state: State, request: CreateRequest) -> Job:
     base = _base(state, request)
     settings = _settings(section)
     if request.parameters is not None:
-        Options.from_dict(request.parameters)
+        check_parameters(request.parameters)
     files = _dataset_files(state, section)
     captioning = bool(section.caption_with)
     uncaptioned = await to_thread.run_sync(_read_dataset, files, settings, captioning)

@@ -151,10 +151,10 @@ def evaluate(
     """Draw `count` pictures, every colour x shape prompt in turn, through limner's engine at
     `precision` ("" = the engine's default) and `steps` (0 = the model's default), and judge
     them: the share of pictures of the requested colour, and of the requested shape."""
-    from limner.engines import ImageRequest, ImageResult, Options
+    from limner.engines import ImageRequest, ImageResult, LoadOptions
     from limner.engines.diffusion import load
 
-    engine = load(Path(folder), Options(precision=precision))
+    engine = load(Path(folder), LoadOptions(precision=precision))
     colours = shapes = 0
     for i in range(count):
         colour, shape = PAIRS[i % len(PAIRS)]

@@ -386,18 +386,18 @@ def evaluate(
 
 
 def _load(folder: Path, engine: str, scratch: Path) -> Any:
-    from limner.engines import Options
+    from limner.engines import LoadOptions
 
     if engine == "transformers":
         from limner.engines import llava_transformers
 
-        return llava_transformers.load(folder, Options())
+        return llava_transformers.load(folder, LoadOptions())
     if engine == "llamacpp":
         from limner.engines import llava_llamacpp
 
         if not (folder / "model.gguf").is_file():
             folder = write_gguf(folder, scratch)
-        return llava_llamacpp.load(folder, Options(num_ctx=256))
+        return llava_llamacpp.load(folder, LoadOptions(num_ctx=256))
     raise ValueError(f'engine must be "transformers" or "llamacpp", not {engine!r}')
 
 
