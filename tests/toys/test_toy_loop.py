@@ -52,8 +52,9 @@ def upload_pictures(
 
 
 # The LoRA also pulls the empty prompt towards orange, and classifier-free guidance pushes a
-# picture away from the empty prompt's: at 7.5 that lands back on red (measured), at 3 orange.
-GUIDANCE = 3.0
+# picture away from the empty prompt's: at 7.5 that lands back on red, at 2 on orange (6 of 6
+# seeds measured; 3 gave 4 of 6 on a CPU without AMX).
+GUIDANCE = 2.0
 
 
 def colours_drawn(sdk: Client, model: str, prompt: str, seeds: range) -> list[str]:
@@ -74,6 +75,9 @@ def test_a_lora_trained_on_eight_pictures_teaches_a_new_word_for_an_unseen_colou
     before = colours_drawn(sdk, "draw", "a zq square", range(6))
     lines = list(sdk.create("draw-zq", from_="draw", stream=True, train={  # type: ignore[arg-type]
         "files": files, "steps": 400, "batch_size": 4, "learning_rate": 5e-3, "rank": 16, "seed": 0,
+        # bf16 rounding of a 32-wide toy swamps what the LoRA learns (0 of 6 orange on a CPU
+        # without AMX): the learning loop is what this pins down, so it trains in fp32.
+        "precision": "fp32",
     }))  # fmt: skip
     assert lines[-1].status == "success"
     after = colours_drawn(sdk, "draw-zq", "a zq square", range(6))
