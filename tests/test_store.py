@@ -12,7 +12,8 @@ from limner.errors import InvalidRequest, ModelNotFound, NotFound, UnsafeWeights
 from limner.names import ModelName
 from limner.store import Store
 from limner.store.blobs import normalize
-from limner.store.create import create, sniff
+from limner.store.create import create
+from limner.store.formats import sniff
 from limner.types import CreateRequest
 
 

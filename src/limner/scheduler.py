@@ -49,7 +49,8 @@ from limner.errors import InsufficientMemory, RunnerFailed, ServerBusy
 from limner.names import ModelName
 from limner.runner import Placement, RunnerProcess
 from limner.store.described import GGUF, Capability, Described, describe
-from limner.store.manifests import TEMPLATE, Store
+from limner.store.manifests import TEMPLATE
+from limner.store.store import Store
 
 log = logging.getLogger("limner.scheduler")
 

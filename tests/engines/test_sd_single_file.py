@@ -28,7 +28,8 @@ from limner.engines import (
 )
 from limner.errors import InvalidRequest, UnsafeWeights
 from limner.store import Store
-from limner.store.create import create, safetensors_header, sd_checkpoint_type
+from limner.store.create import create
+from limner.store.formats import safetensors_header, sd_checkpoint_type
 from limner.tiny import write_tiny_sd, write_tiny_sd_checkpoint, write_tiny_sd_configs
 from limner.types import CreateRequest
 

@@ -21,7 +21,7 @@ Single-file checkpoints (`load_checkpoint`, model_format "sd-checkpoint"): one `
 file in the original LDM layout, as Automatic1111 and Civitai distribute them (`.ckpt` pickles
 are never read). Its family -- SD 1.x, SD 2.x (768, v-prediction), SDXL, each optionally with
 the 9-channel inpainting UNet -- is read from the tensor shapes in its header
-(`limner.store.create.sd_checkpoint_type`), and diffusers' `from_single_file` loads it with
+(`limner.store.formats.sd_checkpoint_type`), and diffusers' `from_single_file` loads it with
 limner's bundled config folder of that family (`limner.engines.sd_configs`, copied to a
 temporary folder that is removed after loading), so nothing is fetched from the Hub. After
 loading it is the same engine as a diffusers folder, except that single files carry no
@@ -114,7 +114,7 @@ from limner.engines import (
 )
 from limner.engines.pictures import open_picture
 from limner.errors import InvalidRequest, UnsafeWeights
-from limner.store.create import PICKLE, SAFETENSORS, safetensors_header, sd_checkpoint_type, sniff
+from limner.store.formats import PICKLE, SAFETENSORS, safetensors_header, sd_checkpoint_type, sniff
 
 DEFAULT_STEPS, LCM_STEPS, MAX_STEPS = 20, 4, 150
 DEFAULT_GUIDANCE, LCM_GUIDANCE = 7.5, 1.0

@@ -82,7 +82,7 @@ from limner.engines.training import (
     check_request,
 )
 from limner.errors import InvalidRequest
-from limner.store.create import safetensors_header, sd_checkpoint_type
+from limner.store.formats import safetensors_header, sd_checkpoint_type
 
 TARGET_MODULES = ["to_k", "to_q", "to_v", "to_out.0"]
 VALIDATION_STEPS = 20

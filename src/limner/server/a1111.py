@@ -31,7 +31,8 @@ from limner.errors import InvalidImage, InvalidRequest, LimnerError, ModelNotFou
 from limner.names import ModelName
 from limner.server import images, masks, pictures
 from limner.server.state import State, parse_body
-from limner.store.manifests import ADAPTER, Entry
+from limner.store.manifests import ADAPTER
+from limner.store.store import Entry
 from limner.types import A1111Img2ImgRequest, A1111Txt2ImgRequest, GenerateRequest
 
 # A1111's sampler names -> limner's scheduler names, with A1111's aliases.

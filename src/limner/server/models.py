@@ -26,7 +26,7 @@ from limner.store import manifests as m
 from limner.store import pull as pulling
 from limner.store.blobs import normalize
 from limner.store.described import completed_config
-from limner.store.manifests import Entry, Store
+from limner.store.store import Entry, Store
 from limner.types import (
     CopyRequest,
     CreateRequest,

@@ -37,7 +37,7 @@ from limner.store import create as creating
 from limner.store import manifests as m
 from limner.store.blobs import normalize
 from limner.store.described import completed_config
-from limner.store.manifests import Entry
+from limner.store.store import Entry
 from limner.types import CreateRequest, TrainSection
 
 if TYPE_CHECKING:

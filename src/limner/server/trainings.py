@@ -9,7 +9,7 @@ from typing import Any
 
 from limner.engines.training import TrainRequest
 from limner.names import ModelName
-from limner.store.manifests import Entry
+from limner.store.store import Entry
 from limner.types import CreateRequest
 
 

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from limner.names import ModelName
 from limner.store.blobs import file_digest
-from limner.store.manifests import Manifest, Store
+from limner.store.manifests import Manifest
+from limner.store.store import Store
 
 TEMPORARY_PREFIXES = (".incoming-", ".convert-", ".training-")
 PARTIAL = "-partial"  # registry.py's resumable pulls: sha256-<hex>-partial and its parts

@@ -18,7 +18,8 @@ from typing import Any
 from limner.errors import InvalidRequest
 from limner.names import ModelName
 from limner.store import manifests as m
-from limner.store.manifests import Layer, Manifest, Store
+from limner.store.manifests import Layer, Manifest
+from limner.store.store import Store
 
 GGUF = "gguf"
 DEFAULT_SIZE = 512  # a drawing model's side when its config does not say (SD 1.x)

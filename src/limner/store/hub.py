@@ -40,8 +40,9 @@ from limner.errors import InvalidRequest, LimnerError, UnsafeWeights
 from limner.names import DEFAULT_TAG, ModelName
 from limner.store import registry
 from limner.store.create import check_relative, manifest_for_blobs
-from limner.store.manifests import FILE, Layer, Store
+from limner.store.manifests import FILE, Layer
 from limner.store.outbound import check_public
+from limner.store.store import Store
 from limner.types import ProgressResponse
 
 log = logging.getLogger("limner.store.hub")

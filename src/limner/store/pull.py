@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 from limner.names import ModelName
 from limner.store import hub, registry
-from limner.store.manifests import Store
+from limner.store.store import Store
 from limner.types import ProgressResponse
 
 HUB_HOSTS = ("hf.co", "huggingface.co")

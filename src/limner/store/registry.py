@@ -46,8 +46,9 @@ from pydantic import ValidationError
 from limner.errors import InvalidRequest, LimnerError, RequestCanceled
 from limner.names import ModelName
 from limner.store.blobs import BlobStore, file_digest, normalize
-from limner.store.manifests import MANIFEST_TYPE, Layer, Manifest, Store
+from limner.store.manifests import MANIFEST_TYPE, Layer, Manifest
 from limner.store.outbound import check_public
+from limner.store.store import Store
 from limner.types import ProgressResponse
 
 log = logging.getLogger("limner.store.registry")

@@ -1,0 +1,182 @@
+"""The store: named models on disk, each a manifest in Ollama's layout
+(`manifests/<host>/<namespace>/<model>/<tag>`, Docker v2 JSON) over content-addressed blobs.
+
+Lookups are case-insensitive (the on-disk casing wins), manifests are written atomically
+(temporary file, fsync, rename), and deleting a model removes only the blobs that no other
+manifest uses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from limner.errors import InvalidRequest, ModelNotFound
+from limner.names import ModelName
+from limner.store.blobs import BlobStore
+from limner.store.manifests import GGUF_MODEL, GGUF_PROJECTOR, MODEL, PROJECTOR, Manifest
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A stored model: its on-disk name, manifest, modification time and manifest digest."""
+
+    name: ModelName
+    manifest: Manifest
+    modified_at: datetime
+    digest: str  # sha256 hex of the manifest bytes, as Ollama reports it
+
+
+class Store:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.blobs = BlobStore(root / "blobs")
+        self.manifests = root / "manifests"
+
+    # --- lookup ---
+
+    def _path(self, name: ModelName) -> Path:
+        path = self.manifests.joinpath(*name.parts())
+        # A valid name cannot climb out, but prove it before touching the file system.
+        if not path.resolve().is_relative_to(self.manifests.resolve()):
+            raise InvalidRequest("invalid model name")
+        return path
+
+    def find(self, name: ModelName) -> ModelName | None:
+        """The stored name matching `name` case-insensitively, with the on-disk casing."""
+        exact = self._path(name)
+        if exact.is_file():
+            return name
+        want = name.casefold()
+        for path in self._manifest_files():
+            parts = path.relative_to(self.manifests).parts
+            if tuple(p.casefold() for p in parts) == want:
+                return ModelName(*parts)
+        return None
+
+    def resolve(self, text: str, quote: str = "'") -> ModelName:
+        """The stored name for user input; ModelNotFound if none."""
+        found = self.find(ModelName.parse(text))
+        if found is None:
+            raise ModelNotFound(text, quote)
+        return found
+
+    def entry(self, name: ModelName) -> Entry:
+        path = self._path(name)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise ModelNotFound(name.display()) from None
+        return Entry(
+            name=name,
+            manifest=Manifest.model_validate_json(data),
+            modified_at=datetime.fromtimestamp(path.stat().st_mtime).astimezone(),
+            digest=hashlib.sha256(data).hexdigest(),
+        )
+
+    def entries(self) -> list[Entry]:
+        """Every readable manifest, most recently modified first."""
+        entries = []
+        for path in self._manifest_files():
+            name = ModelName(*path.relative_to(self.manifests).parts)
+            if not name.is_valid():
+                continue
+            try:
+                entries.append(self.entry(name))
+            except ValueError:
+                continue  # an unreadable manifest is skipped, never deleted
+        return sorted(entries, key=lambda e: e.modified_at, reverse=True)
+
+    def _manifest_files(self) -> list[Path]:
+        if not self.manifests.is_dir():
+            return []
+        return [
+            p for p in self.manifests.glob("*/*/*/*") if p.is_file() and not p.name.startswith(".")
+        ]
+
+    # --- reading layers ---
+
+    def config(self, manifest: Manifest) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(self.blobs.open_path(manifest.config.digest).read_bytes())
+        return data
+
+    def text(self, manifest: Manifest, media_type: str) -> str | None:
+        layer = manifest.layer(media_type)
+        if layer is None:
+            return None
+        return self.blobs.open_path(layer.digest).read_text()
+
+    def json_layer(self, manifest: Manifest, media_type: str) -> Any:
+        text = self.text(manifest, media_type)
+        return None if text is None else json.loads(text)
+
+    def files(self, manifest: Manifest) -> dict[str, Path]:
+        """Relative file name -> blob path for every named layer (multi-file models), and
+        Ollama's unnamed GGUF layers as `model.gguf` and `mmproj.gguf` (the projector)."""
+        unnamed = {MODEL: GGUF_MODEL, PROJECTOR: GGUF_PROJECTOR}
+        return {
+            layer.name or unnamed[layer.mediaType]: self.blobs.open_path(layer.digest)
+            for layer in manifest.layers
+            if layer.name or layer.mediaType in unnamed
+        }
+
+    # --- writing ---
+
+    def write(self, name: ModelName, manifest: Manifest, raw: bytes | None = None) -> None:
+        """Write a manifest atomically; every blob it names must already be stored.
+
+        `raw`: the manifest's bytes exactly as a registry sent them (they must parse to
+        `manifest`), kept verbatim so the digest matches the registry's.
+        """
+        for digest in manifest.digests():
+            self.blobs.open_path(digest)
+        existing = self.find(name)
+        path = self._path(existing or name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".manifest-", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(manifest.encode() if raw is None else raw)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def copy(self, source: ModelName, destination: ModelName) -> None:
+        self.write(destination, self.entry(source).manifest)
+
+    def delete(self, name: ModelName) -> None:
+        """Remove the manifest, then the blobs no other manifest uses."""
+        path = self._path(name)
+        if not path.is_file():
+            raise ModelNotFound(name.display())
+        removed = Manifest.model_validate_json(path.read_bytes()).digests()
+        path.unlink()
+        for parent in list(path.parents)[: len(name.parts()) - 1]:
+            if parent == self.manifests or any(parent.iterdir()):
+                break
+            parent.rmdir()
+        self.prune(removed)
+
+    def prune(self, candidates: set[str]) -> None:
+        """Delete those candidate blobs that no manifest refers to any more.
+
+        Blobs uploaded for a model not yet created are never candidates, and if any
+        manifest cannot be read nothing is deleted: we cannot tell what it uses.
+        """
+        used: set[str] = set()
+        for path in self._manifest_files():
+            try:
+                used |= Manifest.model_validate_json(path.read_bytes()).digests()
+            except ValueError:
+                return
+        for digest in candidates - used:
+            self.blobs.remove(digest)
