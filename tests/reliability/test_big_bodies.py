@@ -1,4 +1,4 @@
-"""Oversized base64 bodies (reliability.md §6 IMG-06): a `limner serve` process with a
+"""Oversized base64 bodies (docs/reliability.md §6 IMG-06): a `limner serve` process with a
 16 MiB body cap gets pictures of 20, 64, 100 and 500 MB, announced by Content-Length or
 streamed in chunks. Each is a 413 within 2 seconds, and the server's peak memory grows by
 less than twice the cap: it never holds a body past the cap."""

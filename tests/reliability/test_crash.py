@@ -1,4 +1,4 @@
-"""Crash consistency (reliability.md ST-*): kill -9 a real `limner serve` at random points
+"""Crash consistency (docs/reliability.md ST-*): kill -9 a real `limner serve` at random points
 of pulls and creates, start again, and the store is consistent: every manifest parses, every
 blob it names re-hashes to its name, nothing half-written is listed; `limner check --repair`
 clears what the kill left (temporary files) and a second pull completes."""

@@ -1,4 +1,4 @@
-"""LD-10 Determinism under load (reliability.md §6): four identical seeded requests sent at
+"""LD-10 Determinism under load (docs/reliability.md §6): four identical seeded requests sent at
 once to a real engine at tiny size give the answer one request gives alone, byte for byte:
 queueing, the runner's prompt cache and the requests before them change nothing."""
 

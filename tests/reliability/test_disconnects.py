@@ -1,4 +1,4 @@
-"""LD-02 Disconnect storm and LD-03 disconnect before the first token (reliability.md §6).
+"""LD-02 Disconnect storm and LD-03 disconnect before the first token (docs/reliability.md §6).
 
 Many streams at once over several models, some closed by their clients at random tokens:
 every other stream gives exactly the tokens it gives alone, and afterwards nothing is in

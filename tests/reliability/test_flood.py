@@ -1,4 +1,4 @@
-"""LD-01 Flood (reliability.md §6): more concurrent long requests than a model runs plus its
+"""LD-01 Flood (docs/reliability.md §6): more concurrent long requests than a model runs plus its
 queue holds, several rounds. The excess is answered 503 with Retry-After at once, no
 connection is reset, and every accepted request completes with its whole answer."""
 

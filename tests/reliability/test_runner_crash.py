@@ -1,4 +1,4 @@
-"""LD-08 Worker crash (reliability.md §6): SIGKILL a model's runner process in the middle of
+"""LD-08 Worker crash (docs/reliability.md §6): SIGKILL a model's runner process in the middle of
 a request. A stream ends with an `{"error"}` line; an answer not yet begun is a JSON error
 with a real status; the server stays up and the next request starts a new runner."""
 

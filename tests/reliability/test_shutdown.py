@@ -1,4 +1,4 @@
-"""LD-09 Graceful shutdown (reliability.md §6): SIGTERM a real `limner serve` with ten
+"""LD-09 Graceful shutdown (docs/reliability.md §6): SIGTERM a real `limner serve` with ten
 requests in flight. The listener closes at once, so a new request is refused at connect
 (uvicorn stops accepting before it drains; nothing can answer it 503); the requests in
 flight finish whole; every runner process is gone; the server exits within

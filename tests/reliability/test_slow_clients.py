@@ -1,4 +1,4 @@
-"""LD-04 Slowloris and LD-05 slow body and big headers (reliability.md §6).
+"""LD-04 Slowloris and LD-05 slow body and big headers (docs/reliability.md §6).
 
 Connections that trickle their headers are answered 408 and closed once LIMNER_HEADER_TIMEOUT
 has passed (also on a kept-alive connection, for its second request), while real clients

@@ -1,5 +1,5 @@
 """What the hostile-input tests share: one server per file over a store buried deep in its
-own folder, the pass criteria of reliability.md §6 (P1, P2, P3, P4), and a folder snapshot.
+own folder, the pass criteria of docs/reliability.md §6 (P1, P2, P3, P4), and a folder snapshot.
 
 The store sits five folders below the snapshotted root, so a name or digest that climbed
 out of the store would still land inside the snapshot and be seen.

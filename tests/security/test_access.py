@@ -1,4 +1,4 @@
-"""Network exposure (reliability.md NET-*): API tokens on every endpoint, a read-only token
+"""Network exposure (docs/reliability.md NET-*): API tokens on every endpoint, a read-only token
 that cannot change the store, the Host check against DNS rebinding, and no open server off
 loopback unless the user says so loudly."""
 

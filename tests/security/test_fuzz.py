@@ -1,5 +1,5 @@
 """Property tests of the parsers that turn untrusted bytes into paths and allocations
-(reliability.md §6 IN-07 and ST-08): model names, digests, manifests, GGUF headers and
+(docs/reliability.md §6 IN-07 and ST-08): model names, digests, manifests, GGUF headers and
 picture headers. Each property states its invariant in its docstring; a quick variant runs
 with the suite and a `slow` one runs 10,000 examples or more.
 

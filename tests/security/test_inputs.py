@@ -1,4 +1,4 @@
-"""Hostile request bodies, options, strings, names and digests (reliability.md §6 IN-01, IN-03,
+"""Hostile request bodies, options, strings, names and digests (docs/reliability.md §6 IN-01, IN-03,
 IN-05, IN-06, IN-08): each is refused with a 4xx and a JSON error that leaks nothing, the
 server stays up, and nothing is written anywhere."""
 

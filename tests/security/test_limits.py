@@ -1,4 +1,4 @@
-"""Request limits (reliability.md IN-*, LD-*): pictures per request, a full queue answered
+"""Request limits (docs/reliability.md IN-*, LD-*): pictures per request, a full queue answered
 with 503 and Retry-After, counted before any work."""
 
 from __future__ import annotations

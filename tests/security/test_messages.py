@@ -1,4 +1,4 @@
-"""Error messages (reliability.md IN-*): a client never reads where the store, the runners'
+"""Error messages (docs/reliability.md IN-*): a client never reads where the store, the runners'
 folders or the user's home are, and never a traceback."""
 
 from __future__ import annotations

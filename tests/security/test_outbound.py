@@ -1,4 +1,4 @@
-"""Outbound requests (reliability.md NET-*): a pull never reaches loopback, private,
+"""Outbound requests (docs/reliability.md NET-*): a pull never reaches loopback, private,
 link-local or metadata addresses unless LIMNER_PULL_PRIVATE=1 allows local registries."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Hostile pictures (reliability.md §6 IMG-01..05, IMG-07..09): bad base64, files that are
+"""Hostile pictures (docs/reliability.md §6 IMG-01..05, IMG-07..09): bad base64, files that are
 not pictures, truncated files, decompression bombs, degenerate sizes, too many pictures and
 bad masks. Each gets a 4xx that leaks nothing, checked from the header before any decoding
 where it can be, or is served; never a 5xx, never a crashed runner."""

@@ -1,4 +1,4 @@
-"""Schemathesis against limner's own OpenAPI document (reliability.md §6 IN-02): requests
+"""Schemathesis against limner's own OpenAPI document (docs/reliability.md §6 IN-02): requests
 generated from /openapi.json, both valid ones (positive) and ones that break the schema
 (negative), sent to the real app in-process over ASGI with fake models stored. No answer
 may be a 5xx, and a request that breaks the schema must not succeed.
