@@ -23,8 +23,10 @@ Two ASGI middlewares sit in front of the app:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
@@ -202,17 +204,68 @@ class ClientGone:
 
 class Shutdown:
     """When the server began shutting down, so that streams can end with an error line of
-    their own before uvicorn cancels them at the end of LIMNER_SHUTDOWN_TIMEOUT."""
+    their own before uvicorn cancels them at the end of LIMNER_SHUTDOWN_TIMEOUT.
+
+    A stream registers a `Cut` once; at the cut time the cut fires and interrupts the stream
+    if it is waiting for its next chunk. Nothing runs per chunk."""
 
     def __init__(self) -> None:
         self.cut_at: float | None = None  # time.monotonic() by which streams end
+        self._cuts: set[Cut] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def begin(self, grace: float) -> None:
-        if self.cut_at is None:
-            self.cut_at = time.monotonic() + grace - min(0.5, grace / 4)
+        """Start the clock; safe to call from a signal handler."""
+        if self.cut_at is not None:
+            return
+        self.cut_at = time.monotonic() + grace - min(0.5, grace / 4)
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._arm)
 
     def seconds_left(self) -> float | None:
         return None if self.cut_at is None else self.cut_at - time.monotonic()
+
+    @contextlib.contextmanager
+    def cut(self) -> Iterator[Cut]:
+        """A cut for the stream running in this task, for as long as the block lasts."""
+        cut = Cut(asyncio.current_task())
+        self._loop = asyncio.get_running_loop()
+        self._cuts.add(cut)
+        if self.cut_at is not None:
+            self._arm_one(cut)
+        try:
+            yield cut
+        finally:
+            self._cuts.discard(cut)
+            cut.disarm()
+
+    def _arm(self) -> None:
+        for cut in list(self._cuts):
+            self._arm_one(cut)
+
+    def _arm_one(self, cut: Cut) -> None:
+        left = self.seconds_left() or 0.0
+        cut.timer = asyncio.get_running_loop().call_later(max(left, 0.0), cut.fire)
+
+
+class Cut:
+    """One stream's end at the shutdown time: `fired` once the time is up; a stream waiting
+    for its next chunk is interrupted then (its task cancelled, and `interrupted` set)."""
+
+    def __init__(self, task: asyncio.Task[Any] | None) -> None:
+        self.task = task
+        self.fired = self.waiting = self.interrupted = False
+        self.timer: asyncio.TimerHandle | None = None
+
+    def fire(self) -> None:
+        self.fired = True
+        if self.waiting and self.task is not None:
+            self.interrupted = True
+            self.task.cancel()
+
+    def disarm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
 
 
 SHUTDOWN = Shutdown()  # one per process, as the signal that starts it

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -58,33 +57,30 @@ async def _lines(
         yield _line({"error": "internal error; see the server log"})
 
 
-POLL = 0.25  # how often a waiting stream looks at the shutdown clock
-
-
 async def _until_shutdown(chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
     """`chunks`, until the server's shutdown time is nearly up: then ServerBusy, which the
     stream reports in its last line (uvicorn would cut the connection without a word).
-    However it ends, `chunks` is closed before this returns, so its model is let go."""
-    following: asyncio.Future[dict[str, Any]] | None = None
+    However it ends, `chunks` is closed before this returns, so its model is let go.
+    Each chunk is awaited directly: no task or timer per chunk (see `Shutdown.cut`)."""
     try:
-        while True:
-            following = asyncio.ensure_future(anext(chunks))
-            while not following.done():
-                left = SHUTDOWN.seconds_left()
-                if left is not None and left <= 0:
-                    raise ServerBusy("the server is shutting down; this answer was cut short")
-                await asyncio.wait({following}, timeout=POLL if left is None else min(POLL, left))
-            try:
-                chunk = following.result()
-            except StopAsyncIteration:
-                return
-            yield chunk
+        with SHUTDOWN.cut() as cut:
+            while not cut.fired:
+                cut.waiting = True
+                try:
+                    chunk = await anext(chunks)
+                except StopAsyncIteration:
+                    return
+                except asyncio.CancelledError:
+                    if not cut.interrupted:
+                        raise
+                    asyncio.current_task().uncancel()  # type: ignore[union-attr]
+                    break
+                finally:
+                    cut.waiting = False
+                yield chunk
+        raise ServerBusy("the server is shutting down; this answer was cut short")
     finally:
         with anyio.CancelScope(shield=True):  # the client left, or the shutdown: clean up
-            if following is not None and not following.done():
-                following.cancel()
-                with contextlib.suppress(BaseException):
-                    await following
             await chunks.aclose()  # type: ignore[attr-defined]
 
 
