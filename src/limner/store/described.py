@@ -123,10 +123,16 @@ def capabilities(config: dict[str, Any]) -> frozenset[Capability]:
     return frozenset(Capability(c) for c in named if c in Capability.__members__.values())
 
 
+def stored_config(store: Store, manifest: Manifest) -> dict[str, Any]:
+    """A model's config blob as stored: enough for a listing (format, family, sizes)."""
+    config: dict[str, Any] = json.loads(store.blobs.open_path(manifest.config.digest).read_bytes())
+    return config
+
+
 def completed_config(store: Store, manifest: Manifest) -> dict[str, Any]:
     """A model's config, completed from its GGUF headers when a registry's config (Ollama's
     carries only format, family and sizes) leaves out capabilities and model_info."""
-    config: dict[str, Any] = json.loads(store.blobs.open_path(manifest.config.digest).read_bytes())
+    config = stored_config(store, manifest)
     if config.get("model_format") != GGUF or "model_info" in config:
         return config
     from limner.store.gguf import gguf_info
