@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 import pytest
 
 from conftest import add_gguf
 from limner.config import parse_bytes
+from limner.engines import Message, Options
 from limner.errors import InsufficientMemory
 from limner.names import ModelName
 from limner.scheduler import Scheduler, context_bytes
@@ -25,11 +27,11 @@ def anyio_backend() -> str:
 
 
 async def chat(scheduler: Scheduler, model: str, num_ctx: int = 0) -> dict[str, Any]:
-    options = {"num_predict": 2, "temperature": 0, "num_ctx": num_ctx}
-    messages = [{"role": "user", "content": "hello", "images": []}]
+    options = Options(num_predict=2, temperature=0, num_ctx=num_ctx)
+    messages = [Message("user", "hello")]
     async with scheduler.lease(ModelName.parse(model), num_ctx=num_ctx) as loaded:
         steps = [s async for s in loaded.runner.chat(messages, options)]
-    return {**steps[-1], "window": loaded.context_length, "size": loaded.size}
+    return {**asdict(steps[-1]), "window": loaded.context_length, "size": loaded.size}
 
 
 def test_the_context_estimate_counts_keys_and_values_for_every_layer() -> None:

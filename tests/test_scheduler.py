@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from conftest import add_fake
+from limner.engines import Message, Options, Piece
 from limner.errors import InsufficientMemory, LimnerError, ServerBusy
 from limner.names import ModelName
 from limner.scheduler import Loaded, Scheduler
@@ -22,22 +23,22 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-def ask(text: str) -> list[dict[str, Any]]:
-    return [{"role": "user", "content": text, "images": []}]
+def ask(text: str) -> list[Message]:
+    return [Message("user", text)]
 
 
 async def answer(scheduler: Scheduler, model: str, text: str = "hi", **lease: Any) -> str:
     async with scheduler.lease(ModelName.parse(model), **lease) as loaded:
-        return "".join([s.get("text", "") async for s in loaded.runner.chat(ask(text), {})])
+        steps = loaded.runner.chat(ask(text), Options())
+        return "".join([s.text async for s in steps if isinstance(s, Piece)])
 
 
-def pid(loaded: Loaded) -> Any:
-    return loaded.runner.process  # type: ignore[attr-defined]
-
-
-async def exited(process: Any, within: float = 5.0) -> bool:
-    await asyncio.wait_for(process.wait(), within)
-    return process.returncode is not None
+async def exited(loaded: Loaded, within: float = 5.0) -> bool:
+    """Whether the model's runner stops within `within` seconds."""
+    deadline = time.monotonic() + within
+    while loaded.runner.alive and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    return not loaded.runner.alive
 
 
 async def test_a_loaded_model_is_reused(store: Store) -> None:
@@ -66,7 +67,7 @@ async def test_keep_alive_expiry_unloads_and_stops_the_process(store: Store) -> 
     assert loaded.expires_at > time.time()
     await asyncio.sleep(0.6)
     assert scheduler.running() == []
-    assert await exited(pid(loaded))
+    assert await exited(loaded)
 
 
 async def test_keep_alive_zero_unloads_after_the_request(store: Store) -> None:
@@ -96,7 +97,7 @@ async def test_the_least_recently_used_idle_model_is_evicted(store: Store) -> No
     await answer(scheduler, "a")
     await answer(scheduler, "c")
     assert sorted(m.name.model for m in scheduler.running()) == ["a", "c"]
-    assert await exited(pid(old_b))
+    assert await exited(old_b)
     assert scheduler.loads == 3
     await scheduler.close()
 
@@ -119,8 +120,8 @@ async def test_closing_a_stream_cancels_generation_and_frees_the_runner(store: S
     add_fake(store, "a", token_delay=0.2)
     scheduler = Scheduler(store)
     async with scheduler.lease(ModelName.parse("a")) as loaded:
-        stream = loaded.runner.chat(ask("SLOW"), {})
-        assert (await anext(stream))["text"] == "w0"
+        stream = loaded.runner.chat(ask("SLOW"), Options())
+        assert await anext(stream) == Piece("w0")
         await stream.aclose()  # what a disconnecting client causes
     started = time.monotonic()
     assert (await answer(scheduler, "a", "next")).endswith("next")
@@ -152,9 +153,9 @@ async def test_close_stops_every_runner(store: Store) -> None:
     scheduler = Scheduler(store, keep_alive=float("inf"))
     await answer(scheduler, "a")
     await answer(scheduler, "b")
-    processes = [pid(m) for m in scheduler.running()]
+    runners = [m.runner for m in scheduler.running()]
     await scheduler.close()
-    assert all(p.returncode is not None for p in processes)
+    assert not any(runner.alive for runner in runners)
     assert scheduler.running() == []
 
 

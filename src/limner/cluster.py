@@ -3,8 +3,8 @@
 `limner serve --cluster ADDRESS` runs the same HTTP API and scheduler as the single-machine
 server; only the runner factory differs. Where a plain server starts a runner process for a
 model, this starts a Serve deployment of `ModelReplica`s (`num_replicas`, or autoscaling
-between bounds), each loading the engine once and streaming the same messages a runner
-process writes (`runner._encode`). Requests are routed to a free replica (each takes one at
+between bounds), each loading the engine once and streaming the same typed replies a runner
+process writes (`runner.replies`), as Python objects rather than lines. Requests are routed to a free replica (each takes one at
 a time, as a runner does); closing a stream cancels the replica's work; a replica that dies
 is replaced by Serve while its clients get a clean error.
 
@@ -34,10 +34,11 @@ from typing import Any
 import ray
 from ray import serve
 
+from limner.engines import ChatStep, ImageRequest, ImageStep, LoadOptions, Message, Options
+from limner.engines.training import TrainStep
 from limner.errors import InvalidRequest, LimnerError, RunnerFailed
-from limner.runner import Placement, _error, _link_files, chat_message, image_message
-
-LAST = {"done", "image", "trained"}  # the reply types that end a request
+from limner.protocol import LAST, Chat, Draw, Error, Reply, Request, Train
+from limner.runner import Placement, link_files, replies
 
 
 @dataclass(frozen=True)
@@ -103,13 +104,13 @@ def disconnect() -> None:
 class ModelReplica:
     """One replica of one model: the engine loaded once, one request at a time."""
 
-    def __init__(self, model_format: str, files: dict[str, str], options: dict[str, Any]) -> None:
-        from limner.engines import LoadOptions, engine_for
+    def __init__(self, model_format: str, files: dict[str, str], options: LoadOptions) -> None:
+        from limner.engines import engine_for
 
-        self.folder = _link_files({name: Path(path) for name, path in files.items()},
-                                  Path(tempfile.mkdtemp(prefix="limner-replica-")))  # fmt: skip
+        self.folder = link_files({name: Path(path) for name, path in files.items()},
+                                 Path(tempfile.mkdtemp(prefix="limner-replica-")))  # fmt: skip
         started = time.perf_counter_ns()
-        self.engine = engine_for(model_format)(self.folder, LoadOptions.from_dict(options))
+        self.engine = engine_for(model_format)(self.folder, options)
         self.load_duration = time.perf_counter_ns() - started
         self.replica = serve.get_replica_context().replica_id.unique_id
         self.busy = threading.Lock()  # a cancelled request's engine work ends before the next
@@ -121,49 +122,29 @@ class ModelReplica:
                 "replica": self.replica, "pid": os.getpid(),
                 "concurrency": int(getattr(self.engine, "max_concurrency", 1))}  # fmt: skip
 
-    async def run(self, message: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        """The runner protocol's replies to one request, the last one naming this replica."""
+    async def run(self, request: Request) -> AsyncIterator[tuple[str, Reply]]:
+        """The runner protocol's replies to one request, each with the replica that sent it."""
         loop = asyncio.get_running_loop()
-        replies: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        inbox: asyncio.Queue[Reply] = asyncio.Queue()
         cancelled = threading.Event()
 
         def work() -> None:
             # An engine that batches (vLLM) takes requests side by side; others one at a time.
             concurrent = getattr(self.engine, "concurrent", False)
             with contextlib.nullcontext() if concurrent else self.busy:
-                for reply in _replies(self.engine, message, cancelled):
-                    loop.call_soon_threadsafe(replies.put_nowait, reply)
+                for reply in replies(self.engine, request, cancelled.is_set):
+                    loop.call_soon_threadsafe(inbox.put_nowait, reply)
 
         worker = threading.Thread(target=work, daemon=True)
         worker.start()
         try:
             while True:
-                reply = await replies.get()
-                if reply["type"] in LAST:
-                    reply["replica"] = self.replica
-                yield reply
-                if reply["type"] in LAST or reply["type"] == "error":
+                reply = await inbox.get()
+                yield self.replica, reply
+                if isinstance(reply, LAST):
                     return
         finally:
             cancelled.set()  # the client left: the engine stops at its next step
-
-
-def _replies(engine: Any, message: dict[str, Any], cancelled: threading.Event) -> Any:
-    """What a runner process writes for `message`, as dicts (see runner._run)."""
-    from limner.runner import _describe, _encode, _steps
-
-    try:
-        for step in _steps(engine, message, cancelled.is_set, lambda: False):
-            if cancelled.is_set():
-                return
-            reply = _encode(step)
-            if reply is not None:
-                yield reply
-                if reply["type"] in LAST:
-                    return
-        yield {"type": "error", "status": 499, "message": "request canceled"}
-    except Exception as exc:  # one bad request must not stop the replica
-        yield {"type": "error", **_describe(exc)}
 
 
 class RayRunner:
@@ -184,7 +165,7 @@ class RayRunner:
         cls,
         model_format: str,
         files: dict[str, Path],
-        options: dict[str, Any],
+        options: LoadOptions,
         timeout: float,
         placement: Placement,
         settings: ClusterSettings,
@@ -222,32 +203,29 @@ class RayRunner:
     def alive(self) -> bool:
         return not self.stopped  # Serve replaces replicas that die
 
-    def chat(
-        self, messages: list[dict[str, Any]], options: dict[str, Any]
-    ) -> AsyncIterator[dict[str, Any]]:
-        return self._request(chat_message(messages, options))
+    def chat(self, messages: list[Message], options: Options) -> AsyncIterator[ChatStep]:
+        return self._request(Chat(messages, options))  # type: ignore[return-value]
 
     def generate_image(
-        self, request: dict[str, Any], finish: asyncio.Event | None = None
-    ) -> AsyncIterator[dict[str, Any]]:
+        self, request: ImageRequest, finish: asyncio.Event | None = None
+    ) -> AsyncIterator[ImageStep]:
         # A replica cannot be told to finish early (requests go to whichever replica is
         # free), so Automatic1111's interrupt ends a drawing on a cluster without a picture.
-        return self._request(image_message(request))
+        return self._request(Draw(request))  # type: ignore[return-value]
 
-    def train(self, job: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    def train(self, job: Train) -> AsyncIterator[TrainStep]:
         raise InvalidRequest("training runs on the API server's machine, not on the cluster")
 
-    async def _request(self, message: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    async def _request(self, message: Request) -> AsyncIterator[Reply]:
         stream = self.handle.options(stream=True, method_name="run").remote(message)
         finished = False
         try:
-            async for reply in stream:
-                if reply["type"] == "error":
-                    finished = True
-                    raise _error(reply)
-                if reply["type"] in LAST:
-                    finished = True
-                    self.served[reply.pop("replica", "")] += 1
+            async for replica, reply in stream:
+                finished = isinstance(reply, LAST)
+                if isinstance(reply, Error):
+                    raise reply.exception()
+                if finished:
+                    self.served[replica] += 1
                 yield reply
                 if finished:
                     return

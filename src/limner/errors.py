@@ -97,6 +97,10 @@ class RunnerFailed(LimnerError):
     status = 500
 
 
+class ProtocolError(RunnerFailed):
+    """A runner line that is not a message of the protocol (limner.protocol)."""
+
+
 class ConnectError(LimnerError):
     status = 0
 

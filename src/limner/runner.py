@@ -1,38 +1,25 @@
 """One loaded model in its own worker process, and the server's handle on it.
 
-Child side (`python -m limner.runner`): reads JSON lines on stdin, hosts one engine, and
-writes JSON lines on stdout. The first line loads the model; then `chat` requests are
-served one at a time while `cancel` lines are read concurrently, so a request can be
-stopped between two tokens. When stdin closes (the server exited or was killed) the
-runner exits at once, so no runner outlives its server.
+Child side (`python -m limner.runner`): hosts one engine and speaks the runner protocol
+(limner.protocol) on stdin and stdout. The first line loads the model; then requests are
+served one at a time (several at once for an engine that batches) while cancel and finish
+lines are read concurrently, so a request can be stopped between two tokens or steps. When
+stdin closes (the server exited or was killed) the runner exits at once, so no runner
+outlives its server.
 
 Parent side (`RunnerProcess`): spawns the child with asyncio, waits for it to be ready,
-and turns each request into an async iterator of step messages. If the child dies, every
-request it held ends with RunnerFailed.
-
-Messages (one JSON object per line):
-    server -> runner   {"op": "load", "format", "folder", "options"}
-                       {"op": "chat", "id", "messages": [{role, content, images: [b64]}], "options"}
-                       {"op": "image", "id", "request": {ImageRequest fields, pictures as b64}}
-                       {"op": "train", "id", "files": {name: path}, "captions", "request", "output"}
-                       {"op": "cancel", "id"}
-    runner -> server   {"type": "ready", "memory", "vram", "load_duration"} | {"type": "load_error", ...}
-                       {"type": "piece", "id", "text"} | {"type": "done", "id", ...Done fields}
-                       {"type": "progress", "id", "completed", "total"} | {"type": "image", "id", "image", "parameters"}
-                       {"type": "train_progress", "id", "step", "total", "loss", "learning_rate", "eta_seconds"}
-                       {"type": "checkpoint", "id", "step", "path"} | {"type": "validation", "id", "step", "image"}
-                       {"type": "trained", "id", "steps", "final_loss", "path", "parameters"}
-                       {"type": "error", "id", "status", "message"}
+and turns each request into an async iterator of the engine's typed steps. If the child
+dies, or writes a line that is not the protocol's, every request it held ends with
+RunnerFailed.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import functools
 import itertools
-import json
+import logging
 import os
 import queue
 import shutil
@@ -40,44 +27,42 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from limner import protocol
 from limner.engines import (
-    Done,
+    ChatStep,
     ImageRequest,
-    ImageResult,
+    ImageStep,
     LoadOptions,
     Message,
     Options,
     Piece,
-    Progress,
     engine_for,
 )
-from limner.engines.training import (
-    TrainCheckpoint,
-    TrainDone,
-    TrainProgress,
-    TrainRequest,
-    TrainValidation,
-    examples,
-    read_uploaded,
+from limner.engines.training import TrainStep, examples, read_uploaded
+from limner.errors import InvalidRequest, LimnerError, ProtocolError, RunnerFailed, without_paths
+from limner.protocol import (
+    LAST,
+    Cancel,
+    Chat,
+    Draw,
+    Error,
+    Finish,
+    Load,
+    LoadError,
+    Ready,
+    Reply,
+    Request,
+    Train,
 )
-from limner.errors import InvalidRequest, LimnerError, RunnerFailed, without_paths
+
+log = logging.getLogger("limner.runner")
 
 STREAM_LIMIT = 64 * 1024 * 1024  # one line may carry several base64 pictures
-
-
-def chat_message(messages: list[dict[str, Any]], options: dict[str, Any]) -> dict[str, Any]:
-    """The protocol's chat request (every kind of runner sends these)."""
-    return {"op": "chat", "messages": messages, "options": options}
-
-
-def image_message(request: dict[str, Any]) -> dict[str, Any]:
-    """The protocol's drawing request (pictures in `request` as base64)."""
-    return {"op": "image", "request": request}
 
 
 @dataclass(frozen=True)
@@ -89,31 +74,21 @@ class Placement:
     need: int = 0
 
 
-LAST_REPLIES = ("done", "image", "trained")
-
-
 # --- parent side ----------------------------------------------------------------------
 
 
 class RunnerProcess:
     """The server's handle on one runner process."""
 
-    def __init__(
-        self,
-        process: asyncio.subprocess.Process,
-        folder: Path,
-        memory: int,
-        load_duration: int,
-        vram: int = 0,
-    ) -> None:
+    def __init__(self, process: asyncio.subprocess.Process, folder: Path, ready: Ready) -> None:
         self.process = process
         self.folder = folder
-        self.memory = memory
-        self.vram = vram  # the part of `memory` on a GPU
-        self.load_duration = load_duration
-        self.concurrency = 1  # requests it takes at once (an engine that batches: more)
+        self.memory = ready.memory
+        self.vram = ready.vram  # the part of `memory` on a GPU
+        self.load_duration = ready.load_duration
+        self.concurrency = ready.concurrency  # requests it takes at once
         self._ids = itertools.count(1)
-        self._queues: dict[int, asyncio.Queue[dict[str, Any]]] = {}
+        self._queues: dict[int, asyncio.Queue[Reply]] = {}
         self._reader = asyncio.create_task(self._read())
 
     @classmethod
@@ -121,7 +96,7 @@ class RunnerProcess:
         cls,
         model_format: str,
         files: dict[str, Path],
-        options: dict[str, Any],
+        options: LoadOptions,
         timeout: float,
         placement: Placement | None = None,
     ) -> RunnerProcess:
@@ -131,12 +106,16 @@ class RunnerProcess:
             limit=STREAM_LIMIT,
         )  # fmt: skip
         # The parent owns the folder of links, so it is removed however the runner ends.
-        folder = _link_files(files, Path(tempfile.mkdtemp(prefix="limner-model-")))
-        load = {"op": "load", "format": model_format, "options": options, "folder": str(folder)}
+        folder = link_files(files, Path(tempfile.mkdtemp(prefix="limner-model-")))
         try:
-            await _send(process, load)
+            await _send(process, protocol.encode(Load(model_format, folder, options)))
             assert process.stdout is not None
             line = await asyncio.wait_for(process.stdout.readline(), timeout)
+            reply = (
+                protocol.decode(line)[1] if line else LoadError(500, "runner exited while loading")
+            )
+            if not isinstance(reply, Ready):
+                raise _load_failure(reply)
         except TimeoutError:
             await _kill(process, folder)
             raise RunnerFailed(
@@ -145,65 +124,53 @@ class RunnerProcess:
         except BaseException:
             await _kill(process, folder)
             raise
-        exited = {"type": "load_error", "message": "runner exited while loading", "status": 500}
-        reply: dict[str, Any] = json.loads(line) if line else exited
-        if reply["type"] != "ready":
-            await _kill(process, folder)
-            raise _error(reply)
-        runner = cls(
-            process, folder, int(reply["memory"]), int(reply["load_duration"]),
-            int(reply.get("vram", 0)),
-        )  # fmt: skip
-        runner.concurrency = int(reply.get("concurrency", 1))
-        return runner
+        return cls(process, folder, reply)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
 
     @property
     def alive(self) -> bool:
         return self.process.returncode is None and not self._reader.done()
 
-    def chat(
-        self, messages: list[dict[str, Any]], options: dict[str, Any]
-    ) -> AsyncIterator[dict[str, Any]]:
-        """Yield `piece` messages then one `done`."""
-        return self._request(chat_message(messages, options))
+    def chat(self, messages: list[Message], options: Options) -> AsyncIterator[ChatStep]:
+        """Yield `Piece`s then one `Done`."""
+        return self._request(Chat(messages, options))  # type: ignore[return-value]
 
     def generate_image(
-        self, request: dict[str, Any], finish: asyncio.Event | None = None
-    ) -> AsyncIterator[dict[str, Any]]:
-        """Yield `progress` messages then one `image` (pictures in the request as base64).
-        Setting `finish` skips the remaining steps and decodes the picture so far."""
-        return self._request(image_message(request), finish)
+        self, request: ImageRequest, finish: asyncio.Event | None = None
+    ) -> AsyncIterator[ImageStep]:
+        """Yield `Progress` then one `ImageResult`. Setting `finish` skips the remaining
+        steps and decodes the picture so far."""
+        return self._request(Draw(request), finish)  # type: ignore[return-value]
 
-    def train(self, job: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        """Yield `train_progress`, `checkpoint` and `validation` messages, then `trained`.
-
-        `job`: the dataset's files (name -> path), captions written for it, the TrainRequest
-        fields, and the output folder."""
-        return self._request({"op": "train", **job})
+    def train(self, job: Train) -> AsyncGenerator[TrainStep, None]:
+        """Yield `TrainProgress`, `TrainCheckpoint` and `TrainValidation`, then `TrainDone`."""
+        return self._request(job)  # type: ignore[return-value]
 
     async def _request(
-        self, message: dict[str, Any], finish: asyncio.Event | None = None
-    ) -> AsyncIterator[dict[str, Any]]:
-        """Send one request; yield its replies up to the last; raise on `error`. Closing cancels."""
+        self, message: Request, finish: asyncio.Event | None = None
+    ) -> AsyncIterator[Reply]:
+        """Send one request; yield its steps up to the last; raise on Error. Closing cancels."""
         request_id = next(self._ids)
-        inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        inbox: asyncio.Queue[Reply] = asyncio.Queue()
         self._queues[request_id] = inbox
         finished = False
         finisher: asyncio.Task[None] | None = None
         try:
             if not self.alive:
                 raise RunnerFailed("the model's runner has stopped; try again")
-            await _send(self.process, {**message, "id": request_id})
+            await _send(self.process, protocol.encode(message, request_id))
             if finish is not None:
                 finisher = asyncio.create_task(self._finish_when(finish, request_id))
             while True:
                 reply = await inbox.get()
-                if reply["type"] == "error":
-                    finished = True
-                    raise _error(reply)
+                finished = isinstance(reply, LAST)
+                if isinstance(reply, Error):
+                    raise reply.exception()
                 yield reply
-                if reply["type"] in LAST_REPLIES:
-                    finished = True
+                if finished:
                     return
         finally:
             if finisher is not None:
@@ -213,29 +180,36 @@ class RunnerProcess:
                 # No await here: this runs while the request's task is being cancelled.
                 with contextlib.suppress(OSError, RuntimeError):
                     assert self.process.stdin is not None
-                    self.process.stdin.write(
-                        json.dumps({"op": "cancel", "id": request_id}).encode() + b"\n"
-                    )
+                    self.process.stdin.write(protocol.encode(Cancel(), request_id))
 
     async def _finish_when(self, finish: asyncio.Event, request_id: int) -> None:
         await finish.wait()
         if self.alive:
             with contextlib.suppress(OSError, RuntimeError):
-                await _send(self.process, {"op": "finish", "id": request_id})
+                await _send(self.process, protocol.encode(Finish(), request_id))
 
     async def _read(self) -> None:
         assert self.process.stdout is not None
+        failure = None
         while line := await self.process.stdout.readline():
-            reply = json.loads(line)
-            inbox = self._queues.get(reply.get("id", -1))
+            try:
+                request_id, reply = protocol.decode(line)
+            except ProtocolError as exc:  # a runner that speaks nonsense is stopped, not guessed
+                failure = f"the model's runner sent a line limner cannot read ({exc.message})"
+                log.error("%s; stopping it", failure)
+                self.process.kill()
+                break
+            inbox = self._queues.get(request_id)
             if inbox is not None:
                 inbox.put_nowait(reply)
         code = await self.process.wait()
         shutil.rmtree(self.folder, ignore_errors=True)
-        crash = {"type": "error", "status": 500,
-                 "message": f"the model's runner stopped unexpectedly (exit code {code}); the next request starts a new one"}  # fmt: skip
+        failure = failure or (
+            f"the model's runner stopped unexpectedly (exit code {code}); "
+            "the next request starts a new one"
+        )
         for inbox in self._queues.values():
-            inbox.put_nowait(crash)
+            inbox.put_nowait(Error(500, failure))
 
     async def stop(self, grace: float = 5.0) -> None:
         """Ask the runner to exit; kill it if it does not within `grace` seconds."""
@@ -256,9 +230,9 @@ class RunnerProcess:
                 self.process.kill()
 
 
-async def _send(process: asyncio.subprocess.Process, message: dict[str, Any]) -> None:
+async def _send(process: asyncio.subprocess.Process, line: bytes) -> None:
     assert process.stdin is not None
-    process.stdin.write(json.dumps(message).encode() + b"\n")
+    process.stdin.write(line)
     await process.stdin.drain()
 
 
@@ -271,35 +245,13 @@ async def _kill(process: asyncio.subprocess.Process, folder: Path | None = None)
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _error(reply: dict[str, Any]) -> LimnerError:
-    return LimnerError(reply.get("message", "runner error"), reply.get("status", 500))
+def _load_failure(reply: Any) -> LimnerError:
+    if isinstance(reply, LoadError):
+        return LimnerError(reply.message, reply.status)
+    return ProtocolError(f"the runner answered its load with {type(reply).__name__}")
 
 
-# --- child side -----------------------------------------------------------------------
-
-
-def main() -> None:
-    # The protocol owns the real stdout; anything a library prints goes to stderr.
-    out = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
-    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
-    load = json.loads(sys.stdin.readline() or "{}")
-    try:
-        started = time.perf_counter_ns()
-        factory = engine_for(load["format"])
-        engine = factory(Path(load["folder"]), LoadOptions.from_dict(load.get("options", {})))
-        loaded = time.perf_counter_ns() - started
-    except Exception as exc:  # reported to the server, which maps it
-        _write(out, {"type": "load_error", **_describe(exc)})
-        return
-    memory = engine.memory_bytes()
-    vram = memory if getattr(engine, "on_gpu", False) else 0
-    concurrency = int(getattr(engine, "max_concurrency", 1))
-    _write(out, {"type": "ready", "memory": memory, "vram": vram, "load_duration": loaded,
-                 "concurrency": concurrency})  # fmt: skip
-    _serve(engine, out)
-
-
-def _link_files(files: dict[str, Path], folder: Path) -> Path:
+def link_files(files: dict[str, Path], folder: Path) -> Path:
     """A folder with the model's files under their relative names, as engines expect."""
     for name, target in files.items():
         link = folder / name
@@ -308,141 +260,128 @@ def _link_files(files: dict[str, Path], folder: Path) -> Path:
     return folder
 
 
-def _serve(engine: Any, out: IO[str]) -> None:
-    work: queue.Queue[dict[str, Any]] = queue.Queue()
+# --- child side -----------------------------------------------------------------------
+
+
+def main() -> None:
+    # The protocol owns the real stdout; anything a library prints goes to stderr.
+    out = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    line = sys.stdin.buffer.readline()
+    if not line:
+        return
+    _, load = protocol.decode(line)
+    if not isinstance(load, Load):
+        raise ProtocolError(f"a runner's first line loads a model, not {type(load).__name__}")
+    try:
+        started = time.perf_counter_ns()
+        engine = engine_for(load.format)(load.folder, load.options)
+        loaded = time.perf_counter_ns() - started
+    except Exception as exc:  # reported to the server, which maps it
+        failure = _failure(exc)
+        _write(out, protocol.encode(LoadError(failure.status, failure.message)))
+        return
+    memory = engine.memory_bytes()
+    vram = memory if getattr(engine, "on_gpu", False) else 0
+    concurrency = int(getattr(engine, "max_concurrency", 1))
+    _write(out, protocol.encode(Ready(memory, loaded, vram, concurrency)))
+    _serve(engine, out)
+
+
+def _serve(engine: Any, out: IO[bytes]) -> None:
+    work: queue.Queue[tuple[int, Request]] = queue.Queue()
     cancelled: set[int] = set()
     finished: set[int] = set()  # drawings asked to stop early and keep their picture
 
     def read_stdin() -> None:
-        for line in sys.stdin:
-            message = json.loads(line)
-            if message["op"] == "cancel":
-                cancelled.add(message["id"])
-            elif message["op"] == "finish":
-                finished.add(message["id"])
+        for line in sys.stdin.buffer:
+            request_id, message = protocol.decode(line)
+            if isinstance(message, Cancel):
+                cancelled.add(request_id)
+            elif isinstance(message, Finish):
+                finished.add(request_id)
+            elif isinstance(message, Chat | Draw | Train):
+                work.put((request_id, message))
             else:
-                work.put(message)
+                print(f"runner: {type(message).__name__} is no request", file=sys.stderr)
+                os._exit(2)
         os._exit(0)  # the server closed our stdin: exit now, even mid-generation
 
     threading.Thread(target=read_stdin, daemon=True).start()
 
-    def run(request: dict[str, Any]) -> None:
-        rid: int = request["id"]
-        is_cancelled = functools.partial(set.__contains__, cancelled, rid)
-        _run(engine, request, is_cancelled, functools.partial(set.__contains__, finished, rid), out)
-        cancelled.discard(rid)
-        finished.discard(rid)
+    def run(request_id: int, request: Request) -> None:
+        stop = functools.partial(set.__contains__, cancelled, request_id)
+        finish = functools.partial(set.__contains__, finished, request_id)
+        for reply in replies(engine, request, stop, finish):
+            _write(out, protocol.encode(reply, request_id))
+        cancelled.discard(request_id)
+        finished.discard(request_id)
 
     while True:
-        request = work.get()
+        request_id, request = work.get()
         if getattr(engine, "concurrent", False):  # it batches requests itself (vLLM)
-            threading.Thread(target=run, args=(request,), daemon=True).start()
+            threading.Thread(target=run, args=(request_id, request), daemon=True).start()
         else:
-            run(request)
+            run(request_id, request)
 
 
-def _run(
+def replies(
     engine: Any,
-    request: dict[str, Any],
-    is_cancelled: Callable[[], bool],
-    finish: Callable[[], bool],
-    out: IO[str],
-) -> None:
-    rid = request["id"]
+    request: Request,
+    cancelled: Callable[[], bool],
+    finish: Callable[[], bool] = lambda: False,
+) -> Iterator[Reply]:
+    """The replies to one request, up to its last: every kind of runner sends these."""
     try:
-        for step in _steps(engine, request, is_cancelled, finish):
-            if is_cancelled():
+        for step in _steps(engine, request, cancelled, finish):
+            if cancelled():
                 break
-            reply = _encode(step)
-            if reply is not None:
-                _write(out, {**reply, "id": rid})
-            if isinstance(step, Done | ImageResult | TrainDone):
+            if type(step) is Piece and not step.text:
+                continue  # a multi-byte character still pending
+            yield step
+            if isinstance(step, LAST):
                 return
-        _write(out, {"type": "error", "id": rid, "status": 499, "message": "request canceled"})
+        yield Error(499, "request canceled")
     except Exception as exc:  # one bad request must not stop the runner
-        _write(out, {"type": "error", "id": rid, **_describe(exc)})
+        yield _failure(exc)
 
 
 def _steps(
-    engine: Any,
-    request: dict[str, Any],
-    is_cancelled: Callable[[], bool],
-    finish: Callable[[], bool],
+    engine: Any, request: Request, cancelled: Callable[[], bool], finish: Callable[[], bool]
 ) -> Iterator[Any]:
-    if request["op"] == "train":
-        return _training(engine, request, is_cancelled)
-    if request["op"] == "image":
+    if isinstance(request, Train):
+        return _training(engine, request, cancelled)
+    if isinstance(request, Draw):
         if not hasattr(engine, "generate_image"):
             raise InvalidRequest("this model does not draw pictures; it answers questions")
-        fields = dict(request["request"])
-        for key in ("image", "mask"):
-            fields[key] = base64.b64decode(fields[key]) if fields.get(key) else None
-        fields["style_images"] = [base64.b64decode(i) for i in fields.get("style_images") or []]
-        return iter(engine.generate_image(ImageRequest(**fields), is_cancelled, finish))
+        return iter(engine.generate_image(request.request, cancelled, finish))
     if not hasattr(engine, "chat"):
         raise InvalidRequest("this model draws pictures; it does not chat")
-    messages = [
-        Message(
-            role=m["role"],
-            content=m.get("content") or "",
-            images=[base64.b64decode(i) for i in m.get("images") or []],
-        )
-        for m in request["messages"]
-    ]
-    return iter(engine.chat(messages, Options.from_dict(request.get("options", {})), is_cancelled))
+    return iter(engine.chat(request.messages, request.options, cancelled))
 
 
-def _training(
-    engine: Any, request: dict[str, Any], is_cancelled: Callable[[], bool]
-) -> Iterator[Any]:
+def _training(engine: Any, request: Train, cancelled: Callable[[], bool]) -> Iterator[Any]:
     if not hasattr(engine, "train"):
         raise InvalidRequest("this runner holds a model loaded to serve, not to train")
-    settings = TrainRequest(**request["request"])
-    files = read_uploaded({name: Path(path) for name, path in request["files"].items()})
-    dataset = examples(files, settings.instance_prompt, request.get("captions"))
-    return iter(engine.train(dataset, settings, Path(request["output"]), is_cancelled))
+    settings = request.request
+    dataset = examples(read_uploaded(request.files), settings.instance_prompt, request.captions)
+    return iter(engine.train(dataset, settings, request.output, cancelled))
 
 
-def _encode(step: Any) -> dict[str, Any] | None:
-    if isinstance(step, Piece):
-        return {"type": "piece", "text": step.text} if step.text else None
-    if isinstance(step, Done):
-        return {"type": "done", **asdict(step)}
-    if isinstance(step, Progress):
-        preview = base64.b64encode(step.preview).decode() if step.preview else None
-        return {"type": "progress", "completed": step.completed, "total": step.total,
-                "preview": preview}  # fmt: skip
-    if isinstance(step, TrainProgress):
-        return {"type": "train_progress", **asdict(step)}
-    if isinstance(step, TrainCheckpoint):
-        return {"type": "checkpoint", "step": step.step, "path": str(step.path)}
-    if isinstance(step, TrainValidation):
-        return {
-            "type": "validation",
-            "step": step.step,
-            "image": base64.b64encode(step.png).decode(),
-        }
-    if isinstance(step, TrainDone):
-        return {"type": "trained", **asdict(step), "path": str(step.path)}
-    png = base64.b64encode(step.png).decode()
-    return {"type": "image", "image": png, "parameters": step.parameters}
-
-
-def _describe(exc: Exception) -> dict[str, Any]:
+def _failure(exc: Exception) -> Error:
     if isinstance(exc, LimnerError):
-        return {"status": exc.status, "message": without_paths(exc.message)}
+        return Error(exc.status, without_paths(exc.message))
     print(f"runner error: {exc!r}", file=sys.stderr)
-    message = f"the model failed: {type(exc).__name__}: {exc}"
-    return {"status": 500, "message": without_paths(message)}
+    return Error(500, without_paths(f"the model failed: {type(exc).__name__}: {exc}"))
 
 
 _WRITING = threading.Lock()  # concurrent engines answer from several threads
 
 
-def _write(out: IO[str], message: dict[str, Any]) -> None:
-    line = json.dumps(message) + "\n"
-    with _WRITING:
+def _write(out: IO[bytes], line: bytes) -> None:
+    with _WRITING:  # buffered, so a long line is written whole; one flush, one write call
         out.write(line)
+        out.flush()
 
 
 if __name__ == "__main__":

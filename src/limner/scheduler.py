@@ -45,8 +45,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from limner.engines import ChatStep, ImageRequest, ImageStep, LoadOptions, Message, Options
+from limner.engines.training import TrainStep
 from limner.errors import InsufficientMemory, RunnerFailed, ServerBusy
 from limner.names import ModelName
+from limner.protocol import Train
 from limner.runner import Placement, RunnerProcess
 from limner.store.described import GGUF, Capability, Described, describe
 from limner.store.manifests import TEMPLATE
@@ -56,29 +59,31 @@ log = logging.getLogger("limner.scheduler")
 
 
 class Runner(Protocol):
+    """A loaded model the scheduler hands out: a runner process (runner.RunnerProcess) or a
+    cluster's replicas (cluster.RayRunner). Both yield the engine's typed steps."""
+
     memory: int
     vram: int
     load_duration: int
+    concurrency: int
 
     @property
     def alive(self) -> bool: ...
 
-    def chat(
-        self, messages: list[dict[str, Any]], options: dict[str, Any]
-    ) -> AsyncIterator[dict[str, Any]]: ...
+    def chat(self, messages: list[Message], options: Options) -> AsyncIterator[ChatStep]: ...
 
     def generate_image(
-        self, request: dict[str, Any], finish: asyncio.Event | None = None
-    ) -> AsyncIterator[dict[str, Any]]: ...
+        self, request: ImageRequest, finish: asyncio.Event | None = None
+    ) -> AsyncIterator[ImageStep]: ...
 
-    def train(self, job: dict[str, Any]) -> AsyncIterator[dict[str, Any]]: ...
+    def train(self, job: Train) -> AsyncIterator[TrainStep]: ...
 
     async def stop(self, grace: float = 5.0) -> None: ...
 
     def kill_now(self) -> None: ...
 
 
-StartRunner = Callable[[str, dict[str, Path], dict[str, Any], float, Placement], Awaitable[Runner]]
+StartRunner = Callable[[str, dict[str, Path], LoadOptions, float, Placement], Awaitable[Runner]]
 
 
 @dataclass(eq=False)  # one object per runner: equal only to itself, so it can be in a set
@@ -348,7 +353,11 @@ class Scheduler:
                      f", {plan.window}-token window" if plan.window else "")  # fmt: skip
             placement = Placement(loading.name.display(), plan.need)
             runner = await self.start_runner(
-                loading.described.format, plan.files, plan.params, self.load_timeout, placement
+                loading.described.format,
+                plan.files,
+                LoadOptions.from_dict(plan.params),
+                self.load_timeout,
+                placement,
             )
         except BaseException as exc:
             del self.loading[loading.key]
@@ -361,7 +370,7 @@ class Scheduler:
             return
         self.loads += 1
         # A runner takes one request at a time; a cluster's model takes one per replica.
-        slot = asyncio.Semaphore(getattr(runner, "concurrency", 1))
+        slot = asyncio.Semaphore(runner.concurrency)
         model = Loaded(
             runner=runner,
             keep_alive=self.keep_alive if keep_alive is None else keep_alive,

@@ -22,7 +22,7 @@ CRASHED = "the model's runner stopped unexpectedly"
 
 def runner_pid(server: Any) -> int:
     (model,) = server.scheduler.loaded.values()
-    pid: int = model.runner.process.pid
+    pid: int = model.runner.pid
     return pid
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import dataclasses
 import io
 import json
 import random
@@ -27,10 +28,12 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 from PIL import Image, PngImagePlugin
 
+from limner.engines import ImageRequest, Progress
 from limner.errors import InvalidImage, InvalidRequest, LimnerError, ModelNotFound, without_paths
 from limner.names import ModelName
 from limner.server import images, masks, pictures
 from limner.server.state import State, parse_body
+from limner.store.described import Capability, Described, capabilities, describe, stored_config
 from limner.store.manifests import ADAPTER
 from limner.store.store import Entry
 from limner.types import A1111Img2ImgRequest, A1111Txt2ImgRequest, GenerateRequest
@@ -158,7 +161,7 @@ class _Prepared:
 async def _draw(request: Request, body: A1111Txt2ImgRequest, init: Image.Image | None) -> Response:
     state, session = _state(request), _session(request)
     _refuse_unsupported(body)
-    name, entry = _model(state, session, body.override_settings)
+    model = _model(state, session, body.override_settings)
     prompt, loras = _lora_tags(body.prompt)
     scheduler = _scheduler(body.sampler_name or body.sampler_index, body.scheduler)
     prepared = _prepare(body, init) if isinstance(body, A1111Img2ImgRequest) else None
@@ -166,8 +169,8 @@ async def _draw(request: Request, body: A1111Txt2ImgRequest, init: Image.Image |
     if body.batch_size < 1 or body.n_iter < 1 or count > MAX_PICTURES:
         raise InvalidRequest(f"batch_size x n_iter must be between 1 and {MAX_PICTURES}")
     seed = body.seed if body.seed >= 0 else random.SystemRandom().randrange(2**32)
-    native = _native(body, name, prompt, loras, scheduler, seed, prepared, session)
-    checked = images.check(native, state.store.config(entry.manifest))
+    native = _native(body, model.name, prompt, loras, scheduler, seed, prepared, session)
+    checked = images.check(native, model.config)
     job = Job(
         body.force_task_id or f"task({secrets.token_hex(8)})",
         "img2img" if prepared else "txt2img",
@@ -176,12 +179,12 @@ async def _draw(request: Request, body: A1111Txt2ImgRequest, init: Image.Image |
     )
     session.start(job)
     try:
-        drawn = await _pictures(state, name, checked, job, seed)
+        drawn = await _pictures(state, model, checked, job, seed)
     finally:
         job.done = True
     results = [_finish(png, prepared) for png, _ in drawn]
     parameters = [each for _, each in drawn]
-    info = _info(body, entry, name, parameters, job, prepared is not None)
+    info = _info(body, model, parameters, job, prepared is not None)
     info["infotexts"] = [_infotext(png) for png, _ in drawn]
     return JSONResponse(
         {
@@ -217,23 +220,20 @@ def _refuse_unsupported(body: A1111Txt2ImgRequest) -> None:
         raise InvalidRequest(f"limner does not support {', '.join(named)}; leave it out")
 
 
-def _model(
-    state: State, session: Session, overrides: dict[str, Any] | None
-) -> tuple[ModelName, Entry]:
+def _model(state: State, session: Session, overrides: dict[str, Any] | None) -> Described:
     """The request's sd_model_checkpoint, else the one set in the options, else the first
     drawing model in the store. A1111 titles ("name [hash]") work as well as names."""
     chosen = (overrides or {}).get("sd_model_checkpoint") or session.options["sd_model_checkpoint"]
     if chosen:
-        name = state.store.resolve(_title_to_name(str(chosen)))
-        entry = state.store.entry(name)
-        if not _draws(state, entry):
+        model = describe(state.store, state.store.resolve(_title_to_name(str(chosen))))
+        if not model.draws:
             raise InvalidRequest(
                 f"{chosen!r} does not draw pictures; pick a Stable Diffusion model"
             )
-        return name, entry
+        return model
     for entry in state.store.entries():
         if _draws(state, entry):
-            return entry.name, entry
+            return describe(state.store, entry.name)
     raise ModelNotFound("no drawing model is installed; create or pull a Stable Diffusion model")
 
 
@@ -242,7 +242,7 @@ def _title_to_name(title: str) -> str:
 
 
 def _draws(state: State, entry: Entry) -> bool:
-    return "image" in state.store.config(entry.manifest).get("capabilities", [])
+    return Capability.IMAGE in capabilities(stored_config(state.store, entry.manifest))
 
 
 def _lora_tags(prompt: str) -> tuple[str, dict[str, float]]:
@@ -357,14 +357,14 @@ def _png(picture: Image.Image) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-def _denoising_steps(checked: dict[str, Any]) -> int:
-    if checked["image"] is None:
-        return int(checked["steps"])
-    return max(1, int(checked["steps"] * checked["strength"]))
+def _denoising_steps(checked: ImageRequest) -> int:
+    if checked.image is None:
+        return checked.steps
+    return max(1, int(checked.steps * checked.strength))
 
 
 async def _pictures(
-    state: State, name: ModelName, checked: dict[str, Any], job: Job, seed: int
+    state: State, model: Described, checked: ImageRequest, job: Job, seed: int
 ) -> list[tuple[str, dict[str, Any]]]:
     """Each picture of the batch in turn (seeds seed, seed+1, ...), as PNG and parameters.
     An interrupt keeps the picture being drawn, as far as it got, and draws no more."""
@@ -373,13 +373,14 @@ async def _pictures(
         if job.interrupted:
             break
         job.picture, job.step, job.finish = number, 0, asyncio.Event()
-        request = {**checked, "seed": seed + number}
-        async for step in images.draw(state, name, request, None, job.finish):
-            if step["type"] == "progress":
-                job.step, job.steps = step["completed"], step["total"]
-                job.preview = step.get("preview") or job.preview
+        request = dataclasses.replace(checked, seed=seed + number)
+        async for step in images.draw(state, model, request, None, job.finish):
+            if isinstance(step, Progress):
+                job.step, job.steps = step.completed, step.total
+                if step.preview:
+                    job.preview = images.base64_png(step.preview)
             else:
-                drawn.append((step["image"], step["parameters"]))
+                drawn.append((images.base64_png(step.result.png), step.result.parameters))
     return drawn
 
 
@@ -416,8 +417,7 @@ def _echo(body: A1111Txt2ImgRequest) -> dict[str, Any]:
 
 def _info(
     body: A1111Txt2ImgRequest,
-    entry: Entry,
-    name: ModelName,
+    model: Described,
     parameters: list[dict[str, Any]],
     job: Job,
     img2img: bool,
@@ -439,7 +439,8 @@ def _info(
         "sampler_name": sampler, "cfg_scale": first.get("guidance_scale", body.cfg_scale),
         "steps": first.get("steps", body.steps), "batch_size": body.batch_size,
         "restore_faces": False, "face_restoration_model": None,
-        "sd_model_name": _short(name), "sd_model_hash": entry.digest.removeprefix("sha256:")[:10],
+        "sd_model_name": _short(model.name),
+        "sd_model_hash": model.digest.removeprefix("sha256:")[:10],
         "sd_vae_name": None, "sd_vae_hash": None,
         "seed_resize_from_w": body.seed_resize_from_w, "seed_resize_from_h": body.seed_resize_from_h,
         "denoising_strength": body.denoising_strength if img2img else None,
@@ -477,8 +478,8 @@ async def sd_models(request: Request) -> Response:
     return JSONResponse(listed)
 
 
-def _title(entry: Entry) -> str:
-    return f"{_short(entry.name)} [{entry.digest.removeprefix('sha256:')[:10]}]"
+def _title(model: Entry | Described) -> str:
+    return f"{_short(model.name)} [{model.digest.removeprefix('sha256:')[:10]}]"
 
 
 def _short(name: ModelName) -> str:
@@ -530,9 +531,9 @@ async def get_options(request: Request) -> Response:
     state, session = _state(request), _session(request)
     options = dict(session.options)
     try:
-        _, entry = _model(state, session, None)
-        options["sd_model_checkpoint"] = _title(entry)
-        options["sd_checkpoint_hash"] = entry.digest.removeprefix("sha256:")
+        model = _model(state, session, None)
+        options["sd_model_checkpoint"] = _title(model)
+        options["sd_checkpoint_hash"] = model.digest.removeprefix("sha256:")
     except LimnerError:
         options["sd_model_checkpoint"] = None  # nothing installed that draws
     return JSONResponse(options)
@@ -549,10 +550,10 @@ async def set_options(request: Request) -> Response:
         state, session = _state(request), _session(request)
         known = {key: value for key, value in data.items() if key in session.options}
         if known.get("sd_model_checkpoint"):
-            name, _ = _model(state, session, {"sd_model_checkpoint": known["sd_model_checkpoint"]})
-            async with state.scheduler.lease(name, None, 0):
+            model = _model(state, session, {"sd_model_checkpoint": known["sd_model_checkpoint"]})
+            async with state.scheduler.lease(model, None, 0):
                 pass  # loaded, and kept for the usual keep-alive
-            known["sd_model_checkpoint"] = _short(name)
+            known["sd_model_checkpoint"] = _short(model.name)
         every = known.get("show_progress_every_n_steps", 0)
         if not isinstance(every, int) or isinstance(every, bool) or not -1 <= every <= 150:
             raise InvalidRequest("show_progress_every_n_steps must be an integer from -1 to 150")

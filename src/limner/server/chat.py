@@ -8,10 +8,12 @@ re-encoded as Ollama's chunks.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,13 +21,13 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from limner import config
-from limner.engines import check_parameters
+from limner.engines import Done, Message, Piece, check_parameters
 from limner.errors import InvalidRequest
 from limner.names import ModelName
 from limner.server import images, pictures
 from limner.server.state import State, parse_body
 from limner.server.streaming import respond
-from limner.store import manifests as m
+from limner.store.described import Described, describe
 from limner.types import ChatRequest, GenerateRequest
 
 log = logging.getLogger("limner.chat")
@@ -48,16 +50,16 @@ async def chat(request: Request) -> Response:
 async def chat_chunks(state: State, body: ChatRequest) -> AsyncIterator[dict[str, Any]]:
     """A chat with at least one message as Ollama's chunks; every check is done before the
     first chunk, so that a caller can still answer an error with its HTTP status."""
-    name = _stored_name(state, body.model)
+    model = describe(state.store, _stored_name(state, body.model))
     pictures.check_count(sum(len(msg.images or []) for msg in body.messages or []))
     messages = [
         _wire_message(msg.model_dump(), f"message {i}")
         for i, msg in enumerate(body.messages or [], 1)
     ]
     keep_alive = _keep_alive(body.keep_alive)
-    if _draws(_model_config(state, name)):
+    if model.draws:
         raise InvalidRequest(f"'{body.model}' draws pictures; send its prompt to /api/generate")
-    steps = _run(state, name, messages, body.options, body.format, keep_alive, replace_system=None)
+    steps = _run(state, model, messages, body.options, body.format, keep_alive, replace_system=None)
     async for chunk in _chunks(body.model, steps, _chat_text):
         yield chunk
 
@@ -73,16 +75,16 @@ async def generate(request: Request) -> Response:
     keep_alive = _keep_alive(body.keep_alive)
     if not body.prompt and not body.images:
         return await _load_or_unload(state, name, keep_alive, chat=False)
-    model_config = _model_config(state, name)
-    if _draws(model_config):
-        drawing = images.check(body, model_config)
-        lines = images.chunks(body.model, images.draw(state, name, drawing, keep_alive), now)
+    model = describe(state.store, name)
+    if model.draws:
+        drawing = images.check(body, model.config)
+        lines = images.chunks(body.model, images.draw(state, model, drawing, keep_alive), now)
         return await respond(lines, body.stream is not False)
     message = _wire_message(
         {"role": "user", "content": body.prompt, "images": body.images}, "prompt"
     )
     steps = _run(
-        state, name, [message], body.options, body.format, keep_alive, replace_system=body.system
+        state, model, [message], body.options, body.format, keep_alive, replace_system=body.system
     )
     return await respond(
         _chunks(body.model, steps, _generate_text), body.stream is not False, _aggregate_generate
@@ -96,14 +98,6 @@ def _stored_name(state: State, text: str) -> ModelName:
     return state.store.resolve(text)
 
 
-def _model_config(state: State, name: ModelName) -> dict[str, Any]:
-    return state.store.config(state.store.entry(name).manifest)
-
-
-def _draws(model_config: dict[str, Any]) -> bool:
-    return "image" in model_config.get("capabilities", [])
-
-
 def _keep_alive(value: float | str | None) -> float | None:
     if value is None:
         return None
@@ -115,16 +109,12 @@ def _keep_alive(value: float | str | None) -> float | None:
         raise InvalidRequest(f"invalid keep_alive: {exc.message}") from None
 
 
-def _wire_message(message: dict[str, Any], label: str) -> dict[str, Any]:
+def _wire_message(message: dict[str, Any], label: str) -> Message:
     """A message for the runner: role lower-cased, pictures decoded and checked."""
     images = pictures.decode_base64(message.get("images") or [], label)
     for number, data in enumerate(images, 1):
         pictures.check(data, f"{label} picture {number}")
-    return {
-        "role": message["role"].lower(),
-        "content": message.get("content") or "",
-        "images": message.get("images") or [],
-    }
+    return Message(message["role"].lower(), message.get("content") or "", images)
 
 
 async def _load_or_unload(
@@ -155,35 +145,43 @@ async def _once(item: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
     yield item
 
 
+@dataclass(frozen=True)
+class Finished:
+    """The end of a chat: the engine's Done, and the server's own durations (ns)."""
+
+    done: Done
+    load_duration: int
+    total_duration: int
+
+
 async def _run(
     state: State,
-    name: ModelName,
-    messages: list[dict[str, Any]],
+    model: Described,
+    messages: list[Message],
     request_options: dict[str, Any] | None,
     format_: Any,
     keep_alive: float | None,
     replace_system: str | None,
-) -> AsyncIterator[dict[str, Any]]:
-    """Yield the runner's `piece` and `done` messages, the done one with durations added."""
+) -> AsyncIterator[Piece | Finished]:
+    """The runner's pieces, then the end of the answer with the durations added."""
     started = time.perf_counter_ns()
-    manifest = state.store.entry(name).manifest
-    options = {**(state.store.json_layer(manifest, m.PARAMS) or {}), **(request_options or {})}
-    options["format"] = _format(format_)
-    num_ctx = check_parameters(options).num_ctx  # 400 on a badly typed option, before loading
-    messages = _with_model_context(state, manifest, messages, replace_system)
-    async with state.scheduler.lease(name, keep_alive, num_ctx=num_ctx) as model:
-        if not num_ctx and model.context_length:  # the window the scheduler chose
-            options["num_ctx"] = model.context_length
-        load_duration = model.runner.load_duration if model.fresh else 0
-        async for step in model.runner.chat(messages, options):
-            if step["type"] == "done":
-                if step.get("truncated"):
-                    log.info("%s: dropped %d oldest message(s) with %d picture(s) to fit the "
-                             "%d-token window", name.display(), step["truncated"]["messages"],
-                             step["truncated"]["images"], model.context_length)  # fmt: skip
-                step["load_duration"] = load_duration
-                step["total_duration"] = time.perf_counter_ns() - started
-            yield step
+    merged = {**model.parameters, **(request_options or {}), "format": _format(format_)}
+    options = check_parameters(merged)  # 400 on a badly typed option, before loading
+    messages = _with_model_context(model, messages, replace_system)
+    num_ctx = options.num_ctx
+    async with state.scheduler.lease(model, keep_alive, num_ctx=num_ctx) as loaded:
+        if not num_ctx and loaded.context_length:  # the window the scheduler chose
+            options = dataclasses.replace(options, num_ctx=loaded.context_length)
+        load_duration = loaded.runner.load_duration if loaded.fresh else 0
+        async for step in loaded.runner.chat(messages, options):
+            if isinstance(step, Piece):
+                yield step
+                continue
+            if step.truncated:
+                log.info("%s: dropped %d oldest message(s) with %d picture(s) to fit the "
+                         "%d-token window", model.name.display(), step.truncated["messages"],
+                         step.truncated["images"], loaded.context_length)  # fmt: skip
+            yield Finished(step, load_duration, time.perf_counter_ns() - started)
 
 
 def _format(value: Any) -> str:
@@ -197,23 +195,32 @@ def _format(value: Any) -> str:
 
 
 def _with_model_context(
-    state: State, manifest: m.Manifest, messages: list[dict[str, Any]], replace_system: str | None
-) -> list[dict[str, Any]]:
-    stored = state.store.json_layer(manifest, m.MESSAGES) or []
-    system = replace_system if replace_system is not None else state.store.text(manifest, m.SYSTEM)
-    history = [{"role": s["role"], "content": s.get("content", ""), "images": []} for s in stored]
-    if system and not (messages and messages[0]["role"] == "system"):
-        history.insert(0, {"role": "system", "content": system, "images": []})
+    model: Described, messages: list[Message], replace_system: str | None
+) -> list[Message]:
+    """The model's stored messages and system prompt before the request's own."""
+    history = [Message(s["role"], s.get("content", "")) for s in model.messages]
+    system = replace_system if replace_system is not None else model.system
+    if system and not (messages and messages[0].role == "system"):
+        history.insert(0, Message("system", system))
     return history + messages
 
 
-def _metrics(step: dict[str, Any]) -> dict[str, Any]:
-    keys = ("total_duration", "load_duration", "prompt_eval_count", "prompt_eval_duration",
-            "eval_count", "eval_duration", "image_tokens")  # fmt: skip
-    metrics = {"done_reason": step["done_reason"], **{k: step[k] for k in keys}}
-    for extra in ("truncated", "prompt_cached_count"):  # only when they say something
-        if step.get(extra):
-            metrics[extra] = step[extra]
+def _metrics(finished: Finished) -> dict[str, Any]:
+    done = finished.done
+    metrics = {
+        "done_reason": done.done_reason,
+        "total_duration": finished.total_duration,
+        "load_duration": finished.load_duration,
+        "prompt_eval_count": done.prompt_eval_count,
+        "prompt_eval_duration": done.prompt_eval_duration,
+        "eval_count": done.eval_count,
+        "eval_duration": done.eval_duration,
+        "image_tokens": done.image_tokens,
+    }
+    if done.truncated:  # only when they say something
+        metrics["truncated"] = done.truncated
+    if done.prompt_cached_count:
+        metrics["prompt_cached_count"] = done.prompt_cached_count
     return metrics
 
 
@@ -226,13 +233,13 @@ def _generate_text(text: str) -> dict[str, Any]:
 
 
 async def _chunks(
-    model: str, steps: AsyncIterator[dict[str, Any]], text: Callable[[str], dict[str, Any]]
+    model: str, steps: AsyncIterator[Piece | Finished], text: Callable[[str], dict[str, Any]]
 ) -> AsyncIterator[dict[str, Any]]:
     """Runner steps as Ollama's chunks; the last one carries the reason and the metrics."""
     async for step in steps:
         chunk: dict[str, Any] = {"model": model, "created_at": now()}
-        if step["type"] == "piece":
-            yield {**chunk, **text(step["text"]), "done": False}
+        if isinstance(step, Piece):
+            yield {**chunk, **text(step.text), "done": False}
         else:
             yield {**chunk, **text(""), "done": True, **_metrics(step)}
 

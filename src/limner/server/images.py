@@ -10,21 +10,24 @@ request costs nothing and always gets a 400 that says what to fix.
 from __future__ import annotations
 
 import asyncio
+import base64
+import dataclasses
 import io
 import math
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image
 
 from limner import config
-from limner.engines import SCHEDULERS
+from limner.engines import SCHEDULERS, ImageRequest, ImageResult, Progress
 from limner.errors import InvalidRequest, TooLarge
-from limner.names import ModelName
 from limner.server import pictures
 from limner.server.state import State
 from limner.store import Store
+from limner.store.described import Described
 from limner.store.manifests import ADAPTER
 from limner.types import GenerateRequest
 
@@ -34,15 +37,16 @@ MAX_SIDE = 4096  # Ollama's "width and height must be <= 4096"
 MAX_LORA_WEIGHT = 10.0  # A1111 accepts any; far past 2 a LoRA only breaks the picture
 
 
-def check(body: GenerateRequest, model_config: dict[str, Any]) -> dict[str, Any]:
-    """The engine's ImageRequest fields (pictures still base64), or InvalidRequest."""
+def check(body: GenerateRequest, model_config: dict[str, Any]) -> ImageRequest:
+    """The engine's request, its pictures decoded, or InvalidRequest."""
     images = body.images or []
     pictures.check_count(len(images) + len(body.style_images or []) + (body.mask is not None))
     if len(images) > 1:
         raise InvalidRequest(
             "send one init picture in images; reference pictures go in style_images"
         )
-    init = _picture(images[0], "init picture (images[0])") if images else None
+    init_bytes = _decoded(images[0], "init picture (images[0])") if images else None
+    init = _opened(init_bytes) if init_bytes else None
     steps = body.steps or DEFAULT_STEPS
     if not 1 <= steps <= 150:
         raise InvalidRequest(f"steps must be between 1 and 150, got {steps}")
@@ -55,9 +59,11 @@ def check(body: GenerateRequest, model_config: dict[str, Any]) -> dict[str, Any]
             f"steps x strength = {steps} x {strength} rounds to 0 denoising steps; "
             "raise steps or strength"
         )
-    _check_mask(body.mask, init)
-    for number, encoded in enumerate(body.style_images or [], 1):
-        _picture(encoded, f"style picture {number}")
+    mask = _checked_mask(body.mask, init)
+    styles = [
+        _decoded(encoded, f"style picture {number}")
+        for number, encoded in enumerate(body.style_images or [], 1)
+    ]
     style_strength = 0.6 if body.style_strength is None else body.style_strength
     if not 0 <= style_strength <= 1:
         raise InvalidRequest(f"style_strength must be between 0 and 1, got {style_strength}")
@@ -81,19 +87,22 @@ def check(body: GenerateRequest, model_config: dict[str, Any]) -> dict[str, Any]
                 f"the weight of LoRA {lora!r} must be between -{MAX_LORA_WEIGHT} and "
                 f"{MAX_LORA_WEIGHT}, got {weight}"
             )
-    return {
-        "prompt": body.prompt or "", "negative_prompt": body.negative_prompt or "",
-        "width": width, "height": height, "steps": steps, "guidance_scale": body.guidance_scale,
-        "seed": seed, "scheduler": scheduler, "strength": strength,
-        "image": images[0] if images else None, "mask": body.mask,
-        "style_images": body.style_images or [], "style_strength": style_strength,
-        "loras": body.loras or {}, "preview_every": preview_every,
-    }  # fmt: skip
+    return ImageRequest(
+        prompt=body.prompt or "", negative_prompt=body.negative_prompt or "",
+        width=width, height=height, steps=steps, guidance_scale=body.guidance_scale,
+        seed=seed, scheduler=scheduler, strength=strength, image=init_bytes, mask=mask,
+        style_images=styles, style_strength=style_strength, loras=dict(body.loras or {}),
+        preview_every=preview_every,
+    )  # fmt: skip
 
 
-def _picture(encoded: str, label: str) -> Image.Image:
+def _decoded(encoded: str, label: str) -> bytes:
     [data] = pictures.decode_base64([encoded], label)
     pictures.check(data, label)
+    return data
+
+
+def _opened(data: bytes) -> Image.Image:
     return Image.open(io.BytesIO(data))
 
 
@@ -118,17 +127,19 @@ def _size(
     return width, height
 
 
-def _check_mask(encoded: str | None, init: Image.Image | None) -> None:
+def _checked_mask(encoded: str | None, init: Image.Image | None) -> bytes | None:
     if encoded is None:
-        return
+        return None
     if init is None:
         raise InvalidRequest("a mask needs the picture to repaint in images[0]")
-    mask = _picture(encoded, "mask")
+    data = _decoded(encoded, "mask")
+    mask = _opened(data)
     if mask.size != init.size:
         raise InvalidRequest(
             f"the mask is {mask.width}x{mask.height} but the picture is {init.width}x{init.height}; "
             "send a mask the size of the picture (white = repaint, black = keep)"
         )
+    return data
 
 
 def activation_bytes(width: int, height: int) -> int:
@@ -153,48 +164,61 @@ def lora_files(store: Store, loras: dict[str, float]) -> dict[str, float]:
     return files
 
 
+@dataclass(frozen=True)
+class Drawn:
+    """A finished picture, and the server's own durations (ns)."""
+
+    result: ImageResult
+    load_duration: int
+    total_duration: int
+
+
 async def draw(
     state: State,
-    name: ModelName,
-    request: dict[str, Any],
+    model: Described,
+    request: ImageRequest,
     keep_alive: float | None,
     finish: asyncio.Event | None = None,
-) -> AsyncIterator[dict[str, Any]]:
-    """The runner's `progress` and `image` messages, the last with durations added.
+) -> AsyncIterator[Progress | Drawn]:
+    """The runner's progress, then the picture with durations added.
     Setting `finish` ends the drawing early with the picture so far (A1111's interrupt)."""
     started = time.perf_counter_ns()
-    entry = state.store.entry(name)
-    loras = request.get("loras") or {}
-    metadata = {"model": name.display(), "digest": entry.digest}
-    if loras:
-        metadata["loras"] = ", ".join(f"{lora}:{weight:g}" for lora, weight in loras.items())
-    request = {**request, "loras": lora_files(state.store, loras), "metadata": metadata}
-    work = activation_bytes(request["width"], request["height"])
-    async with state.scheduler.lease(name, keep_alive, work) as model:
-        load_duration = model.runner.load_duration if model.fresh else 0
-        async for step in model.runner.generate_image(request, finish):
-            if step["type"] == "image":
-                step["load_duration"] = load_duration
-                step["total_duration"] = time.perf_counter_ns() - started
-            yield step
+    metadata = {"model": model.name.display(), "digest": model.digest}
+    if request.loras:
+        metadata["loras"] = ", ".join(f"{name}:{w:g}" for name, w in request.loras.items())
+    request = dataclasses.replace(
+        request, loras=lora_files(state.store, request.loras), metadata=metadata
+    )
+    work = activation_bytes(request.width, request.height)
+    async with state.scheduler.lease(model, keep_alive, work) as loaded:
+        load_duration = loaded.runner.load_duration if loaded.fresh else 0
+        async for step in loaded.runner.generate_image(request, finish):
+            if isinstance(step, Progress):
+                yield step
+            else:
+                yield Drawn(step, load_duration, time.perf_counter_ns() - started)
+
+
+def base64_png(data: bytes) -> str:
+    return base64.b64encode(data).decode()
 
 
 async def chunks(
-    model: str, steps: AsyncIterator[dict[str, Any]], now: Any
+    model: str, steps: AsyncIterator[Progress | Drawn], now: Any
 ) -> AsyncIterator[dict[str, Any]]:
     """Runner steps as Ollama's image-generation lines."""
     total = 0
     async for step in steps:
         line: dict[str, Any] = {"model": model, "created_at": now(), "response": ""}
-        if step["type"] == "progress":
-            total = step["total"]
-            progress = {"done": False, "completed": step["completed"], "total": total}
-            if step.get("preview"):
-                progress["preview"] = step["preview"]
+        if isinstance(step, Progress):
+            total = step.total
+            progress: dict[str, Any] = {"done": False, "completed": step.completed, "total": total}
+            if step.preview:
+                progress["preview"] = base64_png(step.preview)
             yield {**line, **progress}
         else:
             yield {
                 **line, "done": True, "done_reason": "stop", "completed": total, "total": total,
-                "image": step["image"], "parameters": step["parameters"],
-                "total_duration": step["total_duration"], "load_duration": step["load_duration"],
+                "image": base64_png(step.result.png), "parameters": step.result.parameters,
+                "total_duration": step.total_duration, "load_duration": step.load_duration,
             }  # fmt: skip

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import io
 import time
 from typing import Any
@@ -21,6 +22,7 @@ from starlette.datastructures import UploadFile
 from limner.errors import InvalidImage, InvalidRequest, LimnerError
 from limner.server import images, pictures
 from limner.server.state import State, loads
+from limner.store.described import describe
 from limner.types import GenerateRequest
 
 MAX_IMAGES_PER_REQUEST = 10
@@ -105,20 +107,21 @@ async def _draw(
 ) -> Response:
     state: State = request.app.state.limner
     native = _native_request(fields, picture, mask)
-    name = state.store.resolve(native.model)
-    model_config = state.store.config(state.store.entry(name).manifest)
-    if "image" not in model_config.get("capabilities", []):
+    model = describe(state.store, state.store.resolve(native.model))
+    if not model.draws:
         raise InvalidRequest(f"'{native.model}' does not draw pictures")
-    checked = images.check(native, model_config)
+    checked = images.check(native, model.config)
     count = _integer(fields.get("n", 1), "n")
     if not 1 <= count <= MAX_IMAGES_PER_REQUEST:
         raise InvalidRequest(f"n must be between 1 and {MAX_IMAGES_PER_REQUEST}")
     data = []
     for index in range(count):
-        seed = checked["seed"] + index if checked["seed"] >= 0 else -1  # n pictures, n seeds
-        async for step in images.draw(state, name, {**checked, "seed": seed}, keep_alive=None):
-            if step["type"] == "image":
-                data.append({"b64_json": step["image"], "revised_prompt": native.prompt})
+        seed = checked.seed + index if checked.seed >= 0 else -1  # n pictures, n seeds
+        each = dataclasses.replace(checked, seed=seed)
+        async for step in images.draw(state, model, each, keep_alive=None):
+            if isinstance(step, images.Drawn):
+                png = images.base64_png(step.result.png)
+                data.append({"b64_json": png, "revised_prompt": native.prompt})
     return JSONResponse({"created": int(time.time()), "data": data})
 
 

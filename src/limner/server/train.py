@@ -27,16 +27,26 @@ from typing import TYPE_CHECKING, Any
 
 from anyio import to_thread
 
-from limner.engines import check_parameters
-from limner.engines.training import TrainRequest, check_request, examples, read_uploaded
+from limner.engines import LoadOptions, Message, Options, Piece, check_parameters
+from limner.engines.training import (
+    TrainCheckpoint,
+    TrainDone,
+    TrainProgress,
+    TrainRequest,
+    TrainStep,
+    TrainValidation,
+    check_request,
+    examples,
+    read_uploaded,
+)
 from limner.errors import Conflict, InvalidRequest, LimnerError, ModelNotFound, without_paths
 from limner.names import ModelName
+from limner.protocol import Train
 from limner.runner import RunnerProcess
 from limner.server.trainings import Job
 from limner.store import create as creating
-from limner.store import manifests as m
 from limner.store.blobs import normalize
-from limner.store.described import completed_config
+from limner.store.described import completed_config, describe
 from limner.store.store import Entry
 from limner.types import CreateRequest, TrainSection
 
@@ -47,7 +57,7 @@ log = logging.getLogger("limner.train")
 
 TRAINABLE_FORMATS = ("diffusers", "sd-checkpoint")
 CAPTION_PROMPT = "Describe this picture in one short sentence."
-CAPTION_OPTIONS = {"temperature": 0, "seed": 0, "num_predict": 48}
+CAPTION_OPTIONS = Options(temperature=0, seed=0, num_predict=48)
 MAX_CAPTION = 300
 
 
@@ -192,14 +202,11 @@ async def _captions(state: State, job: Job) -> dict[str, str]:
         for number, picture in enumerate(job.uncaptioned, 1):
             if job.stop.is_set():
                 break
-            message = {
-                "role": "user",
-                "content": section.caption_prompt or CAPTION_PROMPT,
-                "images": [base64.b64encode(pictures[picture]).decode()],
-            }
+            message = Message("user", section.caption_prompt or CAPTION_PROMPT, [pictures[picture]])
             text = "".join([
-                step.get("text", "")
-                async for step in model.runner.chat([message], dict(CAPTION_OPTIONS))
+                step.text
+                async for step in model.runner.chat([message], CAPTION_OPTIONS)
+                if isinstance(step, Piece)
             ])  # fmt: skip
             caption = _first_sentence(text)
             if not caption:
@@ -225,12 +232,11 @@ def _first_sentence(text: str) -> str:
 
 async def _train(state: State, job: Job, captions: dict[str, str]) -> None:
     base = job.base
-    config = state.store.config(base.manifest)
-    params = state.store.json_layer(base.manifest, m.PARAMS) or {}
-    options = {
-        "precision": job.settings.precision,
-        "adapter_scale": params.get("adapter_scale", 1.0),
-    }
+    model = describe(state.store, base.name)
+    options = LoadOptions(
+        precision=job.settings.precision,
+        adapter_scale=LoadOptions.from_dict(model.parameters).adapter_scale,
+    )
     output = Path(tempfile.mkdtemp(prefix=".training-", dir=state.store.root))
     started, result = time.monotonic(), None
     try:
@@ -239,7 +245,7 @@ async def _train(state: State, job: Job, captions: dict[str, str]) -> None:
             # Always a local runner process, on a cluster too: training needs the store's
             # folder to write into, and takes this machine's whole budget (exclusive above).
             runner = await RunnerProcess.start(
-                f"train:{config['model_format']}",
+                f"train:{model.format}",
                 state.store.files(base.manifest),
                 options,
                 state.scheduler.load_timeout,
@@ -255,20 +261,14 @@ async def _train(state: State, job: Job, captions: dict[str, str]) -> None:
 
 
 async def _steps(
-    runner: Any, job: Job, captions: dict[str, str], output: Path
-) -> dict[str, Any] | None:
-    """Relay the runner's steps; the final `trained` reply, or None if stopped first."""
-    work = {
-        "files": {name: str(path) for name, path in job.files.items()},
-        "captions": captions,
-        "request": asdict(job.settings),
-        "output": str(output),
-    }
-    steps = runner.train(work)
+    runner: RunnerProcess, job: Job, captions: dict[str, str], output: Path
+) -> TrainDone | None:
+    """Relay the runner's steps; the final one, or None if stopped first."""
+    steps = runner.train(Train(job.files, job.settings, output, captions))
     try:
         async for reply in steps:
-            if reply["type"] == "trained":
-                return dict(reply)
+            if isinstance(reply, TrainDone):
+                return reply
             _relay(job, reply)
             if job.stop.is_set():
                 break
@@ -277,25 +277,25 @@ async def _steps(
     return None
 
 
-def _relay(job: Job, reply: dict[str, Any]) -> None:
-    kind = reply["type"]
-    if kind == "train_progress":
-        job.step = reply["step"]
-        job.losses.append(reply["loss"])
-        job.say("training", step=reply["step"], total=reply["total"], completed=reply["step"],
-                loss=reply["loss"], learning_rate=reply["learning_rate"], eta=round(reply["eta_seconds"], 1))  # fmt: skip
-    elif kind == "checkpoint":
-        job.checkpoint = (reply["step"], Path(reply["path"]))
-        job.say("checkpoint", step=reply["step"])
-    elif kind == "validation":
-        job.say("validation", step=reply["step"], image=reply["image"])
+def _relay(job: Job, reply: TrainStep) -> None:
+    if isinstance(reply, TrainProgress):
+        job.step = reply.step
+        job.losses.append(reply.loss)
+        job.say("training", step=reply.step, total=reply.total, completed=reply.step,
+                loss=reply.loss, learning_rate=reply.learning_rate,
+                eta=round(reply.eta_seconds, 1))  # fmt: skip
+    elif isinstance(reply, TrainCheckpoint):
+        job.checkpoint = (reply.step, reply.path)
+        job.say("checkpoint", step=reply.step)
+    elif isinstance(reply, TrainValidation):
+        job.say("validation", step=reply.step, image=base64.b64encode(reply.png).decode())
 
 
 async def _store(
-    state: State, job: Job, result: dict[str, Any] | None, seconds: float, captions: dict[str, str]
+    state: State, job: Job, result: TrainDone | None, seconds: float, captions: dict[str, str]
 ) -> None:
     """The trained LoRA, or the last checkpoint of a stopped run, becomes the new model."""
-    done = job.step if result is None else int(result["steps"])
+    done = job.step if result is None else result.steps
     record: dict[str, Any] = {
         "base": job.base.name.display(),
         "completed": result is not None,
@@ -305,14 +305,11 @@ async def _store(
         "losses": job.losses,
         "seconds": round(seconds, 2),
         "steps_per_second": round(done / seconds, 4) if seconds else None,
-        "parameters": result["parameters"] if result else asdict(job.settings),
+        "parameters": result.parameters if result else asdict(job.settings),
         "captions": captions,
     }
     if result is not None:
-        adapter, kohya = (
-            Path(result["path"]),
-            Path(result["path"]).with_name("lora_kohya.safetensors"),
-        )
+        adapter, kohya = result.path, result.path.with_name("lora_kohya.safetensors")
     elif job.checkpoint is not None:
         record["steps"] = job.checkpoint[0]
         record["losses"] = job.losses[: job.checkpoint[0]]

@@ -1,0 +1,149 @@
+"""The runner protocol: every message survives the line it travels as, a line that is not
+the protocol's is an error that says why, and a runner that writes one is stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from limner import protocol
+from limner.engines import (
+    Done,
+    ImageRequest,
+    ImageResult,
+    LoadOptions,
+    Message,
+    Options,
+    Piece,
+    Progress,
+)
+from limner.engines.training import (
+    TrainCheckpoint,
+    TrainDone,
+    TrainProgress,
+    TrainRequest,
+    TrainValidation,
+)
+from limner.errors import ProtocolError, RunnerFailed
+from limner.protocol import (
+    Cancel,
+    Chat,
+    Draw,
+    Error,
+    Finish,
+    Load,
+    LoadError,
+    Ready,
+    Train,
+)
+from limner.runner import RunnerProcess
+
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256))
+
+EVERY_MESSAGE: list[Any] = [
+    Load("gguf", Path("/models/x"), LoadOptions(num_ctx=4096, adapter_weights={"a.safetensors": 0.5})),
+    Chat([Message("system", "be brief"), Message("user", "what is it?", [PNG, PNG])],
+         Options(temperature=0.0, stop=["\n"], format="json", seed=7)),
+    Draw(ImageRequest("a red square", width=64, height=64, image=PNG, mask=PNG,
+                      style_images=[PNG], loras={"/blobs/l": 0.8}, guidance_scale=None,
+                      metadata={"model": "sd"})),
+    Train({"0.png": Path("/blobs/a")}, TrainRequest(steps=3, alpha=None), Path("/out"),
+          captions={"0.png": "a red square"}),
+    Cancel(), Finish(),
+    Ready(memory=1 << 30, load_duration=12, vram=0, concurrency=2),
+    LoadError(400, "not a model"), Error(499, "request canceled"),
+    Piece("héllo \"quoted\"\n"), Piece(""),
+    Done("length", 10, 5, image_tokens=576, truncated={"messages": 2, "images": 1}),
+    Progress(3, 20), Progress(4, 20, preview=PNG),
+    ImageResult(PNG, {"seed": 1, "steps": 20, "loras": None}),
+    TrainProgress(1, 3, 0.25, 1e-4, 9.5), TrainCheckpoint(2, Path("/out/checkpoint-2")),
+    TrainValidation(2, PNG), TrainDone(3, 0.125, Path("/out/x.safetensors"), {"rank": 4}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("message", EVERY_MESSAGE, ids=lambda m: type(m).__name__)
+def test_every_message_comes_back_as_it_was_sent(message: Any) -> None:
+    line = protocol.encode(message, 41)
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    assert protocol.decode(line) == (41, message)
+
+
+def test_pictures_travel_as_base64_and_paths_as_text() -> None:
+    body = json.loads(protocol.encode(Draw(ImageRequest("x", image=PNG))))
+    assert body["kind"] == "draw" and isinstance(body["request"]["image"], str)
+    body = json.loads(protocol.encode(TrainCheckpoint(1, Path("/out/c"))))
+    assert body["path"] == "/out/c"
+
+
+@pytest.mark.parametrize(
+    ("line", "says"),
+    [
+        (b"not json", "not a JSON line"),
+        (b"[1, 2]", "not a JSON object"),
+        (b'{"kind": "telepathy", "id": 1}', "unknown message kind 'telepathy'"),
+        (b'{"id": 1, "text": "no kind"}', "unknown message kind None"),
+        (b'{"kind": "done", "id": 1, "done_reason": "stop"}', "missing its field 'prompt_eval_count'"),
+        (b'{"kind": "progress", "id": 1, "completed": "3", "total": 20}', "should be int"),
+        (b'{"kind": "progress", "id": 1, "completed": 3, "total": 20, "extra": 1}', "unknown fields: extra"),
+        (b'{"kind": "image", "id": 1, "png": "***", "parameters": {}}', "not base64"),
+        (b'{"kind": "piece", "id": "7", "text": "x"}', "id that is not a number"),
+        (b'{"kind": "piece", "id": 1, "text": 5}', "should be str"),
+    ],
+)  # fmt: skip
+def test_a_line_that_is_not_the_protocols_is_an_error_that_says_why(line: bytes, says: str) -> None:
+    with pytest.raises(ProtocolError, match=says.replace("(", r"\(")):
+        protocol.decode(line)
+
+
+def test_only_messages_of_the_protocol_can_be_sent() -> None:
+    with pytest.raises(ProtocolError, match="dict is not a message of the protocol"):
+        protocol.encode({"kind": "piece", "text": "x"})
+
+
+def test_the_requests_last_replies_are_the_ones_that_end_it() -> None:
+    assert isinstance(Done("stop", 1, 1), protocol.LAST)
+    assert isinstance(Error(500, "x"), protocol.LAST)
+    assert not isinstance(Piece("x"), protocol.LAST)
+    assert not isinstance(Progress(1, 2), protocol.LAST)
+
+
+# A runner child that loads, then answers every request with a line that is not the protocol's.
+BABBLER = """
+import sys
+sys.stdin.buffer.readline()
+sys.stdout.write('{"kind":"ready","id":0,"memory":1,"load_duration":0}\\n')
+sys.stdout.flush()
+sys.stdin.buffer.readline()
+sys.stdout.write('{"kind":"piece","id":1,"text":"fine"}\\n{"kind":"telepathy","id":1}\\n')
+sys.stdout.flush()
+sys.stdin.buffer.readline()
+"""
+
+
+@pytest.mark.anyio
+async def test_a_runner_that_writes_a_line_of_no_kind_ends_its_requests_and_is_stopped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real_exec = asyncio.create_subprocess_exec
+
+    async def babbler(*_: Any, **kwargs: Any) -> asyncio.subprocess.Process:
+        return await real_exec(sys.executable, "-c", BABBLER, **kwargs)
+
+    monkeypatch.setattr(asyncio, "create_subprocess_exec", babbler)
+    runner = await RunnerProcess.start("fake", {}, LoadOptions(), timeout=10)
+    steps = runner.chat([Message("user", "hi")], Options())
+    assert await anext(steps) == Piece("fine")
+    with pytest.raises(RunnerFailed, match=r"cannot read .*unknown message kind 'telepathy'"):
+        await asyncio.wait_for(anext(steps), 10)
+    await asyncio.wait_for(runner.stop(), 10)
+    assert not runner.alive
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
