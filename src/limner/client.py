@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 import httpx
 from pydantic import BaseModel
 
-from limner import config
+from limner import config, pictures
 from limner.errors import ConnectError, InvalidRequest, LimnerError, from_status
 from limner.store.blobs import file_digest
 from limner.types import (
@@ -42,25 +42,24 @@ from limner.types import (
 
 Reply = TypeVar("Reply", bound=BaseModel)
 ImageInput = str | bytes | os.PathLike[str] | Any  # Any: a PIL image
-PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
 def encode_image(image: ImageInput) -> str:
     """Raw base64 of a picture given as a path, bytes, a PIL image, or already base64."""
     if isinstance(image, bytes):
-        return base64.b64encode(image).decode()
+        return pictures.encode(image)
     if isinstance(image, os.PathLike) or (
         isinstance(image, str) and Path(image).expanduser().is_file()
     ):
-        return base64.b64encode(Path(image).expanduser().read_bytes()).decode()
+        return pictures.encode(Path(image).expanduser().read_bytes())
     if isinstance(image, str):
-        if image.lower().endswith(PICTURE_SUFFIXES):
+        if image.lower().endswith(pictures.SUFFIXES):
             raise InvalidRequest(f"picture file {image} does not exist")
         return image  # assumed base64; the server checks it
     if hasattr(image, "save"):
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
-        return base64.b64encode(buffer.getvalue()).decode()
+        return pictures.encode(buffer.getvalue())
     raise InvalidRequest(f"cannot send a {type(image).__name__} as a picture")
 
 

@@ -264,7 +264,7 @@ BAD: list[tuple[dict[str, Any], type[Exception], str]] = [
     ({"image": png(), "mask": left_half_mask((32, 64))}, InvalidRequest, "the mask is 32x64"),
     ({"mask": left_half_mask()}, InvalidRequest, "a mask needs the picture"),
     ({"image": b"not a picture"}, InvalidImage, "the picture is not a PNG, JPEG or WebP"),
-    ({"image": png()[:60]}, InvalidImage, "the picture could not be decoded"),
+    ({"image": png()[:60]}, InvalidImage, "the picture is truncated or corrupt"),
     ({"image": png(), "mask": b"GIF89a"}, InvalidImage, "the mask is not"),
     ({"style_images": [png(), b"x"]}, InvalidImage, "style picture 2 is not"),
     ({"image": png((4, 4))}, InvalidRequest, "at least 8x8"),

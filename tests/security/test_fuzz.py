@@ -25,9 +25,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from limner import pictures
 from limner.errors import InvalidImage, InvalidRequest, LimnerError, TooLarge
 from limner.names import ModelName
-from limner.server import pictures
 from limner.store import Store
 from limner.store.blobs import BlobStore, normalize
 from limner.store.gguf import gguf_info

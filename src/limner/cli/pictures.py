@@ -14,9 +14,9 @@ import re
 from pathlib import Path
 from typing import NamedTuple
 
-from limner.errors import InvalidImage, TooLarge
+from limner import pictures
 
-EXTENSIONS = r"\.(?:png|jpe?g|webp)"
+EXTENSIONS = "(?:" + "|".join(re.escape(suffix) for suffix in pictures.SUFFIXES) + ")"
 # A path ends at the end of the text, a space, closing punctuation, or a sentence's full stop.
 _END = r"(?=$|[\s,;:!?)\]}'\"]|\.(?:\s|$))"
 # Quoted: anything but quotes and line breaks. Bare: non-space characters or `\`-escapes
@@ -28,8 +28,6 @@ _CANDIDATE = re.compile(
     re.IGNORECASE,
 )
 _ESCAPE = re.compile(r"\\(.)")
-MAX_BYTES = 100 * 1000 * 1000  # Ollama's limit for one picture file
-_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")
 
 
 class Found(NamedTuple):
@@ -84,9 +82,4 @@ def _drop_space_before(out: list[str], text: str, end: int) -> None:
 
 def read_picture(path: Path) -> bytes:
     """The bytes of a PNG, JPEG or WebP file; other files are refused before sending."""
-    if path.stat().st_size > MAX_BYTES:
-        raise TooLarge(f"picture '{path}' is larger than 100 MB")
-    data = path.read_bytes()
-    if not (data.startswith(_MAGIC) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")):
-        raise InvalidImage(f"'{path}' is not a PNG, JPEG or WebP picture")
-    return data
+    return pictures.read_file(path)

@@ -112,8 +112,8 @@ from limner.engines import (
     Progress,
     sd_configs,
 )
-from limner.engines.pictures import open_picture
 from limner.errors import InvalidRequest, UnsafeWeights
+from limner.pictures import open_rgb
 from limner.store.formats import PICKLE, SAFETENSORS, safetensors_header, sd_checkpoint_type, sniff
 
 DEFAULT_STEPS, LCM_STEPS, MAX_STEPS = 20, 4, 150
@@ -784,12 +784,12 @@ def _pictures(
     request: ImageRequest,
 ) -> tuple[Image.Image | None, Image.Image | None, list[Image.Image]]:
     """The decoded input picture, binary mask and style pictures; the mask fits the picture."""
-    init = open_picture(request.image, "the picture") if request.image is not None else None
+    init = open_rgb(request.image, "the picture") if request.image is not None else None
     mask = None
     if request.mask is not None:
         if init is None:
             raise InvalidRequest("a mask needs the picture to repaint in `image`")
-        mask = open_picture(request.mask, "the mask").convert("L")
+        mask = open_rgb(request.mask, "the mask").convert("L")
         if mask.size != init.size:
             raise InvalidRequest(
                 f"the mask is {mask.width}x{mask.height} but the picture is "
@@ -799,7 +799,7 @@ def _pictures(
         # Binary at diffusers' own threshold, so the pipeline and the paste-back agree.
         mask = mask.point(lambda v: 255 if v >= 128 else 0)
     styles = [
-        open_picture(data, f"style picture {i}") for i, data in enumerate(request.style_images, 1)
+        open_rgb(data, f"style picture {i}") for i, data in enumerate(request.style_images, 1)
     ]
     return init, mask, styles
 

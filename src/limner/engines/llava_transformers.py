@@ -30,8 +30,8 @@ from transformers.utils import logging as transformers_logging
 
 from limner.engines import ChatStep, Done, LoadOptions, Message, Options, Piece
 from limner.engines.context import fit
-from limner.engines.pictures import open_picture
 from limner.errors import InvalidRequest
+from limner.pictures import open_rgb
 
 
 def load(folder: Path, options: LoadOptions) -> LlavaTransformers:
@@ -200,7 +200,7 @@ class LlavaTransformers:
 
     def _inputs(self, messages: list[Message]) -> Any:
         pictures = [
-            open_picture(data, f"picture {number}")
+            open_rgb(data, f"picture {number}")
             for number, data in enumerate((d for m in messages for d in m.images), 1)
         ]
         return self.processor(

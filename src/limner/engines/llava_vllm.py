@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from limner.engines import ChatStep, Done, LoadOptions, Message, Options, Piece
-from limner.engines.pictures import open_picture
 from limner.errors import InvalidRequest
+from limner.pictures import open_rgb
 
 MAX_PICTURES = 8  # per prompt (vLLM's limit_mm_per_prompt)
 MAX_SEQUENCES = 32  # requests in one batch; the runner takes as many at once
@@ -153,7 +153,7 @@ class LlavaVllm:
             parts: list[dict[str, str]] = [{"type": "image"} for _ in message.images]
             parts.append({"type": "text", "text": message.content})
             conversation.append({"role": message.role, "content": parts})
-            pictures += [open_picture(data, "a picture").convert("RGB") for data in message.images]
+            pictures += [open_rgb(data, "a picture").convert("RGB") for data in message.images]
         if len(pictures) > MAX_PICTURES:
             raise InvalidRequest(f"at most {MAX_PICTURES} pictures per chat on this engine")
         prompt: str = self.tokenizer.apply_chat_template(

@@ -70,7 +70,6 @@ from limner.engines.diffusion import (
     load_diffusers_pipeline,
     pipeline_bytes,
 )
-from limner.engines.pictures import PICTURE_FORMATS
 from limner.engines.training import (
     Example,
     TrainCheckpoint,
@@ -82,6 +81,7 @@ from limner.engines.training import (
     check_request,
 )
 from limner.errors import InvalidRequest
+from limner.pictures import FORMATS
 from limner.store.formats import safetensors_header, sd_checkpoint_type
 
 TARGET_MODULES = ["to_k", "to_q", "to_v", "to_out.0"]
@@ -281,7 +281,7 @@ class _Batches:
 
 def _resized(example: Example, size: int) -> Image.Image:
     """The picture in RGB with its shorter side `size` (Lanczos, as diffusers' example)."""
-    with Image.open(io.BytesIO(example.picture), formats=PICTURE_FORMATS) as picture:
+    with Image.open(io.BytesIO(example.picture), formats=FORMATS) as picture:
         rgb = picture.convert("RGB")
     scale = size / min(rgb.size)
     width, height = max(size, round(rgb.width * scale)), max(size, round(rgb.height * scale))

@@ -26,10 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
-from limner.engines.pictures import check_picture
 from limner.errors import InvalidRequest, TooLarge
+from limner.pictures import SUFFIXES, check_header
 
-PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 METADATA = "metadata.jsonl"
 MAX_DATASET_BYTES = 2 << 30  # pictures + captions, read into memory
 MAX_RESOLUTION = 2048
@@ -132,7 +131,7 @@ def _wanted(name: str) -> bool:
     parts = PurePosixPath(name).parts
     if any(part.startswith(".") or part == "__MACOSX" for part in parts):
         return False
-    return name.lower().endswith((*PICTURE_SUFFIXES, ".txt")) or parts[-1] == METADATA
+    return name.lower().endswith((*SUFFIXES, ".txt")) or parts[-1] == METADATA
 
 
 def dataset_paths(folder: Path) -> list[tuple[str, Path]]:
@@ -206,11 +205,11 @@ def examples(
     (by a vision model; after the instance prompt when there is one), else the instance
     prompt. Pictures left without one are refused, or kept with "" if `uncaptioned_ok`.
     """
-    pictures = [name for name in files if name.lower().endswith(PICTURE_SUFFIXES)]
+    pictures = [name for name in files if name.lower().endswith(SUFFIXES)]
     if not pictures:
         raise InvalidRequest("the dataset holds no PNG, JPEG or WebP pictures")
     for name in pictures:
-        check_picture(files[name], f"picture {name!r}")
+        check_header(files[name], f"picture {name!r}")
     listed = _metadata_captions(files, set(pictures))
     written = written or {}
     found, missing = [], []

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import dataclasses
 import io
 import json
@@ -28,10 +27,11 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 from PIL import Image, PngImagePlugin
 
+from limner import pictures
 from limner.engines import ImageRequest, Progress
-from limner.errors import InvalidImage, InvalidRequest, LimnerError, ModelNotFound, without_paths
+from limner.errors import InvalidRequest, LimnerError, ModelNotFound, without_paths
 from limner.names import ModelName
-from limner.server import images, masks, pictures
+from limner.server import images, masks
 from limner.server.state import State, parse_body
 from limner.store.described import Capability, Described, capabilities, describe, stored_config
 from limner.store.manifests import ADAPTER
@@ -52,7 +52,6 @@ SAMPLERS: dict[str, tuple[str, list[str]]] = {
 SCHEDULERS = {"automatic": "Automatic", "karras": "Karras"}
 MAX_PICTURES = 16  # batch_size x n_iter
 LORA_TAG = re.compile(r"<lora:([^:>]+):?([^:>]*)(?::[^>]*)?>")
-DATA_URI = re.compile(r"^data:image/[a-z0-9.+-]+;base64,", re.I)
 KEPT_JOBS = 32  # finished jobs /progress can still report by id
 
 
@@ -282,14 +281,7 @@ def _scheduler(sampler: str | None, scheduler: str | None) -> str:
 
 
 def _open(encoded: str, label: str) -> Image.Image:
-    return pictures.check(_base64(encoded, label), label)
-
-
-def _base64(encoded: str, label: str) -> bytes:
-    try:
-        return base64.b64decode(DATA_URI.sub("", encoded.strip()), validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidImage(f"{label} is not valid base64 (or a data: URI)") from None
+    return pictures.check(pictures.from_base64(encoded, label, data_uri=True), label)
 
 
 def _prepare(body: A1111Img2ImgRequest, init: Image.Image | None) -> _Prepared:

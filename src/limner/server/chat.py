@@ -20,11 +20,11 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import Response
 
-from limner import config
+from limner import config, pictures
 from limner.engines import Done, Message, Piece, check_parameters
 from limner.errors import InvalidRequest
 from limner.names import ModelName
-from limner.server import images, pictures
+from limner.server import images
 from limner.server.state import State, parse_body
 from limner.server.streaming import respond
 from limner.store.described import Described, describe

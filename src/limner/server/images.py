@@ -21,10 +21,9 @@ from typing import Any
 
 from PIL import Image
 
-from limner import config
+from limner import config, pictures
 from limner.engines import SCHEDULERS, ImageRequest, ImageResult, Progress
 from limner.errors import InvalidRequest, TooLarge
-from limner.server import pictures
 from limner.server.state import State
 from limner.store import Store
 from limner.store.described import Described

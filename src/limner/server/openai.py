@@ -9,7 +9,6 @@ transparent pixels; the native mask is white there. Errors use OpenAI's error sh
 from __future__ import annotations
 
 import base64
-import binascii
 import dataclasses
 import io
 import time
@@ -19,8 +18,9 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import UploadFile
 
-from limner.errors import InvalidImage, InvalidRequest, LimnerError
-from limner.server import images, pictures
+from limner import pictures
+from limner.errors import InvalidRequest, LimnerError
+from limner.server import images
 from limner.server.state import State, loads
 from limner.store.described import describe
 from limner.types import GenerateRequest
@@ -95,11 +95,7 @@ def _data_uri_bytes(value: Any, name: str) -> bytes | None:
         raise InvalidRequest(f"'{name}' must be a base64 string or a data: URI")
     if value.startswith(("http://", "https://")):
         raise InvalidRequest(f"'{name}' URLs are not supported; send base64 or a data: URI")
-    encoded = value.split(",", 1)[1] if value.startswith("data:") else value
-    try:
-        return base64.b64decode(encoded, validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidImage(f"'{name}' is not valid base64") from None
+    return pictures.from_base64(value, f"'{name}'", data_uri=True)
 
 
 async def _draw(

@@ -10,10 +10,7 @@ message per part, so that LLaVA sees the question with its picture), runs throug
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
-import re
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -22,7 +19,8 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from limner.errors import InvalidImage, InvalidRequest, LimnerError, without_paths
+from limner import pictures
+from limner.errors import InvalidRequest, LimnerError, without_paths
 from limner.names import ModelName
 from limner.server import chat
 from limner.server.openai import openai_error
@@ -31,7 +29,6 @@ from limner.types import ChatRequest, Message, OpenAIChatRequest, OpenAIMessage
 
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant",
          "tool": "tool"}  # fmt: skip
-DATA_URI = re.compile(r"data:(image/(?:png|jpeg|jpg|webp))?;base64,(.*)", re.S | re.I)
 FINISH_REASONS = {"stop": "stop", "length": "length"}
 FINGERPRINT = "fp_limner"
 
@@ -128,19 +125,7 @@ def _picture(image_url: dict[str, Any] | str | None, where: str) -> str:
     url = image_url.get("url") if isinstance(image_url, dict) else image_url
     if not isinstance(url, str) or not url:
         raise InvalidRequest(f"{where}: an image_url part needs a url")
-    if url.lower().startswith(("http://", "https://")):
-        raise InvalidRequest(f"{where}: image URLs are not supported; send the picture as a "
-                             "data: URI, data:image/png;base64,...")  # fmt: skip
-    match = DATA_URI.fullmatch(url)
-    if match is None:
-        raise InvalidImage(f"{where}: the image_url must be a data:image/png, jpeg or webp "
-                           "base64 URI")  # fmt: skip
-    encoded = match.group(2).strip()
-    try:
-        base64.b64decode(encoded, validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidImage(f"{where}: the image_url's data is not valid base64") from None
-    return encoded
+    return pictures.encode(pictures.from_url(url, f"{where}: the image_url"))
 
 
 def _format(response_format: dict[str, Any] | None) -> str | dict[str, Any] | None:
