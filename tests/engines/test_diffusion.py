@@ -251,9 +251,9 @@ def test_lcm_defaults_to_4_steps_without_guidance(engine: DiffusionEngine) -> No
 
 BAD: list[tuple[dict[str, Any], type[Exception], str]] = [
     ({"scheduler": "heun"}, InvalidRequest, "unknown scheduler 'heun'; use one of: euler, "),
-    ({"width": 65}, InvalidRequest, "width must be a multiple of 8"),
-    ({"height": 4}, InvalidRequest, "height must be a multiple of 8"),
-    ({"height": -8}, InvalidRequest, "height must be"),
+    ({"width": 65}, InvalidRequest, "multiples of 8 .at least 8., got 65x0"),
+    ({"height": 4}, InvalidRequest, "multiples of 8 .at least 8., got 0x4"),
+    ({"height": -8}, InvalidRequest, "multiples of 8"),
     ({"steps": 151}, InvalidRequest, "steps must be between 1 and 150"),
     ({"steps": -1}, InvalidRequest, "steps must be between 1 and 150"),
     ({"guidance_scale": -1.0}, InvalidRequest, "guidance_scale"),

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from limner.engines.drawing import SCHEDULERS as SCHEDULERS
+from limner.engines.drawing import ImageRequest as ImageRequest
 from limner.errors import InvalidRequest
 
 if TYPE_CHECKING:
@@ -160,39 +162,6 @@ class Done:
 
 
 ChatStep = Piece | Done
-
-
-@dataclass
-class ImageRequest:
-    """One picture to draw. The server has validated it; engines still refuse the impossible.
-
-    Modes follow from what is given: nothing -> text-to-image; `image` -> image-to-image
-    (`strength` of re-noising); `image` + `mask` -> inpainting (white = repaint);
-    `style_images` -> style transfer with the model's IP-Adapter at `style_strength`.
-    """
-
-    prompt: str
-    negative_prompt: str = ""
-    width: int = 0  # 0: the model's default size (or the init picture's)
-    height: int = 0
-    steps: int = 0  # 0: the model's default
-    guidance_scale: float | None = None  # None: the model's default (7.5 for SD)
-    seed: int = -1  # -1: random; the seed used is reported in the result
-    scheduler: str = ""  # "": the model's own; else a name from SCHEDULERS
-    strength: float = 0.75  # image-to-image and inpainting: how much to change
-    image: bytes | None = None  # encoded PNG/JPEG/WebP
-    mask: bytes | None = None  # same size as `image`; white repaints, black keeps
-    style_images: list[bytes] = field(default_factory=list)
-    style_strength: float = 0.6
-    loras: dict[str, float] = field(default_factory=dict)  # LoRA file -> weight, this call only
-    preview_every: int = 0  # >0: a picture of the work in progress every N steps
-    metadata: dict[str, str] = field(
-        default_factory=dict
-    )  # e.g. model name and digest, for the PNG
-
-
-# Scheduler names accepted in requests (A1111's names in lower case, and short forms).
-SCHEDULERS = ("euler", "euler a", "dpm++ 2m", "dpm++ 2m karras", "ddim", "lcm", "pndm", "unipc")
 
 
 @dataclass

@@ -110,15 +110,13 @@ from limner.engines import (
     ImageStep,
     LoadOptions,
     Progress,
+    drawing,
     sd_configs,
 )
 from limner.errors import InvalidRequest, UnsafeWeights
 from limner.pictures import open_rgb
 from limner.store.formats import PICKLE, SAFETENSORS, safetensors_header, sd_checkpoint_type, sniff
 
-DEFAULT_STEPS, LCM_STEPS, MAX_STEPS = 20, 4, 150
-DEFAULT_GUIDANCE, LCM_GUIDANCE = 7.5, 1.0
-MAX_STYLE_STRENGTH = 2.0
 IP_ADAPTER_FOLDER = "ip_adapter"
 LORA_FOLDER = "adapters"  # a model's LoRA files (the store's adapter layers)
 EXPORTS_FOLDER = "exports"  # files kept with a model for other tools (a kohya copy of a LoRA)
@@ -403,7 +401,7 @@ class DiffusionEngine:
             strength = _at_least_one_step(1.0 - request.style_strength, steps)
         mode = "txt2img" if init is None else "img2img" if mask is None else "inpaint"
         if strength is not None:
-            _check_strength(strength, steps)
+            drawing.check_strength(strength, steps)
 
         # 3. Sizes, with the input picture and mask resized to the size drawn.
         width, height, init, mask = self._sizes(request, init, mask)
@@ -445,29 +443,17 @@ class DiffusionEngine:
         return _Plan(pipe, scheduler, kwargs, parameters, width, height, init, mask)
 
     def _settings(self, request: ImageRequest) -> tuple[str, Any, int, float, int]:
-        """Scheduler name and instance, steps, guidance and seed, with the defaults applied."""
+        """Scheduler name and instance, steps, guidance and seed, with the defaults applied;
+        the request's own limits are drawing.checked's, the VAE's scale is this model's."""
+        request = drawing.checked(request)
         scheduler_name, scheduler = self._scheduler(request.scheduler)
-        lcm = scheduler_name == "lcm"
-        steps = request.steps or (LCM_STEPS if lcm else DEFAULT_STEPS)
-        if not 1 <= steps <= MAX_STEPS:
-            raise InvalidRequest(f"steps must be between 1 and {MAX_STEPS}, not {steps}")
-        guidance = request.guidance_scale
-        guidance = (LCM_GUIDANCE if lcm else DEFAULT_GUIDANCE) if guidance is None else guidance
-        if not (math.isfinite(guidance) and guidance >= 0):
-            raise InvalidRequest(f"guidance_scale must be 0 or more, not {guidance}")
+        steps, guidance = drawing.defaults(request, lcm=scheduler_name == "lcm")
         for name, value in (("width", request.width), ("height", request.height)):
-            if value != 0 and (value < 8 or value % self.scale_factor):
+            if value % self.scale_factor:
                 raise InvalidRequest(
-                    f"{name} must be a multiple of {self.scale_factor} and at least 8, not {value}"
+                    f"{name} must be a multiple of {self.scale_factor} for this model, not {value}"
                 )
-        if not 0 <= request.style_strength <= MAX_STYLE_STRENGTH:
-            raise InvalidRequest(
-                f"style_strength must be between 0 and {MAX_STYLE_STRENGTH}, "
-                f"not {request.style_strength}"
-            )
         seed = request.seed if request.seed >= 0 else random.SystemRandom().randrange(2**32)
-        if seed >= 2**64:
-            raise InvalidRequest(f"seed must be -1 (random) or below 2**64, not {seed}")
         return scheduler_name, scheduler, steps, guidance, seed
 
     def _sizes(
@@ -768,16 +754,6 @@ def _at_least_one_step(strength: float, steps: int) -> float:
     while int(steps * strength) < 1:
         strength = math.nextafter(strength, 2.0)
     return strength
-
-
-def _check_strength(strength: float, steps: int) -> None:
-    if not (math.isfinite(strength) and 0 < strength <= 1):
-        raise InvalidRequest(f"strength must be above 0 and at most 1, not {strength}")
-    if int(steps * strength) < 1:
-        raise InvalidRequest(
-            f"steps x strength must give at least one step, but {steps} x {strength} gives "
-            f"{int(steps * strength)}; raise steps or strength"
-        )
 
 
 def _pictures(

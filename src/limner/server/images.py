@@ -13,7 +13,6 @@ import asyncio
 import base64
 import dataclasses
 import io
-import math
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -22,7 +21,8 @@ from typing import Any
 from PIL import Image
 
 from limner import config, pictures
-from limner.engines import SCHEDULERS, ImageRequest, ImageResult, Progress
+from limner.engines import ImageRequest, ImageResult, Progress, drawing
+from limner.engines.drawing import DEFAULT_STEPS, DEFAULT_STRENGTH, DEFAULT_STYLE_STRENGTH
 from limner.errors import InvalidRequest, TooLarge
 from limner.server.state import State
 from limner.store import Store
@@ -30,14 +30,9 @@ from limner.store.described import Described
 from limner.store.manifests import ADAPTER
 from limner.types import GenerateRequest
 
-DEFAULT_STEPS = 20
-DEFAULT_STRENGTH = 0.75
-MAX_SIDE = 4096  # Ollama's "width and height must be <= 4096"
-MAX_LORA_WEIGHT = 10.0  # A1111 accepts any; far past 2 a LoRA only breaks the picture
-
 
 def check(body: GenerateRequest, model_config: dict[str, Any]) -> ImageRequest:
-    """The engine's request, its pictures decoded, or InvalidRequest."""
+    """The engine's request, its pictures decoded and every field checked, or a 4xx."""
     images = body.images or []
     pictures.check_count(len(images) + len(body.style_images or []) + (body.mask is not None))
     if len(images) > 1:
@@ -46,53 +41,30 @@ def check(body: GenerateRequest, model_config: dict[str, Any]) -> ImageRequest:
         )
     init_bytes = _decoded(images[0], "init picture (images[0])") if images else None
     init = _opened(init_bytes) if init_bytes else None
-    steps = body.steps or DEFAULT_STEPS
-    if not 1 <= steps <= 150:
-        raise InvalidRequest(f"steps must be between 1 and 150, got {steps}")
     width, height = _size(body, init, model_config)
-    strength = DEFAULT_STRENGTH if body.strength is None else body.strength
-    if not 0 < strength <= 1:
-        raise InvalidRequest(f"strength must be above 0 and at most 1, got {strength}")
-    if init is not None and int(steps * strength) < 1:
-        raise InvalidRequest(
-            f"steps x strength = {steps} x {strength} rounds to 0 denoising steps; "
-            "raise steps or strength"
-        )
-    mask = _checked_mask(body.mask, init)
-    styles = [
-        _decoded(encoded, f"style picture {number}")
-        for number, encoded in enumerate(body.style_images or [], 1)
-    ]
-    style_strength = 0.6 if body.style_strength is None else body.style_strength
-    if not 0 <= style_strength <= 1:
-        raise InvalidRequest(f"style_strength must be between 0 and 1, got {style_strength}")
-    guidance = body.guidance_scale
-    if guidance is not None and not 0 <= guidance <= 100:  # NaN and Infinity too
-        raise InvalidRequest(f"guidance_scale must be between 0 and 100, got {guidance}")
-    scheduler = (body.scheduler or "").strip().lower()
-    if scheduler and scheduler not in SCHEDULERS:
-        raise InvalidRequest(
-            f"unknown scheduler {body.scheduler!r}; use one of: {', '.join(SCHEDULERS)}"
-        )
     seed = body.seed if body.seed is not None else (body.options or {}).get("seed", -1)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise InvalidRequest("seed must be an integer")
-    preview_every = body.preview_every or 0
-    if not 0 <= preview_every <= 150:
-        raise InvalidRequest(f"preview_every must be between 0 and 150, got {preview_every}")
-    for lora, weight in (body.loras or {}).items():
-        if not math.isfinite(weight) or abs(weight) > MAX_LORA_WEIGHT:
-            raise InvalidRequest(
-                f"the weight of LoRA {lora!r} must be between -{MAX_LORA_WEIGHT} and "
-                f"{MAX_LORA_WEIGHT}, got {weight}"
-            )
-    return ImageRequest(
-        prompt=body.prompt or "", negative_prompt=body.negative_prompt or "",
-        width=width, height=height, steps=steps, guidance_scale=body.guidance_scale,
-        seed=seed, scheduler=scheduler, strength=strength, image=init_bytes, mask=mask,
-        style_images=styles, style_strength=style_strength, loras=dict(body.loras or {}),
-        preview_every=preview_every,
+    request = drawing.checked(
+        ImageRequest(
+            prompt=body.prompt or "", negative_prompt=body.negative_prompt or "",
+            width=width, height=height, steps=body.steps or DEFAULT_STEPS,
+            guidance_scale=body.guidance_scale, seed=seed, scheduler=body.scheduler or "",
+            strength=DEFAULT_STRENGTH if body.strength is None else body.strength,
+            image=init_bytes, style_strength=_given(body.style_strength, DEFAULT_STYLE_STRENGTH),
+            loras=dict(body.loras or {}), preview_every=body.preview_every or 0,
+        )
     )  # fmt: skip
+    request.mask = _checked_mask(body.mask, init)
+    request.style_images = [
+        _decoded(encoded, f"style picture {number}")
+        for number, encoded in enumerate(body.style_images or [], 1)
+    ]
+    return request
+
+
+def _given(value: float | None, default: float) -> float:
+    return default if value is None else value
 
 
 def _decoded(encoded: str, label: str) -> bytes:
@@ -112,12 +84,11 @@ def _size(
     default = int(model_config.get("default_size", 512))
     fallback = (init.width // 8 * 8, init.height // 8 * 8) if init else (default, default)
     width, height = body.width or fallback[0], body.height or fallback[1]
-    if width > MAX_SIDE or height > MAX_SIDE:
-        raise InvalidRequest(f"width and height must be <= {MAX_SIDE}")
-    if width < 8 or height < 8 or width % 8 or height % 8:
+    if not (width and height) and init is not None:
         raise InvalidRequest(
-            f"width and height must be multiples of 8 (at least 8), got {width}x{height}"
+            f"the init picture is {init.width}x{init.height}; it must be at least 8x8"
         )
+    drawing.check_size(width, height)
     limit = config.max_image_pixels()
     if width * height > limit:
         raise TooLarge(

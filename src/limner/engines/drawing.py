@@ -1,0 +1,115 @@
+"""One drawing request: its fields, defaults and limits, checked in one place.
+
+The server calls `checked()` before any work (so a bad request costs nothing and gets a 400
+that says what to fix); the engine calls it again as a guard for direct callers, then
+`defaults()` for the scheduler it really runs, and keeps only the checks that need the
+loaded model (an IP-Adapter, a LoRA file, the VAE's scale).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+from limner.errors import InvalidRequest
+
+# Scheduler names accepted in requests (A1111's names in lower case, and short forms).
+SCHEDULERS = ("euler", "euler a", "dpm++ 2m", "dpm++ 2m karras", "ddim", "lcm", "pndm", "unipc")
+DEFAULT_STEPS, LCM_STEPS, MAX_STEPS = 20, 4, 150
+DEFAULT_GUIDANCE, LCM_GUIDANCE, MAX_GUIDANCE = 7.5, 1.0, 100.0  # LCM: no classifier-free guidance
+DEFAULT_STRENGTH = 0.75
+DEFAULT_STYLE_STRENGTH = 0.6
+MAX_SIDE = 4096  # Ollama's "width and height must be <= 4096"
+MAX_LORA_WEIGHT = 10.0  # A1111 accepts any; far past 2 a LoRA only breaks the picture
+MAX_SEED = 2**64  # seeds are unsigned 64-bit; -1 asks for a random one
+
+
+@dataclass
+class ImageRequest:
+    """One picture to draw.
+
+    Modes follow from what is given: nothing -> text-to-image; `image` -> image-to-image
+    (`strength` of re-noising); `image` + `mask` -> inpainting (white = repaint);
+    `style_images` -> style transfer with the model's IP-Adapter at `style_strength`.
+    """
+
+    prompt: str
+    negative_prompt: str = ""
+    width: int = 0  # 0: the model's default size (or the init picture's)
+    height: int = 0
+    steps: int = 0  # 0: the scheduler's default (DEFAULT_STEPS, LCM_STEPS)
+    guidance_scale: float | None = None  # None: the scheduler's default
+    seed: int = -1  # -1: random; the seed used is reported in the result
+    scheduler: str = ""  # "": the model's own; else a name from SCHEDULERS
+    strength: float = DEFAULT_STRENGTH  # image-to-image and inpainting: how much to change
+    image: bytes | None = None  # encoded PNG/JPEG/WebP
+    mask: bytes | None = None  # same size as `image`; white repaints, black keeps
+    style_images: list[bytes] = field(default_factory=list)
+    style_strength: float = DEFAULT_STYLE_STRENGTH
+    loras: dict[str, float] = field(default_factory=dict)  # LoRA file -> weight, this call only
+    preview_every: int = 0  # >0: a picture of the work in progress every N steps
+    metadata: dict[str, str] = field(default_factory=dict)  # e.g. model and digest, for the PNG
+
+
+def checked(request: ImageRequest) -> ImageRequest:
+    """The request with its scheduler name normalised, or InvalidRequest naming the field."""
+    scheduler = request.scheduler.strip().lower()
+    if scheduler and scheduler not in SCHEDULERS:
+        raise InvalidRequest(
+            f"unknown scheduler {request.scheduler!r}; use one of: {', '.join(SCHEDULERS)}"
+        )
+    check_size(request.width, request.height)
+    if request.steps and not 1 <= request.steps <= MAX_STEPS:
+        raise InvalidRequest(f"steps must be between 1 and {MAX_STEPS}, got {request.steps}")
+    _in_range("guidance_scale", request.guidance_scale, 0, MAX_GUIDANCE)
+    _in_range("style_strength", request.style_strength, 0, 1)
+    if not -1 <= request.seed < MAX_SEED:
+        raise InvalidRequest(f"seed must be -1 (random) or from 0 to 2**64 - 1, got {request.seed}")
+    if not 0 <= request.preview_every <= MAX_STEPS:
+        raise InvalidRequest(
+            f"preview_every must be between 0 and {MAX_STEPS}, got {request.preview_every}"
+        )
+    for lora, weight in request.loras.items():
+        if not math.isfinite(weight) or abs(weight) > MAX_LORA_WEIGHT:
+            raise InvalidRequest(
+                f"the weight of LoRA {lora!r} must be between -{MAX_LORA_WEIGHT} and "
+                f"{MAX_LORA_WEIGHT}, got {weight}"
+            )
+    if request.mask is not None and request.image is None:
+        raise InvalidRequest("a mask needs the picture to repaint in images[0]")
+    check_strength(request.strength, request.steps or DEFAULT_STEPS, request.image is not None)
+    return replace(request, scheduler=scheduler)
+
+
+def defaults(request: ImageRequest, lcm: bool) -> tuple[int, float]:
+    """Steps and guidance, the request's or the defaults of the scheduler that runs."""
+    steps = request.steps or (LCM_STEPS if lcm else DEFAULT_STEPS)
+    guidance = request.guidance_scale
+    return steps, (LCM_GUIDANCE if lcm else DEFAULT_GUIDANCE) if guidance is None else guidance
+
+
+def check_strength(strength: float, steps: int, redraws: bool = True) -> None:
+    """Image-to-image re-noises `strength` of the way: at least one of `steps` must run."""
+    if not (math.isfinite(strength) and 0 < strength <= 1):
+        raise InvalidRequest(f"strength must be above 0 and at most 1, got {strength}")
+    if redraws and int(steps * strength) < 1:
+        raise InvalidRequest(
+            f"steps x strength = {steps} x {strength} rounds to 0 denoising steps; "
+            "raise steps or strength"
+        )
+
+
+def check_size(width: int, height: int) -> None:
+    """0 asks for the default; any other side is a multiple of 8 from 8 to MAX_SIDE."""
+    for side in (width, height):
+        if side > MAX_SIDE:
+            raise InvalidRequest(f"width and height must be <= {MAX_SIDE}")
+        if side != 0 and (side < 8 or side % 8):
+            raise InvalidRequest(
+                f"width and height must be multiples of 8 (at least 8), got {width}x{height}"
+            )
+
+
+def _in_range(name: str, value: float | None, low: float, high: float) -> None:
+    if value is not None and not low <= value <= high:  # NaN and Infinity too
+        raise InvalidRequest(f"{name} must be between {low:g} and {high:g}, got {value}")
