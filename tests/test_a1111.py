@@ -25,7 +25,7 @@ import webuiapi
 from PIL import Image
 
 from conftest import add_fake_draw
-from limner.server import masks
+from limner.server import a1111_inpaint
 from limner.store import Store
 from limner.store.create import create
 from limner.types import CreateRequest
@@ -156,7 +156,7 @@ def test_fill_paints_the_masked_area_from_its_surroundings() -> None:
     picture.paste((0, 255, 0), (20, 20, 40, 40))  # what the mask covers
     mask = Image.new("L", (64, 64), 0)
     mask.paste(255, (16, 16, 44, 44))
-    filled = masks.fill(picture, mask)
+    filled = a1111_inpaint.fill(picture, mask)
     r, g, b = filled.getpixel((30, 30))
     assert r > 200 and g < 30 and b < 30  # red from around it, no trace of the green
     assert filled.getpixel((2, 2)) == (255, 0, 0)

@@ -29,6 +29,7 @@ import limner
 from limner.errors import LimnerError, UnsafeWeights
 from limner.store import Store, registry
 from limner.store import pull as pulling
+from limner.store.described import stored_config
 from limner.store.hub import git_blob_id
 from limner.types import ProgressResponse
 
@@ -414,7 +415,7 @@ def test_single_file_checkpoint_repo_takes_the_largest_safetensors(
     assert statuses(steps(store, "hf.co/me/ckpt"))[-1] == "success"
     assert hub.resolved("GET") == ["tiny.safetensors"]
     [entry] = store.entries()
-    assert store.config(entry.manifest)["model_format"] == "sd-checkpoint"
+    assert stored_config(store, entry.manifest)["model_format"] == "sd-checkpoint"
 
 
 def test_offline_mode_is_a_clear_error(

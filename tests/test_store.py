@@ -13,6 +13,7 @@ from limner.names import ModelName
 from limner.store import Store
 from limner.store.blobs import normalize
 from limner.store.create import create
+from limner.store.described import stored_config
 from limner.store.formats import sniff
 from limner.types import CreateRequest
 
@@ -133,7 +134,7 @@ def test_an_existing_ollama_folder_is_read_as_is(tmp_path: Path) -> None:
     [entry] = store.entries()
     assert entry.name.display() == "bakllava:latest"
     assert entry.digest == hashlib.sha256(path.read_bytes()).hexdigest()
-    assert store.config(entry.manifest)["model_family"] == "llama"
+    assert stored_config(store, entry.manifest)["model_family"] == "llama"
 
 
 @pytest.mark.parametrize(
@@ -184,7 +185,7 @@ def test_create_from_a_model_adds_layers_and_merges_parameters(store: Store) -> 
         "stop": ["x"],
     }
     assert store.text(manifest, "application/vnd.ollama.image.system") == "Be brief."
-    assert store.config(manifest)["parent_model"] == "tuned:latest"
+    assert stored_config(store, manifest)["parent_model"] == "tuned:latest"
 
 
 def test_a_missing_blob_is_named(store: Store) -> None:

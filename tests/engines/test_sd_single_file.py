@@ -29,6 +29,7 @@ from limner.engines import (
 from limner.errors import InvalidRequest, UnsafeWeights
 from limner.store import Store
 from limner.store.create import create
+from limner.store.described import stored_config
 from limner.store.formats import safetensors_header, sd_checkpoint_type
 from limner.tiny import write_tiny_sd, write_tiny_sd_checkpoint, write_tiny_sd_configs
 from limner.types import CreateRequest
@@ -218,7 +219,7 @@ def test_create_makes_an_sd_checkpoint_model_that_loads_from_its_blob(
     for _ in create(store, CreateRequest(model="tiny-ckpt", files={"tiny.safetensors": digest})):
         pass
     manifest = store.entry(store.resolve("tiny-ckpt")).manifest
-    config = store.config(manifest)
+    config = stored_config(store, manifest)
     assert config["model_format"] == "sd-checkpoint"
     assert config["capabilities"] == ["image"]
     assert config["checkpoint_type"] == "limner-tiny-inpaint"

@@ -2,7 +2,7 @@
 
 Front-ends built for A1111 (Open WebUI's image generation, SillyTavern, webuiapi scripts)
 send txt2img/img2img requests in its shape; each picture of a batch becomes one native
-drawing request (`images.check` + `images.draw`), and the answer comes back in A1111's
+drawing request (`drawing.check` + `drawing.draw`), and the answer comes back in A1111's
 shape: `images` as base64 PNGs, `parameters` echoing the request and `info` as a JSON
 string. Jobs are tracked for `/sdapi/v1/progress` (with a preview) and `/interrupt`.
 A1111's errors carry `error` and `detail`; ours carry the same message in both.
@@ -31,7 +31,7 @@ from limner import pictures
 from limner.engines import ImageRequest, Progress
 from limner.errors import InvalidRequest, LimnerError, ModelNotFound, without_paths
 from limner.names import ModelName
-from limner.server import images, masks
+from limner.server import a1111_inpaint, drawing
 from limner.server.state import State, parse_body
 from limner.store.described import Capability, Described, capabilities, describe, stored_config
 from limner.store.manifests import ADAPTER
@@ -154,7 +154,7 @@ class _Prepared:
     mask: Image.Image | None = None  # binary, white repaints
     original: Image.Image | None = None  # what the result is pasted back into
     soft_mask: Image.Image | None = None  # blurred, at the original's size
-    region: masks.Region | None = None
+    region: a1111_inpaint.Region | None = None
 
 
 async def _draw(request: Request, body: A1111Txt2ImgRequest, init: Image.Image | None) -> Response:
@@ -169,7 +169,7 @@ async def _draw(request: Request, body: A1111Txt2ImgRequest, init: Image.Image |
         raise InvalidRequest(f"batch_size x n_iter must be between 1 and {MAX_PICTURES}")
     seed = body.seed if body.seed >= 0 else random.SystemRandom().randrange(2**32)
     native = _native(body, model.name, prompt, loras, scheduler, seed, prepared, session)
-    checked = images.check(native, model.config)
+    checked = drawing.check(native, model.config)
     job = Job(
         body.force_task_id or f"task({secrets.token_hex(8)})",
         "img2img" if prepared else "txt2img",
@@ -207,7 +207,7 @@ def _refuse_unsupported(body: A1111Txt2ImgRequest) -> None:
     }
     if isinstance(body, A1111Img2ImgRequest):
         refused["inpainting_fill 2 and 3 (latent noise, latent nothing)"] = (
-            body.inpainting_fill not in (masks.FILL, masks.ORIGINAL)
+            body.inpainting_fill not in (a1111_inpaint.FILL, a1111_inpaint.ORIGINAL)
         )
         refused["initial_noise_multiplier other than 1"] = body.initial_noise_multiplier not in (
             None,
@@ -290,27 +290,29 @@ def _prepare(body: A1111Img2ImgRequest, init: Image.Image | None) -> _Prepared:
     picture = init.convert("RGB")
     width, height = body.width, body.height
     if body.mask is None:
-        return _Prepared(masks.resize(picture, body.resize_mode, width, height))
-    mask = masks.read_mask(_open(body.mask, "mask"), bool(body.inpainting_mask_invert))
+        return _Prepared(a1111_inpaint.resize(picture, body.resize_mode, width, height))
+    mask = a1111_inpaint.read_mask(_open(body.mask, "mask"), bool(body.inpainting_mask_invert))
     if mask.size != picture.size:
-        mask = masks.resize(mask, body.resize_mode, picture.width, picture.height)
+        mask = a1111_inpaint.resize(mask, body.resize_mode, picture.width, picture.height)
     blur_x = body.mask_blur if body.mask_blur is not None else body.mask_blur_x
     blur_y = body.mask_blur if body.mask_blur is not None else body.mask_blur_y
     if body.inpaint_full_res:
-        soft = masks.blur(mask, blur_x, blur_y)
-        region = masks.masked_region(soft, body.inpaint_full_res_padding, width, height)
+        soft = a1111_inpaint.blur(mask, blur_x, blur_y)
+        region = a1111_inpaint.masked_region(soft, body.inpaint_full_res_padding, width, height)
         crop = picture.crop(region.box).resize((width, height), Image.Resampling.LANCZOS)
         crop_mask = soft.crop(region.box).resize((width, height), Image.Resampling.LANCZOS)
-        prepared = _Prepared(crop, masks.binary(crop_mask), picture, soft, region)
+        prepared = _Prepared(crop, a1111_inpaint.binary(crop_mask), picture, soft, region)
     else:
-        picture = masks.resize(picture, body.resize_mode, width, height)
-        soft = masks.blur(masks.resize(mask, body.resize_mode, width, height), blur_x, blur_y)
-        prepared = _Prepared(picture, masks.binary(soft), picture, soft)
+        picture = a1111_inpaint.resize(picture, body.resize_mode, width, height)
+        soft = a1111_inpaint.blur(
+            a1111_inpaint.resize(mask, body.resize_mode, width, height), blur_x, blur_y
+        )
+        prepared = _Prepared(picture, a1111_inpaint.binary(soft), picture, soft)
     assert prepared.mask is not None
     if prepared.mask.getextrema() == (0, 0):
         raise InvalidRequest("the mask is all black: nothing to repaint")
-    if body.inpainting_fill == masks.FILL:
-        prepared.init = masks.fill(prepared.init, prepared.mask)
+    if body.inpainting_fill == a1111_inpaint.FILL:
+        prepared.init = a1111_inpaint.fill(prepared.init, prepared.mask)
     return prepared
 
 
@@ -366,13 +368,13 @@ async def _pictures(
             break
         job.picture, job.step, job.finish = number, 0, asyncio.Event()
         request = dataclasses.replace(checked, seed=seed + number)
-        async for step in images.draw(state, model, request, None, job.finish):
+        async for step in drawing.draw(state, model, request, None, job.finish):
             if isinstance(step, Progress):
                 job.step, job.steps = step.completed, step.total
                 if step.preview:
-                    job.preview = images.base64_png(step.preview)
+                    job.preview = drawing.base64_png(step.preview)
             else:
-                drawn.append((images.base64_png(step.result.png), step.result.parameters))
+                drawn.append((drawing.base64_png(step.result.png), step.result.parameters))
     return drawn
 
 
@@ -390,7 +392,7 @@ def _finish(encoded: str, prepared: _Prepared | None) -> str:
             drawn.resize(prepared.region.size, Image.Resampling.LANCZOS), prepared.region.box[:2]
         )
         drawn = canvas
-    result = masks.paste_back(drawn, prepared.original, prepared.soft_mask)
+    result = a1111_inpaint.paste_back(drawn, prepared.original, prepared.soft_mask)
     info = PngImagePlugin.PngInfo()
     for key, value in text.items():
         info.add_text(key, value)

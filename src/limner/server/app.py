@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from limner import config
 from limner.errors import LimnerError, TooLarge, without_paths
 from limner.scheduler import Scheduler
-from limner.server import a1111, chat, models, openai, openai_chat, schema, web
+from limner.server import a1111, chat, generate, models, openai, openai_chat, schema, web
 from limner.server.access import Access, loopback
 from limner.server.connections import SHUTDOWN, ClientGone, Concurrency, Limits, guarded
 from limner.server.origins import OriginCheck, origin_pattern
@@ -76,7 +76,7 @@ def create_app(store: Store, scheduler: Scheduler) -> FastAPI:
     route("/", web.index, methods=["GET", "HEAD"])
     route("/web/{name}", web.asset, methods=["GET", "HEAD"], include_in_schema=False)
     route("/api/version", _version, methods=["GET", "HEAD"])
-    route("/api/generate", chat.generate, methods=["POST"])
+    route("/api/generate", generate.generate, methods=["POST"])
     route("/api/chat", chat.chat, methods=["POST"])
     route("/api/tags", models.tags, methods=["GET", "HEAD"])
     route("/api/show", models.show, methods=["POST"])

@@ -14,7 +14,6 @@ import math
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import Request
@@ -24,39 +23,33 @@ from limner import config, pictures
 from limner.engines import Done, Message, Piece, check_parameters
 from limner.errors import InvalidRequest
 from limner.names import ModelName
-from limner.server import images
 from limner.server.state import State, parse_body
-from limner.server.streaming import respond
+from limner.server.streaming import created_at, respond
 from limner.store.described import Described, describe
 from limner.types import ChatRequest, GenerateRequest
 
 log = logging.getLogger("limner.chat")
 
 
-def now() -> str:
-    """RFC 3339 with nanosecond-style precision and a Z, as Ollama's created_at."""
-    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
-
-
 async def chat(request: Request) -> Response:
     body = await parse_body(request, ChatRequest)
     state: State = request.app.state.limner
     if not body.messages:
-        name = _stored_name(state, body.model)
-        return await _load_or_unload(state, name, _keep_alive(body.keep_alive), chat=True)
+        name = stored_name(state, body.model)
+        return await load_or_unload(state, name, keep_alive_seconds(body.keep_alive), chat=True)
     return await respond(chat_chunks(state, body), body.stream is not False, _aggregate_chat)
 
 
 async def chat_chunks(state: State, body: ChatRequest) -> AsyncIterator[dict[str, Any]]:
     """A chat with at least one message as Ollama's chunks; every check is done before the
     first chunk, so that a caller can still answer an error with its HTTP status."""
-    model = describe(state.store, _stored_name(state, body.model))
+    model = describe(state.store, stored_name(state, body.model))
     pictures.check_count(sum(len(msg.images or []) for msg in body.messages or []))
     messages = [
         _wire_message(msg.model_dump(), f"message {i}")
         for i, msg in enumerate(body.messages or [], 1)
     ]
-    keep_alive = _keep_alive(body.keep_alive)
+    keep_alive = keep_alive_seconds(body.keep_alive)
     if model.draws:
         raise InvalidRequest(f"'{body.model}' draws pictures; send its prompt to /api/generate")
     steps = _run(state, model, messages, body.options, body.format, keep_alive, replace_system=None)
@@ -64,22 +57,10 @@ async def chat_chunks(state: State, body: ChatRequest) -> AsyncIterator[dict[str
         yield chunk
 
 
-async def generate(request: Request) -> Response:
-    body = await parse_body(request, GenerateRequest)
-    state: State = request.app.state.limner
-    name = _stored_name(state, body.model)
-    if body.raw:
-        raise InvalidRequest(
-            "raw mode is not supported by limner's LLaVA engines; send the prompt without raw"
-        )
-    keep_alive = _keep_alive(body.keep_alive)
-    if not body.prompt and not body.images:
-        return await _load_or_unload(state, name, keep_alive, chat=False)
-    model = describe(state.store, name)
-    if model.draws:
-        drawing = images.check(body, model.config)
-        lines = images.chunks(body.model, images.draw(state, model, drawing, keep_alive), now)
-        return await respond(lines, body.stream is not False)
+async def complete(
+    state: State, model: Described, body: GenerateRequest, keep_alive: float | None
+) -> Response:
+    """/api/generate's prompt to a chat model, answered as a one-turn chat."""
     message = _wire_message(
         {"role": "user", "content": body.prompt, "images": body.images}, "prompt"
     )
@@ -91,14 +72,14 @@ async def generate(request: Request) -> Response:
     )
 
 
-def _stored_name(state: State, text: str) -> ModelName:
+def stored_name(state: State, text: str) -> ModelName:
     """The stored model's name; 404 `model 'NAME' not found` with NAME as sent."""
     if not text:
         raise InvalidRequest("model is required")
     return state.store.resolve(text)
 
 
-def _keep_alive(value: float | str | None) -> float | None:
+def keep_alive_seconds(value: float | str | None) -> float | None:
     if value is None:
         return None
     if isinstance(value, float) and math.isnan(value):
@@ -117,7 +98,7 @@ def _wire_message(message: dict[str, Any], label: str) -> Message:
     return Message(message["role"].lower(), message.get("content") or "", images)
 
 
-async def _load_or_unload(
+async def load_or_unload(
     state: State, name: ModelName, keep_alive: float | None, chat: bool
 ) -> Response:
     """An empty prompt loads the model; with keep_alive 0 it unloads it (Ollama's rule)."""
@@ -130,7 +111,7 @@ async def _load_or_unload(
         reason = "load"
     reply: dict[str, Any] = {
         "model": name.display(),
-        "created_at": now(),
+        "created_at": created_at(),
         "done": True,
         "done_reason": reason,
     }
@@ -237,7 +218,7 @@ async def _chunks(
 ) -> AsyncIterator[dict[str, Any]]:
     """Runner steps as Ollama's chunks; the last one carries the reason and the metrics."""
     async for step in steps:
-        chunk: dict[str, Any] = {"model": model, "created_at": now()}
+        chunk: dict[str, Any] = {"model": model, "created_at": created_at()}
         if isinstance(step, Piece):
             yield {**chunk, **text(step.text), "done": False}
         else:

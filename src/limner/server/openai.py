@@ -20,7 +20,7 @@ from starlette.datastructures import UploadFile
 
 from limner import pictures
 from limner.errors import InvalidRequest, LimnerError
-from limner.server import images
+from limner.server import drawing
 from limner.server.state import State, loads
 from limner.store.described import describe
 from limner.types import GenerateRequest
@@ -106,7 +106,7 @@ async def _draw(
     model = describe(state.store, state.store.resolve(native.model))
     if not model.draws:
         raise InvalidRequest(f"'{native.model}' does not draw pictures")
-    checked = images.check(native, model.config)
+    checked = drawing.check(native, model.config)
     count = _integer(fields.get("n", 1), "n")
     if not 1 <= count <= MAX_IMAGES_PER_REQUEST:
         raise InvalidRequest(f"n must be between 1 and {MAX_IMAGES_PER_REQUEST}")
@@ -114,9 +114,9 @@ async def _draw(
     for index in range(count):
         seed = checked.seed + index if checked.seed >= 0 else -1  # n pictures, n seeds
         each = dataclasses.replace(checked, seed=seed)
-        async for step in images.draw(state, model, each, keep_alive=None):
-            if isinstance(step, images.Drawn):
-                png = images.base64_png(step.result.png)
+        async for step in drawing.draw(state, model, each, keep_alive=None):
+            if isinstance(step, drawing.Drawn):
+                png = drawing.base64_png(step.result.png)
                 data.append({"b64_json": png, "revised_prompt": native.prompt})
     return JSONResponse({"created": int(time.time()), "data": data})
 

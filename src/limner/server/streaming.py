@@ -14,6 +14,7 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio
@@ -25,6 +26,11 @@ from limner.server.connections import SHUTDOWN
 log = logging.getLogger("limner.server")
 
 Aggregate = Callable[[list[dict[str, Any]]], dict[str, Any]]
+
+
+def created_at() -> str:
+    """RFC 3339 with a Z, as Ollama's `created_at` on every chunk."""
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
 def last_only(chunks: list[dict[str, Any]]) -> dict[str, Any]:

@@ -46,7 +46,7 @@ from limner.runner import RunnerProcess
 from limner.server.trainings import Job
 from limner.store import create as creating
 from limner.store.blobs import normalize
-from limner.store.described import completed_config, describe
+from limner.store.described import Capability, describe
 from limner.store.store import Entry
 from limner.types import CreateRequest, TrainSection
 
@@ -109,9 +109,8 @@ def _base(state: State, request: CreateRequest) -> Entry:
         raise InvalidRequest("train needs 'from': the Stable Diffusion model to train a LoRA of")
     store = state.store
     base = store.entry(store.resolve(request.from_, quote='"'))
-    config = store.config(base.manifest)
-    family = config.get("model_family", "")
-    if config.get("model_format") not in TRAINABLE_FORMATS or family != "stable-diffusion":
+    model = describe(store, base.name)
+    if model.format not in TRAINABLE_FORMATS or model.family != "stable-diffusion":
         raise InvalidRequest(
             f"{base.name.display()} cannot be trained: LoRA training runs on Stable Diffusion "
             "1.x/2.x drawing models (diffusers folders or single-file checkpoints)"
@@ -159,12 +158,13 @@ def _read_dataset(files: dict[str, Path], settings: TrainRequest, captioning: bo
 
 def _check_captioner(state: State, text: str) -> None:
     try:
-        entry = state.store.entry(state.store.resolve(text))
+        captioner = describe(state.store, state.store.resolve(text))
     except ModelNotFound:
         raise InvalidRequest(f"caption_with: model {text!r} not found; pull it first") from None
-    if "vision" not in completed_config(state.store, entry.manifest).get("capabilities", []):
+    if not captioner.can(Capability.VISION):
         raise InvalidRequest(
-            f"caption_with: {entry.name.display()} does not see pictures; name a vision chat model"
+            f"caption_with: {captioner.name.display()} does not see pictures; "
+            "name a vision chat model"
         )
 
 

@@ -23,7 +23,7 @@ from limner.errors import InvalidRequest, UnsafeWeights
 from limner.names import ModelName
 from limner.store import manifests as m
 from limner.store.blobs import normalize
-from limner.store.described import gguf_config
+from limner.store.described import gguf_config, stored_config
 from limner.store.formats import (
     GGUF,
     PICKLE,
@@ -208,7 +208,7 @@ def _base_layers(store: Store, request: CreateRequest) -> tuple[list[Layer], dic
             layer.model_copy(update={"from_": layer.from_ or parent})
             for layer in base.manifest.layers
         ]
-        return layers, {**store.config(base.manifest), "parent_model": parent}
+        return layers, {**stored_config(store, base.manifest), "parent_model": parent}
     raise InvalidRequest("neither 'from' or 'files' was specified")
 
 

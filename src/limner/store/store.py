@@ -102,10 +102,6 @@ class Store:
 
     # --- reading layers ---
 
-    def config(self, manifest: Manifest) -> dict[str, Any]:
-        data: dict[str, Any] = json.loads(self.blobs.open_path(manifest.config.digest).read_bytes())
-        return data
-
     def text(self, manifest: Manifest, media_type: str) -> str | None:
         layer = manifest.layer(media_type)
         if layer is None:

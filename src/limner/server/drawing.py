@@ -25,6 +25,7 @@ from limner.engines import ImageRequest, ImageResult, Progress, drawing
 from limner.engines.drawing import DEFAULT_STEPS, DEFAULT_STRENGTH, DEFAULT_STYLE_STRENGTH
 from limner.errors import InvalidRequest, TooLarge
 from limner.server.state import State
+from limner.server.streaming import created_at
 from limner.store import Store
 from limner.store.described import Described
 from limner.store.manifests import ADAPTER
@@ -174,12 +175,12 @@ def base64_png(data: bytes) -> str:
 
 
 async def chunks(
-    model: str, steps: AsyncIterator[Progress | Drawn], now: Any
+    model: str, steps: AsyncIterator[Progress | Drawn]
 ) -> AsyncIterator[dict[str, Any]]:
     """Runner steps as Ollama's image-generation lines."""
     total = 0
     async for step in steps:
-        line: dict[str, Any] = {"model": model, "created_at": now(), "response": ""}
+        line: dict[str, Any] = {"model": model, "created_at": created_at(), "response": ""}
         if isinstance(step, Progress):
             total = step.total
             progress: dict[str, Any] = {"done": False, "completed": step.completed, "total": total}
