@@ -24,7 +24,7 @@ import pytest
 import webuiapi
 from PIL import Image
 
-from conftest import add_fake_draw
+from helpers import add_fake_draw
 from limner.server import a1111_inpaint
 from limner.store import Store
 from limner.store.create import create

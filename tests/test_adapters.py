@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import add_fake, add_tiny_sd
+from helpers import add_fake, add_tiny_sd
 from limner.client import Client
 from limner.errors import InvalidRequest, UnsafeWeights
 from limner.names import ModelName

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from conftest import add_fake, picture
+from helpers import add_fake, picture
 from limner.store import Store
 
 

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 import limner
-from conftest import add_fake, add_fake_draw, picture
+from helpers import add_fake, add_fake_draw, picture
 from limner.store import Store
 
 

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 import limner
-from conftest import add_fake, free_port, picture
+from helpers import add_fake, free_port, picture
 from limner.store import Store
 from limner.types import ChatResponse, GenerateResponse
 

@@ -12,7 +12,7 @@ import httpx
 import ollama
 import pytest
 
-from conftest import add_gguf, picture
+from helpers import add_gguf, picture
 from limner.store import Store
 
 pytest.importorskip("llama_cpp")

@@ -8,7 +8,7 @@ from typing import Any
 import ollama
 import pytest
 
-from conftest import add_fake_draw, add_model, picture
+from helpers import add_fake_draw, add_model, picture
 from limner.names import ModelName
 from limner.store import Store
 from limner.tiny import write_tiny_llava

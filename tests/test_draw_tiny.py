@@ -16,8 +16,9 @@ import openai
 import pytest
 from PIL import Image
 
+import helpers
 import limner
-from conftest import ThreadServer, add_model
+from helpers import ThreadServer, add_model
 from limner.scheduler import Scheduler
 from limner.store import Store
 from limner.tiny import write_tiny_sd
@@ -45,9 +46,7 @@ def drawing(
 
 
 def png(color: str = "blue", size: tuple[int, int] = (64, 64)) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", size, color).save(buffer, format="PNG")
-    return buffer.getvalue()
+    return helpers.picture(size=size, color=color)
 
 
 def right_half_mask(size: int = 64) -> bytes:

@@ -9,13 +9,12 @@ a second server (a CDN), asks for a token, cuts connections or serves a corrupte
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import re
 import threading
 from collections import Counter
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -23,9 +22,10 @@ from urllib.parse import unquote, urlsplit
 import huggingface_hub.constants
 import ollama
 import pytest
-from PIL import Image
 
+import helpers
 import limner
+from fake_registry import QuietServer, sha
 from limner.errors import LimnerError, UnsafeWeights
 from limner.store import Store, registry
 from limner.store import pull as pulling
@@ -36,19 +36,8 @@ from limner.types import ProgressResponse
 LFS_MIN = 1000  # files this large (and every weights file) are "in LFS"
 
 
-def sha(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
 def folder_files(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
-
-
-class QuietServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        pass
 
 
 class FakeHub:
@@ -222,9 +211,7 @@ def leftovers(store: Store) -> list[str]:
 
 
 def png(color: str = "red") -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (40, 30), color).save(buffer, format="PNG")
-    return buffer.getvalue()
+    return helpers.picture(size=(40, 30), color=color)
 
 
 BIG = bytes(range(256)) * 160  # 40 KB of "weights" (the fake engine ignores them)

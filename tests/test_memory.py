@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from conftest import add_gguf
+from helpers import add_gguf
 from limner.config import parse_bytes
 from limner.engines import Message, Options
 from limner.errors import InsufficientMemory

@@ -14,7 +14,7 @@ import ollama
 import pytest
 
 import limner
-from conftest import free_port, picture
+from helpers import free_port, picture
 from limner.types import GenerateResponse
 
 pytestmark = pytest.mark.slow
@@ -182,7 +182,7 @@ def test_sigterm_stops_every_runner(tmp_path: Path) -> None:
 
 def test_a_killed_server_leaves_no_orphan_runner(tmp_path: Path) -> None:
     server = ServeProcess(tmp_path / "models")
-    from conftest import add_fake
+    from helpers import add_fake
     from limner.store import Store
 
     add_fake(Store(tmp_path / "models"), "fake")

@@ -15,7 +15,7 @@ import httpx
 import openai
 import pytest
 
-from conftest import add_fake, add_model, picture
+from helpers import add_fake, add_model, picture
 from limner.store import Store
 from limner.toys import shapes, weights
 

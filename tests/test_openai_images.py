@@ -12,7 +12,7 @@ import openai
 import pytest
 from PIL import Image
 
-from conftest import add_fake, add_fake_draw
+from helpers import add_fake, add_fake_draw
 from limner.store import Store
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from conftest import add_fake
+from helpers import add_fake
 from limner.engines import Message, Options, Piece
 from limner.errors import InsufficientMemory, LimnerError, ServerBusy
 from limner.names import ModelName

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import add_fake
+from helpers import add_fake
 from limner.errors import RunnerFailed
 from limner.names import ModelName
 from limner.runner import Placement

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import add_fake, add_model
+from helpers import add_fake, add_model
 from limner.errors import InvalidRequest, ModelNotFound, NotFound, UnsafeWeights
 from limner.names import ModelName
 from limner.store import Store

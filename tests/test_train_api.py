@@ -17,7 +17,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from conftest import add_fake, add_model, add_tiny_sd
+import helpers
+from helpers import add_fake, add_model, add_tiny_sd
 from limner.client import Client
 from limner.errors import Conflict
 from limner.store import Store
@@ -30,9 +31,7 @@ FAST = {"resolution": 32, "precision": "fp32", "learning_rate": 5e-2, "seed": 3}
 
 
 def png(colour: str, size: tuple[int, int] = (40, 36)) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", size, colour).save(buffer, "PNG")
-    return buffer.getvalue()
+    return helpers.picture(size=size, color=colour)
 
 
 def upload(sdk: Client, folder: Path, files: dict[str, bytes | str]) -> dict[str, str]:

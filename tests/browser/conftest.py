@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from browser.pages import CHROMIUM, store_toy
-from conftest import ThreadServer
+from helpers import ThreadServer
 from limner.scheduler import Scheduler
 from limner.store import Store
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from conftest import ThreadServer, add_model
+from helpers import ThreadServer, add_model
 from limner.cli.models import folder_files
 from limner.store import Store
 from limner.toys import weights

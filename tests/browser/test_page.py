@@ -24,7 +24,7 @@ from browser.pages import (
     shape_file,
     shown_picture,
 )
-from conftest import ThreadServer
+from helpers import ThreadServer
 from limner.toys.shapes import QUESTIONS, Spec, judge_colour
 
 require_browser()

@@ -20,7 +20,7 @@ import pexpect
 import pytest
 from PIL import Image
 
-from conftest import add_fake, add_fake_draw, ctrl_c_default, picture
+from helpers import add_fake, add_fake_draw, ctrl_c_default, picture
 from limner import read_parameters
 from limner.store import Store
 

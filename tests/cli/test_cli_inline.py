@@ -17,16 +17,13 @@ import pexpect
 import pytest
 from PIL import Image
 
-from conftest import add_fake_draw, ctrl_c_default
+import helpers
+from helpers import add_fake_draw, ctrl_c_default
 from limner.cli import inline
 from limner.store import Store
 from limner.toys.shapes import Spec, draw
 
-
-def png(picture: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    picture.save(buffer, format="PNG")
-    return buffer.getvalue()
+png = helpers.encoded  # a picture's PNG bytes
 
 
 SHAPE = draw(Spec("red", "triangle", "grey"))  # 64x64, two colours

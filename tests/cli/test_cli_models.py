@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from conftest import add_fake
+from helpers import add_fake
 from limner.cli.formats import human_bytes, human_duration
 from limner.cli.main import main
 from limner.client import Client
@@ -177,7 +177,7 @@ def test_create_tiny_gguf_and_quantize_a_stored_llava(
 def test_a_missing_server_tells_the_user_to_start_one(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from conftest import free_port
+    from helpers import free_port
 
     monkeypatch.setenv("LIMNER_HOST", f"127.0.0.1:{free_port()}")
     code, _, err = cli(capsys, "list")

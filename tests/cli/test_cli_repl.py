@@ -12,7 +12,7 @@ from typing import Any
 import pexpect
 import pytest
 
-from conftest import add_fake, ctrl_c_default, picture
+from helpers import add_fake, ctrl_c_default, picture
 from limner.store import Store
 
 PROMPT = ">>> "

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from conftest import add_fake, picture
+from helpers import add_fake, picture
 from limner.store import Store
 
 # Exactly what the installed `limner` command runs (its entry point is limner.cli:main).

@@ -17,8 +17,9 @@ import ollama
 import pytest
 from PIL import Image
 
+import helpers
 import limner
-from conftest import ThreadServer, add_fake, add_model
+from helpers import ThreadServer, add_fake, add_model
 from limner.errors import InvalidRequest
 from limner.scheduler import Scheduler
 from limner.store import Store
@@ -32,10 +33,7 @@ GREEDY = {"temperature": 0}
 QUESTION = "What colour is the shape?"
 
 
-def png(picture: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    picture.save(buffer, format="PNG")
-    return buffer.getvalue()
+png = helpers.encoded  # a picture's PNG bytes
 
 
 def ray_processes() -> list[str]:

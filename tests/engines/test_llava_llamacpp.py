@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
+import helpers
 from limner.engines import Done, LoadOptions, Message, Options, Piece
 from limner.errors import InvalidImage, InvalidRequest
 from limner.tiny import write_tiny_llava, write_tiny_llava_gguf
@@ -32,9 +31,7 @@ def engine(folder: Path) -> LlavaLlamaCpp:
 
 
 def picture(color: str = "red", size: tuple[int, int] = (64, 48)) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", size, color).save(buffer, format="PNG")
-    return buffer.getvalue()
+    return helpers.picture(size=size, color=color)
 
 
 def ask(

@@ -6,15 +6,14 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import io
 import json
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from PIL import Image
 from tokenizers import Tokenizer
 
+import helpers
 from limner.engines import Done, LoadOptions, Message, Options, Piece
 from limner.errors import InvalidImage, InvalidRequest
 from limner.tiny import write_tiny_llava
@@ -43,9 +42,7 @@ def engine(folder: Path) -> LlavaTransformers:
 
 
 def picture(fmt: str = "PNG", mode: str = "RGB", color: object = "red") -> bytes:
-    buffer = io.BytesIO()
-    Image.new(mode, (64, 48), color).save(buffer, format=fmt)
-    return buffer.getvalue()
+    return helpers.picture(fmt, (64, 48), color, mode)
 
 
 def ask(

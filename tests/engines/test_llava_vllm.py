@@ -6,7 +6,6 @@ batching (several requests at once to one runner) is checked through a real serv
 
 from __future__ import annotations
 
-import io
 import sys
 import threading
 import time
@@ -17,9 +16,9 @@ from typing import Any
 
 import httpx
 import pytest
-from PIL import Image
 
-from conftest import add_fake
+import helpers
+from helpers import add_fake
 from limner.engines import Done, LoadOptions, Message, Options, Piece, llava_vllm
 from limner.errors import InvalidRequest
 from limner.store import Store
@@ -112,9 +111,7 @@ def engine(fake_vllm: types.ModuleType, tmp_path: Path) -> llava_vllm.LlavaVllm:
 
 
 def png(colour: str) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (32, 32), colour).save(buffer, format="PNG")
-    return buffer.getvalue()
+    return helpers.picture(size=(32, 32), color=colour)
 
 
 def answer(engine: Any, messages: list[Message], options: Options) -> tuple[str, Done]:

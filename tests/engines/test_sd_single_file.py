@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 from safetensors.numpy import save_file
 
+import helpers
 from limner.engines import (
     ENGINES,
     ImageRequest,
@@ -62,9 +63,7 @@ def draw(engine: DiffusionEngine, **fields: Any) -> ImageResult:
 
 
 def png(size: tuple[int, int] = (64, 64), color: str = "blue") -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", size, color).save(buffer, format="PNG")
-    return buffer.getvalue()
+    return helpers.picture(size=size, color=color)
 
 
 # --- the tiny checkpoint ---------------------------------------------------------------------

@@ -3,13 +3,12 @@ length stops, and follow-ups that reuse what was already computed."""
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from PIL import Image
 
+import helpers
 from limner.engines import Done, LoadOptions, Message, Options, Piece
 from limner.errors import InvalidRequest
 from limner.tiny import write_tiny_llava, write_tiny_llava_gguf
@@ -21,9 +20,7 @@ SYSTEM = Message("system", "You answer briefly.")
 
 
 def picture(color: str) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (48, 48), color).save(buffer, format="PNG")
-    return buffer.getvalue()
+    return helpers.picture(size=(48, 48), color=color)
 
 
 @pytest.fixture(scope="module", params=["transformers", "llama.cpp"])

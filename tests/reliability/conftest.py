@@ -18,7 +18,7 @@ import httpx
 import pytest
 import uvicorn
 
-from conftest import ThreadServer, free_port
+from helpers import ThreadServer, free_port
 from limner.scheduler import Scheduler
 from limner.server.app import uvicorn_options
 from limner.store import Store

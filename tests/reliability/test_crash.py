@@ -16,11 +16,11 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import add_fake, free_port
+from fake_registry import FakeRegistry
+from helpers import add_fake, free_port
 from limner.store import Store
 from limner.store.check import check
 from reliability.conftest import ServeProcess
-from test_registry import FakeRegistry
 
 BIG = 6 * 1024 * 1024  # big enough that a kill lands mid-blob now and then
 

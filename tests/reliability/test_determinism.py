@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import add_gguf, add_tiny_sd, picture
+from helpers import add_gguf, add_tiny_sd, picture
 from limner.store import Store
 
 

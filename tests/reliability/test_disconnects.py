@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import add_fake
+from helpers import add_fake
 from limner.store import Store
 
 WORDS = 20

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import add_fake
+from helpers import add_fake
 from limner.store import Store
 
 WORDS = 12  # each accepted answer: w0 .. w11, one every 30 ms

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import add_fake, add_fake_draw
+from helpers import add_fake, add_fake_draw
 from limner.store import Store
 
 CRASHED = "the model's runner stopped unexpectedly"

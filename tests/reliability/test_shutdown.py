@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from conftest import add_fake
+from helpers import add_fake
 from limner.store import Store
 from reliability.conftest import alive
 

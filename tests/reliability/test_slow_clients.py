@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import add_fake
+from helpers import add_fake
 from limner import config
 from limner.store import Store
 

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import ThreadServer, add_fake, add_fake_draw
+from helpers import ThreadServer, add_fake, add_fake_draw
 from limner.scheduler import Scheduler
 from limner.store import Store
 

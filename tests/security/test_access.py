@@ -15,7 +15,7 @@ import httpx
 import ollama
 import pytest
 
-from conftest import add_fake, free_port
+from helpers import add_fake, free_port
 from limner.client import Client
 from limner.errors import LimnerError
 from limner.store import Store

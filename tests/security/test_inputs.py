@@ -192,7 +192,7 @@ def test_documented_values_and_sentinels_are_served(served: Served, extra: Any) 
 
 
 def _png() -> bytes:
-    from conftest import picture
+    from helpers import picture
 
     return picture(size=(64, 64))
 

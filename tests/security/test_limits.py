@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import add_fake, add_fake_draw, picture
+from helpers import add_fake, add_fake_draw, picture
 from limner.store import Store
 
 PNG = base64.b64encode(picture()).decode()

@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import add_model
+from helpers import add_model
 from limner.errors import without_paths
 from limner.store import Store
 

@@ -19,7 +19,7 @@ import httpx
 import pytest
 from PIL import Image, ImageFile, PngImagePlugin
 
-from conftest import picture
+from helpers import picture
 from security.hostile import Served, assert_alive, assert_refused, send, served
 
 __all__ = ["served"]  # the module-wide server fixture

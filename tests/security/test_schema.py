@@ -22,7 +22,7 @@ from schemathesis.checks import response_schema_conformance
 from schemathesis.core.failures import FailureGroup
 from schemathesis.generation import GenerationMode
 
-from conftest import add_fake, add_fake_draw
+from helpers import add_fake, add_fake_draw
 from limner.scheduler import Scheduler
 from limner.server.app import create_app
 from limner.store import Store

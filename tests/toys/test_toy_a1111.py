@@ -15,7 +15,7 @@ import pytest
 import webuiapi
 from PIL import Image
 
-from conftest import ThreadServer, add_model
+from helpers import ThreadServer, add_model
 from limner.scheduler import Scheduler
 from limner.store import Store
 from limner.toys import weights

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import helpers
 import limner
-from conftest import ThreadServer, add_model
+from helpers import ThreadServer, add_model
 from limner.scheduler import Scheduler
 from limner.store import Store
 from limner.toys import weights
@@ -49,10 +50,7 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[limner.Client]:
         yield limner.Client(server.url)
 
 
-def png(picture: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    picture.save(buffer, format="PNG")
-    return buffer.getvalue()
+png = helpers.encoded  # a picture's PNG bytes
 
 
 def opened(data: bytes) -> Image.Image:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from conftest import add_model
+from helpers import add_model
 from limner.cli.models import folder_files
 from limner.client import Client
 from limner.store import Store

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import random
 from pathlib import Path
@@ -11,10 +10,10 @@ from typing import Any
 
 import ollama
 import pytest
-from PIL import Image
 from safetensors import safe_open
 
-from conftest import add_model
+import helpers
+from helpers import add_model
 from limner.store import Store
 from limner.toys import weights
 from limner.toys.shapes import QUESTIONS, SIZE, Spec, answers, caption, draw, random_spec
@@ -44,10 +43,7 @@ def pictures(seed: int, count: int) -> list[tuple[Spec, bytes]]:
     return [(spec, png(draw(spec))) for spec in specs]
 
 
-def png(picture: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    picture.save(buffer, format="PNG")
-    return buffer.getvalue()
+png = helpers.encoded  # a picture's PNG bytes
 
 
 def ask(client: ollama.Client, model: str, picture: bytes, question: str) -> ollama.ChatResponse:
