@@ -86,11 +86,25 @@ class Runner(Protocol):
 StartRunner = Callable[[str, dict[str, Path], LoadOptions, float, Placement], Awaitable[Runner]]
 
 
-@dataclass(eq=False)  # one object per runner: equal only to itself, so it can be in a set
-class Loaded:
-    """A model in memory, as /api/ps shows it."""
+@dataclass(eq=False)  # one object per model: equal only to itself, so it can be in a set
+class Held:
+    """A model the scheduler holds, keyed by its manifest's digest."""
 
     described: Described
+
+    @property
+    def key(self) -> str:
+        return self.described.digest
+
+    @property
+    def name(self) -> ModelName:
+        return self.described.name
+
+
+@dataclass(eq=False)
+class Loaded(Held):
+    """A model in memory, as /api/ps shows it."""
+
     runner: Runner
     keep_alive: float
     size: int
@@ -102,14 +116,6 @@ class Loaded:
     fresh: bool = True  # the first lease after a load reports load_duration
     context_length: int = 0  # the window the runner was loaded with (0: not a chat model)
     stopping: asyncio.Task[None] | None = None  # set once its runner is being stopped
-
-    @property
-    def key(self) -> str:
-        return self.described.digest
-
-    @property
-    def name(self) -> ModelName:
-        return self.described.name
 
     @property
     def digest(self) -> str:
@@ -128,24 +134,15 @@ class Plan:
 
 
 @dataclass(eq=False)
-class Loading:
+class Loading(Held):
     """A model whose runner is starting. Requests for it wait on `ready`; the load counts
     against the memory budget from the moment it is admitted until its runner is up."""
 
-    described: Described
     plan: Plan
     ready: asyncio.Future[Loaded]
     waiters: int = 0  # requests waiting on `ready`; each gets a reference when it resolves
     admitted: bool = False
     task: asyncio.Task[None] | None = None
-
-    @property
-    def key(self) -> str:
-        return self.described.digest
-
-    @property
-    def name(self) -> ModelName:
-        return self.described.name
 
 
 class Scheduler:
