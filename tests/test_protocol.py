@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 
 from limner import protocol
+from limner import runner as runner_module
 from limner.engines import (
     Done,
     ImageRequest,
@@ -112,36 +114,71 @@ def test_the_requests_last_replies_are_the_ones_that_end_it() -> None:
     assert not isinstance(Progress(1, 2), protocol.LAST)
 
 
-# A runner child that loads, then answers every request with a line that is not the protocol's.
+# A runner child that loads, then answers its first request with a good piece and then LINE.
 BABBLER = """
 import sys
 sys.stdin.buffer.readline()
 sys.stdout.write('{"kind":"ready","id":0,"memory":1,"load_duration":0}\\n')
 sys.stdout.flush()
 sys.stdin.buffer.readline()
-sys.stdout.write('{"kind":"piece","id":1,"text":"fine"}\\n{"kind":"telepathy","id":1}\\n')
+sys.stdout.write('{"kind":"piece","id":1,"text":"fine"}\\n' + LINE + '\\n')
 sys.stdout.flush()
 sys.stdin.buffer.readline()
 """
 
+NOT_ANSWERS = [
+    ('{"kind":"telepathy","id":1}', "unknown message kind 'telepathy'"),
+    ('{"kind":"chat","id":1,"messages":[],"options":{}}', "a runner does not send Chat"),
+    ('{"kind":"progress","id":1,"completed":1,"total":2}', "a Progress does not answer a chat request"),
+    ('{"kind":"piece","id":1,"text":"' + "x" * 4096 + '"}', "a line is longer than"),
+]
+
 
 @pytest.mark.anyio
-async def test_a_runner_that_writes_a_line_of_no_kind_ends_its_requests_and_is_stopped(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize(("line", "says"), NOT_ANSWERS, ids=["kind", "request", "step", "long"])
+async def test_a_runner_that_writes_what_is_not_an_answer_ends_its_requests_and_is_stopped(
+    monkeypatch: pytest.MonkeyPatch, line: str, says: str
 ) -> None:
     real_exec = asyncio.create_subprocess_exec
+    babbler = f"LINE = {line!r}\n{BABBLER}"
 
-    async def babbler(*_: Any, **kwargs: Any) -> asyncio.subprocess.Process:
-        return await real_exec(sys.executable, "-c", BABBLER, **kwargs)
+    async def start_babbler(*_: Any, **kwargs: Any) -> asyncio.subprocess.Process:
+        return await real_exec(sys.executable, "-c", babbler, **kwargs)
 
-    monkeypatch.setattr(asyncio, "create_subprocess_exec", babbler)
+    monkeypatch.setattr(asyncio, "create_subprocess_exec", start_babbler)
+    monkeypatch.setattr(runner_module, "STREAM_LIMIT", 1024)  # the long line, at test size
     runner = await RunnerProcess.start("fake", {}, LoadOptions(), timeout=10)
     steps = runner.chat([Message("user", "hi")], Options())
     assert await anext(steps) == Piece("fine")
-    with pytest.raises(RunnerFailed, match=r"cannot read .*unknown message kind 'telepathy'"):
+    with pytest.raises(RunnerFailed, match=f"cannot read .*{says}"):
         await asyncio.wait_for(anext(steps), 10)
     await asyncio.wait_for(runner.stop(), 10)
     assert not runner.alive
+
+
+def test_a_runner_that_cannot_read_the_servers_line_exits_rather_than_serve_deaf(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "config.json").write_text('{"model_type": "limner-fake"}')
+    load = protocol.encode(Load("fake", tmp_path))
+    child = subprocess.run(
+        [sys.executable, "-m", "limner.runner"],
+        input=load + b'{"kind":"chat","id":1}\n',
+        capture_output=True,
+        timeout=60,
+    )
+    assert child.returncode == 2
+    assert b"is missing its field 'messages'" in child.stderr
+    assert protocol.decode(child.stdout.splitlines()[0])[1].__class__ is Ready
+
+
+def test_a_request_is_answered_only_by_its_own_kind_of_step() -> None:
+    chat = Chat([], Options())
+    assert protocol.answers(chat, Piece("x")) and protocol.answers(chat, Error(500, "x"))
+    assert not protocol.answers(chat, Progress(1, 2))
+    assert protocol.answers(Draw(ImageRequest("x")), ImageResult(PNG, {}))
+    assert not protocol.answers(Draw(ImageRequest("x")), Done("stop", 1, 1))
+    assert protocol.answers(EVERY_MESSAGE[3], TrainProgress(1, 3, 0.25, 1e-4, 9.5))
 
 
 @pytest.fixture

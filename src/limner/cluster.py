@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import secrets
 import tempfile
 import threading
@@ -29,16 +28,29 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import ray
 from ray import serve
 
 from limner.engines import ChatStep, ImageRequest, ImageStep, LoadOptions, Message, Options
 from limner.engines.training import TrainStep
-from limner.errors import InvalidRequest, LimnerError, RunnerFailed
-from limner.protocol import LAST, Chat, Draw, Error, Reply, Request, Train
-from limner.runner import Placement, link_files, replies
+from limner.errors import InvalidRequest, LimnerError, ProtocolError, RunnerFailed
+from limner.protocol import (
+    CHAT_STEPS,
+    IMAGE_STEPS,
+    LAST,
+    Chat,
+    Draw,
+    Error,
+    Ready,
+    Reply,
+    Request,
+    Train,
+)
+from limner.runner import Placement, link_files, ready, replies
+
+S = TypeVar("S")  # the steps one request yields
 
 
 @dataclass(frozen=True)
@@ -115,12 +127,8 @@ class ModelReplica:
         self.replica = serve.get_replica_context().replica_id.unique_id
         self.busy = threading.Lock()  # a cancelled request's engine work ends before the next
 
-    def info(self) -> dict[str, Any]:
-        memory = self.engine.memory_bytes()
-        vram = memory if getattr(self.engine, "on_gpu", False) else 0
-        return {"memory": memory, "vram": vram, "load_duration": self.load_duration,
-                "replica": self.replica, "pid": os.getpid(),
-                "concurrency": int(getattr(self.engine, "max_concurrency", 1))}  # fmt: skip
+    def info(self) -> Ready:
+        return ready(self.engine, self.load_duration)
 
     async def run(self, request: Request) -> AsyncIterator[tuple[str, Reply]]:
         """The runner protocol's replies to one request, each with the replica that sent it."""
@@ -150,12 +158,12 @@ class ModelReplica:
 class RayRunner:
     """The scheduler's handle on one model's Serve application (the Runner protocol)."""
 
-    def __init__(self, app: str, handle: Any, info: dict[str, Any], concurrency: int) -> None:
+    def __init__(self, app: str, handle: Any, info: Ready, concurrency: int) -> None:
         self.app = app
         self.handle = handle
-        self.memory = int(info["memory"])
-        self.vram = int(info["vram"])
-        self.load_duration = int(info["load_duration"])
+        self.memory = info.memory
+        self.vram = info.vram
+        self.load_duration = info.load_duration
         self.concurrency = concurrency  # requests the scheduler may hand over at once
         self.served: Counter[str] = Counter()  # requests finished, by replica
         self.stopped = False
@@ -181,6 +189,8 @@ class RayRunner:
                 asyncio.to_thread(serve.run, bound, name=app, route_prefix=None), timeout
             )
             info = await handle.info.remote()
+            if not isinstance(info, Ready):
+                raise ProtocolError(f"a replica answered its load with {type(info).__name__}")
         except TimeoutError:
             await asyncio.to_thread(_delete, app)
             raise RunnerFailed(
@@ -190,7 +200,7 @@ class RayRunner:
         except Exception as exc:
             await asyncio.to_thread(_delete, app)
             raise RunnerFailed(f"the model's replicas failed to start: {_reason(exc)}") from None
-        each = int(info.get("concurrency", 1))
+        each = info.concurrency
         if each > 1:  # the engine batches: Serve may send each replica that many at once
             wider = deployment.options(max_ongoing_requests=each)
             await asyncio.to_thread(serve.run, wider.bind(*arguments), name=app, route_prefix=None)
@@ -204,19 +214,19 @@ class RayRunner:
         return not self.stopped  # Serve replaces replicas that die
 
     def chat(self, messages: list[Message], options: Options) -> AsyncIterator[ChatStep]:
-        return self._request(Chat(messages, options))  # type: ignore[return-value]
+        return self._request(Chat(messages, options), CHAT_STEPS)
 
     def generate_image(
         self, request: ImageRequest, finish: asyncio.Event | None = None
     ) -> AsyncIterator[ImageStep]:
         # A replica cannot be told to finish early (requests go to whichever replica is
         # free), so Automatic1111's interrupt ends a drawing on a cluster without a picture.
-        return self._request(Draw(request))  # type: ignore[return-value]
+        return self._request(Draw(request), IMAGE_STEPS)
 
     def train(self, job: Train) -> AsyncIterator[TrainStep]:
         raise InvalidRequest("training runs on the API server's machine, not on the cluster")
 
-    async def _request(self, message: Request) -> AsyncIterator[Reply]:
+    async def _request(self, message: Request, steps: tuple[type[S], ...]) -> AsyncIterator[S]:
         stream = self.handle.options(stream=True, method_name="run").remote(message)
         finished = False
         try:
@@ -224,6 +234,8 @@ class RayRunner:
                 finished = isinstance(reply, LAST)
                 if isinstance(reply, Error):
                     raise reply.exception()
+                if not isinstance(reply, steps):
+                    raise ProtocolError(f"a {type(reply).__name__} does not answer this request")
                 if finished:
                     self.served[replica] += 1
                 yield reply

@@ -10,7 +10,9 @@
     ├── TooLarge (413)              request body or decoded picture over the limit
     ├── RequestCanceled (499)       the client went away
     ├── ServerBusy (503)            the scheduler's queue is full
+    ├── InsufficientMemory (507)    the model cannot fit under the memory limit
     ├── RunnerFailed (500)          a model's worker process crashed or failed to load
+    │   └── ProtocolError (500)     a runner line that is not the protocol's
     └── ConnectError                SDK only: no server answered at the host
 
 The server maps these to `{"error": message}` in exactly one place (`server/app.py`);

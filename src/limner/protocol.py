@@ -11,7 +11,8 @@
 The engines' own step dataclasses are the replies, not copies of them. Every line is
 `{"kind": ..., "id": ..., **fields}`; bytes travel as base64 and paths as strings. A line of
 an unknown kind, or with a field missing or of the wrong type, is a ProtocolError: the
-reader never guesses. A piece of text, the one message sent per token, has a fast path.
+reader never guesses, and a step that does not answer its request's kind (`STEPS`) is one
+too. A piece of text, the one message sent per token, has a fast path.
 """
 
 from __future__ import annotations
@@ -27,9 +28,11 @@ from pathlib import Path
 from typing import Any, Union
 
 from limner.engines import (
+    ChatStep,
     Done,
     ImageRequest,
     ImageResult,
+    ImageStep,
     LoadOptions,
     Message,
     Options,
@@ -41,6 +44,7 @@ from limner.engines.training import (
     TrainDone,
     TrainProgress,
     TrainRequest,
+    TrainStep,
     TrainValidation,
 )
 from limner.errors import LimnerError, ProtocolError, RunnerFailed
@@ -123,6 +127,15 @@ Step = (
 Reply = Step | Error
 LAST = (Done, ImageResult, TrainDone, Error)  # the replies that end a request
 
+# The steps that may answer each kind of request (an Error may answer any).
+CHAT_STEPS: tuple[type[ChatStep], ...] = (Piece, Done)
+IMAGE_STEPS: tuple[type[ImageStep], ...] = (Progress, ImageResult)
+TRAIN_STEPS: tuple[type[TrainStep], ...] = (
+    TrainProgress, TrainCheckpoint, TrainValidation, TrainDone
+)  # fmt: skip
+STEPS: dict[type, tuple[type, ...]] = {Chat: CHAT_STEPS, Draw: IMAGE_STEPS, Train: TRAIN_STEPS}
+REPLIES = (*CHAT_STEPS, *IMAGE_STEPS, *TRAIN_STEPS, Error)
+
 KINDS: dict[str, type] = {
     "load": Load, "chat": Chat, "draw": Draw, "train": Train, "cancel": Cancel, "finish": Finish,
     "ready": Ready, "load_error": LoadError, "error": Error,
@@ -163,6 +176,11 @@ def decode(line: bytes | str) -> tuple[int, Any]:
     if cls is None:
         raise ProtocolError(f"unknown message kind {kind!r}")
     return request_id, _from_wire(cls, body, kind)
+
+
+def answers(request: Request, reply: Any) -> bool:
+    """Whether `reply` may answer `request`: one of its steps, or an Error."""
+    return isinstance(reply, (Error, *STEPS[type(request)]))
 
 
 # --- the field codec ------------------------------------------------------------------------

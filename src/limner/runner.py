@@ -30,7 +30,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from limner import protocol
 from limner.engines import (
@@ -63,6 +63,7 @@ from limner.protocol import (
 log = logging.getLogger("limner.runner")
 
 STREAM_LIMIT = 64 * 1024 * 1024  # one line may carry several base64 pictures
+S = TypeVar("S")  # the steps one request yields
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,7 @@ class RunnerProcess:
         self.load_duration = ready.load_duration
         self.concurrency = ready.concurrency  # requests it takes at once
         self._ids = itertools.count(1)
-        self._queues: dict[int, asyncio.Queue[Reply]] = {}
+        self._open: dict[int, tuple[Request, asyncio.Queue[Reply]]] = {}  # by request id
         self._reader = asyncio.create_task(self._read())
 
     @classmethod
@@ -110,7 +111,7 @@ class RunnerProcess:
         try:
             await _send(process, protocol.encode(Load(model_format, folder, options)))
             assert process.stdout is not None
-            line = await asyncio.wait_for(process.stdout.readline(), timeout)
+            line = await asyncio.wait_for(_readline(process.stdout), timeout)
             reply = (
                 protocol.decode(line)[1] if line else LoadError(500, "runner exited while loading")
             )
@@ -136,26 +137,26 @@ class RunnerProcess:
 
     def chat(self, messages: list[Message], options: Options) -> AsyncIterator[ChatStep]:
         """Yield `Piece`s then one `Done`."""
-        return self._request(Chat(messages, options))  # type: ignore[return-value]
+        return self._request(Chat(messages, options), protocol.CHAT_STEPS)
 
     def generate_image(
         self, request: ImageRequest, finish: asyncio.Event | None = None
     ) -> AsyncIterator[ImageStep]:
         """Yield `Progress` then one `ImageResult`. Setting `finish` skips the remaining
         steps and decodes the picture so far."""
-        return self._request(Draw(request), finish)  # type: ignore[return-value]
+        return self._request(Draw(request), protocol.IMAGE_STEPS, finish)
 
     def train(self, job: Train) -> AsyncGenerator[TrainStep, None]:
         """Yield `TrainProgress`, `TrainCheckpoint` and `TrainValidation`, then `TrainDone`."""
-        return self._request(job)  # type: ignore[return-value]
+        return self._request(job, protocol.TRAIN_STEPS)
 
     async def _request(
-        self, message: Request, finish: asyncio.Event | None = None
-    ) -> AsyncIterator[Reply]:
+        self, message: Request, steps: tuple[type[S], ...], finish: asyncio.Event | None = None
+    ) -> AsyncGenerator[S, None]:
         """Send one request; yield its steps up to the last; raise on Error. Closing cancels."""
         request_id = next(self._ids)
         inbox: asyncio.Queue[Reply] = asyncio.Queue()
-        self._queues[request_id] = inbox
+        self._open[request_id] = (message, inbox)
         finished = False
         finisher: asyncio.Task[None] | None = None
         try:
@@ -169,13 +170,14 @@ class RunnerProcess:
                 finished = isinstance(reply, LAST)
                 if isinstance(reply, Error):
                     raise reply.exception()
-                yield reply
+                if isinstance(reply, steps):  # the reader let no other kind through
+                    yield reply
                 if finished:
                     return
         finally:
             if finisher is not None:
                 finisher.cancel()
-            self._queues.pop(request_id, None)
+            self._open.pop(request_id, None)
             if not finished and self.alive:
                 # No await here: this runs while the request's task is being cancelled.
                 with contextlib.suppress(OSError, RuntimeError):
@@ -191,25 +193,33 @@ class RunnerProcess:
     async def _read(self) -> None:
         assert self.process.stdout is not None
         failure = None
-        while line := await self.process.stdout.readline():
-            try:
-                request_id, reply = protocol.decode(line)
-            except ProtocolError as exc:  # a runner that speaks nonsense is stopped, not guessed
-                failure = f"the model's runner sent a line limner cannot read ({exc.message})"
-                log.error("%s; stopping it", failure)
-                self.process.kill()
-                break
-            inbox = self._queues.get(request_id)
-            if inbox is not None:
-                inbox.put_nowait(reply)
+        try:
+            while line := await _readline(self.process.stdout):
+                self._deliver(*protocol.decode(line))
+        except ProtocolError as exc:  # a runner that speaks nonsense is stopped, not guessed
+            failure = f"the model's runner sent a line limner cannot read ({exc.message})"
+            log.error("%s; stopping it", failure)
+            self.process.kill()
         code = await self.process.wait()
         shutil.rmtree(self.folder, ignore_errors=True)
         failure = failure or (
             f"the model's runner stopped unexpectedly (exit code {code}); "
             "the next request starts a new one"
         )
-        for inbox in self._queues.values():
+        for _, inbox in self._open.values():
             inbox.put_nowait(Error(500, failure))
+
+    def _deliver(self, request_id: int, reply: Any) -> None:
+        """Hand a reply to its open request; a reply no request of its kind takes is an error."""
+        if not isinstance(reply, protocol.REPLIES):
+            raise ProtocolError(f"a runner does not send {type(reply).__name__}")
+        request, inbox = self._open.get(request_id, (None, None))
+        if request is None or inbox is None:
+            return  # the request was closed meanwhile: its last replies are dropped
+        if not protocol.answers(request, reply):
+            kind = type(request).__name__.lower()
+            raise ProtocolError(f"a {type(reply).__name__} does not answer a {kind} request")
+        inbox.put_nowait(reply)
 
     async def stop(self, grace: float = 5.0) -> None:
         """Ask the runner to exit; kill it if it does not within `grace` seconds."""
@@ -228,6 +238,14 @@ class RunnerProcess:
         if self.process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 self.process.kill()
+
+
+async def _readline(stream: asyncio.StreamReader) -> bytes:
+    """One line, or ProtocolError if it is longer than STREAM_LIMIT (never a reader that dies)."""
+    try:
+        return await stream.readline()
+    except ValueError:  # asyncio's limit overrun
+        raise ProtocolError(f"a line is longer than {STREAM_LIMIT >> 20} MiB") from None
 
 
 async def _send(process: asyncio.subprocess.Process, line: bytes) -> None:
@@ -281,11 +299,15 @@ def main() -> None:
         failure = _failure(exc)
         _write(out, protocol.encode(LoadError(failure.status, failure.message)))
         return
+    _write(out, protocol.encode(ready(engine, loaded)))
+    _serve(engine, out)
+
+
+def ready(engine: Any, load_duration: int) -> Ready:
+    """What a loaded engine holds and takes: every kind of runner answers its load with this."""
     memory = engine.memory_bytes()
     vram = memory if getattr(engine, "on_gpu", False) else 0
-    concurrency = int(getattr(engine, "max_concurrency", 1))
-    _write(out, protocol.encode(Ready(memory, loaded, vram, concurrency)))
-    _serve(engine, out)
+    return Ready(memory, load_duration, vram, int(getattr(engine, "max_concurrency", 1)))
 
 
 def _serve(engine: Any, out: IO[bytes]) -> None:
@@ -295,7 +317,11 @@ def _serve(engine: Any, out: IO[bytes]) -> None:
 
     def read_stdin() -> None:
         for line in sys.stdin.buffer:
-            request_id, message = protocol.decode(line)
+            try:
+                request_id, message = protocol.decode(line)
+            except ProtocolError as exc:  # a deaf runner would leave its requests hanging
+                print(f"runner: cannot read the server's line: {exc.message}", file=sys.stderr)
+                os._exit(2)
             if isinstance(message, Cancel):
                 cancelled.add(request_id)
             elif isinstance(message, Finish):
@@ -336,6 +362,8 @@ def replies(
         for step in _steps(engine, request, cancelled, finish):
             if cancelled():
                 break
+            if not protocol.answers(request, step):
+                raise ProtocolError(f"the engine answered with {type(step).__name__}")
             if type(step) is Piece and not step.text:
                 continue  # a multi-byte character still pending
             yield step
