@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
-import io
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -40,8 +39,7 @@ def check(body: GenerateRequest, model_config: dict[str, Any]) -> ImageRequest:
         raise InvalidRequest(
             "send one init picture in images; reference pictures go in style_images"
         )
-    init_bytes = _decoded(images[0], "init picture (images[0])") if images else None
-    init = _opened(init_bytes) if init_bytes else None
+    init_bytes, init = _decoded(images[0], "init picture (images[0])") if images else (None, None)
     width, height = _size(body, init, model_config)
     seed = body.seed if body.seed is not None else (body.options or {}).get("seed", -1)
     if not isinstance(seed, int) or isinstance(seed, bool):
@@ -58,7 +56,7 @@ def check(body: GenerateRequest, model_config: dict[str, Any]) -> ImageRequest:
     )  # fmt: skip
     request.mask = _checked_mask(body.mask, init)
     request.style_images = [
-        _decoded(encoded, f"style picture {number}")
+        _decoded(encoded, f"style picture {number}")[0]
         for number, encoded in enumerate(body.style_images or [], 1)
     ]
     return request
@@ -68,14 +66,10 @@ def _given(value: float | None, default: float) -> float:
     return default if value is None else value
 
 
-def _decoded(encoded: str, label: str) -> bytes:
+def _decoded(encoded: str, label: str) -> tuple[bytes, Image.Image]:
+    """The picture's bytes (what the engine gets) and the picture they decode to."""
     [data] = pictures.decode_base64([encoded], label)
-    pictures.check(data, label)
-    return data
-
-
-def _opened(data: bytes) -> Image.Image:
-    return Image.open(io.BytesIO(data))
+    return data, pictures.check(data, label)
 
 
 def _size(
@@ -103,8 +97,7 @@ def _checked_mask(encoded: str | None, init: Image.Image | None) -> bytes | None
         return None
     if init is None:
         raise InvalidRequest("a mask needs the picture to repaint in images[0]")
-    data = _decoded(encoded, "mask")
-    mask = _opened(data)
+    data, mask = _decoded(encoded, "mask")
     if mask.size != init.size:
         raise InvalidRequest(
             f"the mask is {mask.width}x{mask.height} but the picture is {init.width}x{init.height}; "
