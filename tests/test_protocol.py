@@ -129,7 +129,10 @@ sys.stdin.buffer.readline()
 NOT_ANSWERS = [
     ('{"kind":"telepathy","id":1}', "unknown message kind 'telepathy'"),
     ('{"kind":"chat","id":1,"messages":[],"options":{}}', "a runner does not send Chat"),
-    ('{"kind":"progress","id":1,"completed":1,"total":2}', "a Progress does not answer a chat request"),
+    (
+        '{"kind":"progress","id":1,"completed":1,"total":2}',
+        "a Progress does not answer a chat request",
+    ),
     ('{"kind":"piece","id":1,"text":"' + "x" * 4096 + '"}', "a line is longer than"),
 ]
 

@@ -33,15 +33,25 @@ from typing import Any, TypeVar
 import ray
 from ray import serve
 
-from limner.engines import ChatStep, ImageRequest, ImageStep, LoadOptions, Message, Options
+from limner.engines import (
+    ChatStep,
+    EmbedStep,
+    ImageRequest,
+    ImageStep,
+    LoadOptions,
+    Message,
+    Options,
+)
 from limner.engines.training import TrainStep
 from limner.errors import InvalidRequest, LimnerError, ProtocolError, RunnerFailed
 from limner.protocol import (
     CHAT_STEPS,
+    EMBED_STEPS,
     IMAGE_STEPS,
     LAST,
     Chat,
     Draw,
+    Embed,
     Error,
     Ready,
     Reply,
@@ -222,6 +232,9 @@ class RayRunner:
         # A replica cannot be told to finish early (requests go to whichever replica is
         # free), so Automatic1111's interrupt ends a drawing on a cluster without a picture.
         return self._request(Draw(request), IMAGE_STEPS)
+
+    def embed(self, request: Embed) -> AsyncIterator[EmbedStep]:
+        return self._request(request, EMBED_STEPS)
 
     def train(self, job: Train) -> AsyncIterator[TrainStep]:
         raise InvalidRequest("training runs on the API server's machine, not on the cluster")

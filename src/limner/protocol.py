@@ -1,12 +1,13 @@
 """The runner protocol: typed messages between the server and a runner, one JSON object a line.
 
     server -> runner   Load                  the first line: which engine, which folder, options
-                       Chat | Draw | Train   a request, under an id the server picks
+                       Chat | Draw | Train | Embed   a request, under an id the server picks
                        Cancel | Finish       stop a request / end a drawing early, keeping it
     runner -> server   Ready | LoadError     the answer to Load
                        a request's steps, under its id: Piece... Done (chat),
                        Progress... ImageResult (drawing), TrainProgress, TrainCheckpoint,
-                       TrainValidation... TrainDone (training); or Error, which ends it too
+                       TrainValidation... TrainDone (training), Embedded (embedding);
+                       or Error, which ends it too
 
 The engines' own step dataclasses are the replies, not copies of them. Every line is
 `{"kind": ..., "id": ..., **fields}`; bytes travel as base64 and paths as strings. A line of
@@ -30,6 +31,8 @@ from typing import Any, Union
 from limner.engines import (
     ChatStep,
     Done,
+    Embedded,
+    EmbedStep,
     ImageRequest,
     ImageResult,
     ImageStep,
@@ -79,6 +82,13 @@ class Train:
 
 
 @dataclass(frozen=True)
+class Embed:
+    inputs: list[str]
+    truncate: bool = True
+    num_ctx: int = 0  # 0: the window the model loaded with
+
+
+@dataclass(frozen=True)
 class Cancel:
     """Stop the request now; it ends with an Error of status 499."""
 
@@ -119,13 +129,13 @@ class Error:
         return LimnerError(self.message, self.status)
 
 
-Request = Chat | Draw | Train
+Request = Chat | Draw | Train | Embed
 Step = (
     Piece | Done | Progress | ImageResult | TrainProgress | TrainCheckpoint | TrainValidation
-    | TrainDone
+    | TrainDone | Embedded
 )  # fmt: skip
 Reply = Step | Error
-LAST = (Done, ImageResult, TrainDone, Error)  # the replies that end a request
+LAST = (Done, ImageResult, TrainDone, Embedded, Error)  # the replies that end a request
 
 # The steps that may answer each kind of request (an Error may answer any).
 CHAT_STEPS: tuple[type[ChatStep], ...] = (Piece, Done)
@@ -133,15 +143,19 @@ IMAGE_STEPS: tuple[type[ImageStep], ...] = (Progress, ImageResult)
 TRAIN_STEPS: tuple[type[TrainStep], ...] = (
     TrainProgress, TrainCheckpoint, TrainValidation, TrainDone
 )  # fmt: skip
-STEPS: dict[type, tuple[type, ...]] = {Chat: CHAT_STEPS, Draw: IMAGE_STEPS, Train: TRAIN_STEPS}
-REPLIES = (*CHAT_STEPS, *IMAGE_STEPS, *TRAIN_STEPS, Error)
+EMBED_STEPS: tuple[type[EmbedStep], ...] = (Embedded,)
+STEPS: dict[type, tuple[type, ...]] = {
+    Chat: CHAT_STEPS, Draw: IMAGE_STEPS, Train: TRAIN_STEPS, Embed: EMBED_STEPS
+}  # fmt: skip
+REPLIES = (*CHAT_STEPS, *IMAGE_STEPS, *TRAIN_STEPS, *EMBED_STEPS, Error)
 
 KINDS: dict[str, type] = {
-    "load": Load, "chat": Chat, "draw": Draw, "train": Train, "cancel": Cancel, "finish": Finish,
+    "load": Load, "chat": Chat, "draw": Draw, "train": Train, "embed": Embed,
+    "cancel": Cancel, "finish": Finish,
     "ready": Ready, "load_error": LoadError, "error": Error,
     "piece": Piece, "done": Done, "progress": Progress, "image": ImageResult,
     "train_progress": TrainProgress, "checkpoint": TrainCheckpoint,
-    "validation": TrainValidation, "trained": TrainDone,
+    "validation": TrainValidation, "trained": TrainDone, "embedded": Embedded,
 }  # fmt: skip
 KIND_OF = {cls: kind for kind, cls in KINDS.items()}
 

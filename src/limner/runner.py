@@ -35,6 +35,7 @@ from typing import IO, Any, TypeVar
 from limner import protocol
 from limner.engines import (
     ChatStep,
+    EmbedStep,
     ImageRequest,
     ImageStep,
     LoadOptions,
@@ -50,6 +51,7 @@ from limner.protocol import (
     Cancel,
     Chat,
     Draw,
+    Embed,
     Error,
     Finish,
     Load,
@@ -149,6 +151,10 @@ class RunnerProcess:
     def train(self, job: Train) -> AsyncGenerator[TrainStep, None]:
         """Yield `TrainProgress`, `TrainCheckpoint` and `TrainValidation`, then `TrainDone`."""
         return self._request(job, protocol.TRAIN_STEPS)
+
+    def embed(self, request: Embed) -> AsyncIterator[EmbedStep]:
+        """Yield one `Embedded`."""
+        return self._request(request, protocol.EMBED_STEPS)
 
     async def _request(
         self, message: Request, steps: tuple[type[S], ...], finish: asyncio.Event | None = None
@@ -326,7 +332,7 @@ def _serve(engine: Any, out: IO[bytes]) -> None:
                 cancelled.add(request_id)
             elif isinstance(message, Finish):
                 finished.add(request_id)
-            elif isinstance(message, Chat | Draw | Train):
+            elif isinstance(message, Chat | Draw | Train | Embed):
                 work.put((request_id, message))
             else:
                 print(f"runner: {type(message).__name__} is no request", file=sys.stderr)
@@ -379,6 +385,10 @@ def _steps(
 ) -> Iterator[Any]:
     if isinstance(request, Train):
         return _training(engine, request, cancelled)
+    if isinstance(request, Embed):
+        if not hasattr(engine, "embed"):
+            raise InvalidRequest("this model does not embed text")
+        return iter(engine.embed(request.inputs, request.truncate, request.num_ctx, cancelled))
     if isinstance(request, Draw):
         if not hasattr(engine, "generate_image"):
             raise InvalidRequest("this model does not draw pictures; it answers questions")

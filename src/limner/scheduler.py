@@ -45,11 +45,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from limner.engines import ChatStep, ImageRequest, ImageStep, LoadOptions, Message, Options
+from limner.engines import (
+    ChatStep,
+    EmbedStep,
+    ImageRequest,
+    ImageStep,
+    LoadOptions,
+    Message,
+    Options,
+)
 from limner.engines.training import TrainStep
 from limner.errors import InsufficientMemory, RunnerFailed, ServerBusy
 from limner.names import ModelName
-from limner.protocol import Train
+from limner.protocol import Embed, Train
 from limner.runner import Placement, RunnerProcess
 from limner.store.described import GGUF, Capability, Described, describe
 from limner.store.manifests import TEMPLATE
@@ -77,6 +85,8 @@ class Runner(Protocol):
     ) -> AsyncIterator[ImageStep]: ...
 
     def train(self, job: Train) -> AsyncIterator[TrainStep]: ...
+
+    def embed(self, request: Embed) -> AsyncIterator[EmbedStep]: ...
 
     async def stop(self, grace: float = 5.0) -> None: ...
 
@@ -350,7 +360,7 @@ class Scheduler:
                      f", {plan.window}-token window" if plan.window else "")  # fmt: skip
             placement = Placement(loading.name.display(), plan.need)
             runner = await self.start_runner(
-                loading.described.format,
+                loading.described.engine,
                 plan.files,
                 LoadOptions.from_dict(plan.params),
                 self.load_timeout,

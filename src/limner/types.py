@@ -158,6 +158,39 @@ class ProcessResponse(_Response):
     models: list[RunningModel] = Field(default_factory=list)
 
 
+# --- embeddings ------------------------------------------------------------------------
+
+
+class EmbedRequest(_Request):
+    model: str = ""
+    input: Any = None  # a string or a list of strings; empty or absent: only load
+    truncate: bool | None = True  # false: an input longer than the window is a 400
+    dimensions: int | None = None  # keep the first N values (then normalised again)
+    options: dict[str, Any] | None = None
+    keep_alive: KeepAlive = None
+
+
+class EmbedResponse(_Response):
+    model: str
+    embeddings: list[list[float]]  # one unit vector per input
+    total_duration: int | None = None
+    load_duration: int | None = None
+    prompt_eval_count: int | None = None
+
+
+class EmbeddingsRequest(_Request):
+    """The legacy endpoint: one prompt, a vector as the model gives it (not normalised)."""
+
+    model: str = ""
+    prompt: str | None = ""
+    options: dict[str, Any] | None = None
+    keep_alive: KeepAlive = None
+
+
+class EmbeddingsResponse(_Response):
+    embedding: list[float]
+
+
 class ShowRequest(_Request):
     model: str = ""
     name: str | None = None  # legacy alias of model
@@ -292,6 +325,13 @@ class OpenAIChatRequest(_Request):
     logprobs: bool | None = None  # refused when true
     tools: list[dict[str, Any]] | None = None
     user: str | None = None
+
+
+class OpenAIEmbeddingRequest(_Request):
+    model: str = ""
+    input: Any = None  # a string or a list of strings
+    dimensions: int | None = None
+    encoding_format: str | None = "float"  # "float" | "base64"
 
 
 # --- Automatic1111's /sdapi/v1 (fields as its API declares them; unknown ones are ignored) ---

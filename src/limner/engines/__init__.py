@@ -184,6 +184,29 @@ class ImageResult:
 ImageStep = Progress | ImageResult
 
 
+@dataclass
+class Embedded:
+    """The vectors of a batch of inputs as the model pools them (not normalised: the server
+    does that where the API asks), and how many tokens they took."""
+
+    vectors: list[list[float]]
+    prompt_eval_count: int
+
+
+EmbedStep = Embedded
+
+
+class EmbedEngine(Protocol):
+    """A loaded embedding model. An input longer than `num_ctx` tokens is cut to fit when
+    `truncate` is set, else refused."""
+
+    def embed(
+        self, inputs: list[str], truncate: bool, num_ctx: int, cancelled: Callable[[], bool]
+    ) -> Iterator[EmbedStep]: ...
+
+    def memory_bytes(self) -> int: ...
+
+
 class ImageEngine(Protocol):
     """A loaded diffusion model. `cancelled()` is polled after every denoising step; once
     `finish()` is true the remaining steps are skipped and the picture so far is decoded."""
@@ -222,7 +245,7 @@ class TrainEngine(Protocol):
     def memory_bytes(self) -> int: ...
 
 
-EngineFactory = Callable[[Path, LoadOptions], ChatEngine | ImageEngine | TrainEngine]
+EngineFactory = Callable[[Path, LoadOptions], ChatEngine | ImageEngine | TrainEngine | EmbedEngine]
 
 # model_format in the manifest config -> "module:factory", imported lazily in the runner.
 ENGINES: dict[str, str] = {
@@ -232,6 +255,9 @@ ENGINES: dict[str, str] = {
     "diffusers": "limner.engines.diffusion:load",
     "sd-checkpoint": "limner.engines.diffusion:load_checkpoint",
     "fake": "limner.engines.fake:load",
+    # Embedding models (their config's capabilities say "embedding").
+    "embed:gguf": "limner.engines.embed_llamacpp:load",
+    "embed:safetensors": "limner.engines.embed_transformers:load",
     # Training runners: the model to train on, loaded by its trainer (`train` requests).
     "train:diffusers": "limner.engines.lora:load_trainer",
     "train:sd-checkpoint": "limner.engines.lora:load_checkpoint_trainer",

@@ -22,7 +22,18 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from limner import config
 from limner.errors import LimnerError, TooLarge, without_paths
 from limner.scheduler import Scheduler
-from limner.server import a1111, chat, generate, models, openai, openai_chat, schema, web
+from limner.server import (
+    a1111,
+    chat,
+    embed,
+    generate,
+    models,
+    openai,
+    openai_chat,
+    openai_embed,
+    schema,
+    web,
+)
 from limner.server.access import Access, loopback
 from limner.server.connections import SHUTDOWN, ClientGone, Concurrency, Limits, guarded
 from limner.server.origins import OriginCheck, origin_pattern
@@ -78,6 +89,8 @@ def create_app(store: Store, scheduler: Scheduler) -> FastAPI:
     route("/api/version", _version, methods=["GET", "HEAD"])
     route("/api/generate", generate.generate, methods=["POST"])
     route("/api/chat", chat.chat, methods=["POST"])
+    route("/api/embed", embed.embed, methods=["POST"])
+    route("/api/embeddings", embed.embeddings, methods=["POST"])
     route("/api/tags", models.tags, methods=["GET", "HEAD"])
     route("/api/show", models.show, methods=["POST"])
     route("/api/ps", models.ps, methods=["GET"])
@@ -90,6 +103,7 @@ def create_app(store: Store, scheduler: Scheduler) -> FastAPI:
     route("/v1/images/generations", openai.generations, methods=["POST"])
     route("/v1/images/edits", openai.edits, methods=["POST"])
     route("/v1/chat/completions", openai_chat.chat_completions, methods=["POST"])
+    route("/v1/embeddings", openai_embed.embeddings, methods=["POST"])
     route("/v1/models", openai_chat.list_models, methods=["GET"])
     route("/v1/models/{model:path}", openai_chat.show_model, methods=["GET"])
     route("/sdapi/v1/txt2img", a1111.txt2img, methods=["POST"])

@@ -25,7 +25,7 @@ from limner.errors import InvalidRequest
 from limner.names import ModelName
 from limner.server.state import State, parse_body
 from limner.server.streaming import created_at, respond
-from limner.store.described import Described, describe
+from limner.store.described import Capability, Described, describe
 from limner.types import ChatRequest, GenerateRequest
 
 log = logging.getLogger("limner.chat")
@@ -52,6 +52,7 @@ async def chat_chunks(state: State, body: ChatRequest) -> AsyncIterator[dict[str
     keep_alive = keep_alive_seconds(body.keep_alive)
     if model.draws:
         raise InvalidRequest(f"'{body.model}' draws pictures; send its prompt to /api/generate")
+    _require_answers(model, messages, "chat")
     steps = _run(state, model, messages, body.options, body.format, keep_alive, replace_system=None)
     async for chunk in _chunks(body.model, steps, _chat_text):
         yield chunk
@@ -64,6 +65,7 @@ async def complete(
     message = _wire_message(
         {"role": "user", "content": body.prompt, "images": body.images}, "prompt"
     )
+    _require_answers(model, [message], "generate")
     steps = _run(
         state, model, [message], body.options, body.format, keep_alive, replace_system=body.system
     )
@@ -88,6 +90,14 @@ def keep_alive_seconds(value: float | str | None) -> float | None:
         return config.parse_keep_alive(value)
     except InvalidRequest as exc:
         raise InvalidRequest(f"invalid keep_alive: {exc.message}") from None
+
+
+def _require_answers(model: Described, messages: list[Message], endpoint: str) -> None:
+    """Ollama's 400s, before anything loads: an embedding model does not chat, and a model
+    without a projector does not see."""
+    model.require(Capability.COMPLETION, endpoint)
+    if any(message.images for message in messages):
+        model.require(Capability.VISION, "images")
 
 
 def _wire_message(message: dict[str, Any], label: str) -> Message:

@@ -58,6 +58,13 @@ class Described:
         return str(self.config.get("model_format", ""))
 
     @property
+    def engine(self) -> str:
+        """The key of engines.ENGINES that runs it: an embedding model has engines of its own."""
+        if self.can(Capability.EMBEDDING) and not self.can(Capability.COMPLETION):
+            return f"embed:{self.format}"
+        return self.format
+
+    @property
     def family(self) -> str:
         return str(self.config.get("model_family", ""))
 
@@ -158,12 +165,21 @@ def gguf_config(info: dict[str, Any], projector: dict[str, Any] | None) -> dict[
         "model_families": families,
         "model_type": human_count(params),
         "file_type": FILE_TYPES.get(file_type, f"type {file_type}"),
-        "capabilities": ["completion", "vision"] if projector else ["completion"],
+        "capabilities": _gguf_capabilities(info, arch, projector),
         "context_length": context,
         "embedding_length": info.get(f"{arch}.embedding_length"),
         "model_info": info,
         "projector_info": _with_image_tokens(projector) if projector else {},
     }
+
+
+def _gguf_capabilities(
+    info: dict[str, Any], arch: str, projector: dict[str, Any] | None
+) -> list[str]:
+    """As Ollama decides: a model that pools its states embeds, any other completes text."""
+    if f"{arch}.pooling_type" in info:
+        return [Capability.EMBEDDING]
+    return [Capability.COMPLETION, Capability.VISION] if projector else [Capability.COMPLETION]
 
 
 def _with_image_tokens(projector: dict[str, Any]) -> dict[str, Any]:

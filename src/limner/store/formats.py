@@ -69,13 +69,20 @@ def config_for_folder(kinds: dict[str, tuple[str, Path]]) -> dict[str, Any]:
             "capabilities": FAKE_CAPABILITIES[model_type],
             "model_info": {"general.architecture": "fake", "fake.context_length": 4096},
         }
-    if model_type != "llava":
-        raise InvalidRequest(
-            f"model_type {model_type!r} is not supported yet; limner runs LLaVA-family models"
-        )
     if not weights:
         raise InvalidRequest("no safetensors weights among the model files")
+    if model_type in ENCODERS:
+        return _encoder_config(hf, weights)
+    if model_type != "llava":
+        raise InvalidRequest(
+            f"model_type {model_type!r} is not supported yet; limner runs LLaVA-family models "
+            f"and embedding encoders ({', '.join(sorted(ENCODERS))})"
+        )
     return _llava_config(hf, weights)
+
+
+# Encoders that embed text (sentence-transformers' models are these with a pooling module).
+ENCODERS = {"bert", "roberta", "xlm-roberta", "distilbert", "mpnet", "electra", "modernbert"}
 
 
 # The scripted fake engine (engines/fake.py) chats or draws, for tests above the engine seam.
@@ -300,5 +307,32 @@ def _llava_config(hf: dict[str, Any], weights: list[Path]) -> dict[str, Any]:
         "capabilities": ["completion", "vision"],
         "context_length": context,
         "embedding_length": text.get("hidden_size", 4096),
+        "model_info": {k: v for k, v in info.items() if v is not None},
+    }
+
+
+def _encoder_config(hf: dict[str, Any], weights: list[Path]) -> dict[str, Any]:
+    """A text encoder that embeds, described with the GGUF keys llama.cpp gives BERT."""
+    family = str(hf["model_type"])
+    params, dtypes = _count_parameters(weights)
+    context = int(hf.get("max_position_embeddings", 512))
+    width = int(hf.get("hidden_size", 768))
+    info = {
+        "general.architecture": family,
+        "general.parameter_count": params,
+        f"{family}.context_length": context,
+        f"{family}.embedding_length": width,
+        f"{family}.block_count": hf.get("num_hidden_layers"),
+        f"{family}.attention.head_count": hf.get("num_attention_heads"),
+    }
+    return {
+        "model_format": SAFETENSORS,
+        "model_family": family,
+        "model_families": [family],
+        "model_type": human_count(params),
+        "file_type": "/".join(sorted(d.upper() for d in dtypes)),
+        "capabilities": ["embedding"],
+        "context_length": context,
+        "embedding_length": width,
         "model_info": {k: v for k, v in info.items() if v is not None},
     }
