@@ -5,7 +5,11 @@ without a projector does not see."""
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import subprocess
+import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -145,3 +149,25 @@ def test_a_text_only_model_chats_and_a_picture_sent_to_it_is_a_400(url: str) -> 
     shown = client.show("text")
     assert shown.capabilities == ["completion"]
     assert client.show("embed-gguf").capabilities == ["embedding"]
+
+
+def test_the_sdk_embeds_one_text_or_several(url: str) -> None:
+    import limner
+
+    client = limner.Client(url)
+    several = client.embed("embed-gguf", ["a red circle", "a blue square"], dimensions=16)
+    assert [len(v) for v in several.embeddings] == [16, 16]
+    one = client.embeddings("embed-gguf", "a red circle").embedding
+    assert several.embeddings[0] == pytest.approx([x / norm(one[:16]) for x in one[:16]], abs=1e-5)
+
+
+def test_limner_run_prints_an_embedding_models_vector_as_json(url: str) -> None:
+    env = {**os.environ, "LIMNER_HOST": url.removeprefix("http://")}
+    command = [sys.executable, "-m", "limner", "run", "embed", "a red circle"]
+    printed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    assert printed.returncode == 0, printed.stderr
+    vector = json.loads(printed.stdout)
+    assert len(vector) == WIDTH and abs(norm(vector) - 1) < 1e-5
+    empty = subprocess.run(command[:-1], env=env, capture_output=True, text=True, timeout=60,
+                           stdin=subprocess.DEVNULL)  # fmt: skip
+    assert empty.returncode != 0 and "embedding models require input text" in empty.stderr

@@ -32,6 +32,8 @@ from limner.errors import ConnectError, InvalidRequest, LimnerError, from_status
 from limner.store.blobs import file_digest
 from limner.types import (
     ChatResponse,
+    EmbeddingsResponse,
+    EmbedResponse,
     GenerateResponse,
     ListResponse,
     ProcessResponse,
@@ -127,6 +129,10 @@ def _finished(chunk: GenerateResponse, progress: Any) -> GeneratedImage | None:
             progress(chunk.completed, chunk.total)
         return None
     return GeneratedImage(base64.b64decode(chunk.image), chunk.parameters or {})
+
+
+def _texts(value: str | Sequence[str]) -> str | list[str]:
+    return value if isinstance(value, str) else list(value)
 
 
 def _body(**fields: Any) -> dict[str, Any]:
@@ -278,6 +284,25 @@ class Client(_Base):
             if result is not None:
                 return result
         raise LimnerError("the server ended the stream without a picture")
+
+    def embed(
+        self, model: str, input: str | Sequence[str] = "", *, truncate: bool | None = None,
+        dimensions: int | None = None, options: dict[str, Any] | None = None,
+        keep_alive: float | str | None = None,
+    ) -> EmbedResponse:  # fmt: skip
+        """Unit vectors for one text or a list of them, from an embedding model."""
+        body = _body(model=model, input=_texts(input), truncate=truncate, dimensions=dimensions,
+                     options=options, keep_alive=keep_alive)  # fmt: skip
+        return EmbedResponse.model_validate(self._send("POST", "/api/embed", json=body).json())
+
+    def embeddings(
+        self, model: str, prompt: str = "", *, options: dict[str, Any] | None = None,
+        keep_alive: float | str | None = None,
+    ) -> EmbeddingsResponse:  # fmt: skip
+        """The legacy endpoint: one prompt's vector as the model pools it (not normalised)."""
+        body = _body(model=model, prompt=prompt, options=options, keep_alive=keep_alive)
+        reply = self._send("POST", "/api/embeddings", json=body)
+        return EmbeddingsResponse.model_validate(reply.json())
 
     def list(self) -> ListResponse:
         return ListResponse.model_validate(self._send("GET", "/api/tags").json())
@@ -441,6 +466,24 @@ class AsyncClient(_Base):
             if result is not None:
                 return result
         raise LimnerError("the server ended the stream without a picture")
+
+    async def embed(
+        self, model: str, input: str | Sequence[str] = "", *, truncate: bool | None = None,
+        dimensions: int | None = None, options: dict[str, Any] | None = None,
+        keep_alive: float | str | None = None,
+    ) -> EmbedResponse:  # fmt: skip
+        body = _body(model=model, input=_texts(input), truncate=truncate, dimensions=dimensions,
+                     options=options, keep_alive=keep_alive)  # fmt: skip
+        reply = await self._send("POST", "/api/embed", json=body)
+        return EmbedResponse.model_validate(reply.json())
+
+    async def embeddings(
+        self, model: str, prompt: str = "", *, options: dict[str, Any] | None = None,
+        keep_alive: float | str | None = None,
+    ) -> EmbeddingsResponse:  # fmt: skip
+        body = _body(model=model, prompt=prompt, options=options, keep_alive=keep_alive)
+        reply = await self._send("POST", "/api/embeddings", json=body)
+        return EmbeddingsResponse.model_validate(reply.json())
 
     async def list(self) -> ListResponse:
         return ListResponse.model_validate((await self._send("GET", "/api/tags")).json())

@@ -3,7 +3,8 @@
 As `ollama run`: it answers once and exits when a prompt is given on the command line,
 when stdin is not a terminal (piped text comes first in the prompt) or when stdout is not
 a terminal; otherwise it loads the model and opens the REPL. A drawing model (capability
-"image") draws a picture per prompt instead (cli/draw.py).
+"image") draws a picture per prompt instead (cli/draw.py); an embedding model prints the
+vector of its input as a JSON array.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
         info = sdk.show(args.model)
     except NotFound as error:
         raise NotFound(f"{error}; see 'limner list', or create it with 'limner create'") from None
+    if info.capabilities == ["embedding"]:
+        return embed_once(sdk, args)
     drawing = "image" in info.capabilities
     settings = draw.settings_from_args(args)
     flags = settings.given() + (["--output"] if args.output else [])
@@ -73,6 +76,26 @@ def run(args: argparse.Namespace) -> int:
     if drawing:
         return DrawRepl(sdk, session, info, settings, args.output).loop()
     return Repl(sdk, session, info).loop()
+
+
+def embed_once(sdk: Client, args: argparse.Namespace) -> int:
+    """An embedding model prints the vector of its input as a JSON array, as `ollama run`."""
+    import json
+
+    from limner.errors import InvalidRequest
+
+    parts = list(args.prompt)
+    if not sys.stdin.isatty():
+        parts.insert(0, sys.stdin.read())
+    text = " ".join(p for p in parts if p).strip()
+    if not text:
+        raise InvalidRequest(
+            f"embedding models require input text: limner run {args.model} TEXT, "
+            "or pipe the text in"
+        )
+    reply = sdk.embed(args.model, text, keep_alive=keep_alive(args.keepalive))
+    print(json.dumps(reply.embeddings[0]))
+    return 0
 
 
 def keep_alive(text: str | None) -> float | str | None:
