@@ -8,9 +8,10 @@ from typing import Any
 import ollama
 import pytest
 
-from helpers import add_fake_draw, add_model, picture
+from helpers import add_fake_draw, add_gguf, add_model, picture
 from limner.names import ModelName
 from limner.store import Store
+from limner.store.manifests import MODEL, PROJECTOR
 from limner.tiny import write_tiny_llava
 
 pytest.importorskip("llama_cpp")
@@ -33,12 +34,12 @@ def test_quantize_turns_a_stored_llava_into_gguf_that_sees_as_much(
 ) -> None:
     add_tiny_llava(store, tmp_path)
     client = ollama.Client(host=server.url)
-    lines = list(client.create(model="q", from_="hf", quantize="q4_0", stream=True))
+    lines = list(client.create(model="q", from_="hf", quantize="q4_K_M", stream=True))
     statuses = [line.status for line in lines]
-    assert statuses[0] == "quantizing F32 model to Q4_0" and statuses[-1] == "success"
+    assert statuses[0] == "quantizing F32 model to Q4_K_M" and statuses[-1] == "success"
 
     shown = client.show("q")
-    assert (shown.details.format, shown.details.quantization_level) == ("gguf", "Q4_0")
+    assert (shown.details.format, shown.details.quantization_level) == ("gguf", "Q4_K_M")
     assert shown.capabilities is not None and "vision" in shown.capabilities
     manifest = store.entry(ModelName.parse("q")).manifest
     assert sorted(layer.mediaType.rsplit(".", 1)[-1] for layer in manifest.layers) == [
@@ -61,9 +62,33 @@ def test_a_bad_quantize_is_refused_before_anything_is_written(
     add_tiny_llava(store, tmp_path)
     add_fake_draw(store, "draw")
     client = ollama.Client(host=server.url)
-    with pytest.raises(ollama.ResponseError, match="use one of f32, f16, q8_0, q4_0") as bad:
-        client.create(model="q", from_="hf", quantize="q3_k_s")
+    with pytest.raises(ollama.ResponseError, match="use one of q4_k_m, q4_k_s, ") as bad:
+        client.create(model="q", from_="hf", quantize="q9_z")
     assert bad.value.status_code == 400
-    with pytest.raises(ollama.ResponseError, match="only Hugging Face LLaVA models"):
+    with pytest.raises(ollama.ResponseError, match="only GGUF models in F16, BF16 or F32"):
         client.create(model="q", from_="draw", quantize="q4_0")
+    add_gguf(store, "q8", quantize="q8_0")
+    with pytest.raises(ollama.ResponseError, match=r"already quantized \(Q8_0\)"):
+        client.create(model="q", from_="q8", quantize="q4_k_m")
     assert store.find(ModelName.parse("q")) is None
+
+
+@pytest.mark.slow
+def test_a_stored_f16_gguf_is_quantized_by_llama_cpp_and_keeps_its_projector(
+    server: Any, store: Store
+) -> None:
+    add_gguf(store, "f16")
+    client = ollama.Client(host=server.url)
+    statuses = [
+        p.status for p in client.create(model="k", from_="f16", quantize="Q5_K_M", stream=True)
+    ]
+    assert statuses[0] == "quantizing F16 model to Q5_K_M" and statuses[-1] == "success"
+    shown = client.show("k")
+    assert shown.details.quantization_level == "Q5_K_M"
+    assert shown.capabilities == ["completion", "vision"]
+    before, after = (store.entry(ModelName.parse(n)).manifest for n in ("f16", "k"))
+    assert before.layer(PROJECTOR).digest == after.layer(PROJECTOR).digest  # type: ignore[union-attr]
+    model_size = {m.layer(MODEL).size for m in (before, after)}  # type: ignore[union-attr]
+    assert len(model_size) == 2
+    reply = client.chat(model="k", messages=QUESTION, options={"num_predict": 3, "num_ctx": 2048})
+    assert reply.eval_count == 3

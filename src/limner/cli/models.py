@@ -69,7 +69,7 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         ".safetensors checkpoint, a stored model, or a tiny random-weight one for tests: --tiny "
         "llava (chat), --tiny llava-gguf (chat on llama.cpp), --tiny sd (draws, with an "
         "IP-Adapter for style pictures), --tiny sd-inpaint, --tiny sd-checkpoint (one file). "
-        "--quantize converts a Hugging Face LLaVA to GGUF for llama.cpp.",
+        "--quantize converts a Hugging Face LLaVA to GGUF for llama.cpp, or quantizes a GGUF.",
     )  # fmt: skip
     create.add_argument("model")
     source = create.add_mutually_exclusive_group(required=True)
@@ -95,8 +95,10 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )  # fmt: skip
     add_training_arguments(create)
     create.add_argument(
-        "--quantize", metavar="TYPE", choices=("q4_0", "q8_0", "f16", "f32"), type=str.lower,
-        help="convert a Hugging Face LLaVA to GGUF with TYPE weights: q4_0, q8_0, f16 or f32",
+        "--quantize", metavar="TYPE", type=str.lower,
+        help="quantize with llama.cpp's quantizer: q4_K_M, q4_K_S, q5_K_M, q6_K, q8_0, q4_0, "
+        "iq4_xs, f16, ... (a Hugging Face LLaVA is converted to GGUF first; a GGUF must be "
+        "F16, BF16 or F32)",
     )  # fmt: skip
     create.set_defaults(run=create_model)
 

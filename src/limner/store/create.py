@@ -23,7 +23,7 @@ from limner.errors import InvalidRequest, UnsafeWeights
 from limner.names import ModelName
 from limner.store import manifests as m
 from limner.store.blobs import normalize
-from limner.store.described import gguf_config, stored_config
+from limner.store.described import FILE_TYPE_NUMBERS, gguf_config, stored_config
 from limner.store.formats import (
     GGUF,
     PICKLE,
@@ -96,16 +96,21 @@ def _file_layer(store: Store, path: Path, media_type: str, name: str) -> Layer:
 
 
 def _check_quantizable(config: dict[str, Any], quantize: str) -> None:
-    from limner.store.gguf import QUANTIZATIONS
+    from limner.store.gguf import UNQUANTIZED, quantization
 
-    if quantize.lower() not in QUANTIZATIONS:
+    quantization(quantize)
+    model_format = config.get("model_format")
+    if model_format == GGUF:
+        if FILE_TYPE_NUMBERS.get(str(config.get("file_type"))) not in UNQUANTIZED:
+            raise InvalidRequest(
+                f"the model is already quantized ({config.get('file_type')}); quantize its "
+                "F16, BF16 or F32 version"
+            )
+        return
+    if model_format != SAFETENSORS or config.get("model_family") != "llava":
         raise InvalidRequest(
-            f"unsupported quantization type {quantize!r}: use one of {', '.join(QUANTIZATIONS)}"
-        )
-    if config.get("model_format") != SAFETENSORS:
-        raise InvalidRequest(
-            f"only Hugging Face LLaVA models (safetensors) can be quantized; this one is "
-            f"{config.get('model_format')!r}"
+            f"only GGUF models in F16, BF16 or F32 and Hugging Face LLaVA models can be "
+            f"quantized; this one is {model_format!r}"
         )
 
 
@@ -117,12 +122,16 @@ def _converted(
     config: dict[str, Any],
     quantize: str,
 ) -> Iterator[ProgressResponse]:
-    """A Hugging Face LLaVA becomes llama.cpp's GGUF pair (text model + projector) at
-    `quantize`, streamed: the checks ran before, this runs as the stream is read."""
-    from limner.store.gguf import convert_llava
-
+    """The model quantized by llama.cpp; a Hugging Face LLaVA becomes llama.cpp's GGUF pair
+    (text model + projector) on the way. Streamed: the checks ran before, this runs as the
+    stream is read."""
     source_type = config.get("file_type", "F32")
     yield ProgressResponse(status=f"quantizing {source_type} model to {quantize.upper()}")
+    if config.get("model_format") == GGUF:
+        yield from _requantized(store, name, layers, extras, quantize)
+        return
+    from limner.store.gguf import convert_llava
+
     with tempfile.TemporaryDirectory(prefix=".convert-", dir=store.root) as tmp:
         folder = Path(tmp) / "hf"
         for layer in layers:  # the model's files under their names, as links to the blobs
@@ -131,14 +140,38 @@ def _converted(
                 (folder / layer.name).symlink_to(store.blobs.open_path(layer.digest))
         files = {}
         for path in convert_llava(folder, Path(tmp), quantize):
-            with path.open("rb") as f:
-                files[path.name], _ = store.blobs.write(
-                    iter(functools.partial(f.read, 1 << 20), b"")
-                )
+            files[path.name] = _stored(store, path)
     gguf_layers, gguf_config = _layers_from_files(store, files)
     # The Jinja chat template travels inside the GGUF; text layers (a Go template too) stay.
     kept = [layer for layer in layers if not layer.name and layer.mediaType not in extras]
     yield from _write(store, name, gguf_layers + kept, extras, gguf_config)
+
+
+def _requantized(
+    store: Store, name: ModelName, layers: list[Layer], extras: dict[str, bytes], quantize: str
+) -> Iterator[ProgressResponse]:
+    """A stored GGUF's text model quantized by llama.cpp; its projector and text layers stay."""
+    from limner.store.gguf import gguf_info, llama_quantize, quantization
+
+    [text] = [layer for layer in layers if layer.mediaType == m.MODEL]
+    with tempfile.TemporaryDirectory(prefix=".convert-", dir=store.root) as tmp:
+        out = Path(tmp) / "model.gguf"
+        llama_quantize(store.blobs.open_path(text.digest), out, quantization(quantize))
+        quantized = text.model_copy(
+            update={"digest": _stored(store, out), "size": out.stat().st_size, "from_": None}
+        )
+        info = gguf_info(out)
+    projector = next((layer for layer in layers if layer.mediaType == m.PROJECTOR), None)
+    vision = gguf_info(store.blobs.open_path(projector.digest)) if projector else None
+    new_layers = [quantized if layer is text else layer for layer in layers]
+    yield from _write(store, name, new_layers, extras, gguf_config(info, vision))
+
+
+def _stored(store: Store, path: Path) -> str:
+    """The file's contents as a blob; its digest."""
+    with path.open("rb") as f:
+        digest, _ = store.blobs.write(iter(functools.partial(f.read, 1 << 20), b""))
+    return digest
 
 
 def _check_adapter_weights(layers: list[Layer], extras: dict[str, bytes]) -> None:

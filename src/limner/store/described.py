@@ -192,7 +192,10 @@ def _with_image_tokens(projector: dict[str, Any]) -> dict[str, Any]:
 
 # general.file_type -> Ollama's quantization_level names (llama.cpp's LLAMA_FTYPE values).
 FILE_TYPES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1",
-              10: "Q2_K", 12: "Q3_K_M", 15: "Q4_K_M", 17: "Q5_K_M", 18: "Q6_K", 32: "BF16"}  # fmt: skip
+              10: "Q2_K", 11: "Q3_K_S", 12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M",
+              16: "Q5_K_S", 17: "Q5_K_M", 18: "Q6_K", 25: "IQ4_NL", 30: "IQ4_XS",
+              32: "BF16"}  # fmt: skip
+FILE_TYPE_NUMBERS = {name: number for number, name in FILE_TYPES.items()}
 
 
 def human_count(count: int) -> str:

@@ -22,6 +22,8 @@ import os
 import re
 import secrets
 import struct
+import subprocess
+import sys
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -34,15 +36,22 @@ from gguf import GGMLQuantizationType as QType
 from gguf import GGUFWriter, LlamaFileType, TokenType
 from safetensors import SafetensorError, safe_open
 
-from limner.errors import InvalidRequest, UnsafeWeights
+from limner.errors import InvalidRequest, LimnerError, UnsafeWeights
 
-# quantize= value -> (type of the text model's matrices, general.file_type)
-QUANTIZATIONS: dict[str, tuple[QType, LlamaFileType]] = {
+# quantize= name (any case) -> llama.cpp's file type (llama.h's LLAMA_FTYPE_*). The converter
+# writes f32 and f16 itself; every other type is llama.cpp's quantizer's (engines/quantize.py).
+QUANTIZATIONS: dict[str, int] = {
+    "q4_k_m": 15, "q4_k_s": 14, "q5_k_m": 17, "q5_k_s": 16, "q6_k": 18, "q8_0": 7,
+    "q3_k_l": 13, "q3_k_m": 12, "q3_k_s": 11, "q2_k": 10, "iq4_xs": 30, "iq4_nl": 25,
+    "q4_0": 2, "q4_1": 3, "q5_0": 8, "q5_1": 9, "f16": 1, "bf16": 32, "f32": 0,
+}  # fmt: skip
+DEFAULT_QUANTIZATION = "q4_k_m"  # Ollama's and llama.cpp's usual choice
+CONVERTED = {
     "f32": (QType.F32, LlamaFileType.ALL_F32),
     "f16": (QType.F16, LlamaFileType.MOSTLY_F16),
-    "q8_0": (QType.Q8_0, LlamaFileType.MOSTLY_Q8_0),
-    "q4_0": (QType.Q4_0, LlamaFileType.MOSTLY_Q4_0),
 }
+# The file types llama.cpp's quantizer reads as a source.
+UNQUANTIZED = {0, 1, 32}
 TEXT_FILE, PROJECTOR_FILE = "model.gguf", "mmproj.gguf"
 
 # What transformers fills in when a llava-hf config.json leaves a field out (BakLLaVA's does:
@@ -83,12 +92,15 @@ MAX_INFO_ARRAY = 64
 def convert_llava(src: Path, dest: Path, quantize: str = "f16") -> tuple[Path, Path]:
     """Write `dest/model.gguf` and `dest/mmproj.gguf` from the llava-hf folder `src`.
 
-    `quantize` ("f32", "f16", "q8_0", "q4_0", any case) applies to the text model's matrices;
-    norms stay f32 and the projector stays f16 (f32 with "f32"), as in published projectors.
-    Everything is checked before anything is written, and both files appear only when both
-    are complete, so a failure never leaves a half-written file in `dest`.
+    `quantize` (a name of QUANTIZATIONS, any case) applies to the text model: f32 and f16 are
+    written here, any other type by llama.cpp's quantizer from the f16 file. Norms stay f32
+    and the projector f16 (f32 with "f32"), as in published projectors. Everything is checked
+    before anything is written, and both files appear only when both are complete, so a
+    failure never leaves a half-written file in `dest`.
     """
-    qtype, ftype = _quantization(quantize)
+    ftype_number = quantization(quantize)
+    written = "f32" if quantize.lower() == "f32" else "f16"
+    qtype, ftype = CONVERTED[written]
     src, dest = Path(src), Path(dest)
     config = _llava_config(src)
     with ExitStack() as stack:
@@ -109,8 +121,31 @@ def convert_llava(src: Path, dest: Path, quantize: str = "f16") -> tuple[Path, P
                 tensors=_vision_tensors(weights, vision, vision_qtype),
             ),
         }
-        _write_all(dest, files)
+        quantized = None if ftype_number == ftype else ftype_number
+        _write_all(dest, files, quantized)
     return dest / TEXT_FILE, dest / PROJECTOR_FILE
+
+
+def quantization(name: str) -> int:
+    """llama.cpp's file type for a quantization name, or a 400 naming the allowed ones."""
+    try:
+        return QUANTIZATIONS[name.lower()]
+    except KeyError:
+        allowed = ", ".join(QUANTIZATIONS)
+        raise InvalidRequest(
+            f"unsupported quantization type {name!r}: use one of {allowed}"
+        ) from None
+
+
+def llama_quantize(source: Path, dest: Path, ftype: int) -> None:
+    """`dest`: the GGUF model `source` quantized by llama.cpp to file type `ftype`, in a
+    child process (the server never loads llama.cpp)."""
+    command = [sys.executable, "-m", "limner.engines.quantize", str(source), str(dest), str(ftype)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        dest.unlink(missing_ok=True)
+        said = done.stderr.strip().splitlines()
+        raise LimnerError(f"llama.cpp's quantizer failed: {said[-1] if said else done.returncode}")
 
 
 def gguf_info(path: Path) -> dict[str, Any]:
@@ -236,16 +271,6 @@ def _shortest_float32(value: Any) -> Any:
 
 
 # --- options and config ------------------------------------------------------------------
-
-
-def _quantization(quantize: str) -> tuple[QType, LlamaFileType]:
-    try:
-        return QUANTIZATIONS[quantize.lower()]
-    except KeyError:
-        allowed = ", ".join(QUANTIZATIONS)
-        raise InvalidRequest(
-            f"unsupported quantization type {quantize!r}: use one of {allowed}"
-        ) from None
 
 
 def _read_json(path: Path) -> Any:
@@ -834,24 +859,23 @@ def _vector(weights: _Checkpoint, name: str, key: str) -> _Tensor:
 def _matrix(
     weights: _Checkpoint, name: str, key: str, qtype: QType, rope_heads: int = 0
 ) -> _Tensor:
-    """A weight in `qtype`, or f16 when its rows are not whole quantization blocks."""
+    """A weight in `qtype`: f32 or f16 (quantizing is llama.cpp's)."""
     shape = weights.shape(key)
-    block, _ = gguf.GGML_QUANT_SIZES[qtype]
-    if shape[-1] % block:
-        qtype = QType.F16
+    dtype = np.float32 if qtype == QType.F32 else np.float16
 
     def make() -> np.ndarray:
         w = weights.get(key)
         if rope_heads:
             w = _rope_permute(w, rope_heads)
-        return gguf.quants.quantize(w, qtype)
+        return w.astype(dtype)
 
     return _Tensor(name, shape, qtype, make)
 
 
-def _write_all(dest: Path, files: dict[str, _GGUF]) -> None:
+def _write_all(dest: Path, files: dict[str, _GGUF], quantized: int | None = None) -> None:
     """Write each file under a temporary name in `dest`, then rename them all; on any
-    failure remove the temporary files, leaving `dest` as it was."""
+    failure remove the temporary files, leaving `dest` as it was. With `quantized`, the text
+    model is written in f16 and then quantized to that file type by llama.cpp."""
     dest.mkdir(parents=True, exist_ok=True)
     done: list[tuple[Path, Path]] = []
     try:
@@ -859,7 +883,14 @@ def _write_all(dest: Path, files: dict[str, _GGUF]) -> None:
             partial = dest / f".{name}.{secrets.token_hex(8)}.partial"
             done.append((partial, dest / name))
             _write_gguf(partial, spec)
+            if quantized is not None and name == TEXT_FILE:
+                wide = partial.with_suffix(".f16")
+                done.append((wide, wide))  # removed below, never renamed
+                os.replace(partial, wide)
+                llama_quantize(wide, partial, quantized)
         for tmp, final in done:
+            if tmp == final:
+                continue
             os.replace(tmp, final)
     finally:
         for tmp, _ in done:
