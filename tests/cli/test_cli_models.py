@@ -174,6 +174,19 @@ def test_create_tiny_gguf_and_quantize_a_stored_llava(
         assert re.search(r"^    image tokens {4,}576$", out, re.M)
 
 
+@pytest.mark.parametrize(
+    ("kind", "capabilities"),
+    [("embed", "embedding"), ("embed-gguf", "embedding"), ("text-gguf", "completion")],
+)
+def test_create_tiny_text_models(
+    sdk: Client, capsys: pytest.CaptureFixture[str], kind: str, capabilities: str
+) -> None:
+    pytest.importorskip("llama_cpp")
+    code, out, _ = cli(capsys, "create", kind, "--tiny", kind)
+    assert code == 0 and out.endswith("success\n")
+    assert sdk.show(kind).capabilities == [capabilities]
+
+
 def test_a_missing_server_tells_the_user_to_start_one(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

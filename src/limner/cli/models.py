@@ -31,7 +31,8 @@ if TYPE_CHECKING:
     from limner.types import ProgressResponse
 
 SHOW_FIELDS = ("license", "modelfile", "parameters", "template", "system")
-TINY_KINDS = ("llava", "llava-gguf", "sd", "sd-inpaint", "sd-checkpoint")
+TINY_KINDS = ("llava", "llava-gguf", "text-gguf", "embed", "embed-gguf", "sd", "sd-inpaint",
+              "sd-checkpoint")  # fmt: skip
 TOY_KINDS = ("see", "see-gguf", "draw")
 
 
@@ -67,7 +68,8 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         description="Create a model from a local Hugging Face LLaVA folder, GGUF files (a text "
         "model and its mmproj projector), a Stable Diffusion (diffusers) folder or single-file "
         ".safetensors checkpoint, a stored model, or a tiny random-weight one for tests: --tiny "
-        "llava (chat), --tiny llava-gguf (chat on llama.cpp), --tiny sd (draws, with an "
+        "llava (chat), --tiny llava-gguf (chat on llama.cpp), --tiny text-gguf (chat without "
+        "pictures), --tiny embed / embed-gguf (embeddings), --tiny sd (draws, with an "
         "IP-Adapter for style pictures), --tiny sd-inpaint, --tiny sd-checkpoint (one file). "
         "--quantize converts a Hugging Face LLaVA to GGUF for llama.cpp, or quantizes a GGUF.",
     )  # fmt: skip
@@ -387,6 +389,18 @@ def write_tiny(kind: str, dest: Path) -> Path:
         return tiny.write_tiny_llava(dest, seed=0)
     if kind == "llava-gguf":
         return tiny.write_tiny_llava_gguf(dest, seed=0)
+    if kind == "text-gguf":  # the same text model without its projector: it cannot see
+        (tiny.write_tiny_llava_gguf(dest, seed=0) / "mmproj.gguf").unlink()
+        return dest
+    if kind in ("embed", "embed-gguf"):
+        from limner import tiny_embed
+
+        write = (
+            tiny_embed.write_tiny_embed_gguf
+            if kind == "embed-gguf"
+            else tiny_embed.write_tiny_embed
+        )
+        return write(dest, seed=0)
     if kind == "sd-checkpoint":
         return tiny.write_tiny_sd_checkpoint(dest / "tiny-sd.safetensors", seed=0).parent
     # Both drawing kinds carry the IP-Adapter, so style pictures work with either.
