@@ -160,11 +160,11 @@ def test_quantized_tiny_models_answer(tmp_path: Path, quantize: str) -> None:
 @pytest.mark.slow
 def test_both_engines_count_the_same_picture_tokens(tmp_path: Path) -> None:
     pytest.importorskip("transformers")
-    from limner.engines import llava_transformers
+    from limner.engines import transformers_chat
 
     hf = write_tiny_llava(tmp_path / "hf")
     gguf = load(write_tiny_llava_gguf(tmp_path / "gguf"), LoadOptions(num_ctx=2048))
-    torch_engine = llava_transformers.load(hf, LoadOptions())
+    torch_engine = transformers_chat.load(hf, LoadOptions())
     messages = [Message("user", QUESTION, [picture("blue", (80, 80)), picture()])]
     opts = Options(num_predict=2, temperature=0)
     counts = []

@@ -193,9 +193,9 @@ def test_json_mode_and_too_many_pictures_are_refused(engine: Any) -> None:
 def test_the_engine_is_chosen_by_vllm_and_a_gpu_or_by_the_variable(
     fake_vllm: types.ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from limner.engines import llava_transformers
+    from limner.engines import transformers_chat
 
-    monkeypatch.setattr(llava_transformers, "load", lambda folder, options: "transformers")
+    monkeypatch.setattr(transformers_chat, "load", lambda folder, options: "transformers")
     monkeypatch.setenv("LIMNER_VISION_ENGINE", "vllm")
     assert isinstance(llava_vllm.vision_engine(tmp_path, LoadOptions()), llava_vllm.LlavaVllm)
     monkeypatch.setenv("LIMNER_VISION_ENGINE", "transformers")

@@ -29,9 +29,9 @@ def engine(
 ) -> Iterator[Any]:
     folder = tmp_path_factory.mktemp("tiny")
     if request.param == "transformers":
-        from limner.engines import llava_transformers
+        from limner.engines import transformers_chat
 
-        yield llava_transformers.load(write_tiny_llava(folder / "hf"), LoadOptions())
+        yield transformers_chat.load(write_tiny_llava(folder / "hf"), LoadOptions())
     else:
         from limner.engines import llava_llamacpp
 

@@ -47,9 +47,9 @@ def vision_engine(folder: Path, options: LoadOptions) -> Any:
         )
     if choice == "vllm" or (choice == "auto" and _vllm_usable()):
         return load(folder, options)
-    from limner.engines import llava_transformers
+    from limner.engines import transformers_chat
 
-    return llava_transformers.load(folder, options)
+    return transformers_chat.load(folder, options)
 
 
 def _vllm_usable() -> bool:

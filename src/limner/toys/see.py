@@ -389,9 +389,9 @@ def _load(folder: Path, engine: str, scratch: Path) -> Any:
     from limner.engines import LoadOptions
 
     if engine == "transformers":
-        from limner.engines import llava_transformers
+        from limner.engines import transformers_chat
 
-        return llava_transformers.load(folder, LoadOptions())
+        return transformers_chat.load(folder, LoadOptions())
     if engine == "llamacpp":
         from limner.engines import llava_llamacpp
 

@@ -20,8 +20,8 @@ from limner.tiny import write_tiny_llava
 
 pytest.importorskip("transformers")
 
-from limner.engines.llava_transformers import (
-    LlavaTransformers,
+from limner.engines.transformers_chat import (
+    TransformersChat,
     _Detokenizer,
     _JsonGrammar,
     _TextStream,
@@ -37,7 +37,7 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def engine(folder: Path) -> LlavaTransformers:
+def engine(folder: Path) -> TransformersChat:
     return load(folder, LoadOptions())
 
 
@@ -46,7 +46,7 @@ def picture(fmt: str = "PNG", mode: str = "RGB", color: object = "red") -> bytes
 
 
 def ask(
-    engine: LlavaTransformers,
+    engine: TransformersChat,
     pictures: int = 1,
     cancelled: Callable[[], bool] = lambda: False,
     **options: object,
@@ -65,7 +65,7 @@ def prompt_tokens(done: Done) -> int:
     return done.prompt_eval_count + done.prompt_cached_count
 
 
-def test_prompt_counts_576_tokens_per_picture(engine: LlavaTransformers, folder: Path) -> None:
+def test_prompt_counts_576_tokens_per_picture(engine: TransformersChat, folder: Path) -> None:
     raw = Tokenizer.from_file(str(folder / "tokenizer.json"))
     for n in (0, 1, 2):
         _, done, _ = ask(engine, pictures=n, num_predict=1)
@@ -75,7 +75,7 @@ def test_prompt_counts_576_tokens_per_picture(engine: LlavaTransformers, folder:
         assert prompt_tokens(done) == len(raw.encode(prompt).ids) + 575 * n
 
 
-def test_pictures_in_every_turn_and_a_system_prompt(engine: LlavaTransformers) -> None:
+def test_pictures_in_every_turn_and_a_system_prompt(engine: TransformersChat) -> None:
     messages = [
         Message("system", "Answer briefly."),
         Message("user", "First?", [picture()]),
@@ -89,7 +89,7 @@ def test_pictures_in_every_turn_and_a_system_prompt(engine: LlavaTransformers) -
     assert done.eval_count == 3
 
 
-def test_streams_pieces_then_one_done(engine: LlavaTransformers) -> None:
+def test_streams_pieces_then_one_done(engine: TransformersChat) -> None:
     text, done, steps = ask(engine, num_predict=16)
     assert all(isinstance(s, Piece) and s.text for s in steps[:-1])
     assert sum(isinstance(s, Done) for s in steps) == 1
@@ -99,18 +99,18 @@ def test_streams_pieces_then_one_done(engine: LlavaTransformers) -> None:
     assert done.prompt_eval_duration > 0 and done.eval_duration > 0
 
 
-def test_greedy_is_repeatable(engine: LlavaTransformers) -> None:
+def test_greedy_is_repeatable(engine: TransformersChat) -> None:
     assert ask(engine)[0] == ask(engine)[0]
 
 
-def test_seed_makes_sampling_repeatable(engine: LlavaTransformers) -> None:
+def test_seed_makes_sampling_repeatable(engine: TransformersChat) -> None:
     first = ask(engine, temperature=0.8, seed=42)[0]
     assert ask(engine, temperature=0.8, seed=42)[0] == first
     assert ask(engine, temperature=0.8, seed=43)[0] != first
     assert first != ask(engine)[0]  # sampling is not greedy
 
 
-def test_sampling_options_change_the_answer(engine: LlavaTransformers) -> None:
+def test_sampling_options_change_the_answer(engine: TransformersChat) -> None:
     greedy = ask(engine)[0]
     assert ask(engine, repeat_penalty=1.5, repeat_last_n=64)[0] != greedy
     # top_k=1 keeps only the best token: sampling becomes greedy whatever the seed.
@@ -119,7 +119,7 @@ def test_sampling_options_change_the_answer(engine: LlavaTransformers) -> None:
     assert ask(engine, temperature=1.0, min_p=0.9999, seed=7)[0] == greedy
 
 
-def test_stop_string_cuts_the_answer(engine: LlavaTransformers) -> None:
+def test_stop_string_cuts_the_answer(engine: TransformersChat) -> None:
     full, _, _ = ask(engine, num_predict=24)
     stop = full[len(full) // 2 : len(full) // 2 + 3]
     cut = full.index(stop)
@@ -154,13 +154,13 @@ def test_partial_characters_are_held_back(folder: Path) -> None:
     assert "".join(pieces) + stream.flush() == "naïve ☃"
 
 
-def test_num_predict_limits_the_answer(engine: LlavaTransformers) -> None:
+def test_num_predict_limits_the_answer(engine: TransformersChat) -> None:
     _, done, _ = ask(engine, num_predict=5)
     assert done.eval_count == 5
     assert done.done_reason == "length"
 
 
-def test_context_window_limits_the_answer(engine: LlavaTransformers) -> None:
+def test_context_window_limits_the_answer(engine: TransformersChat) -> None:
     prompt = prompt_tokens(ask(engine, num_predict=1)[1])
     _, done, _ = ask(engine, num_ctx=prompt + 3, num_predict=10)
     assert done.eval_count == 3
@@ -169,7 +169,7 @@ def test_context_window_limits_the_answer(engine: LlavaTransformers) -> None:
         ask(engine, num_ctx=prompt - 1)
 
 
-def test_cancel_stops_between_tokens(engine: LlavaTransformers) -> None:
+def test_cancel_stops_between_tokens(engine: TransformersChat) -> None:
     polls = 0
 
     def cancelled() -> bool:
@@ -186,7 +186,7 @@ def test_cancel_stops_between_tokens(engine: LlavaTransformers) -> None:
 @pytest.mark.parametrize(
     ("fmt", "mode"), [("JPEG", "RGB"), ("WEBP", "RGB"), ("PNG", "RGBA"), ("PNG", "P")]
 )
-def test_picture_formats(engine: LlavaTransformers, fmt: str, mode: str) -> None:
+def test_picture_formats(engine: TransformersChat, fmt: str, mode: str) -> None:
     message = Message("user", QUESTION, [picture(fmt, mode, color=3 if mode == "P" else "red")])
     done = list(engine.chat([message], Options(num_predict=2), lambda: False))[-1]
     assert isinstance(done, Done) and done.image_tokens == 576
@@ -195,13 +195,13 @@ def test_picture_formats(engine: LlavaTransformers, fmt: str, mode: str) -> None
 @pytest.mark.parametrize(
     "data", [b"not a picture", picture()[:60], picture("GIF", "P", 1), b""], ids=str
 )
-def test_undecodable_pictures_are_invalid(engine: LlavaTransformers, data: bytes) -> None:
+def test_undecodable_pictures_are_invalid(engine: TransformersChat, data: bytes) -> None:
     message = Message("user", QUESTION, [picture(), data])
     with pytest.raises(InvalidImage, match="picture 2 "):
         list(engine.chat([message], Options(num_predict=2), lambda: False))
 
 
-def test_bad_requests(engine: LlavaTransformers) -> None:
+def test_bad_requests(engine: TransformersChat) -> None:
     with pytest.raises(InvalidRequest, match="<image>"):
         list(engine.chat([Message("user", "a <image> b")], Options(), lambda: False))
     with pytest.raises(InvalidRequest, match="format"):
@@ -210,7 +210,7 @@ def test_bad_requests(engine: LlavaTransformers) -> None:
         list(engine.chat([], Options(), lambda: False))
 
 
-def test_json_format_constrains_a_random_model(engine: LlavaTransformers) -> None:
+def test_json_format_constrains_a_random_model(engine: TransformersChat) -> None:
     free = ask(engine, temperature=0.8, seed=1, num_predict=30)[0]
     with pytest.raises(ValueError):
         json.loads(free)  # unconstrained, the random model writes no JSON
@@ -245,7 +245,7 @@ def test_json_grammar_closes_any_prefix(prefix: str) -> None:
     assert isinstance(json.loads(closed), dict)
 
 
-def test_memory_is_parameter_bytes(engine: LlavaTransformers) -> None:
+def test_memory_is_parameter_bytes(engine: TransformersChat) -> None:
     assert engine.memory_bytes() == 4 * sum(p.numel() for p in engine.model.parameters())
     assert engine.memory_bytes() > 800_000
 

@@ -34,12 +34,12 @@ from limner.errors import InvalidRequest
 from limner.pictures import open_rgb
 
 
-def load(folder: Path, options: LoadOptions) -> LlavaTransformers:
+def load(folder: Path, options: LoadOptions) -> TransformersChat:
     """Load the model and processor in `folder`; runtime options arrive with each chat."""
-    return LlavaTransformers(Path(folder))
+    return TransformersChat(Path(folder))
 
 
-class LlavaTransformers:
+class TransformersChat:
     """A loaded LLaVA model: `chat()` streams one answer at a time."""
 
     def __init__(self, folder: Path) -> None:
