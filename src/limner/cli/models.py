@@ -31,8 +31,8 @@ if TYPE_CHECKING:
     from limner.types import ProgressResponse
 
 SHOW_FIELDS = ("license", "modelfile", "parameters", "template", "system")
-TINY_KINDS = ("llava", "llava-gguf", "text-gguf", "embed", "embed-gguf", "sd", "sd-inpaint",
-              "sd-checkpoint")  # fmt: skip
+TINY_KINDS = ("llava", "gemma3", "llava-next", "smolvlm", "text", "llava-gguf", "text-gguf",
+              "embed", "embed-gguf", "sd", "sd-inpaint", "sd-checkpoint")  # fmt: skip
 TOY_KINDS = ("see", "see-gguf", "draw")
 
 
@@ -69,7 +69,9 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "model and its mmproj projector), a Stable Diffusion (diffusers) folder or single-file "
         ".safetensors checkpoint, a stored model, or a tiny random-weight one for tests: --tiny "
         "llava (chat), --tiny llava-gguf (chat on llama.cpp), --tiny text-gguf (chat without "
-        "pictures), --tiny embed / embed-gguf (embeddings), --tiny sd (draws, with an "
+        "pictures), --tiny gemma3 / llava-next / smolvlm (other vision families), --tiny text "
+        "(chat without pictures, transformers), --tiny embed / embed-gguf (embeddings), "
+        "--tiny sd (draws, with an "
         "IP-Adapter for style pictures), --tiny sd-inpaint, --tiny sd-checkpoint (one file). "
         "--quantize converts a Hugging Face LLaVA to GGUF for llama.cpp, or quantizes a GGUF.",
     )  # fmt: skip
@@ -392,6 +394,10 @@ def write_tiny(kind: str, dest: Path) -> Path:
     if kind == "text-gguf":  # the same text model without its projector: it cannot see
         (tiny.write_tiny_llava_gguf(dest, seed=0) / "mmproj.gguf").unlink()
         return dest
+    if kind in ("gemma3", "llava-next", "smolvlm", "text"):
+        from limner.tiny_families import write_tiny_family
+
+        return write_tiny_family(kind, dest)
     if kind in ("embed", "embed-gguf"):
         from limner import tiny_embed
 

@@ -1,7 +1,9 @@
-"""LLaVA-1.5 / BakLLaVA chat on transformers (`LlavaForConditionalGeneration`), fp32 on CPU.
+"""Chat on transformers, fp32 on CPU: vision families through `AutoModelForImageTextToText`
+and their own processor (LLaVA-1.5/BakLLaVA, LLaVA-NeXT, Qwen2-VL and Qwen2.5-VL, Gemma 3,
+Idefics3/SmolVLM, Mistral 3, ...), text-only models through `AutoModelForCausalLM`.
 
-This module knows nothing about HTTP or the store layout: it receives a folder in the llava-hf
-layout (config.json, model.safetensors, tokenizer and processor files, chat_template.jinja)
+This module knows nothing about HTTP or the store layout: it receives a Hugging Face model
+folder (config.json, safetensors weights, tokenizer and processor files, the chat template)
 and yields `Piece` steps as text streams out, then one `Done` with counts and durations.
 
 Generation is a hand-written token loop over a KV cache rather than `model.generate`, so that
@@ -11,8 +13,9 @@ Generation is a hand-written token loop over a KV cache rather than `model.gener
     for step in engine.chat([Message("user", "What is this?", [png])], Options(), lambda: False):
         print(step)
 
-Counting follows the processor: one picture is 576 `<image>` tokens for a CLIP-336/14 tower
-(the CLS token is dropped by strategy "default"), and the prompt count includes them and BOS.
+Counting follows the processor, picture by picture: a LLaVA-1.5 picture is 576 `<image>`
+tokens for a CLIP-336/14 tower whatever its size (counted without decoding it); the dynamic
+families (Qwen2-VL, LLaVA-NeXT, Idefics3) cost what the processor makes of that picture.
 """
 
 from __future__ import annotations
@@ -25,7 +28,13 @@ from typing import Any, NamedTuple
 
 import torch
 from PIL import Image
-from transformers import AutoProcessor, LlavaForConditionalGeneration
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    AutoTokenizer,
+)
 from transformers.utils import logging as transformers_logging
 
 from limner.engines import ChatStep, Done, LoadOptions, Message, Options, Piece
@@ -39,8 +48,13 @@ def load(folder: Path, options: LoadOptions) -> TransformersChat:
     return TransformersChat(Path(folder))
 
 
+def sees(config: Any) -> bool:
+    """Whether a model config has a vision tower (then a processor turns pictures into tokens)."""
+    return getattr(config, "vision_config", None) is not None
+
+
 class TransformersChat:
-    """A loaded LLaVA model: `chat()` streams one answer at a time."""
+    """A loaded chat model: `chat()` streams one answer at a time."""
 
     def __init__(self, folder: Path) -> None:
         # A runner's log is no terminal: no progress bars.
@@ -51,15 +65,22 @@ class TransformersChat:
         dtype = torch.float32
         if self.on_gpu:
             dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        config = AutoConfig.from_pretrained(folder, local_files_only=True)
+        self.vision = sees(config)
+        self.family: str = config.model_type
+        kind = AutoModelForImageTextToText if self.vision else AutoModelForCausalLM
         # from_pretrained leaves the model in eval mode (no dropout).
-        self.model = LlavaForConditionalGeneration.from_pretrained(
-            folder, local_files_only=True, dtype=dtype
-        ).to(self.device)  # type: ignore[arg-type]
-        self.processor = AutoProcessor.from_pretrained(folder, local_files_only=True)  # type: ignore[no-untyped-call]
-        self.tokenizer = self.processor.tokenizer
-        config = self.model.config
-        text_config = config.get_text_config()
-        self.image_token_id: int = config.image_token_index
+        self.model = kind.from_pretrained(folder, local_files_only=True, dtype=dtype)
+        self.model.to(self.device)  # type: ignore[arg-type]
+        if self.vision:
+            self.processor: Any = AutoProcessor.from_pretrained(folder, local_files_only=True)  # type: ignore[no-untyped-call]
+            self.tokenizer = self.processor.tokenizer
+            self.image_token_id: int = _image_token_id(config)
+        else:
+            self.processor = None
+            self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+            self.image_token_id = -1
+        text_config = self.model.config.get_text_config()
         self.context_length: int = text_config.max_position_embeddings
         eos = self.model.generation_config.eos_token_id
         eos = self.tokenizer.eos_token_id if eos is None else eos
@@ -67,7 +88,8 @@ class TransformersChat:
         self.banned = self._banned_mask(text_config.vocab_size)
         self.detokenizer = _Detokenizer(self.tokenizer)
         self._json_pieces: list[str | None] | None = None  # built on the first JSON request
-        self.image_cost = self._image_cost()
+        # LLaVA-1.5's pictures all cost the same: counted without decoding, reused one by one.
+        self.image_cost = self._image_cost() if self.family == "llava" else 0
         self.cache: Any = None  # the last conversation's KV cache...
         self.cached: list[Any] = []  # ...and what it holds, one key per position
 
@@ -168,6 +190,8 @@ class TransformersChat:
         any other conversation, the prompt runs whole.
         """
         reuse = _boundary(keys, _common_prefix(self.cached, keys, len(keys) - 1))
+        if not self.image_cost and not _reusable(self.cached, keys, reuse):
+            reuse = 0
         self.cached = []  # until the new state is complete
         if reuse:
             try:
@@ -177,12 +201,9 @@ class TransformersChat:
         with torch.inference_mode():
             if reuse:
                 ids = inputs["input_ids"][:, reuse:]
-                done_pictures = sum(isinstance(k, tuple) for k in keys[:reuse]) // self.image_cost
-                pixels = inputs.get("pixel_values")
-                rest = pixels[done_pictures:] if pixels is not None else None
                 out = self.model(
                     input_ids=ids,
-                    pixel_values=rest if rest is not None and len(rest) else None,
+                    pixel_values=self._pictures_after(inputs, keys, reuse),
                     cache=self.cache,
                     use_cache=True,
                     logits_to_keep=1,
@@ -192,24 +213,46 @@ class TransformersChat:
         self.cache, self.cached = out.cache, list(keys)
         return out, reuse
 
+    def _pictures_after(self, inputs: Any, keys: list[Any], reuse: int) -> Any:
+        """The pixels of the pictures the reused cache does not hold: LLaVA's are cut picture
+        by picture; other families reuse only when it holds them all (`_reusable`)."""
+        pixels = inputs.get("pixel_values")
+        if pixels is None or not self.image_cost:
+            return None
+        rest = pixels[sum(isinstance(k, tuple) for k in keys[:reuse]) // self.image_cost :]
+        return rest if len(rest) else None
+
     def _count(self, messages: list[Message]) -> int:
-        """The prompt's exact token count, pictures included, without decoding a picture."""
+        """The prompt's exact token count, pictures included (LLaVA's without decoding one)."""
+        if not self.image_cost:
+            return len(self._inputs(messages)["input_ids"][0])
         ids = self.tokenizer(self._render(messages))["input_ids"]
         pictures = sum(len(m.images) for m in messages)
         return len(ids) + pictures * (self.image_cost - 1)
 
     def _inputs(self, messages: list[Message]) -> Any:
+        text = self._render(messages)
+        if self.processor is None:
+            bos = self.tokenizer.bos_token
+            starts = bool(bos) and text.startswith(bos)  # the template wrote it already
+            return self.tokenizer(text, return_tensors="pt", add_special_tokens=not starts)
         pictures = [
             open_rgb(data, f"picture {number}")
             for number, data in enumerate((d for m in messages for d in m.images), 1)
         ]
-        return self.processor(
-            text=self._render(messages), images=pictures or None, return_tensors="pt"
-        )
+        return self.processor(text=text, images=pictures or None, return_tensors="pt")
 
     def _render(self, messages: list[Message]) -> str:
         if not messages:
             raise InvalidRequest("a chat needs at least one message")
+        if self.processor is None:
+            if any(message.images for message in messages):
+                raise InvalidRequest("this model has no vision tower, so it cannot see pictures")
+            plain = [{"role": m.role, "content": m.content} for m in messages]
+            text: str = self.tokenizer.apply_chat_template(
+                plain, add_generation_prompt=True, tokenize=False
+            )
+            return text
         conversation = []
         for message in messages:
             if self.processor.image_token in message.content:
@@ -217,7 +260,7 @@ class TransformersChat:
                     f"message text may not contain {self.processor.image_token!r}; "
                     "attach pictures through the message's images instead"
                 )
-            # llava-hf templates render a turn's pictures first, then its text.
+            # The families' templates render a turn's pictures first, then its text.
             parts: list[dict[str, str]] = [{"type": "image"} for _ in message.images]
             parts.append({"type": "text", "text": message.content})
             conversation.append({"role": message.role, "content": parts})
@@ -239,7 +282,7 @@ class TransformersChat:
         banned = set(range(len(self.tokenizer), rows)) | {self.image_token_id}
         banned |= set(self.tokenizer.all_special_ids) - self.eos_ids
         mask = torch.zeros(rows)
-        mask[sorted(i for i in banned if i < rows)] = float("-inf")
+        mask[sorted(i for i in banned if 0 <= i < rows)] = float("-inf")
         return mask
 
     def _pieces_for_json(self) -> list[str | None]:
@@ -248,17 +291,38 @@ class TransformersChat:
         return self._json_pieces
 
 
+def _image_token_id(config: Any) -> int:
+    """The placeholder token a processor repeats for a picture's embeddings."""
+    for name in ("image_token_id", "image_token_index"):
+        value = getattr(config, name, None)
+        if isinstance(value, int):
+            return value
+    raise InvalidRequest(f"the {config.model_type} config names no image token")
+
+
 def _position_keys(ids: list[int], image_id: int, digests: list[str], cost: int) -> list[Any]:
-    """One key per prompt position: the token id, or (picture digest, index) for a picture's."""
+    """One key per prompt position: the token id, or for a picture's token (digest, index):
+    that picture's digest when each costs `cost` tokens, else (tokens of several pictures
+    cannot be told apart) the digest of all the prompt's pictures."""
+    everything = hashlib.sha256("".join(digests).encode()).hexdigest()
     keys: list[Any] = []
     seen = 0
     for token in ids:
         if token == image_id:
-            keys.append((digests[seen // cost], seen % cost))
+            keys.append((digests[seen // cost], seen % cost) if cost else (everything, seen))
             seen += 1
         else:
             keys.append(token)
     return keys
+
+
+def _reusable(cached: list[Any], keys: list[Any], reuse: int) -> bool:
+    """For families whose pictures cannot be cut out of the processor's output: the cache is
+    reused only when the new prompt has the same pictures, all within the reused part (their
+    position state, as Qwen2-VL's rotary deltas, then still holds)."""
+    pictures = {key[0] for key in keys if isinstance(key, tuple)}
+    before = {key[0] for key in cached if isinstance(key, tuple)}
+    return pictures == before and not any(isinstance(key, tuple) for key in keys[reuse:])
 
 
 def _common_prefix(old: list[Any], new: list[Any], most: int) -> int:

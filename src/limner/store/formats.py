@@ -73,12 +73,15 @@ def config_for_folder(kinds: dict[str, tuple[str, Path]]) -> dict[str, Any]:
         raise InvalidRequest("no safetensors weights among the model files")
     if model_type in ENCODERS:
         return _encoder_config(hf, weights)
-    if model_type != "llava":
-        raise InvalidRequest(
-            f"model_type {model_type!r} is not supported yet; limner runs LLaVA-family models "
-            f"and embedding encoders ({', '.join(sorted(ENCODERS))})"
-        )
-    return _llava_config(hf, weights)
+    if model_type == "llava":
+        return _llava_config(hf, weights)
+    if isinstance(hf.get("vision_config"), dict) or _causal(hf):
+        return _chat_config(hf, weights, sees=isinstance(hf.get("vision_config"), dict))
+    raise InvalidRequest(
+        f"model_type {model_type!r} is not supported: limner runs vision-language models "
+        "(a config with a vision_config), causal language models (architectures "
+        f"...ForCausalLM) and embedding encoders ({', '.join(sorted(ENCODERS))})"
+    )
 
 
 # Encoders that embed text (sentence-transformers' models are these with a pooling module).
@@ -332,6 +335,42 @@ def _encoder_config(hf: dict[str, Any], weights: list[Path]) -> dict[str, Any]:
         "model_type": human_count(params),
         "file_type": "/".join(sorted(d.upper() for d in dtypes)),
         "capabilities": ["embedding"],
+        "context_length": context,
+        "embedding_length": width,
+        "model_info": {k: v for k, v in info.items() if v is not None},
+    }
+
+
+def _causal(hf: dict[str, Any]) -> bool:
+    return any(str(a).endswith("ForCausalLM") for a in hf.get("architectures") or [])
+
+
+def _chat_config(hf: dict[str, Any], weights: list[Path], sees: bool) -> dict[str, Any]:
+    """A Hugging Face chat model of any family transformers runs: a vision-language model
+    (its processor decides what a picture costs) or a text-only one."""
+    family = str(hf.get("model_type", "unknown"))
+    text = hf.get("text_config") or hf
+    params, dtypes = _count_parameters(weights)
+    context = int(text.get("max_position_embeddings") or 4096)
+    width = text.get("hidden_size")
+    info = {
+        "general.architecture": family,
+        "general.parameter_count": params,
+        f"{family}.context_length": context,
+        f"{family}.embedding_length": width,
+        f"{family}.block_count": text.get("num_hidden_layers"),
+        f"{family}.attention.head_count": text.get("num_attention_heads"),
+        f"{family}.attention.head_count_kv": text.get("num_key_value_heads"),
+        f"{family}.text_model": text.get("model_type") if sees else None,
+    }
+    vision_family = (hf.get("vision_config") or {}).get("model_type", "vision") if sees else None
+    return {
+        "model_format": SAFETENSORS,
+        "model_family": family,
+        "model_families": [family, vision_family] if vision_family else [family],
+        "model_type": human_count(params),
+        "file_type": "/".join(sorted(d.upper() for d in dtypes)),
+        "capabilities": ["completion", "vision"] if sees else ["completion"],
         "context_length": context,
         "embedding_length": width,
         "model_info": {k: v for k, v in info.items() if v is not None},

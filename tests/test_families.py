@@ -1,0 +1,101 @@
+"""Vision families beyond LLaVA-1.5 on transformers, and a text-only model, through the
+official `ollama` client against a real server: a tiny model of each family answers a
+question about a picture, its prompt costs exactly what the family's processor makes of that
+picture, and a follow-up reuses the cache."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import ollama
+import pytest
+
+from helpers import ThreadServer, add_model, picture
+from limner.cli.models import folder_files
+from limner.scheduler import Scheduler
+from limner.store import Store
+from limner.tiny_families import write_tiny_family
+
+pytestmark = pytest.mark.slow
+VISION_FAMILIES = ["gemma3", "llava-next", "smolvlm"]
+QUESTION = "What is in this picture?"
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("families")
+    return {f: write_tiny_family(f, root / f) for f in [*VISION_FAMILIES, "text"]}
+
+
+@pytest.fixture(scope="module")
+def url(folders: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    store = Store(tmp_path_factory.mktemp("store"))
+    for family, folder in folders.items():
+        add_model(store, family, {rel: path.read_bytes() for rel, path in folder_files(folder)})
+    with ThreadServer(Scheduler(store, keep_alive=300.0)) as server:
+        yield server.url
+
+
+def processor_count(folder: Path, picture_bytes: bytes) -> int:
+    """What the family's own processor makes of the question and the picture."""
+    import io
+
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(folder)
+    parts = [{"type": "image"}, {"type": "text", "text": QUESTION}]
+    text = processor.apply_chat_template(
+        [{"role": "user", "content": parts}], add_generation_prompt=True, tokenize=False
+    )
+    image = Image.open(io.BytesIO(picture_bytes)).convert("RGB")
+    return len(processor(text=text, images=[image], return_tensors="pt")["input_ids"][0])
+
+
+@pytest.mark.parametrize("family", VISION_FAMILIES)
+def test_a_tiny_model_of_each_family_answers_about_a_picture_with_exact_counts(
+    url: str, folders: dict[str, Path], family: str
+) -> None:
+    client = ollama.Client(host=url)
+    assert client.show(family).capabilities == ["completion", "vision"]
+    for size in [(100, 80), (30, 90)]:  # dynamic families cost more for some shapes
+        shot = picture(size=size)
+        message = {"role": "user", "content": QUESTION, "images": [shot]}
+        chunks = list(
+            client.chat(
+                model=family,
+                messages=[message],
+                stream=True,
+                options={"num_predict": 4, "temperature": 0},
+            )  # fmt: skip
+        )
+        assert len(chunks) >= 2 and chunks[-1].done and chunks[-1].eval_count == 4
+        expected = processor_count(folders[family], shot)
+        assert chunks[-1].prompt_eval_count == expected, size
+
+
+@pytest.mark.parametrize("family", VISION_FAMILIES)
+def test_a_follow_up_about_the_same_picture_reuses_the_cache(url: str, family: str) -> None:
+    shot = base64.b64encode(picture(size=(64, 64), color="blue")).decode()
+    first = [{"role": "user", "content": QUESTION, "images": [shot]}]
+    options = {"num_predict": 3, "temperature": 0, "seed": 1}
+    answer = httpx.post(f"{url}/api/chat", json={"model": family, "messages": first,
+                        "options": options, "stream": False}, timeout=60).json()  # fmt: skip
+    follow = [*first, answer["message"], {"role": "user", "content": "And its colour?"}]
+    again = httpx.post(f"{url}/api/chat", json={"model": family, "messages": follow,
+                       "options": options, "stream": False}, timeout=60).json()  # fmt: skip
+    assert again["prompt_cached_count"] >= answer["prompt_eval_count"]
+    assert again["prompt_eval_count"] < answer["prompt_eval_count"]
+
+
+def test_a_text_only_safetensors_model_chats_and_refuses_pictures(url: str) -> None:
+    client = ollama.Client(host=url)
+    assert client.show("text").capabilities == ["completion"]
+    reply = client.generate(model="text", prompt="hello", options={"num_predict": 2})
+    assert reply.done and reply.eval_count == 2
+    with pytest.raises(ollama.ResponseError, match="does not support images") as error:
+        client.generate(model="text", prompt="what is it?", images=[picture()])
+    assert error.value.status_code == 400
