@@ -70,7 +70,7 @@ def test_a_tiny_model_of_each_family_answers_about_a_picture_with_exact_counts(
                 messages=[message],
                 stream=True,
                 options={"num_predict": 4, "temperature": 0},
-            )  # fmt: skip
+            )
         )
         assert len(chunks) >= 2 and chunks[-1].done and chunks[-1].eval_count == 4
         expected = processor_count(folders[family], shot)
@@ -82,11 +82,17 @@ def test_a_follow_up_about_the_same_picture_reuses_the_cache(url: str, family: s
     shot = base64.b64encode(picture(size=(64, 64), color="blue")).decode()
     first = [{"role": "user", "content": QUESTION, "images": [shot]}]
     options = {"num_predict": 3, "temperature": 0, "seed": 1}
-    answer = httpx.post(f"{url}/api/chat", json={"model": family, "messages": first,
-                        "options": options, "stream": False}, timeout=60).json()  # fmt: skip
+    answer = httpx.post(
+        f"{url}/api/chat",
+        json={"model": family, "messages": first, "options": options, "stream": False},
+        timeout=60,
+    ).json()
     follow = [*first, answer["message"], {"role": "user", "content": "And its colour?"}]
-    again = httpx.post(f"{url}/api/chat", json={"model": family, "messages": follow,
-                       "options": options, "stream": False}, timeout=60).json()  # fmt: skip
+    again = httpx.post(
+        f"{url}/api/chat",
+        json={"model": family, "messages": follow, "options": options, "stream": False},
+        timeout=60,
+    ).json()
     assert again["prompt_cached_count"] >= answer["prompt_eval_count"]
     assert again["prompt_eval_count"] < answer["prompt_eval_count"]
 
