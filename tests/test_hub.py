@@ -380,6 +380,37 @@ def test_hf_token_goes_to_the_hub_and_not_to_the_cdn(
         cdn.close()
 
 
+@pytest.mark.slow
+def test_a_gguf_repo_pulls_the_quantization_its_tag_names_with_the_projector(
+    server: Any, store: Store, hub: FakeHub, tmp_path: Path
+) -> None:
+    from limner.tiny import write_tiny_llava_gguf
+
+    q8 = write_tiny_llava_gguf(tmp_path / "q8", quantize="q8_0")
+    f16 = write_tiny_llava_gguf(tmp_path / "f16")
+    hub.publish("me/tiny-GGUF", {
+        "tiny.Q8_0.gguf": (q8 / "model.gguf").read_bytes(),
+        "tiny.F16.gguf": (f16 / "model.gguf").read_bytes(),
+        "mmproj-tiny-f16.gguf": (f16 / "mmproj.gguf").read_bytes(),
+        "README.md": b"# tiny\n",
+    })  # fmt: skip
+    client = ollama.Client(host=server.url)
+    assert statuses(list(client.pull("hf.co/me/tiny-GGUF:Q8_0", stream=True)))[-1] == "success"
+    assert sorted(hub.resolved("GET")) == ["mmproj-tiny-f16.gguf", "tiny.Q8_0.gguf"]
+    shown = client.show("hf.co/me/tiny-GGUF:Q8_0")
+    assert shown.details.quantization_level == "Q8_0"
+    assert shown.capabilities == ["completion", "vision"]
+    reply = client.generate(model="hf.co/me/tiny-GGUF:Q8_0", prompt="What is this?",
+                            images=[png()], options={"num_predict": 3})  # fmt: skip
+    assert reply.done and reply.eval_count == 3
+    # No tag: Ollama's Q4_K_M is not there, so the nearest quantization the repo has.
+    steps(store, "hf.co/me/tiny-GGUF")
+    default = store.entry(store.resolve("hf.co/me/tiny-GGUF")).manifest
+    assert stored_config(store, default)["file_type"] == "Q8_0"
+    with pytest.raises(LimnerError, match=r"no Q2_K GGUF file \(quantizations there: F16, Q8_0\)"):
+        steps(store, "hf.co/me/tiny-GGUF:Q2_K")
+
+
 def test_names_revisions_and_missing_repos(store: Store, hub: FakeHub) -> None:
     hub.publish("me/fake", FAKE)
     commit = FakeHub.commit("me/fake")

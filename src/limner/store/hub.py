@@ -16,6 +16,10 @@ Which files a model needs:
   (full precision unless only fp16 exists; `diffusion_pytorch_model`/`model` first);
 - a transformers repo (`config.json`, a llava-hf LLaVA): config, safetensors (+ index),
   tokenizer, processor and generation files, at the top of the repo;
+- a GGUF repo (`.gguf` files, or a tag that names a quantization, `hf.co/ORG/REPO:Q8_0`):
+  the model file of that quantization (without one, Ollama's default Q4_K_M or the nearest
+  there is) and the repo's vision projector `mmproj*.gguf` if it has one; the chat template
+  travels inside the GGUF;
 - otherwise a single-file checkpoint: the largest `.safetensors`.
 Pickle weights (`.bin`, `.pt`, `.ckpt`, `.pth`) are never downloaded: a repo (or a needed
 component) that has nothing else is refused. The manifest and config are built as
@@ -65,6 +69,12 @@ TRANSFORMERS_FILES = {
     "merges.txt",
 }
 _SHARD = re.compile(r"-\d+-of-\d+$")
+QUANT_TAG = re.compile(r"(?i)i?q\d(_[a-z0-9]+)*|bf16|f16|f32")
+_QUANT_IN_NAME = re.compile(r"(?:^|[-_.])(I?Q\d(?:_[A-Z0-9]+)*|BF16|F16|F32)(?=$|[-_.])")
+_SPLIT_GGUF = re.compile(r"-\d{5}-of-\d{5}\.gguf$")
+# Which quantization a GGUF pull without one takes: Ollama's default, then the nearest.
+GGUF_PREFERENCE = ["Q4_K_M", "Q4_K_S", "Q5_K_M", "Q4_0", "Q5_K_S", "Q6_K", "Q8_0", "IQ4_XS",
+                   "Q3_K_M", "BF16", "F16", "F32"]  # fmt: skip
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -90,13 +100,15 @@ class _File:
 def _pull(store: Store, name: ModelName) -> Iterator[ProgressResponse]:
     yield ProgressResponse(status="pulling manifest")
     repo = f"{name.namespace}/{name.model}"
-    revision = DEFAULT_REVISION if name.tag == DEFAULT_TAG else name.tag
+    # As Ollama reads `hf.co/ORG/REPO:Q4_K_M`: a tag that names a quantization picks a GGUF.
+    quant = name.tag.upper() if QUANT_TAG.fullmatch(name.tag) else None
+    revision = DEFAULT_REVISION if name.tag == DEFAULT_TAG or quant else name.tag
     endpoint, token = hub_endpoint(), hub_token()
     commit, files = _listing(endpoint, token, repo, revision)
     hub = _Hub(httpx.URL(endpoint), token, repo, commit)
     digests: dict[str, str] = {}
     try:
-        for entry in _choose(store, hub, files):
+        for entry in _choose(store, hub, files, quant):
             digests[entry.path] = yield from _fetch(store, hub, name, entry)
     finally:
         hub.close()
@@ -230,8 +242,13 @@ def _refuse_pickle(where: str, files: list[_File]) -> None:
         )
 
 
-def _choose(store: Store, hub: _Hub, files: list[_File]) -> list[_File]:
+def _choose(store: Store, hub: _Hub, files: list[_File], quant: str | None) -> list[_File]:
     by_path = {f.path: f for f in files}
+    if quant or (
+        any(f.path.endswith(".gguf") for f in files)
+        and not {"model_index.json", "config.json"} & set(by_path)
+    ):
+        return _gguf(hub.repo, files, quant)
     if "model_index.json" in by_path:
         index = by_path["model_index.json"]
         data = _download_small(store, hub, index)
@@ -245,6 +262,33 @@ def _choose(store: Store, hub: _Hub, files: list[_File]) -> list[_File]:
     if "config.json" in by_path:
         return _transformers(hub.repo, files)
     return _single_file(hub.repo, files)
+
+
+def _gguf(repo: str, files: list[_File], quant: str | None) -> list[_File]:
+    """A GGUF repo: the model file of the quantization asked for (else Ollama's default,
+    Q4_K_M, or the nearest there is) and the repo's vision projector (`mmproj*.gguf`)."""
+    ggufs = [f for f in files if f.path.endswith(".gguf")]
+    projectors = [f for f in ggufs if "mmproj" in posixpath.basename(f.path).lower()]
+    models = {_quant_of(f.path): f for f in sorted(ggufs, key=lambda f: f.path)
+              if f not in projectors and not _SPLIT_GGUF.search(f.path)}  # fmt: skip
+    available = ", ".join(sorted(q for q in models if q)) or "none"
+    wanted = [quant] if quant else [q for q in GGUF_PREFERENCE if q in models]
+    if not wanted or wanted[0] not in models:
+        raise LimnerError(
+            f"pull model manifest: {repo} has no {quant or 'usable'} GGUF file "
+            f"(quantizations there: {available})"
+        )
+    chosen = [models[wanted[0]]]
+    if projectors:  # the widest projector: f16 before a quantized one
+        chosen.append(min(projectors, key=lambda f: ("f16" not in f.path.lower(), f.path)))
+    return chosen
+
+
+def _quant_of(path: str) -> str:
+    """The quantization a GGUF file name says (`….Q4_K_M.gguf` -> "Q4_K_M"), or ""."""
+    stem = posixpath.basename(path).removesuffix(".gguf").upper()
+    found = _QUANT_IN_NAME.search(stem)
+    return found.group(1) if found else ""
 
 
 def _transformers(repo: str, files: list[_File]) -> list[_File]:
