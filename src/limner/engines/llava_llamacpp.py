@@ -41,7 +41,7 @@ from limner.engines.context import fit
 from limner.engines.templates import (
     LLAVA_15,
     Turn,
-    go_supported,
+    go_problem,
     is_go_template,
     render_go,
     render_jinja,
@@ -522,17 +522,23 @@ def _repacking(enabled: bool) -> Iterator[None]:
 
 
 def _template_source(folder: Path, meta: dict[str, str]) -> tuple[str, str]:
-    """("go" | "jinja", template): the template layer, the GGUF's own, or LLaVA-1.5's."""
+    """("go" | "jinja", template): the template layer, the GGUF's own, or LLaVA-1.5's. A Go
+    template this engine cannot render gives way to the next; if none is left it is a 400."""
     layer = folder / "chat_template.jinja"
     candidates = [layer.read_text(encoding="utf-8")] if layer.is_file() else []
     candidates.append(meta.get("tokenizer.chat_template", ""))
+    problems = []
     for text in candidates:
         if not text:
             continue
         if not is_go_template(text):
             return "jinja", text
-        if go_supported(text):
+        problem = go_problem(text)
+        if problem is None:
             return "go", text
+        problems.append(problem)
+    if problems:
+        raise InvalidRequest(f"the model's template cannot be rendered: {problems[0]}")
     return "go", LLAVA_15
 
 
