@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/context.py                      # BakLLaVA size, 32 layers (~10 minutes)
     .venv/bin/python bench/context.py --layers 2 --runs 1  # a quick look
+    .venv/bin/python bench/context.py --family gemma3      # a tiny model of a family, limner only
 
 A conversation of two turns goes, in one run on one machine, through two paths:
   raw llama-cpp-python   Llama + Llava15ChatHandler, create_chat_completion(stream=True): the
@@ -168,22 +169,28 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=2, help="conversations per path")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--cache", type=Path, default=Path("~/.cache/limner-bench").expanduser())
+    parser.add_argument("--family", help="a tiny model of this family (limner.tiny_families) "
+                        "on transformers, through limner only")  # fmt: skip
     args = parser.parse_args()
     from limner.engines.llava_llamacpp import _may_repack
 
     began = time.perf_counter()
-    folder = vlm.build(args.cache, args.layers)
     args.repack = _may_repack()
-    results: dict[str, list[tuple[float, float, int | None]]] = {
-        "raw llama-cpp-python": [],
-        "limner serve": [],
-    }
+    results: dict[str, list[tuple[float, float, int | None]]] = {"limner serve": []}
     with contextlib.ExitStack() as stack:
         args.work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="limner-bench-")))
-        paths = {
-            "limner serve": stack.enter_context(limner(folder, args)),
-            "raw llama-cpp-python": stack.enter_context(raw(folder, args)),
-        }
+        if args.family:  # raw llama-cpp-python has no handler for these families
+            from limner.tiny_families import write_tiny_family
+
+            folder = write_tiny_family(args.family, args.work / args.family)
+            paths = {"limner serve": stack.enter_context(limner(folder, args))}
+        else:
+            folder = vlm.build(args.cache, args.layers)
+            results["raw llama-cpp-python"] = []
+            paths = {
+                "limner serve": stack.enter_context(limner(folder, args)),
+                "raw llama-cpp-python": stack.enter_context(raw(folder, args)),
+            }
         for run in range(args.runs + 1):  # the first conversation warms each path up
             jpeg = vlm.picture(100 + run)
             for label, turn in paths.items():
@@ -195,7 +202,8 @@ def main() -> None:
                       flush=True)  # fmt: skip
                 if run:
                     results[label].append((first, second, evaluated))
-    print(f"\n{args.layers} of {vlm.FULL_LAYERS} layers, n_ctx {args.ctx}, {args.tokens} tokens per turn, "
+    model = f"tiny {args.family}" if args.family else f"{args.layers} of {vlm.FULL_LAYERS} layers"
+    print(f"\n{model}, n_ctx {args.ctx}, {args.tokens} tokens per turn, "
           f"{args.threads} threads, median of {args.runs}")  # fmt: skip
     print(f"{'path':22} {'TTFT turn 1':>12} {'TTFT turn 2':>12} {'turn 2 / turn 1':>16}")
     for label, rows in results.items():

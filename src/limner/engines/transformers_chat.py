@@ -90,6 +90,7 @@ class TransformersChat:
         self._json_pieces: list[str | None] | None = None  # built on the first JSON request
         # LLaVA-1.5's pictures all cost the same: counted without decoding, reused one by one.
         self.image_cost = self._image_cost() if self.family == "llava" else 0
+        self._last_inputs: tuple[Any, Any] | None = None  # (prompt and pictures, inputs)
         self.cache: Any = None  # the last conversation's KV cache...
         self.cached: list[Any] = []  # ...and what it holds, one key per position
 
@@ -231,7 +232,17 @@ class TransformersChat:
         return len(ids) + pictures * (self.image_cost - 1)
 
     def _inputs(self, messages: list[Message]) -> Any:
+        """The model's inputs for `messages`; the last ones are kept, since counting a prompt
+        to fit it and running it process the same pictures."""
         text = self._render(messages)
+        key = (text, tuple(hashlib.sha256(d).digest() for m in messages for d in m.images))
+        if self._last_inputs is not None and self._last_inputs[0] == key:
+            return self._last_inputs[1]
+        inputs = self._processed(text, messages)
+        self._last_inputs = (key, inputs)
+        return inputs
+
+    def _processed(self, text: str, messages: list[Message]) -> Any:
         if self.processor is None:
             bos = self.tokenizer.bos_token
             starts = bool(bos) and text.startswith(bos)  # the template wrote it already
