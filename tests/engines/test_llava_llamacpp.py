@@ -185,3 +185,22 @@ def test_stop_text_holds_back_what_may_start_a_stop_and_partial_characters() -> 
     assert text.push(snowman[:1]) == ("", False)
     assert text.push(snowman[1:]) == ("☃", False)
     assert text.flush() == ""
+
+
+def test_a_gguf_with_its_vision_tower_inside_is_refused_naming_the_layout_that_works(
+    tmp_path: Path,
+) -> None:
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(str(tmp_path / "model.gguf"), "gemma3")
+    writer.add_uint32("gemma3.vision.block_count", 27)  # as Ollama's library stores gemma3
+    writer.add_tensor("token_embd.weight", np.zeros((4, 8), np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(
+        InvalidRequest, match=r"vision tower inside the text model.*hf\.co/ggml-org"
+    ):
+        load(tmp_path, LoadOptions())

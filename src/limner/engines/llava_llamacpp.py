@@ -84,6 +84,8 @@ class LlavaLlamaCpp:
         model_path, projector = folder / "model.gguf", folder / "mmproj.gguf"
         if not model_path.is_file():
             raise InvalidRequest("the model has no GGUF weights layer")
+        if not projector.is_file():
+            _refuse_inner_vision(model_path)
         # Every layer goes to the GPU when llama.cpp was built with one (CUDA, Metal).
         self.on_gpu = bool(llama_cpp.llama_supports_gpu_offload())
         with _repacking(_may_repack()):
@@ -519,6 +521,23 @@ def _repacking(enabled: bool) -> Iterator[None]:
         yield
     finally:
         llama_cpp.llama_cpp.llama_model_default_params = defaults
+
+
+def _refuse_inner_vision(model_path: Path) -> None:
+    """Ollama's own engine stores some vision models (Gemma 3, Qwen2.5-VL, Mistral Small 3.1,
+    Llama 3.2 Vision) as one GGUF with the vision tower inside; llama.cpp loads the text model
+    and the projector as two files, so such a file is refused before llama.cpp tries."""
+    from limner.store.gguf import gguf_info
+
+    info = gguf_info(model_path)
+    arch = info.get("general.architecture", "")
+    if any(key.startswith(f"{arch}.vision.") for key in info):
+        raise InvalidRequest(
+            f"this {arch} GGUF holds its vision tower inside the text model, the layout of "
+            "Ollama's own engine, which llama.cpp cannot load; pull the two-file llama.cpp "
+            f"layout from the Hugging Face Hub instead (hf.co/ggml-org/{arch}-...-GGUF, with "
+            "its mmproj file)"
+        )
 
 
 def _template_source(folder: Path, meta: dict[str, str]) -> tuple[str, str]:
