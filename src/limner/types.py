@@ -50,6 +50,7 @@ class GenerateRequest(_Request):
     keep_alive: KeepAlive = None  # seconds or a Go duration; absent: LIMNER_KEEP_ALIVE
     stream: bool | None = True  # NDJSON by default
     raw: bool | None = False  # true: the prompt is sent to the model as is
+    think: bool | str | None = None  # true or "low"/"medium"/"high": a 400 unless it thinks
     context: list[int] | None = None  # deprecated; ignored by limner
     # Drawing models (capability "image"): Ollama's experimental fields...
     width: int | None = None  # 0/absent: the model's default size, or the init picture's
@@ -75,7 +76,8 @@ class ChatRequest(_Request):
     options: dict[str, Any] | None = None
     keep_alive: KeepAlive = None
     stream: bool | None = True
-    tools: list[dict[str, Any]] | None = None  # accepted; tiny LLaVA models call no tools
+    tools: list[dict[str, Any]] | None = None  # a 400 unless the model can call tools
+    think: bool | str | None = None  # true or "low"/"medium"/"high": a 400 unless it thinks
 
 
 class Metrics(_Response):

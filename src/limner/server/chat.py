@@ -53,6 +53,7 @@ async def chat_chunks(state: State, body: ChatRequest) -> AsyncIterator[dict[str
     if model.draws:
         raise InvalidRequest(f"'{body.model}' draws pictures; send its prompt to /api/generate")
     _require_answers(model, messages, "chat")
+    require_asked(model, body.tools, body.think)
     steps = _run(state, model, messages, body.options, body.format, keep_alive, replace_system=None)
     async for chunk in _chunks(body.model, steps, _chat_text):
         yield chunk
@@ -66,6 +67,7 @@ async def complete(
         {"role": "user", "content": body.prompt, "images": body.images}, "prompt"
     )
     _require_answers(model, [message], "generate")
+    require_asked(model, None, body.think)
     steps = _run(
         state, model, [message], body.options, body.format, keep_alive, replace_system=body.system
     )
@@ -98,6 +100,21 @@ def _require_answers(model: Described, messages: list[Message], endpoint: str) -
     model.require(Capability.COMPLETION, endpoint)
     if any(message.images for message in messages):
         model.require(Capability.VISION, "images")
+
+
+THINK_LEVELS = ("low", "medium", "high", "max")
+
+
+def require_asked(model: Described, tools: list[Any] | None, think: bool | str | None) -> None:
+    """Ollama's 400s for what the model cannot do: call tools, or think before answering."""
+    if isinstance(think, str) and think not in THINK_LEVELS:
+        raise InvalidRequest(
+            f'invalid think value: "{think}" (must be "high", "medium", "low", true, or false)'
+        )
+    if think:
+        model.require(Capability.THINKING, "thinking")
+    if tools:
+        model.require(Capability.TOOLS, "tools")
 
 
 def _wire_message(message: dict[str, Any], label: str) -> Message:
