@@ -108,8 +108,52 @@ def test_samplers_and_schedulers_are_listed_in_a1111s_names(url: str) -> None:
     assert {"Euler a", "DPM++ 2M", "DDIM", "UniPC"} <= {each["name"] for each in samplers}
     assert all(set(each) == {"name", "aliases", "options"} for each in samplers)
     schedulers = httpx.get(f"{url}/sdapi/v1/schedulers").json()
-    assert [each["label"] for each in schedulers] == ["Automatic", "Karras"]
+    assert {"Automatic", "Karras", "Normal", "Align Your Steps", "Beta"} <= {
+        each["label"] for each in schedulers
+    }
     assert httpx.get(f"{url}/sdapi/v1/upscalers").json() == []
+
+
+def test_the_probes_front_ends_make_get_a1111s_shapes(url: str) -> None:
+    assert httpx.get(f"{url}/sdapi/v1/scripts").json() == {"txt2img": [], "img2img": []}
+    assert httpx.get(f"{url}/sdapi/v1/script-info").json() == []
+    assert httpx.get(f"{url}/sdapi/v1/extensions").json() == []
+    assert httpx.get(f"{url}/sdapi/v1/embeddings").json() == {"loaded": {}, "skipped": {}}
+    ram = httpx.get(f"{url}/sdapi/v1/memory").json()["ram"]
+    assert ram["total"] >= ram["used"] > 0
+    assert httpx.get(f"{url}/sdapi/v1/cmd-flags").json()["api"] is True
+
+
+def test_an_sd_backend_client_request_with_scheduler_normal_draws_and_says_what_ran(
+    url: str,
+) -> None:
+    body = {"prompt": "a cat", "steps": 2, "width": 32, "height": 32,
+            "sampler_name": "Euler a", "scheduler": "normal"}  # fmt: skip
+    reply = httpx.post(f"{url}/sdapi/v1/txt2img", json=body, timeout=30).json()
+    info = json.loads(reply["info"])
+    assert info["extra_generation_params"]["Schedule type"] == "Normal (ran as the sampler spacing)"
+    karras = {**body, "sampler_name": "DPM++ 2M", "scheduler": "Karras"}
+    info = json.loads(httpx.post(f"{url}/sdapi/v1/txt2img", json=karras, timeout=30).json()["info"])
+    assert info["extra_generation_params"]["Schedule type"] == "Karras"
+
+
+def test_png_info_reads_the_parameters_a_drawing_carries(url: str) -> None:
+    body = {"prompt": "a cat", "negative_prompt": "a dog", "steps": 2, "width": 32,
+            "height": 32, "seed": 7}  # fmt: skip
+    drawn = httpx.post(f"{url}/sdapi/v1/txt2img", json=body, timeout=30).json()["images"][0]
+    read = httpx.post(f"{url}/sdapi/v1/png-info", json={"image": drawn}).json()
+    assert read["parameters"]["Prompt"] == "a cat"
+    assert read["parameters"]["Seed"] == "7" and read["parameters"]["Size-1"] == "32"
+    # A1111's own text, as the real engine writes it beside limner's JSON.
+    from limner.server.a1111 import parse_infotext
+
+    text = "a cat <lora:style:0.7>\nNegative prompt: a dog, blur\nSteps: 20, Sampler: Euler a, Size: 512x768"
+    assert parse_infotext(text) == {
+        "Prompt": "a cat <lora:style:0.7>", "Negative prompt": "a dog, blur", "Steps": "20",
+        "Sampler": "Euler a", "Size": "512x768", "Size-1": "512", "Size-2": "768",
+    }  # fmt: skip
+    bad = httpx.post(f"{url}/sdapi/v1/png-info", json={"image": ""})
+    assert bad.status_code == 400
 
 
 def test_img2img_inpaints_only_the_masked_square_and_keeps_the_rest(
@@ -182,8 +226,7 @@ def test_resize_modes_crop_or_fill_to_the_size_asked(url: str) -> None:
         ({"restore_faces": True}, "restore_faces"),
         ({"alwayson_scripts": {"ADetailer": {"args": [True]}}}, "alwayson_scripts"),
         ({"sampler_name": "Heun"}, "sampler 'Heun' is not available"),
-        ({"sampler_name": "Euler", "scheduler": "Karras"}, "Karras"),
-        ({"scheduler": "Exponential"}, "scheduler 'Exponential'"),
+        ({"scheduler": "Cosine"}, "scheduler 'Cosine' is not available"),
         ({"batch_size": 9, "n_iter": 2}, "batch_size x n_iter"),
         ({"prompt": "<lora:nothing:1> a cat"}, "nothing"),
         ({"override_settings": {"sd_model_checkpoint": "missing"}}, "missing"),
@@ -289,6 +332,6 @@ def test_lora_tags_name_models_with_a_lora_and_leave_the_prompt(store: Store, ur
     assert reply.status_code == 200, reply.text
     info = json.loads(reply.json()["info"])
     assert info["prompt"] == body["prompt"]  # as A1111 reports it, tags included
-    assert info["extra_generation_params"] == {"Lora": "style:0.7"}
+    assert info["extra_generation_params"] == {"Lora": "style:0.7", "Schedule type": "Automatic"}
     drawn = Image.open(io.BytesIO(base64.b64decode(reply.json()["images"][0])))
     assert json.loads(drawn.text["limner"])["prompt"] == "a cat , sitting"

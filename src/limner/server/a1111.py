@@ -49,7 +49,17 @@ SAMPLERS: dict[str, tuple[str, list[str]]] = {
     "UniPC": ("unipc", []),
     "LCM": ("lcm", ["k_lcm"]),
 }
-SCHEDULERS = {"automatic": "Automatic", "karras": "Karras"}
+# A1111 1.10's schedule types -> (label, what limner runs). limner has the samplers' own
+# spacing and Karras sigmas (DPM++ 2M); each other type runs as the closest of these, and
+# the picture's info says which ("Schedule type" in extra_generation_params).
+SCHEDULERS: dict[str, tuple[str, str]] = {
+    "automatic": ("Automatic", "automatic"), "uniform": ("Uniform", "automatic"),
+    "karras": ("Karras", "karras"), "exponential": ("Exponential", "karras"),
+    "polyexponential": ("Polyexponential", "karras"), "sgm_uniform": ("SGM Uniform", "automatic"),
+    "kl_optimal": ("KL Optimal", "automatic"), "align_your_steps": ("Align Your Steps", "karras"),
+    "simple": ("Simple", "automatic"), "normal": ("Normal", "automatic"),
+    "ddim": ("DDIM", "automatic"), "beta": ("Beta", "automatic"),
+}  # fmt: skip
 MAX_PICTURES = 16  # batch_size x n_iter
 LORA_TAG = re.compile(r"<lora:([^:>]+):?([^:>]*)(?::[^>]*)?>")
 KEPT_JOBS = 32  # finished jobs /progress can still report by id
@@ -184,6 +194,7 @@ async def _draw(request: Request, body: A1111Txt2ImgRequest, init: Image.Image |
     results = [_finish(png, prepared) for png, _ in drawn]
     parameters = [each for _, each in drawn]
     info = _info(body, model, parameters, job, prepared is not None)
+    info["extra_generation_params"]["Schedule type"] = _schedule_note(body.scheduler, scheduler)
     info["infotexts"] = [_infotext(png) for png, _ in drawn]
     return JSONResponse(
         {
@@ -268,16 +279,32 @@ def _scheduler(sampler: str | None, scheduler: str | None) -> str:
                 f"sampler {sampler!r} is not available; use one of: {', '.join(SAMPLERS)}"
             )
         native = SAMPLERS[name][0]
-    kind = (scheduler or "automatic").strip().lower()
-    if kind not in SCHEDULERS:
-        raise InvalidRequest(
-            f"scheduler {scheduler!r} is not available; use one of: {', '.join(SCHEDULERS.values())}"
-        )
-    if kind == "karras" and native != "dpm++ 2m karras":
-        if native != "dpm++ 2m":
-            raise InvalidRequest("the Karras scheduler works here only with the DPM++ 2M sampler")
+    kind = schedule_type(scheduler)
+    # Karras sigmas exist here for DPM++ 2M; with another sampler its own spacing runs.
+    if SCHEDULERS[kind][1] == "karras" and native == "dpm++ 2m":
         native = "dpm++ 2m karras"
     return native
+
+
+def schedule_type(scheduler: str | None) -> str:
+    """A1111's schedule type by name or label (any case), or a 400 listing them."""
+    wanted = (scheduler or "automatic").strip().lower().replace(" ", "_")
+    for name, (label, _) in SCHEDULERS.items():
+        if wanted in (name, label.lower().replace(" ", "_")):
+            return name
+    raise InvalidRequest(
+        f"scheduler {scheduler!r} is not available; use one of: {', '.join(SCHEDULERS)}"
+    )
+
+
+def _schedule_note(scheduler: str | None, native: str) -> str:
+    """The schedule type asked for, and what ran for it when that differs."""
+    kind = schedule_type(scheduler)
+    label = SCHEDULERS[kind][0]
+    karras = native == "dpm++ 2m karras"
+    if kind == "automatic" or (kind == "karras" and karras):
+        return label
+    return f"{label} (ran as {'Karras' if karras else 'the sampler spacing'})"
 
 
 def _open(encoded: str, label: str) -> Image.Image:
@@ -497,7 +524,7 @@ async def schedulers(request: Request) -> Response:
             "default_rho": -1,
             "need_inner_model": False,
         }
-        for name, label in SCHEDULERS.items()
+        for name, (label, _) in SCHEDULERS.items()
     ]
     return JSONResponse(listed)
 
@@ -514,6 +541,88 @@ async def loras(request: Request) -> Response:
             listed.append({"name": name, "alias": name, "path": ", ".join(map(str, files)),
                            "metadata": {}})  # fmt: skip
     return JSONResponse(listed)
+
+
+async def scripts(request: Request) -> Response:
+    """No scripts: front-ends probe this before offering ControlNet, ADetailer and the like."""
+    return JSONResponse({"txt2img": [], "img2img": []})
+
+
+async def embeddings(request: Request) -> Response:
+    """Textual inversions: none loaded."""
+    return JSONResponse({"loaded": {}, "skipped": {}})
+
+
+async def memory(request: Request) -> Response:
+    """The machine's memory in A1111's shape (RAM from /proc/meminfo; CUDA as A1111 says
+    it when torch has none: the server never imports torch)."""
+    total, free = _meminfo()
+    ram = {"free": free, "used": total - free, "total": total}
+    return JSONResponse({"ram": ram, "cuda": {"error": "not reported by limner"}})
+
+
+async def cmd_flags(request: Request) -> Response:
+    """The few flags front-ends read: the API is on, there is no web UI of A1111's."""
+    return JSONResponse({"api": True, "nowebui": True, "listen": True, "lowvram": False,
+                         "medvram": False, "no_half": False})  # fmt: skip
+
+
+async def png_info(request: Request) -> Response:
+    """The parameters a picture carries (limner's and A1111's PNG text), read and parsed."""
+    body = json.loads(await request.body() or b"{}")
+    encoded = body.get("image") if isinstance(body, dict) else None
+    if not isinstance(encoded, str) or not encoded:
+        raise InvalidRequest("image: send the picture as base64 (a data: URI is fine)")
+    picture = _open(encoded, "image")
+    items = {k: v for k, v in getattr(picture, "text", {}).items() if isinstance(v, str)}
+    text = items.pop("parameters", "")
+    parsed = parse_infotext(text) if text else _from_limner(items.get("limner", ""))
+    return JSONResponse({"info": text, "items": items, "parameters": parsed})
+
+
+def _from_limner(text: str) -> dict[str, Any]:
+    """A1111's parsed parameters from limner's own JSON chunk (a picture without the
+    `parameters` text, as the test engine draws them)."""
+    try:
+        found = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    if not isinstance(found, dict):
+        return {}
+    names = {"prompt": "Prompt", "negative_prompt": "Negative prompt", "steps": "Steps",
+             "seed": "Seed", "guidance_scale": "CFG scale", "scheduler": "Sampler",
+             "width": "Size-1", "height": "Size-2"}  # fmt: skip
+    return {label: str(found[key]) for key, label in names.items() if found.get(key) is not None}
+
+
+def parse_infotext(text: str) -> dict[str, Any]:
+    """A1111's parameters text as the dict its png-info answers: Prompt, Negative prompt,
+    then each `Key: value` of the last line (Size also as Size-1 and Size-2)."""
+    if not text.strip():
+        return {}
+    lines = text.strip().split("\n")
+    settings = lines.pop() if re.search(r"(^|, )Steps: ", lines[-1]) else ""
+    negative = [i for i, line in enumerate(lines) if line.startswith("Negative prompt:")]
+    cut = negative[0] if negative else len(lines)
+    parsed: dict[str, Any] = {"Prompt": "\n".join(lines[:cut])}
+    if negative:
+        rest = "\n".join(lines[cut:])
+        parsed["Negative prompt"] = rest.removeprefix("Negative prompt:").strip()
+    for key, value in re.findall(r'\s*([\w /-]+):\s*("(?:\\.|[^"])*"|[^,]*)(?:,|$)', settings):
+        parsed[key.strip()] = value.strip()
+    size = re.fullmatch(r"(\d+)x(\d+)", str(parsed.get("Size", "")))
+    if size:
+        parsed["Size-1"], parsed["Size-2"] = size.groups()
+    return parsed
+
+
+def _meminfo() -> tuple[int, int]:
+    values = {}
+    with open("/proc/meminfo") as f:
+        for line in f:
+            name, _, rest = line.partition(":")
+            values[name] = int(rest.split()[0]) * 1024
+    return values.get("MemTotal", 0), values.get("MemAvailable", 0)
 
 
 async def empty_list(request: Request) -> Response:

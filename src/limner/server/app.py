@@ -112,8 +112,14 @@ def create_app(store: Store, scheduler: Scheduler) -> FastAPI:
     route("/sdapi/v1/samplers", a1111.samplers, methods=["GET"])
     route("/sdapi/v1/schedulers", a1111.schedulers, methods=["GET"])
     route("/sdapi/v1/loras", a1111.loras, methods=["GET"])
-    for nothing in ("upscalers", "sd-vae", "prompt-styles", "hypernetworks", "face-restorers"):
+    for nothing in ("upscalers", "sd-vae", "prompt-styles", "hypernetworks", "face-restorers",
+                    "script-info", "extensions"):  # fmt: skip
         route(f"/sdapi/v1/{nothing}", a1111.empty_list, methods=["GET"])
+    route("/sdapi/v1/scripts", a1111.scripts, methods=["GET"])
+    route("/sdapi/v1/embeddings", a1111.embeddings, methods=["GET"])
+    route("/sdapi/v1/memory", a1111.memory, methods=["GET"])
+    route("/sdapi/v1/cmd-flags", a1111.cmd_flags, methods=["GET"])
+    route("/sdapi/v1/png-info", a1111.png_info, methods=["POST"])
     route("/sdapi/v1/options", a1111.get_options, methods=["GET"])
     route("/sdapi/v1/options", a1111.set_options, methods=["POST"])
     route("/sdapi/v1/progress", a1111.progress, methods=["GET"])
