@@ -388,3 +388,7 @@ class A1111Img2ImgRequest(A1111Txt2ImgRequest):
     inpainting_mask_invert: int = 0  # 1: black repaints
     initial_noise_multiplier: float | None = None  # only 1
     include_init_images: bool = False
+
+
+class A1111PngInfoRequest(_Request):
+    image: str = ""  # base64 PNG, a data: URI allowed

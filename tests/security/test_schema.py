@@ -32,6 +32,7 @@ OPERATIONS = [
     ("GET", "/"), ("HEAD", "/"), ("GET", "/api/version"), ("HEAD", "/api/version"),
     ("GET", "/api/tags"), ("HEAD", "/api/tags"),
     ("GET", "/api/ps"), ("POST", "/api/generate"), ("POST", "/api/chat"), ("POST", "/api/show"),
+    ("POST", "/api/embed"), ("POST", "/api/embeddings"), ("POST", "/v1/embeddings"),
     ("POST", "/api/copy"), ("DELETE", "/api/delete"), ("POST", "/api/create"),
     ("HEAD", "/api/blobs/{digest}"), ("POST", "/api/blobs/{digest}"),
     ("POST", "/v1/images/generations"), ("POST", "/v1/images/edits"),
@@ -42,12 +43,17 @@ OPERATIONS = [
     ("GET", "/sdapi/v1/hypernetworks"), ("GET", "/sdapi/v1/face-restorers"),
     ("GET", "/sdapi/v1/options"), ("POST", "/sdapi/v1/options"), ("GET", "/sdapi/v1/progress"),
     ("POST", "/sdapi/v1/interrupt"), ("POST", "/sdapi/v1/skip"),
+    ("GET", "/sdapi/v1/scripts"), ("GET", "/sdapi/v1/script-info"),
+    ("GET", "/sdapi/v1/extensions"), ("GET", "/sdapi/v1/embeddings"),
+    ("GET", "/sdapi/v1/memory"), ("GET", "/sdapi/v1/cmd-flags"), ("POST", "/sdapi/v1/png-info"),
 ]  # fmt: skip
 # The operations whose schema (a JSON body) can be broken: the negative phase.
 WITH_BODIES = [
     ("POST", "/api/generate"), ("POST", "/api/chat"), ("POST", "/api/show"), ("POST", "/api/copy"),
     ("DELETE", "/api/delete"), ("POST", "/api/create"), ("POST", "/v1/chat/completions"),
     ("POST", "/sdapi/v1/txt2img"), ("POST", "/sdapi/v1/img2img"),
+    ("POST", "/api/embed"), ("POST", "/api/embeddings"), ("POST", "/v1/embeddings"),
+    ("POST", "/sdapi/v1/png-info"),
 ]  # fmt: skip
 
 

@@ -36,7 +36,12 @@ from limner.server.state import State, parse_body
 from limner.store.described import Capability, Described, capabilities, describe, stored_config
 from limner.store.manifests import ADAPTER
 from limner.store.store import Entry
-from limner.types import A1111Img2ImgRequest, A1111Txt2ImgRequest, GenerateRequest
+from limner.types import (
+    A1111Img2ImgRequest,
+    A1111PngInfoRequest,
+    A1111Txt2ImgRequest,
+    GenerateRequest,
+)
 
 # A1111's sampler names -> limner's scheduler names, with A1111's aliases.
 SAMPLERS: dict[str, tuple[str, list[str]]] = {
@@ -569,11 +574,10 @@ async def cmd_flags(request: Request) -> Response:
 
 async def png_info(request: Request) -> Response:
     """The parameters a picture carries (limner's and A1111's PNG text), read and parsed."""
-    body = json.loads(await request.body() or b"{}")
-    encoded = body.get("image") if isinstance(body, dict) else None
-    if not isinstance(encoded, str) or not encoded:
+    body = await parse_body(request, A1111PngInfoRequest)
+    if not body.image:
         raise InvalidRequest("image: send the picture as base64 (a data: URI is fine)")
-    picture = _open(encoded, "image")
+    picture = _open(body.image, "image")
     items = {k: v for k, v in getattr(picture, "text", {}).items() if isinstance(v, str)}
     text = items.pop("parameters", "")
     parsed = parse_infotext(text) if text else _from_limner(items.get("limner", ""))

@@ -21,14 +21,18 @@ from limner import types
 BODIES: dict[tuple[str, str], type[BaseModel]] = {
     ("/api/generate", "post"): types.GenerateRequest,
     ("/api/chat", "post"): types.ChatRequest,
+    ("/api/embed", "post"): types.EmbedRequest,
+    ("/api/embeddings", "post"): types.EmbeddingsRequest,
     ("/api/show", "post"): types.ShowRequest,
     ("/api/copy", "post"): types.CopyRequest,
     ("/api/delete", "delete"): types.DeleteRequest,
     ("/api/create", "post"): types.CreateRequest,
     ("/api/pull", "post"): types.PullRequest,
     ("/v1/chat/completions", "post"): types.OpenAIChatRequest,
+    ("/v1/embeddings", "post"): types.OpenAIEmbeddingRequest,
     ("/sdapi/v1/txt2img", "post"): types.A1111Txt2ImgRequest,
     ("/sdapi/v1/img2img", "post"): types.A1111Img2ImgRequest,
+    ("/sdapi/v1/png-info", "post"): types.A1111PngInfoRequest,
 }
 
 
@@ -39,6 +43,8 @@ ANSWERS: dict[tuple[str, str], type[BaseModel]] = {
     ("/api/ps", "get"): types.ProcessResponse,
     ("/api/show", "post"): types.ShowResponse,
     ("/api/version", "get"): types.VersionResponse,
+    ("/api/embed", "post"): types.EmbedResponse,
+    ("/api/embeddings", "post"): types.EmbeddingsResponse,
 }
 # Every native endpoint's errors: `{"error": "what to fix"}` with a 4xx or 5xx status.
 ERROR = {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}
