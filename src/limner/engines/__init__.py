@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from limner.engines.drawing import SCHEDULERS as SCHEDULERS
 from limner.engines.drawing import ImageRequest as ImageRequest
-from limner.errors import InvalidRequest
+from limner.errors import InvalidRequest, RequestCanceled
 
 if TYPE_CHECKING:
     from limner.engines.training import Example, TrainRequest, TrainStep
@@ -194,6 +194,21 @@ class Embedded:
 
 
 EmbedStep = Embedded
+
+
+def embed_each(
+    inputs: list[str], cancelled: Callable[[], bool], one: Callable[[str], tuple[list[float], int]]
+) -> Embedded:
+    """Every input through `one` (its pooled vector and how many tokens it took), in order,
+    stopping between inputs once `cancelled()`."""
+    vectors, count = [], 0
+    for text in inputs:
+        if cancelled():
+            raise RequestCanceled("request canceled")
+        vector, tokens = one(text)
+        vectors.append(vector)
+        count += tokens
+    return Embedded(vectors, count)
 
 
 class EmbedEngine(Protocol):

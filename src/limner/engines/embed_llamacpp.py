@@ -16,9 +16,9 @@ from pathlib import Path
 
 import llama_cpp
 
-from limner.engines import Embedded, LoadOptions
+from limner.engines import Embedded, LoadOptions, embed_each
 from limner.engines.llava_llamacpp import threads
-from limner.errors import InvalidRequest, RequestCanceled
+from limner.errors import InvalidRequest
 
 DEFAULT_CTX = 512  # BERT's window, when the model does not say
 
@@ -65,14 +65,12 @@ class EmbedLlamaCpp:
         self, inputs: list[str], truncate: bool, num_ctx: int, cancelled: Callable[[], bool]
     ) -> Iterator[Embedded]:
         window = min(num_ctx, self.window) if num_ctx else self.window
-        vectors, count = [], 0
-        for text in inputs:
-            if cancelled():
-                raise RequestCanceled("request canceled")
+
+        def one(text: str) -> tuple[list[float], int]:
             ids = self._tokens(text, window, truncate)
-            vectors.append(self._pooled(ids))
-            count += len(ids)
-        yield Embedded(vectors, count)
+            return self._pooled(ids), len(ids)
+
+        yield embed_each(inputs, cancelled, one)
 
     def _tokens(self, text: str, window: int, truncate: bool) -> list[int]:
         """The input's tokens with the model's own markers ([CLS] ... [SEP]), cut to fit."""

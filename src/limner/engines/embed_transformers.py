@@ -16,8 +16,8 @@ import torch
 from transformers import AutoModel, AutoTokenizer
 from transformers.utils import logging as transformers_logging
 
-from limner.engines import Embedded, LoadOptions
-from limner.errors import InvalidRequest, RequestCanceled
+from limner.engines import Embedded, LoadOptions, embed_each
+from limner.errors import InvalidRequest
 
 
 def load(folder: Path, options: LoadOptions) -> EmbedTransformers:
@@ -44,22 +44,20 @@ class EmbedTransformers:
         self, inputs: list[str], truncate: bool, num_ctx: int, cancelled: Callable[[], bool]
     ) -> Iterator[Embedded]:
         window = min(num_ctx, self.window) if num_ctx else self.window
-        vectors, count = [], 0
-        for text in inputs:
-            if cancelled():
-                raise RequestCanceled("request canceled")
+
+        def one(text: str) -> tuple[list[float], int]:
             encoded = self.tokenizer(
                 text, truncation=truncate, max_length=window, return_tensors="pt"
             )
-            size = encoded["input_ids"].shape[1]
+            size = int(encoded["input_ids"].shape[1])
             if size > window:
                 raise InvalidRequest("the input length exceeds the context length")
             with torch.inference_mode():
                 states = self.model(**encoded.to(self.device)).last_hidden_state[0]
             pooled = states[0] if self.pooling == "cls" else states.mean(dim=0)
-            vectors.append(pooled.float().cpu().tolist())
-            count += size
-        yield Embedded(vectors, count)
+            return pooled.float().cpu().tolist(), size
+
+        yield embed_each(inputs, cancelled, one)
 
 
 def _pooling(folder: Path) -> str:
