@@ -233,3 +233,56 @@ def test_create_the_toy_vision_model_and_its_gguf(
     for name in ("toy-see", "toy-see-gguf"):
         _, out, _ = cli(capsys, "show", name)
         assert "vision" in out and re.search(r"^    image tokens {4,}64$", out, re.M), out
+
+
+MODELFILE = '''# a tuned fake
+FROM fake
+PARAMETER temperature 0.2
+PARAMETER stop "USER:"
+parameter stop </s>
+PARAMETER num_ctx 2048
+SYSTEM """You describe pictures
+in one sentence."""
+TEMPLATE "{{ .System }} USER: {{ .Prompt }} ASSISTANT:"
+LICENSE """MIT"""
+MESSAGE user What is this?
+MESSAGE assistant A red square.
+'''
+
+
+def test_create_from_a_modelfile_and_show_modelfile_round_trips(
+    sdk: Client, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    (tmp_path / "Modelfile").write_text(MODELFILE)
+    code, out, err = cli(capsys, "create", "tuned", "-f", str(tmp_path / "Modelfile"))
+    assert code == 0 and out.endswith("success\n"), err
+    shown = sdk.show("tuned")
+    assert shown.system == "You describe pictures\nin one sentence."
+    assert shown.template == "{{ .System }} USER: {{ .Prompt }} ASSISTANT:"
+    assert shown.license == "MIT"
+    assert shown.messages == [{"role": "user", "content": "What is this?"},
+                              {"role": "assistant", "content": "A red square."}]  # fmt: skip
+    assert shown.parameters is not None and '"USER:"' in shown.parameters
+    # What `show --modelfile` prints builds the same model again.
+    (tmp_path / "Again").write_text(cli(capsys, "show", "tuned", "--modelfile")[1])
+    assert cli(capsys, "create", "again", "-f", str(tmp_path / "Again"))[0] == 0
+    again = sdk.show("again")
+    for field in ("system", "template", "license", "messages", "parameters"):
+        assert getattr(again, field) == getattr(shown, field), field
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("FROM fake\nPARAMETER temperature hot", "line 2: parameter 'temperature' must be float"),
+        ("FROM fake\nRUN rm -rf /", "line 2: unknown instruction 'RUN'"),
+        ('FROM fake\nSYSTEM """never closed', 'line 2: a """ value is never closed'),
+        ("PARAMETER seed 1", "no FROM line"),
+    ],
+)
+def test_a_bad_modelfile_names_the_line_and_what_was_expected(
+    sdk: Client, capsys: pytest.CaptureFixture[str], tmp_path: Path, text: str, says: str
+) -> None:
+    (tmp_path / "Modelfile").write_text(text)
+    code, _, err = cli(capsys, "create", "bad", "-f", str(tmp_path / "Modelfile"))
+    assert code == 1 and says in err

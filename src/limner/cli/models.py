@@ -83,6 +83,10 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )  # fmt: skip
     source.add_argument("--tiny", choices=TINY_KINDS, help="a tiny model with random weights")
     source.add_argument(
+        "-f", "--file", dest="modelfile", metavar="MODELFILE",
+        help="an Ollama Modelfile: FROM, PARAMETER, TEMPLATE, SYSTEM, ADAPTER, LICENSE, MESSAGE",
+    )  # fmt: skip
+    source.add_argument(
         "--toy", choices=TOY_KINDS,
         help="a toy model that knows coloured shapes: see (chat), see-gguf (the same on "
         "llama.cpp), draw (draws and inpaints them)",
@@ -211,6 +215,8 @@ def stop_model(args: argparse.Namespace) -> int:
 
 
 def create_model(args: argparse.Namespace) -> int:
+    if args.modelfile:
+        return _create_from_modelfile(args)
     if args.train:
         return _create_by_training(args)
     if args.adapter:
@@ -244,6 +250,48 @@ def create_model(args: argparse.Namespace) -> int:
         f"'{args.folder}' does not exist; --from takes a model folder, a checkpoint or GGUF "
         "file, or the name of a stored model"
     )
+
+
+def _create_from_modelfile(args: argparse.Namespace) -> int:
+    """As `ollama create -f`: paths in the Modelfile are relative to it; files are uploaded
+    (the server skips those it has), then one /api/create carries the rest."""
+    from limner.cli import modelfile
+    from limner.errors import InvalidRequest
+
+    path = Path(args.modelfile).expanduser()
+    if not path.is_file():
+        raise InvalidRequest(f"'{args.modelfile}' does not exist; -f takes a Modelfile")
+    parsed = modelfile.parse(path.read_text(encoding="utf-8"))
+    sdk = client()
+    base = _beside(parsed.base, path.parent)
+    files = None
+    if base is not None:
+        named = folder_files(base) if base.is_dir() else [(base.name, base)]
+        files = {}
+        for relname, file in named:
+            print(f"copying file {relname} ({human_bytes(file.stat().st_size)})")
+            files[relname] = sdk.create_blob(file)
+    adapters = {}
+    for given in parsed.adapters:
+        adapter = _beside(given, path.parent)
+        if adapter is None or not adapter.is_file():
+            raise InvalidRequest(f"ADAPTER {given!r} is not a file next to the Modelfile")
+        adapters[adapter.name] = sdk.create_blob(adapter)
+    steps = sdk.create(
+        args.model, from_=None if files is not None else parsed.base, files=files,
+        parameters=parsed.parameters or None, template=parsed.template, system=parsed.system,
+        license=parsed.license or None, messages=parsed.messages or None,
+        adapters=adapters or None, quantize=args.quantize, stream=True,
+    )  # fmt: skip
+    show_progress(steps)
+    return 0
+
+
+def _beside(value: str, folder: Path) -> Path | None:
+    """`value` as a path relative to `folder` when it names an existing file or folder."""
+    path = Path(value).expanduser()
+    path = path if path.is_absolute() else folder / path
+    return path if path.exists() else None
 
 
 def _create_with_adapters(args: argparse.Namespace) -> int:
