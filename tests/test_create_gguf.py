@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import ollama
 import pytest
+from pydantic import BaseModel
 
 from helpers import add_fake_draw, add_gguf, add_model, picture
 from limner.names import ModelName
@@ -92,3 +93,25 @@ def test_a_stored_f16_gguf_is_quantized_by_llama_cpp_and_keeps_its_projector(
     assert len(model_size) == 2
     reply = client.chat(model="k", messages=QUESTION, options={"num_predict": 3, "num_ctx": 2048})
     assert reply.eval_count == 3
+
+
+class Shape(BaseModel):
+    color: Literal["red", "green", "blue"]
+    sides: int
+
+
+@pytest.mark.slow
+def test_a_pydantic_schema_as_format_is_followed_on_llama_cpp_and_refused_on_transformers(
+    server: Any, store: Store, tmp_path: Path
+) -> None:
+    add_gguf(store, "gguf")
+    add_tiny_llava(store, tmp_path)
+    client = ollama.Client(host=server.url)
+    options = {"num_predict": 300, "num_ctx": 2048, "temperature": 1.0}
+    for seed in range(3):
+        reply = client.chat(model="gguf", messages=QUESTION, format=Shape.model_json_schema(),
+                            options={**options, "seed": seed})  # fmt: skip
+        Shape.model_validate_json(reply.message.content or "")
+    with pytest.raises(ollama.ResponseError, match="does not enforce a JSON schema yet") as e:
+        client.chat(model="hf", messages=QUESTION, format=Shape.model_json_schema())
+    assert e.value.status_code == 400

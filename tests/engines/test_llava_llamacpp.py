@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 import pytest
+from pydantic import BaseModel
 
 import helpers
 from limner.engines import Done, LoadOptions, Message, Options, Piece
@@ -204,3 +206,25 @@ def test_a_gguf_with_its_vision_tower_inside_is_refused_naming_the_layout_that_w
         InvalidRequest, match=r"vision tower inside the text model.*hf\.co/ggml-org"
     ):
         load(tmp_path, LoadOptions())
+
+
+class Shape(BaseModel):
+    color: Literal["red", "green", "blue"]
+    sides: int
+    filled: bool
+
+
+def test_a_json_schema_constrains_every_answer_to_it(engine: LlavaLlamaCpp) -> None:
+    schema = json.dumps(Shape.model_json_schema())
+    question = [Message("user", "Describe the shape as JSON.", [picture()])]
+    for seed in range(20):
+        options = Options(format=schema, seed=seed, temperature=1.0, num_predict=300)
+        steps = list(engine.chat(question, options, lambda: False))
+        answer = "".join(s.text for s in steps if isinstance(s, Piece))
+        Shape.model_validate_json(answer)  # required keys there, the enum kept, types right
+
+
+def test_a_schema_the_grammar_cannot_express_is_a_400_naming_it(engine: LlavaLlamaCpp) -> None:
+    bad = json.dumps({"type": "object", "properties": {"x": {"type": "tuple-of-things"}}})
+    with pytest.raises(InvalidRequest, match="this JSON schema cannot be enforced"):
+        list(engine.chat([Message("user", "hi")], Options(format=bad), lambda: False))

@@ -47,7 +47,7 @@ class Options:
     repeat_penalty: float = 1.0
     repeat_last_n: int = 64
     num_ctx: int = 0  # 0: the whole window the model loaded with
-    format: str = ""  # "" or "json"
+    format: str = ""  # "", "json", or a JSON schema as its JSON text
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Options:
@@ -138,6 +138,11 @@ def _finite(value: Any) -> bool:
     if isinstance(value, int):
         return -(2**64) < value < 2**64
     return isinstance(value, float) and math.isfinite(value)
+
+
+def schema_of(options: Options) -> str | None:
+    """The JSON schema a request's answer must follow (as JSON text), or None."""
+    return options.format if options.format.startswith("{") else None
 
 
 @dataclass

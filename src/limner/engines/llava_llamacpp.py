@@ -36,7 +36,7 @@ import llama_cpp.mtmd_cpp as mtmd
 from llama_cpp._logger import llama_log_callback
 from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
 
-from limner.engines import ChatStep, Done, LoadOptions, Message, Options, Piece
+from limner.engines import ChatStep, Done, LoadOptions, Message, Options, Piece, schema_of
 from limner.engines.context import fit
 from limner.engines.templates import (
     LLAVA_15,
@@ -108,6 +108,7 @@ class LlavaLlamaCpp:
         self.kv_bytes = _kv_bytes(meta, arch, self.n_ctx)
         self.weight_bytes = sum(p.stat().st_size for p in (model_path, projector) if p.is_file())
         self._json: LlamaGrammar | None = None
+        self._schema: tuple[str, LlamaGrammar] | None = None  # the last schema's grammar
         self.cached: list[Any] = []  # the KV cache's contents, one key per position
         self.answer = ("", "")  # the last answer as shown, and as its tokens spell it
 
@@ -183,8 +184,10 @@ class LlavaLlamaCpp:
     # --- the prompt ---
 
     def _window(self, options: Options) -> int:
-        if options.format not in ("", "json"):
-            raise InvalidRequest(f'format must be "" or "json", not {options.format!r}')
+        if options.format not in ("", "json") and schema_of(options) is None:
+            raise InvalidRequest(
+                f'format must be "", "json" or a JSON schema, not {options.format!r}'
+            )
         if options.num_ctx < 0:
             raise InvalidRequest(
                 f"num_ctx must be 0 (the model's own) or positive, not {options.num_ctx}"
@@ -265,7 +268,7 @@ class LlavaLlamaCpp:
         llama.last_n_tokens_size = (
             self.n_ctx if options.repeat_last_n < 0 else options.repeat_last_n
         )
-        grammar = self._json_grammar() if options.format == "json" else None
+        grammar = self._grammar(options)
         # The prompt is already decoded: generate() finds it cached and samples at once.
         prompt = llama._input_ids.tolist()
         yield from llama.generate(
@@ -278,7 +281,16 @@ class LlavaLlamaCpp:
             grammar=grammar,
         )
 
-    def _json_grammar(self) -> LlamaGrammar:
+    def _grammar(self, options: Options) -> LlamaGrammar | None:
+        """llama.cpp's grammar for the answer: any JSON, or a schema's (through llama.cpp's
+        JSON-schema-to-grammar, kept for the next request with the same schema)."""
+        schema = schema_of(options)
+        if schema is not None:
+            if self._schema is None or self._schema[0] != schema:
+                self._schema = (schema, _schema_grammar(schema))
+            return self._schema[1]
+        if options.format != "json":
+            return None
         if self._json is None:
             self._json = LlamaGrammar.from_string(JSON_GBNF, verbose=False)
         return self._json
@@ -521,6 +533,14 @@ def _repacking(enabled: bool) -> Iterator[None]:
         yield
     finally:
         llama_cpp.llama_cpp.llama_model_default_params = defaults
+
+
+def _schema_grammar(schema: str) -> LlamaGrammar:
+    """A schema as llama.cpp's grammar, or a 400 saying what in it cannot be enforced."""
+    try:
+        return LlamaGrammar.from_json_schema(schema, verbose=False)
+    except Exception as error:  # the converter raises plain exceptions on what it lacks
+        raise InvalidRequest(f"format: this JSON schema cannot be enforced: {error}") from None
 
 
 def _refuse_inner_vision(model_path: Path) -> None:

@@ -163,8 +163,10 @@ class LlavaVllm:
 
     def _sampling(self, options: Options) -> Any:
         """Ollama's options as vLLM's SamplingParams (temperature 0 is greedy in both)."""
-        if options.format == "json":
-            raise InvalidRequest('format "json" is not supported on the vLLM engine yet')
+        if options.format:
+            raise InvalidRequest(
+                "format (JSON or a schema) is not supported on the vLLM engine yet"
+            )
         return self.vllm.SamplingParams(
             temperature=options.temperature,
             top_p=options.top_p,

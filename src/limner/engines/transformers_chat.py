@@ -37,7 +37,7 @@ from transformers import (
 )
 from transformers.utils import logging as transformers_logging
 
-from limner.engines import ChatStep, Done, LoadOptions, Message, Options, Piece
+from limner.engines import ChatStep, Done, LoadOptions, Message, Options, Piece, schema_of
 from limner.engines.context import fit
 from limner.errors import InvalidRequest
 from limner.pictures import open_rgb
@@ -353,8 +353,13 @@ def _boundary(keys: list[Any], position: int) -> int:
 
 
 def _check_options(options: Options) -> None:
+    if schema_of(options) is not None:  # never a silent fallback to any JSON
+        raise InvalidRequest(
+            'format: the transformers engine does not enforce a JSON schema yet; send "json", '
+            "or use the model's GGUF (llama.cpp enforces schemas)"
+        )
     if options.format not in ("", "json"):
-        raise InvalidRequest(f'format must be "" or "json", not {options.format!r}')
+        raise InvalidRequest(f'format must be "", "json" or a JSON schema, not {options.format!r}')
     if options.num_ctx < 0:
         raise InvalidRequest(
             f"num_ctx must be 0 (the model's own) or positive, not {options.num_ctx}"

@@ -9,6 +9,7 @@ re-encoded as Ollama's chunks.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import time
@@ -193,10 +194,14 @@ async def _run(
 
 
 def _format(value: Any) -> str:
+    """Options.format: "", "json", or a JSON schema as its JSON text (the engine enforces it,
+    or refuses it naming what it cannot enforce)."""
     if value in (None, ""):
         return ""
-    if value == "json" or isinstance(value, dict):
-        return "json"  # a JSON schema constrains the answer to JSON (not yet to the schema)
+    if value == "json":
+        return "json"
+    if isinstance(value, dict):
+        return json.dumps(value, separators=(",", ":"))
     raise InvalidRequest(
         f'invalid format: {value!r}; expected "json" or a valid JSON Schema object'
     )
