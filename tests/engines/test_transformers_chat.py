@@ -9,8 +9,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 import pytest
+from pydantic import BaseModel
 from tokenizers import Tokenizer
 
 import helpers
@@ -254,3 +256,23 @@ def _hf_tokenizer(folder: Path) -> object:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(folder, local_files_only=True)
+
+
+class Shape(BaseModel):
+    color: Literal["red", "green", "blue"]
+    sides: int
+    filled: bool
+
+
+def test_a_json_schema_constrains_every_answer_to_it(engine: TransformersChat) -> None:
+    schema = Shape.model_json_schema()
+    for seed in range(20):
+        text, _, _ = ask(engine, format=json.dumps(schema), num_predict=300, temperature=1.0,
+                         seed=seed)  # fmt: skip
+        Shape.model_validate_json(text)  # required keys there, the enum kept, types right
+
+
+def test_a_schema_llguidance_cannot_enforce_is_a_400(engine: TransformersChat) -> None:
+    bad = json.dumps({"type": "object", "properties": {"x": {"type": "tuple-of-things"}}})
+    with pytest.raises(InvalidRequest, match="this JSON schema cannot be enforced"):
+        ask(engine, format=bad)

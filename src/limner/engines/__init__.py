@@ -9,6 +9,7 @@ imported only inside a runner process.
 from __future__ import annotations
 
 import importlib
+import json
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
@@ -141,8 +142,27 @@ def _finite(value: Any) -> bool:
 
 
 def schema_of(options: Options) -> str | None:
-    """The JSON schema a request's answer must follow (as JSON text), or None."""
-    return options.format if options.format.startswith("{") else None
+    """The JSON schema a request's answer must follow (as JSON text), or None. An object
+    that lists its properties admits no others unless it says so (`additionalProperties`),
+    as llama.cpp's grammars read schemas: what the client asked for, and nothing else."""
+    if not options.format.startswith("{"):
+        return None
+    try:
+        schema = json.loads(options.format)
+    except ValueError:
+        raise InvalidRequest("format: the JSON schema is not valid JSON") from None
+    return json.dumps(_closed(schema), separators=(",", ":"))
+
+
+def _closed(node: Any) -> Any:
+    if isinstance(node, list):
+        return [_closed(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    closed = {key: _closed(value) for key, value in node.items()}
+    if "properties" in closed and "additionalProperties" not in closed:
+        closed["additionalProperties"] = False
+    return closed
 
 
 @dataclass

@@ -26,6 +26,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import llguidance
+import llguidance.hf
+import llguidance.torch
 import torch
 from PIL import Image
 from transformers import (
@@ -88,6 +91,7 @@ class TransformersChat:
         self.banned = self._banned_mask(text_config.vocab_size)
         self.detokenizer = _Detokenizer(self.tokenizer)
         self._json_pieces: list[str | None] | None = None  # built on the first JSON request
+        self._llg_tokenizer: Any = None  # llguidance's view of the vocabulary, on first use
         # LLaVA-1.5's pictures all cost the same: counted without decoding, reused one by one.
         self.image_cost = self._image_cost() if self.family == "llava" else 0
         self._last_inputs: tuple[Any, Any] | None = None  # (prompt and pictures, inputs)
@@ -147,22 +151,30 @@ class TransformersChat:
         history = [t for t in prompt_ids if t != self.image_token_id]  # for repeat_penalty
         text = _TextStream(self.detokenizer, options.stop)
         grammar = _JsonGrammar(self._pieces_for_json()) if options.format == "json" else None
+        schema = self._schema_matcher(options)
         generated: list[int] = []
         reason = "stop"
         while True:
             scores = sampler.scores(out.logits[0, -1].float().cpu(), history)
+            if schema is not None:
+                schema.restrict(scores)
             if grammar is None:
                 token: int | None = sampler.pick(scores)
             else:
                 token = grammar.pick(sampler.order(scores), budget=limit - len(generated) - 1)
             if token is None or token in self.eos_ids:
                 break
+            if schema is not None:
+                schema.consume(token)
             generated.append(token)
             history.append(token)
             piece, hit_stop = text.update(generated)
             if piece:
                 yield Piece(piece)
-            if hit_stop or (grammar is not None and grammar.complete):
+            complete = (grammar is not None and grammar.complete) or (
+                schema is not None and schema.done
+            )
+            if hit_stop or complete:
                 break
             if len(generated) >= limit:
                 reason = "length"
@@ -296,10 +308,54 @@ class TransformersChat:
         mask[sorted(i for i in banned if 0 <= i < rows)] = float("-inf")
         return mask
 
+    def _schema_matcher(self, options: Options) -> _SchemaMatcher | None:
+        """llguidance's matcher for the request's JSON schema, if it has one."""
+        schema = schema_of(options)
+        if schema is None:
+            return None
+        if self._llg_tokenizer is None:  # about a second for a real vocabulary: once
+            self._llg_tokenizer = llguidance.hf.from_tokenizer(
+                self.tokenizer, n_vocab=len(self.banned), eos_token=sorted(self.eos_ids)
+            )
+        return _SchemaMatcher(self._llg_tokenizer, schema)
+
     def _pieces_for_json(self) -> list[str | None]:
         if self._json_pieces is None:
             self._json_pieces = self.detokenizer.pieces()
         return self._json_pieces
+
+
+class _SchemaMatcher:
+    """Which tokens may come next for an answer that must follow a JSON schema (llguidance,
+    the structured-generation library llama.cpp also uses)."""
+
+    def __init__(self, tokenizer: Any, schema: str) -> None:
+        # Compact JSON: a random or weak model would otherwise pad it with whitespace.
+        grammar = llguidance.LLMatcher.grammar_from_json_schema(
+            schema, defaults={"whitespace_flexible": False, "key_separator": ": ",
+                              "item_separator": ", "},
+        )  # fmt: skip
+        failed, problems = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, tokenizer)
+        if failed:
+            raise InvalidRequest(f"format: this JSON schema cannot be enforced: {problems[0]}")
+        self.matcher = llguidance.LLMatcher(tokenizer, grammar)
+        self.mask = llguidance.torch.allocate_token_bitmask(1, tokenizer.vocab_size)
+
+    def restrict(self, scores: torch.Tensor) -> None:
+        """Scores of tokens the schema does not allow next become -inf, in place."""
+        llguidance.torch.fill_next_token_bitmask(self.matcher, self.mask, 0)
+        llguidance.torch.apply_token_bitmask_inplace(scores.unsqueeze(0), self.mask)
+
+    def consume(self, token: int) -> None:
+        if not self.matcher.consume_token(token):
+            raise RuntimeError(
+                f"the schema matcher refused a token it allowed: {self.matcher.get_error()}"
+            )
+
+    @property
+    def done(self) -> bool:
+        """The answer is a whole document of the schema and nothing may follow."""
+        return bool(self.matcher.is_stopped())
 
 
 def _image_token_id(config: Any) -> int:
@@ -353,12 +409,7 @@ def _boundary(keys: list[Any], position: int) -> int:
 
 
 def _check_options(options: Options) -> None:
-    if schema_of(options) is not None:  # never a silent fallback to any JSON
-        raise InvalidRequest(
-            'format: the transformers engine does not enforce a JSON schema yet; send "json", '
-            "or use the model's GGUF (llama.cpp enforces schemas)"
-        )
-    if options.format not in ("", "json"):
+    if options.format not in ("", "json") and schema_of(options) is None:
         raise InvalidRequest(f'format must be "", "json" or a JSON schema, not {options.format!r}')
     if options.num_ctx < 0:
         raise InvalidRequest(
