@@ -92,6 +92,7 @@ class TransformersChat:
         self.detokenizer = _Detokenizer(self.tokenizer)
         self._json_pieces: list[str | None] | None = None  # built on the first JSON request
         self._llg_tokenizer: Any = None  # llguidance's view of the vocabulary, on first use
+        self._schema: tuple[str, str] | None = None  # the last schema and its grammar
         # LLaVA-1.5's pictures all cost the same: counted without decoding, reused one by one.
         self.image_cost = self._image_cost() if self.family == "llava" else 0
         self._last_inputs: tuple[Any, Any] | None = None  # (prompt and pictures, inputs)
@@ -317,7 +318,9 @@ class TransformersChat:
             self._llg_tokenizer = llguidance.hf.from_tokenizer(
                 self.tokenizer, n_vocab=len(self.banned), eos_token=sorted(self.eos_ids)
             )
-        return _SchemaMatcher(self._llg_tokenizer, schema)
+        if self._schema is None or self._schema[0] != schema:  # compiled once per schema
+            self._schema = (schema, _SchemaMatcher.compile(self._llg_tokenizer, schema))
+        return _SchemaMatcher(self._llg_tokenizer, self._schema[1])
 
     def _pieces_for_json(self) -> list[str | None]:
         if self._json_pieces is None:
@@ -329,7 +332,13 @@ class _SchemaMatcher:
     """Which tokens may come next for an answer that must follow a JSON schema (llguidance,
     the structured-generation library llama.cpp also uses)."""
 
-    def __init__(self, tokenizer: Any, schema: str) -> None:
+    def __init__(self, tokenizer: Any, grammar: str) -> None:
+        self.matcher = llguidance.LLMatcher(tokenizer, grammar)
+        self.mask = llguidance.torch.allocate_token_bitmask(1, tokenizer.vocab_size)
+
+    @staticmethod
+    def compile(tokenizer: Any, schema: str) -> str:
+        """llguidance's grammar for `schema`, or a 400 saying what it cannot enforce."""
         # Compact JSON: a random or weak model would otherwise pad it with whitespace.
         grammar = llguidance.LLMatcher.grammar_from_json_schema(
             schema, defaults={"whitespace_flexible": False, "key_separator": ": ",
@@ -338,8 +347,7 @@ class _SchemaMatcher:
         failed, problems = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, tokenizer)
         if failed:
             raise InvalidRequest(f"format: this JSON schema cannot be enforced: {problems[0]}")
-        self.matcher = llguidance.LLMatcher(tokenizer, grammar)
-        self.mask = llguidance.torch.allocate_token_bitmask(1, tokenizer.vocab_size)
+        return grammar
 
     def restrict(self, scores: torch.Tensor) -> None:
         """Scores of tokens the schema does not allow next become -inf, in place."""
