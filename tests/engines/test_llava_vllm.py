@@ -183,7 +183,7 @@ def test_a_cancelled_chat_is_aborted_in_vllm(engine: Any) -> None:
 
 
 def test_json_mode_and_too_many_pictures_are_refused(engine: Any) -> None:
-    with pytest.raises(InvalidRequest, match="json"):
+    with pytest.raises(InvalidRequest, match="format"):
         list(engine.chat([Message("user", "hi")], Options(format="json"), lambda: False))
     many = [png("red")] * (llava_vllm.MAX_PICTURES + 1)
     with pytest.raises(InvalidRequest, match="at most"):

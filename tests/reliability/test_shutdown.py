@@ -43,8 +43,8 @@ def refused(url: str) -> bool:
         httpx.get(url + "/api/version", timeout=1)
     except httpx.ConnectError:
         return True
-    except httpx.ReadError:  # accepted into the backlog as the listener closed: reset, unserved
-        return True
+    except (httpx.ReadError, httpx.RemoteProtocolError):
+        return True  # accepted into the backlog as the listener closed: reset or closed, unserved
     return False
 
 
