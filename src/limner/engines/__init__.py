@@ -142,11 +142,14 @@ def _finite(value: Any) -> bool:
 
 
 def schema_of(options: Options) -> str | None:
-    """The JSON schema a request's answer must follow (as JSON text), or None. An object
+    """The JSON schema a request's answer must follow (as JSON text), or None for none or
+    any JSON; a 400 for any other format. An object
     that lists its properties admits no others unless it says so (`additionalProperties`),
     as llama.cpp's grammars read schemas: what the client asked for, and nothing else."""
-    if not options.format.startswith("{"):
+    if options.format in ("", "json"):
         return None
+    if not options.format.startswith("{"):
+        raise InvalidRequest(f'format must be "", "json" or a JSON schema, not {options.format!r}')
     try:
         schema = json.loads(options.format)
     except ValueError:

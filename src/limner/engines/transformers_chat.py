@@ -417,8 +417,7 @@ def _boundary(keys: list[Any], position: int) -> int:
 
 
 def _check_options(options: Options) -> None:
-    if options.format not in ("", "json") and schema_of(options) is None:
-        raise InvalidRequest(f'format must be "", "json" or a JSON schema, not {options.format!r}')
+    schema_of(options)  # a 400 for a format that is neither JSON nor a schema
     if options.num_ctx < 0:
         raise InvalidRequest(
             f"num_ctx must be 0 (the model's own) or positive, not {options.num_ctx}"

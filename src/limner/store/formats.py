@@ -317,28 +317,7 @@ def _llava_config(hf: dict[str, Any], weights: list[Path]) -> dict[str, Any]:
 def _encoder_config(hf: dict[str, Any], weights: list[Path]) -> dict[str, Any]:
     """A text encoder that embeds, described with the GGUF keys llama.cpp gives BERT."""
     family = str(hf["model_type"])
-    params, dtypes = _count_parameters(weights)
-    context = int(hf.get("max_position_embeddings", 512))
-    width = int(hf.get("hidden_size", 768))
-    info = {
-        "general.architecture": family,
-        "general.parameter_count": params,
-        f"{family}.context_length": context,
-        f"{family}.embedding_length": width,
-        f"{family}.block_count": hf.get("num_hidden_layers"),
-        f"{family}.attention.head_count": hf.get("num_attention_heads"),
-    }
-    return {
-        "model_format": SAFETENSORS,
-        "model_family": family,
-        "model_families": [family],
-        "model_type": human_count(params),
-        "file_type": "/".join(sorted(d.upper() for d in dtypes)),
-        "capabilities": ["embedding"],
-        "context_length": context,
-        "embedding_length": width,
-        "model_info": {k: v for k, v in info.items() if v is not None},
-    }
+    return _hf_config(family, [family], hf, weights, ["embedding"], default_context=512)
 
 
 def _causal(hf: dict[str, Any]) -> bool:
@@ -350,8 +329,25 @@ def _chat_config(hf: dict[str, Any], weights: list[Path], sees: bool) -> dict[st
     (its processor decides what a picture costs) or a text-only one."""
     family = str(hf.get("model_type", "unknown"))
     text = hf.get("text_config") or hf
+    if not sees:
+        return _hf_config(family, [family], text, weights, ["completion"])
+    vision_family = (hf.get("vision_config") or {}).get("model_type", "vision")
+    return _hf_config(family, [family, vision_family], text, weights, ["completion", "vision"],
+                      extra={f"{family}.text_model": text.get("model_type")})  # fmt: skip
+
+
+def _hf_config(
+    family: str,
+    families: list[str],
+    text: dict[str, Any],
+    weights: list[Path],
+    capabilities: list[str],
+    default_context: int = 4096,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The config blob of a Hugging Face model, with the model_info keys a GGUF of it has."""
     params, dtypes = _count_parameters(weights)
-    context = int(text.get("max_position_embeddings") or 4096)
+    context = int(text.get("max_position_embeddings") or default_context)
     width = text.get("hidden_size")
     info = {
         "general.architecture": family,
@@ -361,16 +357,15 @@ def _chat_config(hf: dict[str, Any], weights: list[Path], sees: bool) -> dict[st
         f"{family}.block_count": text.get("num_hidden_layers"),
         f"{family}.attention.head_count": text.get("num_attention_heads"),
         f"{family}.attention.head_count_kv": text.get("num_key_value_heads"),
-        f"{family}.text_model": text.get("model_type") if sees else None,
+        **(extra or {}),
     }
-    vision_family = (hf.get("vision_config") or {}).get("model_type", "vision") if sees else None
     return {
         "model_format": SAFETENSORS,
         "model_family": family,
-        "model_families": [family, vision_family] if vision_family else [family],
+        "model_families": families,
         "model_type": human_count(params),
         "file_type": "/".join(sorted(d.upper() for d in dtypes)),
-        "capabilities": ["completion", "vision"] if sees else ["completion"],
+        "capabilities": capabilities,
         "context_length": context,
         "embedding_length": width,
         "model_info": {k: v for k, v in info.items() if v is not None},
