@@ -1,5 +1,5 @@
 """What a model cannot do is a 400 in Ollama's words, before anything loads: tools and
-thinking (no engine of limner's renders tools or thinks yet, so no model claims either),
+thinking (no model of limner's thinks yet; tools are checked against the template: test_tools.py),
 through the official `ollama` and `openai` clients."""
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
                        Chat | Draw | Train | Embed   a request, under an id the server picks
                        Cancel | Finish       stop a request / end a drawing early, keeping it
     runner -> server   Ready | LoadError     the answer to Load
-                       a request's steps, under its id: Piece... Done (chat),
+                       a request's steps, under its id: Piece | Called... Done (chat),
                        Progress... ImageResult (drawing), TrainProgress, TrainCheckpoint,
                        TrainValidation... TrainDone (training), Embedded (embedding);
                        or Error, which ends it too
@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Union
 
 from limner.engines import (
+    Called,
     ChatStep,
     Done,
     Embedded,
@@ -131,14 +132,14 @@ class Error:
 
 Request = Chat | Draw | Train | Embed
 Step = (
-    Piece | Done | Progress | ImageResult | TrainProgress | TrainCheckpoint | TrainValidation
-    | TrainDone | Embedded
+    Piece | Called | Done | Progress | ImageResult | TrainProgress | TrainCheckpoint
+    | TrainValidation | TrainDone | Embedded
 )  # fmt: skip
 Reply = Step | Error
 LAST = (Done, ImageResult, TrainDone, Embedded, Error)  # the replies that end a request
 
 # The steps that may answer each kind of request (an Error may answer any).
-CHAT_STEPS: tuple[type[ChatStep], ...] = (Piece, Done)
+CHAT_STEPS: tuple[type[ChatStep], ...] = (Piece, Called, Done)
 IMAGE_STEPS: tuple[type[ImageStep], ...] = (Progress, ImageResult)
 TRAIN_STEPS: tuple[type[TrainStep], ...] = (
     TrainProgress, TrainCheckpoint, TrainValidation, TrainDone
@@ -153,7 +154,7 @@ KINDS: dict[str, type] = {
     "load": Load, "chat": Chat, "draw": Draw, "train": Train, "embed": Embed,
     "cancel": Cancel, "finish": Finish,
     "ready": Ready, "load_error": LoadError, "error": Error,
-    "piece": Piece, "done": Done, "progress": Progress, "image": ImageResult,
+    "piece": Piece, "called": Called, "done": Done, "progress": Progress, "image": ImageResult,
     "train_progress": TrainProgress, "checkpoint": TrainCheckpoint,
     "validation": TrainValidation, "trained": TrainDone, "embedded": Embedded,
 }  # fmt: skip

@@ -43,6 +43,7 @@ from limner.engines import (
     Options,
     Piece,
     engine_for,
+    tool_calls,
 )
 from limner.engines.training import TrainStep, examples, read_uploaded
 from limner.errors import InvalidRequest, LimnerError, ProtocolError, RunnerFailed, without_paths
@@ -395,7 +396,10 @@ def _steps(
         return iter(engine.generate_image(request.request, cancelled, finish))
     if not hasattr(engine, "chat"):
         raise InvalidRequest("this model draws pictures; it does not chat")
-    return iter(engine.chat(request.messages, request.options, cancelled))
+    steps: Iterator[ChatStep] = iter(engine.chat(request.messages, request.options, cancelled))
+    if request.options.tools:  # engines without a template of their own read bare JSON
+        return tool_calls.with_tool_calls(steps, getattr(engine, "tool_tag", tool_calls.BARE))
+    return steps
 
 
 def _training(engine: Any, request: Train, cancelled: Callable[[], bool]) -> Iterator[Any]:

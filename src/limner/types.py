@@ -32,11 +32,40 @@ class _Response(BaseModel):
 # --- chat and generate ---------------------------------------------------------------
 
 
+class ToolFunction(_Request):
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None  # a JSON schema of the arguments
+
+
+class ToolSpec(_Request):
+    """A function the model may call (`tools[]`, the same shape in OpenAI's API)."""
+
+    type: str = "function"  # the only kind there is
+    function: ToolFunction
+
+
+class ToolCallFunction(_Response):
+    index: int | None = None
+    name: str
+    arguments: dict[str, Any] = Field(default_factory=dict)  # an object, never a string
+
+
+class ToolCall(_Response):
+    """A call the model made, as Ollama sends it and takes it back in later turns."""
+
+    id: str | None = None
+    function: ToolCallFunction
+
+
 class Message(_Request):
     role: str  # any string; lower-cased by the server
     content: str | None = ""  # may be missing: the ollama client drops empty keys
     images: list[str] | None = None  # raw standard base64 (no data: prefix)
     thinking: str | None = None
+    tool_calls: list[ToolCall] | None = None  # what an earlier answer called
+    tool_name: str | None = None  # a tool's answer: which tool
+    tool_call_id: str | None = None
 
 
 class GenerateRequest(_Request):
@@ -76,7 +105,7 @@ class ChatRequest(_Request):
     options: dict[str, Any] | None = None
     keep_alive: KeepAlive = None
     stream: bool | None = True
-    tools: list[dict[str, Any]] | None = None  # a 400 unless the model can call tools
+    tools: list[ToolSpec] | None = None  # a 400 unless the model can call tools
     think: bool | str | None = None  # true or "low"/"medium"/"high": a 400 unless it thinks
 
 
@@ -110,6 +139,7 @@ class ChatMessage(_Response):
     content: str = ""
     images: list[str] | None = None
     thinking: str | None = None
+    tool_calls: list[ToolCall] | None = None
 
 
 class ChatResponse(Metrics):
@@ -302,11 +332,23 @@ class OpenAIContentPart(_Request):
     image_url: dict[str, Any] | str | None = None  # {"url": "data:image/png;base64,..."}
 
 
+class OpenAIFunctionCall(_Request):
+    name: str
+    arguments: str = "{}"  # JSON text, as OpenAI sends it
+
+
+class OpenAIToolCall(_Request):
+    id: str | None = None
+    type: str = "function"
+    function: OpenAIFunctionCall
+
+
 class OpenAIMessage(_Request):
     role: str  # system, developer, user, assistant or tool
     content: str | list[OpenAIContentPart] | None = None
     name: str | None = None
     tool_call_id: str | None = None
+    tool_calls: list[OpenAIToolCall] | None = None
 
 
 class OpenAIChatRequest(_Request):
@@ -325,7 +367,8 @@ class OpenAIChatRequest(_Request):
     frequency_penalty: float | None = None  # accepted, not applied
     presence_penalty: float | None = None  # accepted, not applied
     logprobs: bool | None = None  # refused when true
-    tools: list[dict[str, Any]] | None = None
+    tools: list[ToolSpec] | None = None
+    tool_choice: str | dict[str, Any] | None = None  # "none" drops the tools; others: auto
     user: str | None = None
 
 

@@ -24,13 +24,39 @@ if TYPE_CHECKING:
     from limner.engines.training import Example, TrainRequest, TrainStep
 
 
+@dataclass(frozen=True)
+class Tool:
+    """A function the model may call (`tools[].function` of Ollama's and OpenAI's APIs)."""
+
+    name: str
+    description: str = ""
+    parameters: dict[str, Any] = field(default_factory=dict)  # a JSON schema of its arguments
+
+    def wire(self) -> dict[str, Any]:
+        """As the APIs and the models' templates write it."""
+        function = {"name": self.name, "description": self.description,
+                    "parameters": self.parameters}  # fmt: skip
+        return {"type": "function", "function": function}
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A call the model asked for: which function, with which arguments (a JSON object)."""
+
+    name: str
+    arguments: dict[str, Any] = field(default_factory=dict)
+
+
 @dataclass
 class Message:
-    """One chat turn; `images` are encoded picture files (PNG, JPEG, WebP)."""
+    """One chat turn; `images` are encoded picture files (PNG, JPEG, WebP). An assistant
+    turn may hold the tool calls it made, and a `tool` turn the name of the tool answering."""
 
     role: str
     content: str = ""
     images: list[bytes] = field(default_factory=list)
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    tool_name: str = ""
 
 
 @dataclass
@@ -49,6 +75,7 @@ class Options:
     repeat_last_n: int = 64
     num_ctx: int = 0  # 0: the whole window the model loaded with
     format: str = ""  # "", "json", or a JSON schema as its JSON text
+    tools: list[Tool] = field(default_factory=list)  # from the request's `tools`, not options
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Options:
@@ -83,8 +110,11 @@ def check_parameters(values: dict[str, Any]) -> Options:
 Settings = TypeVar("Settings", Options, LoadOptions)
 
 
+NOT_OPTIONS = frozenset({"tools"})  # request fields, never read from `options`
+
+
 def _from_dict(cls: type[Settings], values: dict[str, Any]) -> Settings:
-    known = {f.name for f in fields(cls)}
+    known = {f.name for f in fields(cls)} - NOT_OPTIONS
     opts = cls()
     for key, value in values.items():
         if key not in known or value is None:
@@ -189,7 +219,14 @@ class Done:
     prompt_cached_count: int = 0  # prompt tokens reused from the cache (not in prompt_eval_count)
 
 
-ChatStep = Piece | Done
+@dataclass
+class Called:
+    """Tool calls the model made, read out of its text (the text itself is not sent)."""
+
+    calls: list[ToolCall]
+
+
+ChatStep = Piece | Called | Done
 
 
 @dataclass

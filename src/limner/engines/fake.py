@@ -10,6 +10,8 @@ message script misbehaviour:
            or every denoising step
     CRASH  emit one word, then kill the process (a runner crash mid-stream)
     HANG   emit one word, then never answer again
+    ECHO   a message that starts with it is answered with the rest of it, verbatim, in
+           pieces of 3 characters (a scripted answer: a tool call's JSON, say)
 
 `"concurrent": N` in config.json makes the runner hand it N requests at once, on threads.
 """
@@ -41,6 +43,7 @@ from limner.engines import (
 from limner.errors import InvalidImage
 
 IMAGE_TOKENS = 576
+ECHO = "ECHO "
 
 
 class FakeEngine:
@@ -111,7 +114,7 @@ class FakeEngine:
                 break
             if "SLOW" in last:
                 time.sleep(self.token_delay)
-            piece = word if count == 0 else " " + word
+            piece = word if count == 0 or last.startswith(ECHO) else " " + word
             if any(stop in text + piece for stop in options.stop):
                 yield Done("stop", prompt_tokens, count, IMAGE_TOKENS * len(images))
                 return
@@ -127,6 +130,9 @@ class FakeEngine:
 
 
 def _script(last: str, pictures: int) -> list[str]:
+    if last.startswith(ECHO):
+        answer = last[len(ECHO) :]
+        return [answer[i : i + 3] for i in range(0, len(answer), 3)]
     if "SLOW" in last:
         return [f"w{i}" for i in range(100)]
     return [f"I see {pictures} picture(s).", "You", "said:", *last.split()]

@@ -19,9 +19,12 @@ from __future__ import annotations
 import datetime
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from limner.engines import Tool, ToolCall
 
 
 class GoTemplateError(ValueError):
@@ -397,7 +400,18 @@ def truth(value: Any) -> bool:
     return True
 
 
+class GoValue(dict[str, Any]):
+    """A Go struct or map that Ollama's API types print as JSON (api.Tool, ToolFunction,
+    ToolCallFunctionArguments): fields read by their Go names, printed as `wire`."""
+
+    def __init__(self, fields: dict[str, Any], wire: Any) -> None:
+        super().__init__(fields)
+        self.wire = wire
+
+
 def _printed(value: Any) -> str:
+    if isinstance(value, GoValue):
+        return _json(value)
     if value is None:
         return NO_VALUE
     if isinstance(value, bool):
@@ -443,6 +457,21 @@ def _printf(form: str, *values: Any) -> str:
     return converted % tuple(_printed(v) if not isinstance(v, str) else v for v in values)
 
 
+def _json(value: Any) -> str:
+    """Go's json.Marshal: compact, map keys sorted, structs in their own field order."""
+    return json.dumps(_unwrapped(value), separators=(",", ":"), ensure_ascii=False)
+
+
+def _unwrapped(value: Any) -> Any:
+    if isinstance(value, GoValue):
+        return value.wire
+    if isinstance(value, dict):
+        return {k: _unwrapped(v) for k, v in sorted(value.items())}
+    if isinstance(value, list | tuple):
+        return [_unwrapped(v) for v in value]
+    return value
+
+
 FUNCTIONS: dict[str, Callable[..., Any]] = {
     "and": lambda *a: a[-1], "or": lambda *a: a[-1],  # evaluated lazily in _logic
     "not": lambda v: not truth(v),
@@ -452,7 +481,7 @@ FUNCTIONS: dict[str, Callable[..., Any]] = {
     "print": lambda *a: "".join(_printed(v) if not isinstance(v, str) else v for v in a),
     "println": lambda *a: " ".join(_printed(v) if not isinstance(v, str) else v for v in a) + "\n",
     "printf": _printf,
-    "json": lambda v: json.dumps(v, separators=(",", ":"), ensure_ascii=False),
+    "json": lambda v: _json(v),
     "currentDate": lambda *_: datetime.date.today().isoformat(),
     "yesterdayDate": lambda *_: (datetime.date.today() - datetime.timedelta(days=1)).isoformat(),
 }  # fmt: skip
@@ -534,9 +563,13 @@ class Turn:
     role: str
     content: str
     pictures: int = 0  # how many the message carries
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    tool_name: str = ""
 
 
-def render(source: str, turns: list[Turn], image_marker: str = "") -> str:
+def render(
+    source: str, turns: list[Turn], image_marker: str = "", tools: Sequence[Tool] = ()
+) -> str:
     """The prompt `source` makes of `turns`, as Ollama's template.Execute makes it. Each
     message's pictures are `image_marker`s before its text."""
     nodes = parse(source)
@@ -545,7 +578,8 @@ def render(source: str, turns: list[Turn], image_marker: str = "") -> str:
     system = "\n\n".join(m["Content"] for m in messages if m["Role"] == "system")
     values = {"Response": "", "Think": False, "ThinkLevel": "", "IsThinkSet": False}
     if "messages" in names:
-        return execute(nodes, {**values, "System": system, "Messages": messages, "Tools": None})
+        listed = [_go_tool(tool) for tool in tools] or None
+        return execute(nodes, {**values, "System": system, "Messages": messages, "Tools": listed})
     if "response" not in names:
         nodes = [*nodes, Action(Pipe([[("field", ".Response")]]))]
     return _legacy(nodes, messages, values)
@@ -558,9 +592,36 @@ def _collate(turns: list[Turn], marker: str) -> list[dict[str, Any]]:
         if messages and messages[-1]["Role"] == turn.role and turn.role != "tool":
             messages[-1]["Content"] += "\n\n" + content
             continue
+        calls = [_go_call(call, index) for index, call in enumerate(turn.tool_calls)]
         messages.append({"Role": turn.role, "Content": content, "Thinking": "", "Images": [],
-                         "ToolCalls": [], "ToolName": "", "ToolCallID": ""})  # fmt: skip
+                         "ToolCalls": calls, "ToolName": turn.tool_name,
+                         "ToolCallID": ""})  # fmt: skip
     return messages
+
+
+def _go_tool(tool: Tool) -> GoValue:
+    """api.Tool as a template reads it: `.Function.Name`, `.Function.Parameters.Properties`."""
+    schema = tool.parameters
+    properties = {
+        name: GoValue({"Type": spec.get("type"), "Description": spec.get("description", ""),
+                       "Enum": spec.get("enum"), "Items": spec.get("items")}, spec)
+        for name, spec in (schema.get("properties") or {}).items()
+        if isinstance(spec, dict)
+    }  # fmt: skip
+    parameters = GoValue({"Type": schema.get("type", "object"), "Defs": schema.get("$defs"),
+                          "Items": schema.get("items"), "Required": schema.get("required", []),
+                          "Properties": properties}, schema)  # fmt: skip
+    wire = tool.wire()
+    function = GoValue({"Name": tool.name, "Description": tool.description,
+                        "Parameters": parameters}, wire["function"])  # fmt: skip
+    return GoValue({"Type": "function", "Function": function}, wire)
+
+
+def _go_call(call: ToolCall, index: int) -> GoValue:
+    arguments = GoValue(dict(call.arguments), call.arguments)
+    wire = {"index": index, "name": call.name, "arguments": call.arguments}
+    function = GoValue({"Index": index, "Name": call.name, "Arguments": arguments}, wire)
+    return GoValue({"ID": "", "Function": function}, {"function": wire})
 
 
 def _legacy(nodes: list[Any], messages: list[dict[str, Any]], values: dict[str, Any]) -> str:

@@ -27,7 +27,7 @@ import itertools
 import os
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,17 @@ import llama_cpp.mtmd_cpp as mtmd
 from llama_cpp._logger import llama_log_callback
 from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
 
-from limner.engines import ChatStep, Done, LoadOptions, Message, Options, Piece, schema_of
+from limner.engines import (
+    ChatStep,
+    Done,
+    LoadOptions,
+    Message,
+    Options,
+    Piece,
+    Tool,
+    schema_of,
+    tool_calls,
+)
 from limner.engines.context import fit
 from limner.engines.templates import (
     LLAVA_15,
@@ -123,9 +133,9 @@ class LlavaLlamaCpp:
         window = self._window(options)
         with _Pictures(self.vision, messages) as pictures:
             # The oldest turns go if the chat does not fit, keeping room for num_predict.
-            measure = functools.partial(self._count, pictures=pictures)
+            measure = functools.partial(self._count, pictures=pictures, tools=options.tools)
             fitted = fit(messages, measure, window, reserve=max(options.num_predict, 0))
-            prompt = self._tokenize(fitted.messages, pictures)
+            prompt = self._tokenize(fitted.messages, pictures, options.tools)
         count, image_tokens = prompt.count()
         limit = window - count
         if options.num_predict >= 0:
@@ -196,7 +206,12 @@ class LlavaLlamaCpp:
             )
         return options.num_ctx or self.n_ctx
 
-    def _render(self, messages: list[Message]) -> str:
+    @functools.cached_property
+    def tool_tag(self) -> str:
+        """What this model's template writes before a tool call (tool_calls.tag_of)."""
+        return tool_calls.tag_of(self._render)
+
+    def _render(self, messages: list[Message], tools: Sequence[Tool] = ()) -> str:
         if not messages:
             raise InvalidRequest("a chat needs at least one message")
         turns = []
@@ -213,19 +228,23 @@ class LlavaLlamaCpp:
                 # The last answer comes back without the space its first token carried: give
                 # it back, so the prompt tokenizes as the cache holds it and the turn is reused.
                 content = f" {content}"
-            turns.append(Turn(message.role, content, len(message.images)))
+            turns.append(Turn(message.role, content, len(message.images),
+                              message.tool_calls, message.tool_name))  # fmt: skip
         kind, source = self.template
         if kind == "go":
-            return render_go(source, turns, MARKER + "\n")
-        return render_jinja(source, turns, "<image>", MARKER, self.bos, self.eos)
+            return render_go(source, turns, MARKER + "\n", tools)
+        sees = self.vision is not None
+        return render_jinja(source, turns, "<image>", MARKER, self.bos, self.eos, tools, sees)
 
-    def _count(self, messages: list[Message], pictures: _Pictures) -> int:
-        prompt = self._tokenize(messages, pictures)
+    def _count(self, messages: list[Message], pictures: _Pictures, tools: Sequence[Tool]) -> int:
+        prompt = self._tokenize(messages, pictures, tools)
         prompt.free()
         return prompt.count()[0]
 
-    def _tokenize(self, messages: list[Message], pictures: _Pictures) -> _Prompt:
-        text = self._render(messages)
+    def _tokenize(
+        self, messages: list[Message], pictures: _Pictures, tools: Sequence[Tool] = ()
+    ) -> _Prompt:
+        text = self._render(messages, tools)
         # BOS is added by the tokenizer unless the template already wrote it.
         add_bos = not (self.bos and text.startswith(self.bos))
         if self.vision is None:

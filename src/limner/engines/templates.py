@@ -12,13 +12,21 @@ render falls back to the next source, and is an error if none is left.
 
 from __future__ import annotations
 
+import json
 import re
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from limner.engines.go_template import GoTemplateError, Turn, parse, render
 from limner.errors import InvalidRequest
 
-__all__ = ["LLAVA_15", "Turn", "go_problem", "is_go_template", "render_go", "render_jinja"]
+if TYPE_CHECKING:
+    from limner.engines import Tool, ToolCall
+
+__all__ = [
+    "LLAVA_15", "Turn", "go_problem", "is_go_template", "jinja_message", "render_go",
+    "render_jinja",
+]  # fmt: skip
 
 LLAVA_15 = "{{ .System }}\nUSER: {{ .Prompt }}\nASSISTANT:"
 GO_ACTION = re.compile(r"\{\{(-?)\s*(.*?)\s*(-?)\}\}", re.DOTALL)
@@ -39,40 +47,71 @@ def go_problem(text: str) -> str | None:
     return None
 
 
-def render_go(template: str, turns: list[Turn], marker: str) -> str:
+def render_go(template: str, turns: list[Turn], marker: str, tools: Sequence[Tool] = ()) -> str:
     """The prompt for `turns` with an Ollama template (pictures as markers before the text)."""
     try:
-        return render(template, turns, marker)
+        return render(template, turns, marker, tools)
     except GoTemplateError as error:  # a template is user data: its errors are the user's
         raise InvalidRequest(f"template error: {error}") from error
 
 
 def render_jinja(
-    template: str, turns: list[Turn], image_token: str, marker: str, bos: str, eos: str
+    template: str,
+    turns: list[Turn],
+    image_token: str,
+    marker: str,
+    bos: str,
+    eos: str,
+    tools: Sequence[Tool] = (),
+    structured: bool = True,
 ) -> str:
-    """The prompt for `turns` with a Hugging Face chat template (structured content, pictures
-    first as llava-hf templates expect), `image_token` replaced by the engine's marker."""
+    """The prompt for `turns` with a Hugging Face chat template, `image_token` replaced by
+    the engine's marker. A model that sees gets structured content (pictures first, as
+    llava-hf templates expect); a text model's template reads plain strings."""
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     # transformers' `{% generation %}` blocks only mark training targets; rendering ignores them.
     source = re.sub(r"\{%-?\s*(end)?generation\s*-?%\}", "", template)
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
     env.globals["raise_exception"] = _raise
-    messages: list[dict[str, Any]] = [
-        {
-            "role": turn.role,
-            "content": [{"type": "image"}] * turn.pictures
-            + [{"type": "text", "text": turn.content}],
-        }
+    env.filters["tojson"] = _tojson
+    messages = [
+        jinja_message(turn.role, [{"type": "image"}] * turn.pictures
+                      + [{"type": "text", "text": turn.content}] if structured else turn.content,
+                      turn.tool_calls, turn.tool_name)
         for turn in turns
-    ]
+    ]  # fmt: skip
+    extra = {"tools": [tool.wire() for tool in tools]} if tools else {}
     try:
         text = env.from_string(source).render(
-            messages=messages, add_generation_prompt=True, bos_token=bos, eos_token=eos
+            messages=messages, add_generation_prompt=True, bos_token=bos, eos_token=eos, **extra
         )
     except Exception as error:  # a template is user data: its errors are the user's to fix
         raise InvalidRequest(f"template error: {error}") from error
     return text.replace(image_token, marker)
+
+
+def jinja_message(
+    role: str, content: Any, tool_calls: Sequence[ToolCall], tool_name: str
+) -> dict[str, Any]:
+    """A message as Hugging Face chat templates read it: calls in OpenAI's shape (arguments
+    as an object, which the templates serialise themselves), a tool's answer named."""
+    message: dict[str, Any] = {"role": role, "content": content}
+    if tool_calls:
+        message["tool_calls"] = [
+            {"type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for c in tool_calls
+        ]
+    if tool_name:
+        message["name"] = tool_name
+    return message
+
+
+def _tojson(
+    value: Any, ensure_ascii: bool = False, indent: int | None = None, **options: Any
+) -> str:
+    """transformers' `tojson`: keys in their own order and no HTML escaping, unlike Jinja's."""
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, **options)
 
 
 def _raise(message: str) -> None:

@@ -20,9 +20,10 @@ families (Qwen2-VL, LLaVA-NeXT, Idefics3) cost what the processor makes of that 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -40,8 +41,19 @@ from transformers import (
 )
 from transformers.utils import logging as transformers_logging
 
-from limner.engines import ChatStep, Done, LoadOptions, Message, Options, Piece, schema_of
+from limner.engines import (
+    ChatStep,
+    Done,
+    LoadOptions,
+    Message,
+    Options,
+    Piece,
+    Tool,
+    schema_of,
+    tool_calls,
+)
 from limner.engines.context import fit
+from limner.engines.templates import jinja_message
 from limner.errors import InvalidRequest
 from limner.pictures import open_rgb
 
@@ -112,8 +124,9 @@ class TransformersChat:
 
         # 1. Prompt: the oldest turns dropped if it does not fit (keeping room for num_predict),
         # then the model's chat template, pictures decoded and preprocessed.
-        fitted = fit(messages, self._count, num_ctx, reserve=max(options.num_predict, 0))
-        inputs = self._inputs(fitted.messages)
+        measure = functools.partial(self._count, tools=options.tools)
+        fitted = fit(messages, measure, num_ctx, reserve=max(options.num_predict, 0))
+        inputs = self._inputs(fitted.messages, options.tools)
         prompt_ids: list[int] = inputs["input_ids"][0].tolist()
         prompt_count = len(prompt_ids)
         image_tokens = prompt_ids.count(self.image_token_id)
@@ -236,18 +249,18 @@ class TransformersChat:
         rest = pixels[sum(isinstance(k, tuple) for k in keys[:reuse]) // self.image_cost :]
         return rest if len(rest) else None
 
-    def _count(self, messages: list[Message]) -> int:
+    def _count(self, messages: list[Message], tools: Sequence[Tool] = ()) -> int:
         """The prompt's exact token count, pictures included (LLaVA's without decoding one)."""
         if not self.image_cost:
-            return len(self._inputs(messages)["input_ids"][0])
-        ids = self.tokenizer(self._render(messages))["input_ids"]
+            return len(self._inputs(messages, tools)["input_ids"][0])
+        ids = self.tokenizer(self._render(messages, tools))["input_ids"]
         pictures = sum(len(m.images) for m in messages)
         return len(ids) + pictures * (self.image_cost - 1)
 
-    def _inputs(self, messages: list[Message]) -> Any:
+    def _inputs(self, messages: list[Message], tools: Sequence[Tool] = ()) -> Any:
         """The model's inputs for `messages`; the last ones are kept, since counting a prompt
         to fit it and running it process the same pictures."""
-        text = self._render(messages)
+        text = self._render(messages, tools)
         key = (text, tuple(hashlib.sha256(d).digest() for m in messages for d in m.images))
         if self._last_inputs is not None and self._last_inputs[0] == key:
             return self._last_inputs[1]
@@ -266,15 +279,21 @@ class TransformersChat:
         ]
         return self.processor(text=text, images=pictures or None, return_tensors="pt")
 
-    def _render(self, messages: list[Message]) -> str:
+    @functools.cached_property
+    def tool_tag(self) -> str:
+        """What this model's template writes before a tool call (tool_calls.tag_of)."""
+        return tool_calls.tag_of(self._render)
+
+    def _render(self, messages: list[Message], tools: Sequence[Tool] = ()) -> str:
         if not messages:
             raise InvalidRequest("a chat needs at least one message")
+        extra = {"tools": [tool.wire() for tool in tools]} if tools else {}
         if self.processor is None:
             if any(message.images for message in messages):
                 raise InvalidRequest("this model has no vision tower, so it cannot see pictures")
-            plain = [{"role": m.role, "content": m.content} for m in messages]
+            plain = [jinja_message(m.role, m.content, m.tool_calls, m.tool_name) for m in messages]
             text: str = self.tokenizer.apply_chat_template(
-                plain, add_generation_prompt=True, tokenize=False
+                plain, add_generation_prompt=True, tokenize=False, **extra
             )
             return text
         conversation = []
@@ -287,9 +306,11 @@ class TransformersChat:
             # The families' templates render a turn's pictures first, then its text.
             parts: list[dict[str, str]] = [{"type": "image"} for _ in message.images]
             parts.append({"type": "text", "text": message.content})
-            conversation.append({"role": message.role, "content": parts})
+            conversation.append(
+                jinja_message(message.role, parts, message.tool_calls, message.tool_name)
+            )
         prompt: str = self.processor.apply_chat_template(
-            conversation, add_generation_prompt=True, tokenize=False
+            conversation, add_generation_prompt=True, tokenize=False, **extra
         )
         return prompt
 

@@ -12,6 +12,8 @@ import dataclasses
 import json
 import logging
 import math
+import secrets
+import string
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -21,7 +23,7 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from limner import config, pictures
-from limner.engines import Done, Message, Piece, check_parameters
+from limner.engines import Called, Done, Message, Piece, Tool, ToolCall, check_parameters
 from limner.errors import InvalidRequest
 from limner.names import ModelName
 from limner.server.state import State, parse_body
@@ -55,7 +57,10 @@ async def chat_chunks(state: State, body: ChatRequest) -> AsyncIterator[dict[str
         raise InvalidRequest(f"'{body.model}' draws pictures; send its prompt to /api/generate")
     _require_answers(model, messages, "chat")
     require_asked(model, body.tools, body.think)
-    steps = _run(state, model, messages, body.options, body.format, keep_alive, replace_system=None)
+    tools = [Tool(t.function.name, t.function.description or "", t.function.parameters or {})
+             for t in body.tools or []]  # fmt: skip
+    steps = _run(state, model, messages, body.options, body.format, keep_alive,
+                 replace_system=None, tools=tools)  # fmt: skip
     async for chunk in _chunks(body.model, steps, _chat_text):
         yield chunk
 
@@ -119,11 +124,15 @@ def require_asked(model: Described, tools: list[Any] | None, think: bool | str |
 
 
 def _wire_message(message: dict[str, Any], label: str) -> Message:
-    """A message for the runner: role lower-cased, pictures decoded and checked."""
+    """A message for the runner: role lower-cased, pictures decoded and checked, the tool
+    calls of an earlier answer kept."""
     images = pictures.decode_base64(message.get("images") or [], label)
     for number, data in enumerate(images, 1):
         pictures.check(data, f"{label} picture {number}")
-    return Message(message["role"].lower(), message.get("content") or "", images)
+    calls = [ToolCall(c["function"]["name"], c["function"].get("arguments") or {})
+             for c in message.get("tool_calls") or []]  # fmt: skip
+    role, content = message["role"].lower(), message.get("content") or ""
+    return Message(role, content, images, calls, message.get("tool_name") or "")
 
 
 async def load_or_unload(
@@ -171,11 +180,13 @@ async def _run(
     format_: Any,
     keep_alive: float | None,
     replace_system: str | None,
-) -> AsyncIterator[Piece | Finished]:
-    """The runner's pieces, then the end of the answer with the durations added."""
+    tools: list[Tool] | None = None,
+) -> AsyncIterator[Piece | Called | Finished]:
+    """The runner's pieces and calls, then the end of the answer with the durations added."""
     started = time.perf_counter_ns()
     merged = {**model.parameters, **(request_options or {}), "format": _format(format_)}
     options = check_parameters(merged)  # 400 on a badly typed option, before loading
+    options.tools = tools or []
     messages = _with_model_context(model, messages, replace_system)
     num_ctx = options.num_ctx
     async with state.scheduler.lease(model, keep_alive, num_ctx=num_ctx) as loaded:
@@ -183,7 +194,7 @@ async def _run(
             options = dataclasses.replace(options, num_ctx=loaded.context_length)
         load_duration = loaded.runner.load_duration if loaded.fresh else 0
         async for step in loaded.runner.chat(messages, options):
-            if isinstance(step, Piece):
+            if not isinstance(step, Done):
                 yield step
                 continue
             if step.truncated:
@@ -246,20 +257,43 @@ def _generate_text(text: str) -> dict[str, Any]:
 
 
 async def _chunks(
-    model: str, steps: AsyncIterator[Piece | Finished], text: Callable[[str], dict[str, Any]]
+    model: str,
+    steps: AsyncIterator[Piece | Called | Finished],
+    text: Callable[[str], dict[str, Any]],
 ) -> AsyncIterator[dict[str, Any]]:
-    """Runner steps as Ollama's chunks; the last one carries the reason and the metrics."""
+    """Runner steps as Ollama's chunks: tool calls in a chunk without text, and the last
+    one carries the reason and the metrics."""
+    index = 0
     async for step in steps:
         chunk: dict[str, Any] = {"model": model, "created_at": created_at()}
         if isinstance(step, Piece):
             yield {**chunk, **text(step.text), "done": False}
+        elif isinstance(step, Called):
+            calls = [_wire_call(call, index + i) for i, call in enumerate(step.calls)]
+            index += len(calls)
+            message = {"role": "assistant", "content": "", "tool_calls": calls}
+            yield {**chunk, "message": message, "done": False}
         else:
             yield {**chunk, **text(""), "done": True, **_metrics(step)}
 
 
+def _wire_call(call: ToolCall, index: int) -> dict[str, Any]:
+    """A call as Ollama sends it: an id of its own, the arguments as an object."""
+    call_id = "call_" + "".join(secrets.choice(CALL_ID_LETTERS) for _ in range(8))
+    function = {"index": index, "name": call.name, "arguments": call.arguments}
+    return {"id": call_id, "function": function}
+
+
+CALL_ID_LETTERS = string.ascii_lowercase + string.digits
+
+
 def _aggregate_chat(chunks: list[dict[str, Any]]) -> dict[str, Any]:
     text = "".join(c["message"]["content"] for c in chunks)
-    return {**chunks[-1], "message": {"role": "assistant", "content": text}}
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    calls = [call for c in chunks for call in c["message"].get("tool_calls", [])]
+    if calls:
+        message["tool_calls"] = calls
+    return {**chunks[-1], "message": message}
 
 
 def _aggregate_generate(chunks: list[dict[str, Any]]) -> dict[str, Any]:

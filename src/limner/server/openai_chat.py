@@ -25,7 +25,15 @@ from limner.names import ModelName
 from limner.server import chat
 from limner.server.openai import openai_error
 from limner.server.state import State, parse_body
-from limner.types import ChatRequest, Message, OpenAIChatRequest, OpenAIMessage
+from limner.types import (
+    ChatRequest,
+    Message,
+    OpenAIChatRequest,
+    OpenAIMessage,
+    OpenAIToolCall,
+    ToolCall,
+    ToolCallFunction,
+)
 
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant",
          "tool": "tool"}  # fmt: skip
@@ -94,19 +102,28 @@ def native_request(body: OpenAIChatRequest) -> ChatRequest:
         options["seed"] = body.seed
     if body.stop is not None:
         options["stop"] = [body.stop] if isinstance(body.stop, str) else body.stop
-    messages = [_message(message, number) for number, message in enumerate(body.messages, 1)]
+    called: dict[str, str] = {}  # tool call id -> the function it called
+    messages = [
+        _message(message, number, called) for number, message in enumerate(body.messages, 1)
+    ]
+    tools = None if body.tool_choice == "none" else body.tools
     return ChatRequest(model=body.model, messages=messages, options=options, stream=True,
-                       format=_format(body.response_format), tools=body.tools)  # fmt: skip
+                       format=_format(body.response_format), tools=tools)  # fmt: skip
 
 
-def _message(message: OpenAIMessage, number: int) -> Message:
+def _message(message: OpenAIMessage, number: int, called: dict[str, str]) -> Message:
+    """One native message; a tool's answer is named after the call it answers."""
     role = ROLES.get(message.role.lower())
     if role is None:
         raise InvalidRequest(
             f"messages[{number - 1}].role must be one of {', '.join(ROLES)}, not {message.role!r}"
         )
+    calls = [_native_call(call, f"messages[{number - 1}]") for call in message.tool_calls or []]
+    called.update((call.id, call.function.name) for call in message.tool_calls or [] if call.id)
+    tool_name = message.name or called.get(message.tool_call_id or "")
     if message.content is None or isinstance(message.content, str):
-        return Message(role=role, content=message.content or "")
+        return Message(role=role, content=message.content or "", tool_calls=calls or None,
+                       tool_name=tool_name, tool_call_id=message.tool_call_id)  # fmt: skip
     texts, images = [], []
     for part in message.content:
         where = f"messages[{number - 1}].content"
@@ -117,7 +134,30 @@ def _message(message: OpenAIMessage, number: int) -> Message:
         else:
             raise InvalidRequest(f"{where}: parts of type {part.type!r} are not supported; "
                                  "send 'text' and 'image_url' parts")  # fmt: skip
-    return Message(role=role, content="\n".join(texts), images=images or None)
+    return Message(role=role, content="\n".join(texts), images=images or None,
+                   tool_calls=calls or None, tool_name=tool_name)  # fmt: skip
+
+
+def _native_call(call: OpenAIToolCall, where: str) -> ToolCall:
+    """OpenAI's call (arguments as JSON text) as Ollama's (arguments as an object)."""
+    try:
+        arguments = json.loads(call.function.arguments or "{}")
+    except ValueError:
+        arguments = None
+    if not isinstance(arguments, dict):
+        raise InvalidRequest(f"{where}.tool_calls: arguments must be a JSON object as text")
+    return ToolCall(id=call.id, function=ToolCallFunction(name=call.function.name,
+                                                          arguments=arguments))  # fmt: skip
+
+
+def _openai_calls(chunk: dict[str, Any]) -> list[dict[str, Any]]:
+    """A native chunk's calls as OpenAI's: arguments as JSON text."""
+    return [
+        {"id": call["id"], "index": call["function"]["index"], "type": "function",
+         "function": {"name": call["function"]["name"],
+                      "arguments": json.dumps(call["function"]["arguments"])}}
+        for call in chunk["message"].get("tool_calls", [])
+    ]  # fmt: skip
 
 
 def _picture(image_url: dict[str, Any] | str | None, where: str) -> str:
@@ -156,8 +196,12 @@ class _Reply:
     def completion(self, chunks: list[dict[str, Any]]) -> dict[str, Any]:
         last = chunks[-1]
         text = "".join(chunk["message"]["content"] for chunk in chunks)
-        choice = {"index": 0, "message": {"role": "assistant", "content": text},
-                  "finish_reason": _finish(last), "logprobs": None}  # fmt: skip
+        message: dict[str, Any] = {"role": "assistant", "content": text}
+        calls = [call for chunk in chunks for call in _openai_calls(chunk)]
+        if calls:
+            message["tool_calls"] = calls
+        choice = {"index": 0, "message": message, "logprobs": None,
+                  "finish_reason": "tool_calls" if calls else _finish(last)}  # fmt: skip
         return {**self._head("chat.completion"), "choices": [choice], "usage": _usage(last)}
 
     def chunk(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
@@ -177,16 +221,19 @@ async def _events(
 ) -> AsyncIterator[bytes]:
     """SSE: a role chunk, content chunks, a finish chunk, the usage if asked, [DONE]."""
     yield _event(reply.chunk({"role": "assistant", "content": ""}))
-    chunk = first
+    chunk, any_calls = first, False
     try:
         while True:
             if chunk["done"]:
-                yield _event(reply.chunk({}, _finish(chunk)))
+                yield _event(reply.chunk({}, "tool_calls" if any_calls else _finish(chunk)))
                 if reply.include_usage:
                     yield _event(reply.usage_chunk(chunk))
                 break
             if chunk["message"]["content"]:
                 yield _event(reply.chunk({"content": chunk["message"]["content"]}))
+            if calls := _openai_calls(chunk):
+                any_calls = True
+                yield _event(reply.chunk({"tool_calls": calls}))
             chunk = await anext(rest)
     except LimnerError as exc:
         error = {"message": without_paths(exc.message), "type": "api_error"}

@@ -10,6 +10,7 @@ is decided in this one place.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -107,27 +108,44 @@ def describe(store: Store, name: ModelName) -> Described:
     entry = store.entry(name)
     manifest = entry.manifest
     config = completed_config(store, manifest)
+    template = store.text(manifest, m.TEMPLATE)
     return Described(
         name=entry.name,
         digest=entry.digest,
         manifest=manifest,
         modified_at=entry.modified_at,
         config=config,
-        capabilities=capabilities(config),
+        capabilities=capabilities(config, template),
         parameters=store.json_layer(manifest, m.PARAMS) or {},
-        template=store.text(manifest, m.TEMPLATE),
+        template=template,
         system=store.text(manifest, m.SYSTEM),
         messages=store.json_layer(manifest, m.MESSAGES) or [],
         adapters=tuple(layer for layer in manifest.layers if layer.mediaType == m.ADAPTER),
     )
 
 
-def capabilities(config: dict[str, Any]) -> frozenset[Capability]:
-    """A config's capabilities; a config that names none can complete text, as Ollama's."""
+def capabilities(config: dict[str, Any], template: str | None = None) -> frozenset[Capability]:
+    """A config's capabilities; a config that names none can complete text, as Ollama's. A
+    model that completes text calls tools when the template it chats with renders them:
+    its template layer, else the chat template of its files."""
     named = config.get("capabilities")
     if named is None:
-        return frozenset({Capability.COMPLETION})
-    return frozenset(Capability(c) for c in named if c in Capability.__members__.values())
+        found = {Capability.COMPLETION}
+    else:
+        found = {Capability(c) for c in named if c in Capability.__members__.values()}
+    source = template or (config.get("model_info") or {}).get("tokenizer.chat_template")
+    if Capability.COMPLETION in found and isinstance(source, str) and renders_tools(source):
+        found.add(Capability.TOOLS)
+    return frozenset(found)
+
+
+TEMPLATE_TOOLS = re.compile(r"\{[{%]-?[^}]*?\btools\b", re.IGNORECASE)
+
+
+def renders_tools(template: str) -> bool:
+    """Whether a Go (`.Tools`) or Jinja (`tools`) chat template writes the tools it is
+    offered into the prompt, as Ollama decides from the template's variables."""
+    return bool(TEMPLATE_TOOLS.search(template))
 
 
 def stored_config(store: Store, manifest: Manifest) -> dict[str, Any]:

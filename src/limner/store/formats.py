@@ -74,9 +74,10 @@ def config_for_folder(kinds: dict[str, tuple[str, Path]]) -> dict[str, Any]:
     if model_type in ENCODERS:
         return _encoder_config(hf, weights)
     if model_type == "llava":
-        return _llava_config(hf, weights)
+        return _with_chat_template(_llava_config(hf, weights), kinds)
     if isinstance(hf.get("vision_config"), dict) or _causal(hf):
-        return _chat_config(hf, weights, sees=isinstance(hf.get("vision_config"), dict))
+        sees = isinstance(hf.get("vision_config"), dict)
+        return _with_chat_template(_chat_config(hf, weights, sees), kinds)
     raise InvalidRequest(
         f"model_type {model_type!r} is not supported: limner runs vision-language models "
         "(a config with a vision_config), causal language models (architectures "
@@ -318,6 +319,33 @@ def _encoder_config(hf: dict[str, Any], weights: list[Path]) -> dict[str, Any]:
     """A text encoder that embeds, described with the GGUF keys llama.cpp gives BERT."""
     family = str(hf["model_type"])
     return _hf_config(family, [family], hf, weights, ["embedding"], default_context=512)
+
+
+def _with_chat_template(
+    config: dict[str, Any], kinds: dict[str, tuple[str, Path]]
+) -> dict[str, Any]:
+    """The chat template kept where a GGUF keeps it (model_info's tokenizer.chat_template),
+    so that what it can render (tools) is known without loading the model."""
+    template = _chat_template(kinds)
+    if template:
+        config["model_info"]["tokenizer.chat_template"] = template
+    return config
+
+
+def _chat_template(kinds: dict[str, tuple[str, Path]]) -> str | None:
+    """The template transformers would use: a processor's own file first, then the
+    tokenizer's (a string, or a list of named ones where `default` is used)."""
+    if "chat_template.jinja" in kinds:
+        return kinds["chat_template.jinja"][1].read_text()
+    for name in ("chat_template.json", "processor_config.json", "tokenizer_config.json"):
+        if name not in kinds:
+            continue
+        found = json.loads(kinds[name][1].read_text()).get("chat_template")
+        if isinstance(found, list):
+            found = next((t.get("template") for t in found if t.get("name") == "default"), None)
+        if isinstance(found, str):
+            return found
+    return None
 
 
 def _causal(hf: dict[str, Any]) -> bool:
