@@ -6,7 +6,9 @@
     ...                                   "images": ["cat.png"]}])
     >>> print(reply.message.content)
 
-Pictures may be paths, bytes or PIL images. `stream=True` returns an iterator of typed
+Pictures may be paths, bytes or PIL images. A server that takes pictures by reference
+(limner's, by `/api/version`'s features) gets each one uploaded once, as a blob, and named by
+its digest in every turn after; any other gets base64. `stream=True` returns an iterator of typed
 chunks. Errors are raised as the classes of `limner.errors`, whether the server answered
 with a status or sent an `{"error"}` line mid-stream. This module never imports the
 server, the engines or torch.
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import io
 import json
 import os
@@ -48,12 +51,19 @@ ImageInput = str | bytes | os.PathLike[str] | Any  # Any: a PIL image
 
 def encode_image(image: ImageInput) -> str:
     """Raw base64 of a picture given as a path, bytes, a PIL image, or already base64."""
+    data = picture_bytes(image)
+    return data if isinstance(data, str) else pictures.encode(data)
+
+
+def picture_bytes(image: ImageInput) -> bytes | str:
+    """The file bytes of a picture given as a path, bytes or a PIL image; text that is not a
+    path is taken as base64 (or a reference) already, and sent as it is."""
     if isinstance(image, bytes):
-        return pictures.encode(image)
+        return image
     if isinstance(image, os.PathLike) or (
         isinstance(image, str) and Path(image).expanduser().is_file()
     ):
-        return pictures.encode(Path(image).expanduser().read_bytes())
+        return Path(image).expanduser().read_bytes()
     if isinstance(image, str):
         if image.lower().endswith(pictures.SUFFIXES):
             raise InvalidRequest(f"picture file {image} does not exist")
@@ -61,22 +71,23 @@ def encode_image(image: ImageInput) -> str:
     if hasattr(image, "save"):
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
-        return pictures.encode(buffer.getvalue())
+        return buffer.getvalue()
     raise InvalidRequest(f"cannot send a {type(image).__name__} as a picture")
 
 
 def _messages(messages: Sequence[dict[str, Any] | BaseModel]) -> list[dict[str, Any]]:
-    out = []
-    for message in messages:
-        data = (
-            message.model_dump(exclude_none=True)
-            if isinstance(message, BaseModel)
-            else dict(message)
-        )
-        if data.get("images"):
-            data["images"] = [encode_image(i) for i in data["images"]]
-        out.append(data)
-    return out
+    """Messages as dicts; their pictures are still as given (the client sends them)."""
+    return [
+        message.model_dump(exclude_none=True) if isinstance(message, BaseModel) else dict(message)
+        for message in messages
+    ]
+
+
+def _blob_digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+PICTURE_REFERENCES = "picture-references"  # the feature /api/version names
 
 
 @dataclass
@@ -157,6 +168,7 @@ async def _chunks_of(path: str | os.PathLike[str], size: int = 1 << 20) -> Async
 class _Base:
     def __init__(self, host: str | None = None) -> None:
         self.host = config.parse_host(host) if host else config.host()
+        self._references: bool | None = None  # whether the server takes pictures by digest
 
     @staticmethod
     def _auth(httpx_kwargs: dict[str, Any]) -> None:
@@ -234,13 +246,36 @@ class Client(_Base):
 
     # --- endpoints ---
 
+    def _pictures(self, images: Sequence[ImageInput]) -> list[str]:
+        """Pictures as the server takes them: digests of uploaded blobs, or base64."""
+        if self._references is None:
+            features = self._send("GET", "/api/version").json().get("features") or []
+            self._references = PICTURE_REFERENCES in features
+        found = [picture_bytes(image) for image in images]
+        if not self._references:
+            return [d if isinstance(d, str) else pictures.encode(d) for d in found]
+        return [d if isinstance(d, str) else self._uploaded(d) for d in found]
+
+    def _uploaded(self, data: bytes) -> str:
+        """Upload a picture unless the server has it; returns the reference to send."""
+        digest = _blob_digest(data)
+        if self._http.head(f"/api/blobs/{digest}").status_code != 200:
+            self._send("POST", f"/api/blobs/{digest}", content=data)
+        return digest
+
+    def _with_pictures(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for message in messages:
+            if message.get("images"):
+                message["images"] = self._pictures(message["images"])
+        return messages
+
     def generate(
         self, model: str, prompt: str = "", *, images: Sequence[ImageInput] | None = None,
         system: str | None = None, format: str | dict[str, Any] | None = None,
         options: dict[str, Any] | None = None, keep_alive: float | str | None = None, stream: bool = False,
     ) -> GenerateResponse | Iterator[GenerateResponse]:  # fmt: skip
         """Answer one prompt (with pictures); `stream=True` yields chunks as they come."""
-        pictures = [encode_image(i) for i in images] if images else None
+        pictures = self._pictures(images) if images else None
         body = _body(model=model, prompt=prompt, images=pictures, system=system, format=format,
                      options=options, keep_alive=keep_alive)  # fmt: skip
         result: GenerateResponse | Iterator[GenerateResponse] = self._call(
@@ -252,10 +287,13 @@ class Client(_Base):
         self, model: str, messages: Sequence[dict[str, Any] | BaseModel] = (), *,
         format: str | dict[str, Any] | None = None, options: dict[str, Any] | None = None,
         keep_alive: float | str | None = None, stream: bool = False,
+        tools: Sequence[dict[str, Any]] | None = None,
     ) -> ChatResponse | Iterator[ChatResponse]:  # fmt: skip
-        """Continue a conversation; each message may carry `images`."""
-        body = _body(model=model, messages=_messages(messages), format=format, options=options,
-                     keep_alive=keep_alive)  # fmt: skip
+        """Continue a conversation; each message may carry `images`; `tools` the model may
+        call (its calls come back in `message.tool_calls`)."""
+        body = _body(model=model, messages=self._with_pictures(_messages(messages)),
+                     format=format, options=options, keep_alive=keep_alive,
+                     tools=list(tools) if tools else None)  # fmt: skip
         result: ChatResponse | Iterator[ChatResponse] = self._call(
             "/api/chat", body, ChatResponse, stream
         )
@@ -428,7 +466,7 @@ class AsyncClient(_Base):
         system: str | None = None, format: str | dict[str, Any] | None = None,
         options: dict[str, Any] | None = None, keep_alive: float | str | None = None, stream: bool = False,
     ) -> GenerateResponse | AsyncIterator[GenerateResponse]:  # fmt: skip
-        pictures = [encode_image(i) for i in images] if images else None
+        pictures = await self._pictures(images) if images else None
         body = _body(model=model, prompt=prompt, images=pictures, system=system, format=format,
                      options=options, keep_alive=keep_alive)  # fmt: skip
         result: GenerateResponse | AsyncIterator[GenerateResponse] = await self._call(
@@ -440,9 +478,14 @@ class AsyncClient(_Base):
         self, model: str, messages: Sequence[dict[str, Any] | BaseModel] = (), *,
         format: str | dict[str, Any] | None = None, options: dict[str, Any] | None = None,
         keep_alive: float | str | None = None, stream: bool = False,
+        tools: Sequence[dict[str, Any]] | None = None,
     ) -> ChatResponse | AsyncIterator[ChatResponse]:  # fmt: skip
-        body = _body(model=model, messages=_messages(messages), format=format, options=options,
-                     keep_alive=keep_alive)  # fmt: skip
+        messages_out = _messages(messages)
+        for message in messages_out:
+            if message.get("images"):
+                message["images"] = await self._pictures(message["images"])
+        body = _body(model=model, messages=messages_out, format=format, options=options,
+                     keep_alive=keep_alive, tools=list(tools) if tools else None)  # fmt: skip
         result: ChatResponse | AsyncIterator[ChatResponse] = await self._call(
             "/api/chat", body, ChatResponse, stream
         )
@@ -526,6 +569,23 @@ class AsyncClient(_Base):
             "/api/create", body, ProgressResponse, stream
         )
         return result
+
+    async def _pictures(self, images: Sequence[ImageInput]) -> Sequence[str]:
+        """Pictures as the server takes them: digests of uploaded blobs, or base64."""
+        if self._references is None:
+            features = (await self._send("GET", "/api/version")).json().get("features") or []
+            self._references = PICTURE_REFERENCES in features
+        found = [picture_bytes(image) for image in images]
+        if not self._references:
+            return [d if isinstance(d, str) else pictures.encode(d) for d in found]
+        return [d if isinstance(d, str) else await self._uploaded(d) for d in found]
+
+    async def _uploaded(self, data: bytes) -> str:
+        """Upload a picture unless the server has it; returns the reference to send."""
+        digest = _blob_digest(data)
+        if (await self._http.head(f"/api/blobs/{digest}")).status_code != 200:
+            await self._send("POST", f"/api/blobs/{digest}", content=data)
+        return digest
 
     async def create_blob(self, path: str | os.PathLike[str]) -> str:
         """Upload a file unless the server has it; returns its digest."""

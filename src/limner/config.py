@@ -48,6 +48,11 @@ VARIABLES = [
     Variable("LIMNER_MAX_IMAGE_PIXELS", "50000000", "largest decoded picture, in pixels (413)"),
     Variable("LIMNER_MAX_PICTURES", "16", "most pictures one request may carry (413)"),
     Variable(
+        "LIMNER_PICTURE_KEEP",
+        "24h",
+        "how long a picture uploaded to /api/blobs, and used by no model, is kept after its last use",
+    ),
+    Variable(
         "LIMNER_MAX_CONNECTIONS",
         "256",
         "most requests in progress at once; more get 503 at once",
@@ -217,6 +222,10 @@ def _seconds(name: str) -> float:
     if re.fullmatch(r"\d+(\.\d*)?", raw):
         return float(raw)
     return parse_keep_alive(raw)
+
+
+def picture_keep() -> float:
+    return _seconds("LIMNER_PICTURE_KEEP")
 
 
 def header_timeout() -> float:

@@ -1,7 +1,9 @@
 """Pictures: the one module that decodes them and holds their rules.
 
 A picture is a PNG, JPEG or WebP file. It arrives as strict base64 (Ollama), as a `data:`
-URI (OpenAI, Automatic1111), as bytes (a training set) or as a file (the CLI). Limits:
+URI (OpenAI, Automatic1111), as bytes (a training set), as a file (the CLI), or, wherever
+base64 or a URI may be, as `sha256:<digest>` of a blob uploaded before with POST
+/api/blobs (limner's own: the SDK sends a picture once per conversation). Limits:
 LIMNER_MAX_PICTURES per request, counted before any is decoded; LIMNER_MAX_IMAGE_PIXELS per
 picture, read from the header before any pixel is; and Pillow's decompression-bomb warning
 is a bomb like its error, everywhere. Every failure names the picture and what to send.
@@ -15,7 +17,8 @@ import contextlib
 import io
 import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,6 +30,9 @@ if TYPE_CHECKING:  # Pillow loads on the first decode: the CLI and the SDK only 
 
 FORMATS = ("PNG", "JPEG", "WEBP")
 SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+REFERENCE = re.compile(r"sha256[:-]([0-9a-f]{64})")
+# The uploaded blob a digest names (None: not uploaded), set by the server for each request.
+uploaded: ContextVar[Callable[[str], Path | None] | None] = ContextVar("uploaded", default=None)
 MAX_FILE_BYTES = 100 * 1000 * 1000  # Ollama's limit for one picture file
 DATA_URI = re.compile(r"data:(?:image/[a-z0-9.+-]+)?;base64,(.*)", re.S | re.I)
 _MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")
@@ -36,7 +42,11 @@ _MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")
 
 
 def from_base64(text: str, label: str, data_uri: bool = False) -> bytes:
-    """The bytes of strict base64 (and, with `data_uri`, of a `data:image/...;base64,` URI)."""
+    """The bytes of strict base64 (and, with `data_uri`, of a `data:image/...;base64,` URI),
+    or of the uploaded picture a `sha256:` reference names."""
+    reference = REFERENCE.fullmatch(text.strip())
+    if reference:
+        return _uploaded(reference.group(1), label)
     if data_uri:
         match = DATA_URI.fullmatch(text.strip())
         text = match.group(1) if match else text
@@ -54,9 +64,27 @@ def from_url(url: str, label: str) -> bytes:
             f"{label}: picture URLs are not supported (limner fetches nothing); send the "
             "picture as a data: URI, data:image/png;base64,..."
         )
-    if DATA_URI.fullmatch(url.strip()) is None:
+    if DATA_URI.fullmatch(url.strip()) is None and not REFERENCE.fullmatch(url.strip()):
         raise InvalidImage(f"{label} must be a data:image/png, jpeg or webp base64 URI")
     return from_base64(url, label, data_uri=True)
+
+
+def _uploaded(digest: str, label: str) -> bytes:
+    """The picture uploaded as blob sha256:`digest`; a 400 if there is none, or if the blob
+    is not a picture file (a model's weights are not read as one)."""
+    find = uploaded.get()
+    path = find(f"sha256:{digest}") if find else None
+    if path is None:
+        raise InvalidImage(
+            f"{label}: no uploaded picture sha256:{digest}; upload it first with "
+            f"POST /api/blobs/sha256:{digest}, or send the picture as base64"
+        )
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        head = f.read(16)
+        if not looks_like_picture(head) or size > MAX_FILE_BYTES:
+            raise InvalidImage(f"{label}: blob sha256:{digest} is not a PNG, JPEG or WebP file")
+        return head + f.read()
 
 
 def decode_base64(items: list[str], where: str) -> list[bytes]:

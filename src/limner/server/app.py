@@ -6,6 +6,7 @@ here. Anything else is logged and answered with a generic 500 that carries no tr
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import math
@@ -19,7 +20,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from limner import config
+from limner import config, pictures
 from limner.errors import LimnerError, TooLarge, without_paths
 from limner.scheduler import Scheduler
 from limner.server import (
@@ -57,7 +58,9 @@ def version() -> str:
 def create_app(store: Store, scheduler: Scheduler) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        pruning = asyncio.create_task(_prune_pictures(store))
         yield
+        pruning.cancel()
         await app.state.limner.trainings.close()  # a training keeps its last checkpoint
         await scheduler.close()  # SIGINT/SIGTERM: every runner stops with the server
 
@@ -70,6 +73,7 @@ def create_app(store: Store, scheduler: Scheduler) -> FastAPI:
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)
     app.add_middleware(ClientGone)  # a client that leaves before its answer frees its place
+    app.add_middleware(UploadedPictures, store=store)
     app.add_middleware(BodyLimit, limit=config.max_body_bytes(), exempt=("/api/blobs/",))
     allowed = origin_pattern(config.origins())
     app.add_middleware(
@@ -129,8 +133,38 @@ def create_app(store: Store, scheduler: Scheduler) -> FastAPI:
     return app
 
 
+# What limner does beyond Ollama's API, for its SDK to detect (the official clients read
+# only "version"): pictures sent as `sha256:` references to uploaded blobs.
+FEATURES = ["picture-references"]
+PRUNE_EVERY = 600.0  # seconds between looks for idle uploaded pictures
+
+
 async def _version(request: Request) -> Response:
-    return JSONResponse({"version": version()})
+    return JSONResponse({"version": version(), "features": FEATURES})
+
+
+class UploadedPictures:
+    """Lets the pictures of every request name blobs of this server's store."""
+
+    def __init__(self, app: ASGIApp, store: Store) -> None:
+        self.app, self.store = app, store
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        token = pictures.uploaded.set(self.store.uploaded_picture)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            pictures.uploaded.reset(token)
+
+
+async def _prune_pictures(store: Store) -> None:
+    """Uploaded pictures no model uses go once idle for LIMNER_PICTURE_KEEP."""
+    while True:
+        removed = await asyncio.to_thread(store.prune_idle_pictures, config.picture_keep())
+        if removed:
+            log.info("removed %d uploaded picture(s) unused for %s", len(removed),
+                     config.format_duration(config.picture_keep()))  # fmt: skip
+        await asyncio.sleep(PRUNE_EVERY)
 
 
 async def _limner_error(request: Request, exc: Exception) -> Response:

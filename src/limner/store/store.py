@@ -12,11 +12,13 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from limner import pictures
 from limner.errors import InvalidRequest, ModelNotFound
 from limner.names import ModelName
 from limner.store.blobs import BlobStore
@@ -161,6 +163,42 @@ class Store:
                 break
             parent.rmdir()
         self.prune(removed)
+
+    def uploaded_picture(self, digest: str) -> Path | None:
+        """The blob a request names as a picture, or None; using it keeps it (its time is
+        what `prune_idle_pictures` counts from)."""
+        path = self.blobs.path(digest)
+        try:
+            os.utime(path)
+        except OSError:
+            return None
+        return path
+
+    def prune_idle_pictures(self, idle_seconds: float) -> list[str]:
+        """Delete uploaded pictures that no model uses and no request has named for
+        `idle_seconds`; other unused blobs (files uploaded for a model still to be created)
+        stay. Returns the digests deleted."""
+        used: set[str] = set()
+        for path in self._manifest_files():
+            try:
+                used |= Manifest.model_validate_json(path.read_bytes()).digests()
+            except ValueError:
+                return []  # what it uses cannot be told: nothing is deleted
+        deadline = time.time() - idle_seconds
+        removed = []
+        for digest in sorted(self.blobs.digests() - used):
+            path = self.blobs.path(digest)
+            try:
+                if path.stat().st_mtime > deadline:
+                    continue
+                with path.open("rb") as f:
+                    if not pictures.looks_like_picture(f.read(16)):
+                        continue
+            except OSError:
+                continue
+            self.blobs.remove(digest)
+            removed.append(digest)
+        return removed
 
     def prune(self, candidates: set[str]) -> None:
         """Delete those candidate blobs that no manifest refers to any more.
