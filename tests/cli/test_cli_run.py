@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -109,3 +110,24 @@ def test_keepalive_takes_durations_and_plain_seconds(env: dict[str, str]) -> Non
     assert "Forever" in limner(env, "ps").stdout
     assert limner(env, "run", "fake", "--keepalive", "0s", "").returncode == 0
     assert "fake" not in limner(env, "ps").stdout
+
+
+def test_format_takes_json_a_schema_or_a_schema_file(tmp_path: Path) -> None:
+    from limner.cli.run import response_format
+
+    schema = {"type": "object", "properties": {"colour": {"enum": ["red", "blue"]}}}
+    (tmp_path / "schema.json").write_text(json.dumps(schema))
+    assert response_format("json") == "json"
+    assert response_format(json.dumps(schema)) == schema
+    assert response_format(str(tmp_path / "schema.json")) == schema
+
+
+def test_a_format_that_is_no_schema_is_refused_before_asking(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    (tmp_path / "broken.json").write_text("{not json")
+    result = limner(env, "run", "fake", "hi", "--format", str(tmp_path / "broken.json"))
+    assert result.returncode == 2
+    assert "broken.json does not hold a JSON schema object" in result.stderr
+    result = limner(env, "run", "fake", "hi", "--format", "yaml")
+    assert result.returncode == 2 and "'yaml' is not a JSON schema object" in result.stderr

@@ -10,9 +10,11 @@ vector of its input as a JSON array.
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from limner.cli import draw
 from limner.cli.session import Session, attach_pictures, print_stream, print_timings
@@ -31,7 +33,10 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )  # fmt: skip
     parser.add_argument("model")
     parser.add_argument("prompt", nargs="*", help="the prompt; piped stdin comes first")
-    parser.add_argument("--format", help='response format ("json")')
+    parser.add_argument(
+        "--format", type=response_format, metavar="FORMAT",
+        help='"json", a JSON schema, or a .json file holding one: the answer follows it',
+    )  # fmt: skip
     parser.add_argument(
         "--keepalive", metavar="DURATION", help="how long the model stays loaded (e.g. 5m)"
     )
@@ -41,6 +46,22 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     draw.add_arguments(parser)
     parser.set_defaults(run=run)
+
+
+def response_format(value: str) -> str | dict[str, Any]:
+    """--format's value: "json", or a JSON schema given inline or as a file's path."""
+    if value == "json":
+        return value
+    path = Path(value).expanduser()
+    text = path.read_text(encoding="utf-8") if path.is_file() else value
+    try:
+        schema = json.loads(text)
+    except ValueError:
+        schema = None
+    if not isinstance(schema, dict):
+        where = f"{value} does not hold" if path.is_file() else f"{value!r} is not"
+        raise argparse.ArgumentTypeError(f'{where} a JSON schema object; use "json" or a schema')
+    return schema
 
 
 def run(args: argparse.Namespace) -> int:

@@ -20,7 +20,7 @@ class Session:
 
     model: str
     vision: bool = False
-    format: str | None = None
+    format: str | dict[str, Any] | None = None  # "json" or a JSON schema
     keep_alive: float | str | None = None
     verbose: bool = False
     wordwrap: bool = True
