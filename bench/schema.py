@@ -4,8 +4,8 @@
     .venv/bin/python bench/schema.py --layers 32      # BakLLaVA size, every layer (~5 GB)
 
 Each model answers the same question through limner's own engine, in this process, taking
-turns: free decoding, then decoding held to SCHEMA (llama.cpp: its JSON-schema grammar;
-transformers: llguidance), --runs times each after a warm-up of both. The per-token time is
+turns: free decoding, then decoding held to SCHEMA (llguidance on
+both engines: llguidance), --runs times each after a warm-up of both. The per-token time is
 the engine's own eval_duration / eval_count (prefill excluded); the ratio constrained / free
 is the schema's overhead. Sampling is greedy-free (temperature 0.8, a fixed seed per run), and
 every request generates up to --tokens tokens.
@@ -95,8 +95,8 @@ def models(args: argparse.Namespace, work: Path) -> list[tuple[str, Callable[[],
 
     return [
         ("tiny text model, transformers + llguidance", tiny_transformers),
-        ("tiny LLaVA, llama.cpp + its grammar", tiny_llamacpp),
-        (f"BakLLaVA size ({args.layers} layers), llama.cpp + grammar", bakllava_size),
+        ("tiny LLaVA, llama.cpp + llguidance", tiny_llamacpp),
+        (f"BakLLaVA size ({args.layers} layers), llama.cpp + llguidance", bakllava_size),
     ]
 
 

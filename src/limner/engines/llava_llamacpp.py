@@ -27,13 +27,16 @@ import itertools
 import os
 import random
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import llama_cpp
 import llama_cpp.mtmd_cpp as mtmd
+import llguidance.llamacpp
 from llama_cpp._logger import llama_log_callback
+from llama_cpp.llama import LogitsProcessorList
 from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
 
 from limner.engines import (
@@ -48,6 +51,7 @@ from limner.engines import (
     tool_calls,
 )
 from limner.engines.context import fit
+from limner.engines.structured import SchemaMatcher, compile_schema
 from limner.engines.templates import (
     LLAVA_15,
     Turn,
@@ -118,7 +122,7 @@ class LlavaLlamaCpp:
         self.kv_bytes = _kv_bytes(meta, arch, self.n_ctx)
         self.weight_bytes = sum(p.stat().st_size for p in (model_path, projector) if p.is_file())
         self._json: LlamaGrammar | None = None
-        self._schema: tuple[str, LlamaGrammar] | None = None  # the last schema's grammar
+        self._schema: tuple[str, str] | None = None  # the last schema and its grammar
         self.cached: list[Any] = []  # the KV cache's contents, one key per position
         self.answer = ("", "")  # the last answer as shown, and as its tokens spell it
 
@@ -284,32 +288,46 @@ class LlavaLlamaCpp:
         llama.last_n_tokens_size = (
             self.n_ctx if options.repeat_last_n < 0 else options.repeat_last_n
         )
-        grammar = self._grammar(options)
+        schema = self._schema_matcher(options)
         # The prompt is already decoded: generate() finds it cached and samples at once.
         prompt = llama._input_ids.tolist()
-        yield from llama.generate(
+        tokens = llama.generate(
             prompt,
             top_k=options.top_k,
             top_p=options.top_p,
             min_p=options.min_p,
             temp=max(options.temperature, 0.0),
             repeat_penalty=options.repeat_penalty,
-            grammar=grammar,
+            grammar=self._json_grammar() if options.format == "json" else None,
+            logits_processor=LogitsProcessorList([schema.restrict_numpy]) if schema else None,
         )
+        for token in tokens:
+            if schema is not None and not schema.done:
+                schema.consume(token)  # before generate() asks for the next token's mask
+            yield token
 
-    def _grammar(self, options: Options) -> LlamaGrammar | None:
-        """llama.cpp's grammar for the answer: any JSON, or a schema's (through llama.cpp's
-        JSON-schema-to-grammar, kept for the next request with the same schema)."""
-        schema = schema_of(options)
-        if schema is not None:
-            if self._schema is None or self._schema[0] != schema:
-                self._schema = (schema, _schema_grammar(schema))
-            return self._schema[1]
-        if options.format != "json":
-            return None
+    def _json_grammar(self) -> LlamaGrammar:
+        """llama.cpp's grammar of one JSON object, Ollama's format "json"."""
         if self._json is None:
             self._json = LlamaGrammar.from_string(JSON_GBNF, verbose=False)
         return self._json
+
+    def _schema_matcher(self, options: Options) -> SchemaMatcher | None:
+        """llguidance's matcher for the request's JSON schema (compiled once per schema)."""
+        schema = schema_of(options)
+        if schema is None:
+            return None
+        if self._schema is None or self._schema[0] != schema:
+            self._schema = (schema, compile_schema(self._llg_tokenizer, schema))
+        return SchemaMatcher(self._llg_tokenizer, self._schema[1])
+
+    @functools.cached_property
+    def _llg_tokenizer(self) -> Any:
+        """llguidance's view of the vocabulary (about a second for a real one): once."""
+        vocab = llama_cpp.llama_model_get_vocab(self.llama.model)
+        with warnings.catch_warnings():  # it reads each token with a call llama.cpp renamed
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return llguidance.llamacpp.lltokenizer_from_vocab(vocab)
 
 
 class _Vision:
@@ -549,14 +567,6 @@ def _repacking(enabled: bool) -> Iterator[None]:
         yield
     finally:
         llama_cpp.llama_cpp.llama_model_default_params = defaults
-
-
-def _schema_grammar(schema: str) -> LlamaGrammar:
-    """A schema as llama.cpp's grammar, or a 400 saying what in it cannot be enforced."""
-    try:
-        return LlamaGrammar.from_json_schema(schema, verbose=False)
-    except Exception as error:  # the converter raises plain exceptions on what it lacks
-        raise InvalidRequest(f"format: this JSON schema cannot be enforced: {error}") from None
 
 
 def _refuse_inner_vision(model_path: Path) -> None:

@@ -27,9 +27,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import llguidance
 import llguidance.hf
-import llguidance.torch
 import torch
 from PIL import Image
 from transformers import (
@@ -53,6 +51,7 @@ from limner.engines import (
     tool_calls,
 )
 from limner.engines.context import fit
+from limner.engines.structured import SchemaMatcher, compile_schema
 from limner.engines.templates import jinja_message
 from limner.errors import InvalidRequest
 from limner.pictures import open_rgb
@@ -330,7 +329,7 @@ class TransformersChat:
         mask[sorted(i for i in banned if 0 <= i < rows)] = float("-inf")
         return mask
 
-    def _schema_matcher(self, options: Options) -> _SchemaMatcher | None:
+    def _schema_matcher(self, options: Options) -> SchemaMatcher | None:
         """llguidance's matcher for the request's JSON schema, if it has one."""
         schema = schema_of(options)
         if schema is None:
@@ -340,51 +339,13 @@ class TransformersChat:
                 self.tokenizer, n_vocab=len(self.banned), eos_token=sorted(self.eos_ids)
             )
         if self._schema is None or self._schema[0] != schema:  # compiled once per schema
-            self._schema = (schema, _SchemaMatcher.compile(self._llg_tokenizer, schema))
-        return _SchemaMatcher(self._llg_tokenizer, self._schema[1])
+            self._schema = (schema, compile_schema(self._llg_tokenizer, schema))
+        return SchemaMatcher(self._llg_tokenizer, self._schema[1])
 
     def _pieces_for_json(self) -> list[str | None]:
         if self._json_pieces is None:
             self._json_pieces = self.detokenizer.pieces()
         return self._json_pieces
-
-
-class _SchemaMatcher:
-    """Which tokens may come next for an answer that must follow a JSON schema (llguidance,
-    the structured-generation library llama.cpp also uses)."""
-
-    def __init__(self, tokenizer: Any, grammar: str) -> None:
-        self.matcher = llguidance.LLMatcher(tokenizer, grammar)
-        self.mask = llguidance.torch.allocate_token_bitmask(1, tokenizer.vocab_size)
-
-    @staticmethod
-    def compile(tokenizer: Any, schema: str) -> str:
-        """llguidance's grammar for `schema`, or a 400 saying what it cannot enforce."""
-        # Compact JSON: a random or weak model would otherwise pad it with whitespace.
-        grammar = llguidance.LLMatcher.grammar_from_json_schema(
-            schema, defaults={"whitespace_flexible": False, "key_separator": ": ",
-                              "item_separator": ", "},
-        )  # fmt: skip
-        failed, problems = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, tokenizer)
-        if failed:
-            raise InvalidRequest(f"format: this JSON schema cannot be enforced: {problems[0]}")
-        return grammar
-
-    def restrict(self, scores: torch.Tensor) -> None:
-        """Scores of tokens the schema does not allow next become -inf, in place."""
-        llguidance.torch.fill_next_token_bitmask(self.matcher, self.mask, 0)
-        llguidance.torch.apply_token_bitmask_inplace(scores.unsqueeze(0), self.mask)
-
-    def consume(self, token: int) -> None:
-        if not self.matcher.consume_token(token):
-            raise RuntimeError(
-                f"the schema matcher refused a token it allowed: {self.matcher.get_error()}"
-            )
-
-    @property
-    def done(self) -> bool:
-        """The answer is a whole document of the schema and nothing may follow."""
-        return bool(self.matcher.is_stopped())
 
 
 def _image_token_id(config: Any) -> int:
