@@ -4,10 +4,10 @@
     .venv/bin/python bench/schema.py --layers 32      # BakLLaVA size, every layer (~5 GB)
 
 Each model answers the same question through limner's own engine, in this process, taking
-turns: free decoding, then decoding held to SCHEMA (llguidance on
-both engines: llguidance), --runs times each after a warm-up of both. The per-token time is
+turns: free decoding, then decoding held to SCHEMA (llguidance's token masks, on both
+engines), --runs times each after a warm-up of both. The per-token time is
 the engine's own eval_duration / eval_count (prefill excluded); the ratio constrained / free
-is the schema's overhead. Sampling is greedy-free (temperature 0.8, a fixed seed per run), and
+is the schema's overhead. Sampling is at temperature 0.8 with a fixed seed per run, and
 every request generates up to --tokens tokens.
 
 Models: the tiny text model on transformers (tiny_families "text"), the tiny LLaVA's text model
