@@ -4,12 +4,16 @@
     .venv/bin/python bench/diffusion.py --only tiny  # seconds, for a quick look
 
 For each model, in one run and on the same machine:
-  raw fp32      StableDiffusionPipeline as diffusers loads it by default (float32)
-  raw auto      the same pipeline in limner's default precision (bf16 where the CPU has it)
-  limner        `limner serve` + Client.generate_image, limner's default precision
-and prints the server's overhead (limner / raw auto) and the speed-up of limner's default
-over diffusers' fp32 default (raw fp32 / limner). Speed does not depend on weight values, so
-the SD 1.5 architecture is built with random weights (~4 GB on disk in a temporary folder).
+  raw fp32         StableDiffusionPipeline as diffusers loads it by default (float32)
+  raw auto         the same pipeline in limner's default precision (bf16 where the CPU has it)
+  raw auto + cl    the same with the UNet and VAE in channels_last memory layout
+  limner torch     `limner serve` + Client.generate_image, LIMNER_DRAW_ENGINE=torch
+  limner openvino  the same with LIMNER_DRAW_ENGINE=openvino (UNet and VAE decoder as
+                   OpenVINO graphs; converted before the timing, as a cached model is)
+and prints each as a ratio of raw auto. Speed does not depend on weight values, so the SD 1.5
+architecture is built with random weights (~4 GB on disk in a temporary folder).
+OpenVINO through optimum-intel is not a path here: optimum-intel 2.2 pins transformers 5.5 and
+a CUDA torch, which this environment cannot take.
 """
 
 from __future__ import annotations
@@ -82,7 +86,9 @@ def write_sd15_random(dest: Path, tokenizer_from: Path) -> Path:
     return dest
 
 
-def time_raw(folder: Path, dtype: torch.dtype, size: int, steps: int, runs: int) -> float:
+def time_raw(
+    folder: Path, dtype: torch.dtype, size: int, steps: int, runs: int, channels_last: bool = False
+) -> float:
     pipe = StableDiffusionPipeline.from_pretrained(
         folder,
         torch_dtype=dtype,
@@ -91,6 +97,9 @@ def time_raw(folder: Path, dtype: torch.dtype, size: int, steps: int, runs: int)
         local_files_only=True,
     )
     pipe.set_progress_bar_config(disable=True)
+    if channels_last:
+        pipe.unet.to(memory_format=torch.channels_last)
+        pipe.vae.to(memory_format=torch.channels_last)
 
     def once() -> None:
         generator = torch.Generator("cpu").manual_seed(1)
@@ -99,10 +108,11 @@ def time_raw(folder: Path, dtype: torch.dtype, size: int, steps: int, runs: int)
     return best_of(once, runs)
 
 
-def time_limner(folder: Path, size: int, steps: int, runs: int) -> float:
+def time_limner(folder: Path, size: int, steps: int, runs: int, engine: str) -> float:
     with tempfile.TemporaryDirectory(prefix="limner-bench-") as models:
         port = free_port()
-        env = {**os.environ, "LIMNER_MODELS": models, "LIMNER_HOST": f"127.0.0.1:{port}"}
+        env = {**os.environ, "LIMNER_MODELS": models, "LIMNER_HOST": f"127.0.0.1:{port}",
+               "LIMNER_DRAW_ENGINE": engine}  # fmt: skip
         server = subprocess.Popen(
             [sys.executable, "-m", "limner", "serve"], env=env, stderr=subprocess.DEVNULL
         )
@@ -154,16 +164,17 @@ def auto_dtype() -> torch.dtype:
 def bench(label: str, folder: Path, size: int, steps: int, runs: int) -> None:
     auto = auto_dtype()
     print(f"\n{label}: {size}x{size}, {steps} steps, median of {runs} after a warm-up")
-    raw_fp32 = time_raw(folder, torch.float32, size, steps, runs)
-    raw_auto = time_raw(folder, auto, size, steps, runs) if auto != torch.float32 else raw_fp32
-    served = time_limner(folder, size, steps, runs)
-    print(f"  raw diffusers fp32          {raw_fp32:8.3f} s/picture")
-    print(f"  raw diffusers {str(auto).removeprefix('torch.'):<13} {raw_auto:8.3f} s/picture")
-    print(f"  limner server ({str(auto).removeprefix('torch.')})      {served:8.3f} s/picture")
-    print(
-        f"  server overhead  limner / raw same precision = {served / raw_auto:.3f}  ({(served / raw_auto - 1) * 100:+.1f} %)"
-    )
-    print(f"  speed-up         raw fp32 / limner default   = {raw_fp32 / served:.2f}x")
+    name = str(auto).removeprefix("torch.")
+    timed = {
+        "raw diffusers fp32": time_raw(folder, torch.float32, size, steps, runs),
+        f"raw diffusers {name}": time_raw(folder, auto, size, steps, runs),
+        f"raw diffusers {name} + channels_last": time_raw(folder, auto, size, steps, runs, True),
+        "limner torch": time_limner(folder, size, steps, runs, "torch"),
+        "limner openvino": time_limner(folder, size, steps, runs, "openvino"),
+    }
+    base = timed[f"raw diffusers {name}"]
+    for label, seconds in timed.items():
+        print(f"  {label:38} {seconds:8.3f} s/picture  {seconds / base:6.3f} x raw {name}")
 
 
 def main() -> None:

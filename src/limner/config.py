@@ -93,6 +93,11 @@ VARIABLES = [
         "0",
         "1: pulls may reach loopback and private addresses (local registries)",
     ),
+    Variable(
+        "LIMNER_DRAW_ENGINE",
+        "",
+        "torch or openvino: what draws on a CPU (default: openvino where it applies)",
+    ),
     Variable("LIMNER_DEBUG", "0", "1: debug logging, including runner output"),
 ]
 
@@ -222,6 +227,17 @@ def _seconds(name: str) -> float:
     if re.fullmatch(r"\d+(\.\d*)?", raw):
         return float(raw)
     return parse_keep_alive(raw)
+
+
+DRAW_ENGINES = ("torch", "openvino")
+
+
+def draw_engine() -> str:
+    """LIMNER_DRAW_ENGINE: "torch", "openvino", or "" (each model's default)."""
+    value = _get("LIMNER_DRAW_ENGINE").strip().lower()
+    if value and value not in DRAW_ENGINES:
+        raise ValueError(f"LIMNER_DRAW_ENGINE must be torch or openvino, not {value!r}")
+    return value
 
 
 def picture_keep() -> float:

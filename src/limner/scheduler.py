@@ -359,10 +359,12 @@ class Scheduler:
             log.info("loading %s (~%d MiB%s)", loading.name, plan.need >> 20,
                      f", {plan.window}-token window" if plan.window else "")  # fmt: skip
             placement = Placement(loading.name.display(), plan.need)
+            options = LoadOptions.from_dict(plan.params)
+            options.cache = str(self.store.derived(loading.described.digest))
             runner = await self.start_runner(
                 loading.described.engine,
                 plan.files,
-                LoadOptions.from_dict(plan.params),
+                options,
                 self.load_timeout,
                 placement,
             )

@@ -93,6 +93,7 @@ class LoadOptions:
     adapter_scale: float = 1.0  # diffusion: how strongly the model's LoRAs apply
     # diffusion: each LoRA's weight by file name when several are stacked (default 1)
     adapter_weights: dict[str, float] = field(default_factory=dict)
+    cache: str = ""  # a folder of the store where the model may keep what it derives once
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> LoadOptions:
@@ -110,7 +111,7 @@ def check_parameters(values: dict[str, Any]) -> Options:
 Settings = TypeVar("Settings", Options, LoadOptions)
 
 
-NOT_OPTIONS = frozenset({"tools"})  # request fields, never read from `options`
+NOT_OPTIONS = frozenset({"tools", "cache"})  # set by the server, never from `options`
 
 
 def _from_dict(cls: type[Settings], values: dict[str, Any]) -> Settings:

@@ -70,6 +70,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
+import logging
 import math
 import queue
 import random
@@ -103,6 +104,7 @@ from diffusers.utils import logging as diffusers_logging
 from PIL import Image, PngImagePlugin
 from transformers.utils import logging as transformers_logging
 
+from limner import config
 from limner.engines import (
     SCHEDULERS,
     ImageRequest,
@@ -116,6 +118,8 @@ from limner.engines import (
 from limner.errors import InvalidRequest, UnsafeWeights
 from limner.pictures import open_rgb
 from limner.store.formats import PICKLE, SAFETENSORS, safetensors_header, sd_checkpoint_type, sniff
+
+log = logging.getLogger("limner.diffusion")
 
 IP_ADAPTER_FOLDER = "ip_adapter"
 LORA_FOLDER = "adapters"  # a model's LoRA files (the store's adapter layers)
@@ -284,6 +288,18 @@ class DiffusionEngine:
         # 3. The IP-Adapter, once; its projections live inside the shared UNet.
         self.ip_adapter = self._load_ip_adapter(pipe, folder)
         pipe.to(self.device)
+        if self.device == "cpu":  # oneDNN's convolutions run faster on NHWC (bench/diffusion.py)
+            self.unet.to(memory_format=torch.channels_last)
+            self.vae.to(memory_format=torch.channels_last)
+
+        # 3b. On a CPU, the UNet and the VAE decoder as OpenVINO graphs (openvino_draw.py).
+        self.openvino: Any = None
+        if _draws_on_openvino(self.device):
+            from limner.engines.openvino_draw import accelerate
+
+            cache = Path(options.cache) if options.cache else None
+            bf16 = self.dtype == torch.bfloat16
+            self.openvino = accelerate(pipe, cache, bf16, self.ip_adapter)
 
         # 4. The other tasks share every module with the base pipeline (no second copy).
         self.pipes: dict[str, Any] = {
@@ -338,8 +354,10 @@ class DiffusionEngine:
         return True
 
     def memory_bytes(self) -> int:
-        """Bytes of the parameters of every component (IP-Adapter and image encoder included)."""
-        return pipeline_bytes(self.pipes["txt2img"])
+        """Bytes of the parameters of every component (IP-Adapter and image encoder included),
+        and of the OpenVINO graphs beside them."""
+        graphs = self.openvino.weight_bytes() if self.openvino else 0
+        return pipeline_bytes(self.pipes["txt2img"]) + graphs
 
     def estimate_peak_bytes(self, width: int, height: int) -> int:
         """A rough upper bound of one call's activation memory at `width` x `height`.
@@ -373,7 +391,11 @@ class DiffusionEngine:
             plan = self._plan(request)
             if cancelled():
                 return
-            with self._memory_switches(plan.width, plan.height), self._request_loras(request):
+            with (
+                self._memory_switches(plan.width, plan.height),
+                self._request_loras(request),
+                self._on_torch(bool(request.loras)),
+            ):
                 image = yield from self._denoise(plan, cancelled, finish, request.preview_every)
             if image is None:
                 return
@@ -619,6 +641,19 @@ class DiffusionEngine:
             self._torch.submit(pipe.unload_lora_weights).result()
 
     @contextmanager
+    def _on_torch(self, needed: bool) -> Iterator[None]:
+        """The torch modules, not the OpenVINO graphs, for a call whose LoRAs only they hold."""
+        if not needed or self.openvino is None:
+            yield
+            return
+        log.info("drawing this picture on torch: its LoRAs are applied for this request only")
+        self.openvino.torch_only = True
+        try:
+            yield
+        finally:
+            self.openvino.torch_only = False
+
+    @contextmanager
     def _memory_switches(self, width: int, height: int) -> Iterator[None]:
         """Tiled VAE and sliced attention for this call when its estimate exceeds free memory."""
         available = _available_bytes(self.device)
@@ -628,11 +663,15 @@ class DiffusionEngine:
         self.vae.enable_tiling()
         if not self.ip_adapter:
             self.unet.set_attention_slice("auto")
+        if self.openvino is not None:  # the graphs neither slice nor tile
+            self.openvino.torch_only = True
         try:
             yield
         finally:
             self.vae.disable_tiling()
             self.unet.set_attn_processor(dict(self.processors))
+            if self.openvino is not None:
+                self.openvino.torch_only = False
 
 
 def load_diffusers_pipeline(folder: Path, dtype: torch.dtype) -> Any:
@@ -712,6 +751,14 @@ def _pick_precision(precision: str, device: str) -> tuple[torch.dtype, str]:
             (torch.bfloat16, "bf16") if torch.cuda.is_bf16_supported() else (torch.float16, "fp16")
         )
     return (torch.bfloat16, "bf16") if cpu_has_bf16() else (torch.float32, "fp32")
+
+
+def _draws_on_openvino(device: str) -> bool:
+    """LIMNER_DRAW_ENGINE, else OpenVINO on a CPU where the package is installed."""
+    choice = config.draw_engine()
+    if choice:
+        return choice == "openvino"
+    return device == "cpu" and importlib.util.find_spec("openvino") is not None
 
 
 def cpu_has_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:

@@ -267,6 +267,10 @@ def serve(host: str | None = None, port: int | None = None, open_network: bool =
     import uvicorn
 
     bind_host, bind_port = config.bind()
+    try:
+        config.draw_engine()  # a typo stops the server here, not each drawing model's load
+    except ValueError as error:
+        raise LimnerError(str(error)) from None
     if not loopback(host or bind_host) and not config.api_key():
         if not open_network:
             raise LimnerError(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ from limner.errors import InvalidRequest, ModelNotFound
 from limner.names import ModelName
 from limner.store.blobs import BlobStore
 from limner.store.manifests import GGUF_MODEL, GGUF_PROJECTOR, MODEL, PROJECTOR, Manifest
+
+DERIVED = "derived"  # beside blobs/ and manifests/: what engines derive once from a model
 
 
 @dataclass(frozen=True)
@@ -156,13 +159,23 @@ class Store:
         path = self._path(name)
         if not path.is_file():
             raise ModelNotFound(name.display())
-        removed = Manifest.model_validate_json(path.read_bytes()).digests()
+        data = path.read_bytes()
+        removed = Manifest.model_validate_json(data).digests()
         path.unlink()
         for parent in list(path.parents)[: len(name.parts()) - 1]:
             if parent == self.manifests or any(parent.iterdir()):
                 break
             parent.rmdir()
         self.prune(removed)
+        digest = hashlib.sha256(data).hexdigest()
+        if not any(hashlib.sha256(p.read_bytes()).hexdigest() == digest
+                   for p in self._manifest_files()):  # fmt: skip
+            shutil.rmtree(self.derived(digest), ignore_errors=True)
+
+    def derived(self, digest: str) -> Path:
+        """Where the model of manifest `digest` keeps what its engine derives once from its
+        files (OpenVINO graphs); shared by its copies, removed with the last of them."""
+        return self.root / DERIVED / digest.removeprefix("sha256:")
 
     def uploaded_picture(self, digest: str) -> Path | None:
         """The blob a request names as a picture, or None; using it keeps it (its time is

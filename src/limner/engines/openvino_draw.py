@@ -1,0 +1,144 @@
+"""Drawing on OpenVINO: a diffusers pipeline's UNet and VAE decoder run as OpenVINO graphs.
+
+Everything else stays diffusers' and limner's (text encoders, schedulers, seeds, progress and
+cancelling per step, masks pasted back, PNG parameters), so a request draws the same way on
+either engine. The two graphs are converted once from the loaded modules (in float32, after the
+model's own LoRAs are fused) and kept in the model's cache folder of the store, under the
+OpenVINO version, so no later start converts again; each picture size compiles once (OpenVINO's
+own compiled-model cache keeps those too). On CPUs with bf16 the graphs run in bf16.
+
+What a graph cannot do falls back to the torch modules for that call: a LoRA given for one
+request, a tiled VAE for a picture too large for memory, a side the UNet's upsamplers do not
+divide (SD 1.5: not a multiple of 64 pixels). Models with an IP-Adapter, and SDXL, stay on
+torch for now (the IP-Adapter's image tokens and SDXL's added conditions are not in the graphs).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import openvino as ov
+import torch
+from diffusers.models.autoencoders.vae import DecoderOutput
+from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
+
+log = logging.getLogger("limner.openvino")
+
+
+class _UNetGraph(torch.nn.Module):
+    def __init__(self, unet: Any) -> None:
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, sample: Any, timestep: Any, encoder_hidden_states: Any) -> Any:
+        return self.unet(sample, timestep, encoder_hidden_states, return_dict=False)[0]
+
+
+class _DecoderGraph(torch.nn.Module):
+    def __init__(self, vae: Any) -> None:
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, latents: Any) -> Any:
+        return self.vae.decode(latents, return_dict=False)[0]
+
+
+class OpenVinoDrawing:
+    """The UNet and VAE decoder of one loaded pipeline, on OpenVINO."""
+
+    def __init__(self, pipe: Any, cache: Path | None, bf16: bool) -> None:
+        self.core = ov.Core()
+        self.core.set_property("CPU", {"INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32"})
+        folder = (cache or Path(tempfile.mkdtemp(prefix="limner-openvino-"))) / (
+            f"openvino-{ov.get_version().split('-')[0]}"
+        )
+        self.core.set_property({"CACHE_DIR": str(folder / "compiled")})
+        self.unet, self.vae = pipe.unet, pipe.vae
+        width = self.unet.config.sample_size
+        channels, context = self.unet.config.in_channels, self.unet.config.cross_attention_dim
+        unet_example = (torch.randn(2, channels, width, width), torch.tensor(1.0),
+                        torch.randn(2, 77, context))  # fmt: skip
+        latents = torch.randn(1, self.vae.config.latent_channels, width, width)
+        self.graphs = {
+            "unet": self._graph(folder / "unet.xml", _UNetGraph(self.unet), unet_example),
+            "decoder": self._graph(folder / "vae_decoder.xml", _DecoderGraph(self.vae), (latents,)),
+        }
+        self.compiled: dict[tuple[str, tuple[tuple[int, ...], ...]], Any] = {}
+        self.torch_only = False  # set for a call the graphs cannot draw
+        self._unet_forward, self._decode = self.unet.forward, self.vae.decode
+        self.unet.forward = self._unet_call
+        self.vae.decode = self._decode_call
+
+    def weight_bytes(self) -> int:
+        return sum(int(np.prod(op.get_output_shape(0))) * op.get_output_element_type(0).size
+                   for graph in self.graphs.values() for op in graph.get_ops()
+                   if op.get_type_name() == "Constant")  # fmt: skip
+
+    def _graph(self, path: Path, module: torch.nn.Module, example: tuple[Any, ...]) -> Any:
+        """The graph kept at `path`, converted from `module` (in float32) the first time."""
+        if path.is_file():
+            return self.core.read_model(path)
+        log.info("converting %s to OpenVINO once (kept in %s)", path.stem, path.parent)
+        graph_module = copy.deepcopy(module).float().eval()
+        with torch.no_grad():
+            graph = ov.convert_model(graph_module, example_input=example)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = Path(tempfile.mkdtemp(prefix=".converting-", dir=path.parent))
+        try:  # written whole, then moved: a killed conversion leaves no half graph
+            ov.save_model(graph, partial / path.name, compress_to_fp16=True)
+            for written in partial.iterdir():
+                written.rename(path.parent / written.name)
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
+        return self.core.read_model(path)
+
+    def _run(self, name: str, inputs: list[np.ndarray]) -> np.ndarray:
+        """One call of graph `name`, compiled once per input shape."""
+        key = (name, tuple(array.shape for array in inputs))
+        if key not in self.compiled:
+            graph = self.graphs[name].clone()
+            graph.reshape({port.any_name: ov.PartialShape(list(array.shape))
+                           for port, array in zip(graph.inputs, inputs, strict=True)})  # fmt: skip
+            self.compiled[key] = self.core.compile_model(graph, "CPU")
+        result: np.ndarray = self.compiled[key](inputs)[0]
+        return result
+
+    def _unet_call(self, sample: Any, timestep: Any, encoder_hidden_states: Any, *args: Any,
+                   return_dict: bool = True, **kwargs: Any) -> Any:  # fmt: skip
+        extra = args or any(v is not None for v in kwargs.values())
+        # The graph was traced at sides its upsamplers divide; other sides need torch's sizes.
+        odd = any(side % 2**self.unet.num_upsamplers for side in sample.shape[-2:])
+        if self.torch_only or extra or odd:
+            return self._unet_forward(sample, timestep, encoder_hidden_states, *args,
+                                      return_dict=return_dict, **kwargs)  # fmt: skip
+        steps = torch.as_tensor(timestep, dtype=torch.float32).reshape(-1)[:1].reshape(())
+        out = self._run("unet", [sample.float().numpy(), steps.numpy(),
+                                 encoder_hidden_states.float().numpy()])  # fmt: skip
+        noise = torch.from_numpy(out).to(sample.dtype)
+        return UNet2DConditionOutput(sample=noise) if return_dict else (noise,)
+
+    def _decode_call(self, latents: Any, return_dict: bool = True, generator: Any = None) -> Any:
+        if self.torch_only or self.vae.use_tiling:
+            return self._decode(latents, return_dict=return_dict, generator=generator)
+        pixels = torch.from_numpy(self._run("decoder", [latents.float().numpy()]))
+        pixels = pixels.to(latents.dtype)
+        return DecoderOutput(sample=pixels) if return_dict else (pixels,)
+
+
+def accelerate(
+    pipe: Any, cache: Path | None, bf16: bool, ip_adapter: bool
+) -> OpenVinoDrawing | None:
+    """OpenVINO for `pipe` where it applies; None (torch) where it does not, said in the log."""
+    if ip_adapter:
+        log.info("drawing on torch: OpenVINO graphs do not carry this model's IP-Adapter yet")
+        return None
+    if pipe.unet.config.addition_embed_type is not None:
+        log.info("drawing on torch: OpenVINO graphs of SDXL's added conditions are not built yet")
+        return None
+    return OpenVinoDrawing(pipe, cache, bf16)

@@ -1,0 +1,120 @@
+"""Drawing on OpenVINO: the tiny Stable Diffusion draws the same pictures on both engines
+(within bf16/fp32 tolerance), in every mode, with its graphs converted once and kept."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from limner.engines import ImageRequest, ImageResult, LoadOptions
+from limner.engines.diffusion import DiffusionEngine, load
+from limner.tiny import write_tiny_sd
+
+pytest.importorskip("openvino")
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
+# Mean absolute difference per channel (0-255) allowed between the two engines' pictures: the
+# same model in float32 with different kernels and summation orders.
+TOLERANCE = 2.0
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("ov")
+    return {
+        "plain": write_tiny_sd(root / "plain", seed=0, ip_adapter=False),
+        "inpaint": write_tiny_sd(root / "inpaint", seed=0, inpaint=True, ip_adapter=False),
+        "ip": write_tiny_sd(root / "ip", seed=0),
+        "cache": root / "cache",
+    }
+
+
+def engines(
+    folder: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> dict[str, DiffusionEngine]:
+    built = {}
+    for name in ("torch", "openvino"):
+        monkeypatch.setenv("LIMNER_DRAW_ENGINE", name)
+        built[name] = load(folder, LoadOptions(precision="fp32", cache=str(cache)))
+    monkeypatch.delenv("LIMNER_DRAW_ENGINE")
+    return built
+
+
+def draw(engine: DiffusionEngine, **fields: Any) -> np.ndarray:
+    fields = {"prompt": "a red cat", "steps": 3, "seed": 1, "scheduler": "euler", **fields}
+    *_, result = engine.generate_image(ImageRequest(**fields), lambda: False)
+    assert isinstance(result, ImageResult)
+    return np.asarray(Image.open(io.BytesIO(result.png)).convert("RGB")).astype(float)
+
+
+def png(size: tuple[int, int] = (64, 64), mask: bool = False) -> bytes:
+    if mask:
+        data = np.zeros((size[1], size[0]), np.uint8)
+        data[:, : size[0] // 2] = 255
+        picture = Image.fromarray(data, "L")
+    else:
+        noise = np.random.default_rng(0).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+        picture = Image.fromarray(noise)
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_both_engines_draw_the_same_pictures_in_every_mode(
+    folders: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plain = engines(folders["plain"], folders["cache"] / "plain", monkeypatch)
+    assert plain["openvino"].openvino is not None and plain["torch"].openvino is None
+    requests: list[dict[str, Any]] = [
+        {},
+        {"width": 64, "height": 128, "scheduler": "dpm++ 2m karras"},
+        {"width": 64, "height": 72},  # a side the graph's upsamplers do not divide: torch
+        {"image": png(), "strength": 0.6},
+        {"image": png(), "mask": png(mask=True), "strength": 1.0},
+    ]
+    for fields in requests:
+        torch_picture, ov_picture = (draw(plain[name], **fields) for name in ("torch", "openvino"))
+        assert np.abs(torch_picture - ov_picture).mean() < TOLERANCE, fields
+        if "mask" in fields:  # the unmasked half comes back exactly, on OpenVINO too
+            original = np.asarray(Image.open(io.BytesIO(png()))).astype(float)
+            assert np.array_equal(ov_picture[:, 32:], original[:, 32:])
+    inpaint = engines(folders["inpaint"], folders["cache"] / "inpaint", monkeypatch)
+    fields = {"image": png(), "mask": png(mask=True), "strength": 1.0}
+    difference = draw(inpaint["torch"], **fields) - draw(inpaint["openvino"], **fields)
+    assert np.abs(difference).mean() < TOLERANCE
+
+
+def test_the_graphs_are_converted_once_and_kept_in_the_cache(
+    folders: dict[str, Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("LIMNER_DRAW_ENGINE", "openvino")
+    load(folders["plain"], LoadOptions(precision="fp32", cache=str(tmp_path)))
+    (kept,) = tmp_path.glob("openvino-*")
+    assert {"unet.xml", "unet.bin", "vae_decoder.xml", "vae_decoder.bin"} <= {
+        p.name for p in kept.iterdir()
+    }
+    import openvino
+
+    def never(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("converted again")
+
+    monkeypatch.setattr(openvino, "convert_model", never)
+    again = load(folders["plain"], LoadOptions(precision="fp32", cache=str(tmp_path)))
+    assert draw(again).shape == (64, 64, 3)
+
+
+def test_what_the_graphs_cannot_do_draws_on_torch(
+    folders: dict[str, Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("LIMNER_DRAW_ENGINE", "openvino")
+    with_adapter = load(folders["ip"], LoadOptions(precision="fp32", cache=str(tmp_path)))
+    assert with_adapter.openvino is None  # its IP-Adapter's tokens are not in the graphs
+    assert draw(with_adapter, style_images=[png()]).shape == (64, 64, 3)
+    monkeypatch.setenv("LIMNER_DRAW_ENGINE", "tpu")
+    with pytest.raises(ValueError, match="LIMNER_DRAW_ENGINE must be torch or openvino"):
+        load(folders["plain"], LoadOptions(precision="fp32"))
