@@ -17,6 +17,15 @@ from limner.scheduler import Scheduler
 from limner.store import Store
 
 
+@pytest.fixture(scope="session", autouse=True)
+def draw_on_torch() -> Iterator[None]:
+    """Drawing models draw on torch unless a test asks for OpenVINO (test_openvino_draw.py and
+    the toy's drawing tests run both): converting every tiny model's graphs would add minutes."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LIMNER_DRAW_ENGINE", "torch")
+        yield
+
+
 @pytest.fixture(autouse=True)
 def models_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Every test gets its own empty store, and never the user's."""

@@ -1,4 +1,5 @@
-"""The diffusers engine, run for real on the tiny random-weight Stable Diffusion 1.5."""
+"""The diffusers engine, run for real on the tiny random-weight Stable Diffusion 1.5, on its
+torch path as every test but test_openvino_draw.py's (which compares the two) draws."""
 
 from __future__ import annotations
 

@@ -39,14 +39,20 @@ IMAGE_TO_IMAGE_GUIDANCE, MIN_KEPT = 3.0, 0.85
 MIN_SHAPE = 0.8  # ... and in its shape (measured: 32/36 here, 40/48 by `draw.evaluate`)
 
 
-@pytest.fixture(scope="module")
-def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[limner.Client]:
-    """A server holding the toy as shipped, as the model "draw"."""
+@pytest.fixture(scope="module", params=["torch", "openvino"])
+def client(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[limner.Client]:
+    """A server holding the toy as shipped, as the model "draw", drawing on each engine."""
     store = Store(tmp_path_factory.mktemp("toy-draw") / "models")
     folder = weights("draw")
     files = {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
     add_model(store, "draw", files)
-    with ThreadServer(Scheduler(store, keep_alive=300.0)) as server:
+    with (
+        pytest.MonkeyPatch.context() as patch,
+        ThreadServer(Scheduler(store, keep_alive=300.0)) as server,
+    ):
+        patch.setenv("LIMNER_DRAW_ENGINE", request.param)
         yield limner.Client(server.url)
 
 

@@ -19,6 +19,7 @@ import copy
 import logging
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +87,10 @@ class OpenVinoDrawing:
             return self.core.read_model(path)
         log.info("converting %s to OpenVINO once (kept in %s)", path.stem, path.parent)
         graph_module = copy.deepcopy(module).float().eval()
-        with torch.no_grad():
+        # Tracing warns of every shape check it freezes; the sides it can draw are checked in
+        # _unet_call, so the warnings would only fill the log.
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
             graph = ov.convert_model(graph_module, example_input=example)
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = Path(tempfile.mkdtemp(prefix=".converting-", dir=path.parent))
