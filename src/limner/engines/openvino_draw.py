@@ -28,6 +28,7 @@ import openvino as ov
 import torch
 from diffusers.models.autoencoders.vae import DecoderOutput
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
+from torch.jit._trace import TracerWarning
 
 log = logging.getLogger("limner.openvino")
 
@@ -90,7 +91,7 @@ class OpenVinoDrawing:
         # Tracing warns of every shape check it freezes; the sides it can draw are checked in
         # _unet_call, so the warnings would only fill the log.
         with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            warnings.simplefilter("ignore", TracerWarning)
             graph = ov.convert_model(graph_module, example_input=example)
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = Path(tempfile.mkdtemp(prefix=".converting-", dir=path.parent))
