@@ -32,7 +32,7 @@ NEEDS_PROMPT = (
 FLAGS: tuple[tuple[str, type, str | None, str], ...] = (
     ("--width", int, None, "picture width in pixels, a multiple of 8"),
     ("--height", int, None, "picture height in pixels, a multiple of 8"),
-    ("--steps", int, None, "denoising steps, 1-150 (default 20)"),
+    ("--steps", int, None, "denoising steps, 1-150 (default: the model's; 1 for Turbo)"),
     ("--seed", int, None, "random seed, for the same picture again"),
     ("--negative", str, "TEXT", "what the picture should not show"),
     ("--guidance", float, "X", "how closely to follow the prompt (default 7.5)"),

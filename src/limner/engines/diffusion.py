@@ -41,8 +41,10 @@ A model with no IP-Adapter falls back to image-to-image from the first style pic
 
 Defaults: size = UNet sample_size x VAE scale factor (512 for SD 1.5, 768 for SD 2.x-v, 1024 for
 SDXL), or the input picture's size rounded down to a multiple of 8 (the picture is resized to
-the size drawn). Steps 20 (4 with "lcm"), guidance 7.5 (1.0 with "lcm": no classifier-free
-guidance). Schedulers are built fresh for every call from the model's scheduler config.
+the size drawn). Steps 20, guidance 7.5; with "lcm" 4 steps and guidance 1.0 (no classifier-
+free guidance); a distilled few-step model (its own scheduler Euler over trailing timesteps, as
+SD-Turbo and SDXL-Turbo ship) 1 step and guidance 0 (`drawing.sampling`). Schedulers are built
+fresh for every call from the model's scheduler config.
 
 Progress: `total` is the pipeline's own count of timesteps, which is `int(steps x strength)` for
 image-to-image and inpainting, and steps + 1 for PNDM (its first step evaluates twice). The
@@ -279,6 +281,8 @@ class DiffusionEngine:
         self.default_size = int(self.unet.config.sample_size) * self.scale_factor
         self.scheduler_config = pipe.scheduler.config
         self.scheduler_class: type[Any] = type(pipe.scheduler)
+        spacing = self.scheduler_config.get("timestep_spacing")
+        self.sampling = drawing.sampling(self.scheduler_class.__name__, spacing)
 
         # 2. The model's LoRAs, fused into the weights at their scale: no cost per step.
         self.loras = _fuse_loras(
@@ -469,7 +473,9 @@ class DiffusionEngine:
         the request's own limits are drawing.checked's, the VAE's scale is this model's."""
         request = drawing.checked(request)
         scheduler_name, scheduler = self._scheduler(request.scheduler)
-        steps, guidance = drawing.defaults(request, lcm=scheduler_name == "lcm")
+        steps, guidance = drawing.defaults(
+            request, "lcm" if scheduler_name == "lcm" else self.sampling
+        )
         for name, value in (("width", request.width), ("height", request.height)):
             if value % self.scale_factor:
                 raise InvalidRequest(

@@ -17,6 +17,10 @@ from limner.errors import InvalidRequest
 SCHEDULERS = ("euler", "euler a", "dpm++ 2m", "dpm++ 2m karras", "ddim", "lcm", "pndm", "unipc")
 DEFAULT_STEPS, LCM_STEPS, MAX_STEPS = 20, 4, 150
 DEFAULT_GUIDANCE, LCM_GUIDANCE, MAX_GUIDANCE = 7.5, 1.0, 100.0  # LCM: no classifier-free guidance
+# Steps and guidance by kind of sampling: a distilled few-step model (SD-Turbo, SDXL-Turbo)
+# draws in one step without classifier-free guidance; LCM in four with none.
+SAMPLING = {"": (DEFAULT_STEPS, DEFAULT_GUIDANCE), "lcm": (LCM_STEPS, LCM_GUIDANCE),
+            "turbo": (1, 0.0)}  # fmt: skip
 DEFAULT_STRENGTH = 0.75
 DEFAULT_STYLE_STRENGTH = 0.6
 MAX_SIDE = 4096  # Ollama's "width and height must be <= 4096"
@@ -37,8 +41,8 @@ class ImageRequest:
     negative_prompt: str = ""
     width: int = 0  # 0: the model's default size (or the init picture's)
     height: int = 0
-    steps: int = 0  # 0: the scheduler's default (DEFAULT_STEPS, LCM_STEPS)
-    guidance_scale: float | None = None  # None: the scheduler's default
+    steps: int = 0  # 0: the model's default (SAMPLING)
+    guidance_scale: float | None = None  # None: the model's default
     seed: int = -1  # -1: random; the seed used is reported in the result
     scheduler: str = ""  # "": the model's own; else a name from SCHEDULERS
     strength: float = DEFAULT_STRENGTH  # image-to-image and inpainting: how much to change
@@ -81,11 +85,21 @@ def checked(request: ImageRequest) -> ImageRequest:
     return replace(request, scheduler=scheduler)
 
 
-def defaults(request: ImageRequest, lcm: bool) -> tuple[int, float]:
-    """Steps and guidance, the request's or the defaults of the scheduler that runs."""
-    steps = request.steps or (LCM_STEPS if lcm else DEFAULT_STEPS)
-    guidance = request.guidance_scale
-    return steps, (LCM_GUIDANCE if lcm else DEFAULT_GUIDANCE) if guidance is None else guidance
+def sampling(scheduler_class: str, timestep_spacing: str | None) -> str:
+    """A model's kind of sampling, read from its scheduler config: "lcm" for an LCM scheduler,
+    "turbo" for Euler over trailing timesteps (how SD-Turbo and SDXL-Turbo ship theirs), ""
+    for any other."""
+    if scheduler_class == "LCMScheduler":
+        return "lcm"
+    euler = scheduler_class in ("EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler")
+    return "turbo" if euler and timestep_spacing == "trailing" else ""
+
+
+def defaults(request: ImageRequest, kind: str) -> tuple[int, float]:
+    """Steps and guidance, the request's or those of the kind of sampling that runs."""
+    steps, guidance = SAMPLING[kind]
+    given = request.guidance_scale
+    return request.steps or steps, guidance if given is None else given
 
 
 def check_strength(strength: float, steps: int, redraws: bool = True) -> None:

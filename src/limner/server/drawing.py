@@ -21,7 +21,7 @@ from PIL import Image
 
 from limner import config, pictures
 from limner.engines import ImageRequest, ImageResult, Progress, drawing
-from limner.engines.drawing import DEFAULT_STEPS, DEFAULT_STRENGTH, DEFAULT_STYLE_STRENGTH
+from limner.engines.drawing import DEFAULT_STRENGTH, DEFAULT_STYLE_STRENGTH, MAX_STEPS
 from limner.errors import InvalidRequest, TooLarge
 from limner.server.state import State
 from limner.server.streaming import created_at
@@ -47,7 +47,7 @@ def check(body: GenerateRequest, model_config: dict[str, Any]) -> ImageRequest:
     request = drawing.checked(
         ImageRequest(
             prompt=body.prompt or "", negative_prompt=body.negative_prompt or "",
-            width=width, height=height, steps=body.steps or DEFAULT_STEPS,
+            width=width, height=height, steps=_steps(body.steps),
             guidance_scale=body.guidance_scale, seed=seed, scheduler=body.scheduler or "",
             strength=DEFAULT_STRENGTH if body.strength is None else body.strength,
             image=init_bytes, style_strength=_given(body.style_strength, DEFAULT_STYLE_STRENGTH),
@@ -60,6 +60,13 @@ def check(body: GenerateRequest, model_config: dict[str, Any]) -> ImageRequest:
         for number, encoded in enumerate(body.style_images or [], 1)
     ]
     return request
+
+
+def _steps(steps: int | None) -> int:
+    """The steps asked for; absent is 0, the model's default (20, or 1 for a Turbo model)."""
+    if steps is not None and not 1 <= steps <= MAX_STEPS:
+        raise InvalidRequest(f"steps must be between 1 and {MAX_STEPS}, got {steps}")
+    return steps or 0
 
 
 def _given(value: float | None, default: float) -> float:

@@ -15,7 +15,7 @@ from anyio import to_thread
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
-from limner.engines import check_parameters
+from limner.engines import check_parameters, drawing
 from limner.errors import InvalidRequest, ModelNotFound
 from limner.names import ModelName
 from limner.server import train
@@ -101,13 +101,28 @@ async def show(request: Request) -> Response:
         system=model.system,
         details=details(model.config),
         messages=model.messages or None,
-        model_info=model.config.get("model_info", {}),
+        model_info=_with_drawing_defaults(model),
         projector_info=model.config.get("projector_info") or None,
         capabilities=[c for c in Capability if model.can(c)],  # Ollama's order
         modified_at=model.modified_at,
         training=store.json_layer(model.manifest, m.TRAINING),
     )
     return JSONResponse(reply.wire() | {"model_info": reply.model_info})
+
+
+def _with_drawing_defaults(model: Described) -> dict[str, Any]:
+    """model_info, with a drawing model's default steps and guidance as its engine reads them
+    from its scheduler (a Turbo model: 1 step, guidance 0)."""
+    info = dict(model.config.get("model_info", {}))
+    family = model.family
+    if model.draws and f"{family}.scheduler" in info:
+        kind = drawing.sampling(
+            str(info[f"{family}.scheduler"]), info.get(f"{family}.timestep_spacing")
+        )
+        info[f"{family}.default_steps"], info[f"{family}.default_guidance_scale"] = (
+            drawing.SAMPLING[kind]
+        )
+    return info
 
 
 def _file_text(store: Store, manifest: m.Manifest, name: str) -> str | None:

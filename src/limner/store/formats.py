@@ -114,10 +114,11 @@ def _diffusers_config(kinds: dict[str, tuple[str, Path]], weights: list[Path]) -
         data: dict[str, Any] = json.loads(entry[1].read_text()) if entry else {}
         return data
 
-    index, unet, vae = (
+    index, unet, vae, scheduler = (
         component("model_index.json"),
         component("unet/config.json"),
         component("vae/config.json"),
+        component("scheduler/scheduler_config.json"),
     )
     pipeline = index.get("_class_name", "")
     if not pipeline.startswith("StableDiffusion") or not unet:
@@ -138,6 +139,9 @@ def _diffusers_config(kinds: dict[str, tuple[str, Path]], weights: list[Path]) -
         f"{family}.unet.in_channels": unet.get("in_channels", 4),
         f"{family}.inpainting_unet": unet.get("in_channels", 4) == 9,
         f"{family}.ip_adapter": style,
+        # What the engine reads its default steps and guidance from (drawing.sampling).
+        f"{family}.scheduler": scheduler.get("_class_name"),
+        f"{family}.timestep_spacing": scheduler.get("timestep_spacing"),
     }
     return _drawing_config("diffusers", family, weights, default_size, info)
 
