@@ -24,13 +24,18 @@ def tiny_turbo(folder: Path) -> Path:
     scheduler = json.loads(config.read_text())
     scheduler.update(_class_name="EulerDiscreteScheduler", timestep_spacing="trailing")
     config.write_text(json.dumps(scheduler))
+    index = json.loads((folder / "model_index.json").read_text())
+    index["scheduler"] = ["diffusers", "EulerDiscreteScheduler"]  # what diffusers builds
+    (folder / "model_index.json").write_text(json.dumps(index))
     return folder
 
 
 def test_a_turbo_model_draws_in_one_step_without_guidance_unless_asked(
     server: Any, store: Store, tmp_path: Path
 ) -> None:
-    add_model(store, "turbo", {rel: p.read_bytes() for rel, p in folder_files(tiny_turbo(tmp_path / "t"))})
+    add_model(
+        store, "turbo", {rel: p.read_bytes() for rel, p in folder_files(tiny_turbo(tmp_path / "t"))}
+    )
     client = limner.Client(server.url)
     info = client.show("turbo").model_info
     assert info["stable-diffusion.default_steps"] == 1
@@ -48,7 +53,9 @@ def test_a_turbo_model_draws_in_one_step_without_guidance_unless_asked(
 
 
 def test_zero_steps_is_a_400_not_the_default(server: Any, store: Store, tmp_path: Path) -> None:
-    add_model(store, "turbo", {rel: p.read_bytes() for rel, p in folder_files(tiny_turbo(tmp_path / "t"))})
+    add_model(
+        store, "turbo", {rel: p.read_bytes() for rel, p in folder_files(tiny_turbo(tmp_path / "t"))}
+    )
     reply = httpx.post(f"{server.url}/api/generate",
                        json={"model": "turbo", "prompt": "a cat", "steps": 0})  # fmt: skip
     assert reply.status_code == 400

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 from pathlib import Path
 from typing import Any
 
@@ -93,3 +94,11 @@ def test_errors_come_in_openais_error_shape(client: openai.OpenAI, store: Store)
             and text in body["message"]
             and body["type"] in ("invalid_request_error", "not_found_error")
         )
+
+
+def test_n_pictures_from_the_last_seed_wrap_round_to_seed_0(client: openai.OpenAI) -> None:
+    last = 2**64 - 1
+    result = client.images.generate(model="draw", prompt="a lighthouse", size="48x32", n=2,
+                                    extra_body={"seed": last})  # fmt: skip
+    seeds = [json.loads(decoded(item.b64_json).info["limner"])["seed"] for item in result.data]
+    assert seeds == [last, 0]

@@ -108,3 +108,60 @@ def test_encoding_a_picture_does_not_load_pillow() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def mpo(first: str = "red", second: str = "blue") -> bytes:
+    """A multi-picture JPEG, as phones and cameras write them."""
+    buffer = io.BytesIO()
+    frames = [Image.new("RGB", (32, 24), first), Image.new("RGB", (32, 24), second)]
+    frames[0].save(buffer, format="MPO", save_all=True, append_images=frames[1:])
+    return buffer.getvalue()
+
+
+def turned_jpeg(orientation: int = 6) -> bytes:
+    """A 32x24 JPEG, left half red, whose EXIF says the camera was turned."""
+    picture = Image.new("RGB", (32, 24), "blue")
+    picture.paste("red", (0, 0, 16, 24))
+    exif = Image.Exif()
+    exif[pictures.ORIENTATION] = orientation
+    buffer = io.BytesIO()
+    picture.save(buffer, format="JPEG", exif=exif, quality=95)
+    return buffer.getvalue()
+
+
+def test_an_mpo_is_read_as_its_first_picture() -> None:
+    data = mpo()
+    assert Image.open(io.BytesIO(data)).format == "MPO"
+    assert pictures.check(data, "picture 1").getpixel((5, 5))[0] > 200  # red, the first
+    fixed = Image.open(io.BytesIO(pictures.upright(data, "picture 1")))
+    assert fixed.format == "PNG" and fixed.size == (32, 24) and fixed.getpixel((5, 5))[0] > 200
+    assert pictures.open_rgb(data, "picture 1").getpixel((5, 5))[0] > 200
+
+
+def test_a_turned_jpeg_is_seen_upright_and_others_pass_unchanged() -> None:
+    data = turned_jpeg(6)  # the camera turned 90 degrees: the picture stands 24x32
+    for seen in (pictures.check(data, "p"), pictures.open_rgb(data, "p"),
+                 Image.open(io.BytesIO(pictures.upright(data, "p")))):  # fmt: skip
+        assert seen.size == (24, 32)
+        assert seen.getpixel((12, 5))[0] > 200 and seen.getpixel((12, 28))[2] > 200  # red on top
+    plain = encoded("JPEG")
+    assert pictures.upright(plain, "p") is plain  # nothing to turn: the bytes as sent
+    assert pictures.upright(turned_jpeg(1), "p") == turned_jpeg(1)
+
+
+def test_the_server_hands_engines_upright_single_pictures(server: object, store: object) -> None:
+    import httpx
+
+    from helpers import add_fake, add_fake_draw
+
+    add_fake(store, "fake")  # type: ignore[arg-type]
+    add_fake_draw(store, "draw")  # type: ignore[arg-type]
+    url = server.url  # type: ignore[attr-defined]
+    turned = base64.b64encode(turned_jpeg(6)).decode()
+    drawn = httpx.post(f"{url}/api/generate", json={
+        "model": "draw", "prompt": "a cat", "images": [turned], "stream": False,
+    }).json()  # fmt: skip
+    assert Image.open(io.BytesIO(base64.b64decode(drawn["image"]))).size == (24, 32)
+    ask = {"role": "user", "content": "hi", "images": [base64.b64encode(mpo()).decode()]}
+    seen = httpx.post(f"{url}/api/chat", json={"model": "fake", "messages": [ask], "stream": False})
+    assert seen.status_code == 200 and seen.json()["message"]["content"].startswith("I see 1")

@@ -28,7 +28,10 @@ from limner.errors import InvalidImage, InvalidRequest, TooLarge
 if TYPE_CHECKING:  # Pillow loads on the first decode: the CLI and the SDK only encode
     from PIL import Image
 
+# Pillow's decoders a picture may reach. An MPO (a JPEG with more pictures after the first, as
+# phones and cameras write) opens through the JPEG one, and is read as the JPEG it starts with.
 FORMATS = ("PNG", "JPEG", "WEBP")
+ORIENTATION = 0x0112  # the EXIF tag that says how the camera was held
 SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 REFERENCE = re.compile(r"sha256[:-]([0-9a-f]{64})")
 # The uploaded blob a digest names (None: not uploaded), set by the server for each request.
@@ -126,12 +129,42 @@ def check_count(count: int) -> None:
 
 
 def check(data: bytes, label: str) -> Image.Image:
-    """The decoded picture, or InvalidImage / TooLarge: it must be a whole PNG, JPEG or WebP
-    within the pixel limit (format and size read from the header before decoding)."""
+    """The decoded picture, upright, or InvalidImage / TooLarge: it must be a whole PNG, JPEG
+    or WebP within the pixel limit (format and size read from the header before decoding)."""
     with _decoding(data, label):
         image = _opened(data, label)
         image.load()
-        return image
+        return _upright(image)
+
+
+def upright(data: bytes, label: str) -> bytes:
+    """The picture's bytes as every engine should read them, checked as `check` does: a JPEG
+    whose EXIF says the camera was turned comes back turned upright, an MPO as its first
+    picture (both as PNG); any other picture comes back as it was sent."""
+    with _decoding(data, label):
+        image = _opened(data, label)
+        image.load()
+        if image.format != "MPO" and not _turned(image):
+            return data
+        fixed = _upright(image)
+        if fixed.mode not in ("RGB", "RGBA", "L", "LA", "P"):
+            fixed = fixed.convert("RGB")  # CMYK and YCbCr JPEGs: PNG holds neither
+        buffer = io.BytesIO()
+        fixed.save(buffer, format="PNG")
+        return buffer.getvalue()
+
+
+def _turned(image: Image.Image) -> bool:
+    return image.getexif().get(ORIENTATION, 1) not in (0, 1)
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """The picture as the camera saw it (EXIF orientation applied), first frame only."""
+    from PIL import ImageOps
+
+    if not _turned(image):
+        return image.copy() if image.format == "MPO" else image
+    return ImageOps.exif_transpose(image)
 
 
 def check_header(data: bytes, label: str) -> None:
@@ -143,8 +176,9 @@ def check_header(data: bytes, label: str) -> None:
 def open_rgb(data: bytes, label: str) -> Image.Image:
     """The picture decoded to RGB (engines); palette transparency goes through RGBA, or
     Pillow warns and guesses."""
-    with _decoding(data, label), _opened(data, label) as image:
-        image.load()
+    with _decoding(data, label), _opened(data, label) as opened:
+        opened.load()
+        image = _upright(opened)
         if image.mode == "P" and "transparency" in image.info:
             return image.convert("RGBA").convert("RGB")
         return image.convert("RGB")

@@ -68,7 +68,9 @@ def resolving_to(address: str) -> Any:
 @pytest.mark.parametrize(
     "address",
     ["127.0.0.1", "10.1.2.3", "172.16.0.9", "192.168.1.1", "169.254.169.254", "100.64.0.1",
-     "0.0.0.0", "::1", "fe80::1", "fd00::1", "224.0.0.1", "::ffff:127.0.0.1"],
+     "0.0.0.0", "::1", "fe80::1", "fd00::1", "224.0.0.1", "::ffff:127.0.0.1",
+     # IPv6 forms that carry a private IPv4 address, and the old site-local space
+     "::7f00:1", "2002:7f00:1::", "64:ff9b::7f00:1", "64:ff9b::a9fe:a9fe", "fec0::1"],
 )  # fmt: skip
 def test_names_that_resolve_to_private_addresses_are_refused(
     address: str, monkeypatch: pytest.MonkeyPatch
@@ -89,3 +91,10 @@ def test_public_addresses_pass(address: str, monkeypatch: pytest.MonkeyPatch) ->
 def test_limner_pull_private_allows_local_registries(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LIMNER_PULL_PRIVATE", "1")
     check_public("http://127.0.0.1:5000/v2/", "pull")
+
+
+def test_a_pull_name_with_an_octal_ipv4_literal_is_a_400(server: Any) -> None:
+    body = {"model": "0177.0.0.1:18100/library/see", "insecure": True, "stream": False}
+    reply = httpx.post(f"{server.url}/api/pull", json=body, timeout=30)
+    assert reply.status_code == 400, reply.text
+    assert "0177.0.0.1" in reply.json()["error"]

@@ -269,8 +269,10 @@ def _metadata_captions(files: dict[str, bytes], pictures: set[str]) -> dict[str,
 def _metadata_line(line: str, where: str) -> tuple[str, str]:
     try:
         entry = json.loads(line)
-    except json.JSONDecodeError as error:
-        raise InvalidRequest(f"{where} is not JSON: {error}") from error
+    except RecursionError:
+        raise InvalidRequest(f"{where} is nested too deeply") from None
+    except ValueError as error:  # JSONDecodeError, or a number of more than 4300 digits
+        raise InvalidRequest(f"{where} is not JSON we can read: {_json_problem(error)}") from None
     file_name = entry.get("file_name") if isinstance(entry, dict) else None
     caption = entry.get("text", "") if isinstance(entry, dict) else None
     if not isinstance(file_name, str) or not isinstance(caption, str):
@@ -278,6 +280,13 @@ def _metadata_line(line: str, where: str) -> tuple[str, str]:
     if not _inside(file_name) or "\\" in file_name:
         raise InvalidRequest(f"{where}: file_name {file_name!r} points outside the dataset")
     return posixpath.normpath(file_name), caption.strip()
+
+
+def _json_problem(error: ValueError) -> str:
+    """What json.loads refused, in words that do not point at Python's settings."""
+    if "integer string conversion" in str(error):
+        return "a number has more than 4300 digits"
+    return str(error)
 
 
 # --- Requests ----------------------------------------------------------------------------

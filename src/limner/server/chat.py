@@ -126,9 +126,10 @@ def require_asked(model: Described, tools: list[Any] | None, think: bool | str |
 def _wire_message(message: dict[str, Any], label: str) -> Message:
     """A message for the runner: role lower-cased, pictures decoded and checked, the tool
     calls of an earlier answer kept."""
-    images = pictures.decode_base64(message.get("images") or [], label)
-    for number, data in enumerate(images, 1):
-        pictures.check(data, f"{label} picture {number}")
+    images = [
+        pictures.upright(data, f"{label} picture {number}")
+        for number, data in enumerate(pictures.decode_base64(message.get("images") or [], label), 1)
+    ]
     calls = [ToolCall(c["function"]["name"], c["function"].get("arguments") or {})
              for c in message.get("tool_calls") or []]  # fmt: skip
     role, content = message["role"].lower(), message.get("content") or ""

@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import UploadFile
 
 from limner import pictures
+from limner.engines.drawing import MAX_SEED
 from limner.errors import InvalidRequest, LimnerError
 from limner.server import drawing
 from limner.server.state import State, loads
@@ -112,7 +113,8 @@ async def _draw(
         raise InvalidRequest(f"n must be between 1 and {MAX_IMAGES_PER_REQUEST}")
     data = []
     for index in range(count):
-        seed = checked.seed + index if checked.seed >= 0 else -1  # n pictures, n seeds
+        # n pictures, n seeds; past the last 64-bit seed they wrap round to 0, 1...
+        seed = (checked.seed + index) % MAX_SEED if checked.seed >= 0 else -1
         each = dataclasses.replace(checked, seed=seed)
         async for step in drawing.draw(state, model, each, keep_alive=None):
             if isinstance(step, drawing.Drawn):

@@ -58,4 +58,8 @@ def loads(raw: bytes) -> Any:
         raise InvalidRequest("invalid JSON in the request body: a lone surrogate") from None
     except RecursionError:
         raise InvalidRequest("invalid JSON in the request body: nested too deeply") from None
+    except ValueError:  # json.loads refuses integers of more than 4300 digits
+        raise InvalidRequest(
+            "invalid JSON in the request body: a number has more than 4300 digits"
+        ) from None
     return data

@@ -140,7 +140,7 @@ def _diffusers_config(kinds: dict[str, tuple[str, Path]], weights: list[Path]) -
         f"{family}.inpainting_unet": unet.get("in_channels", 4) == 9,
         f"{family}.ip_adapter": style,
         # What the engine reads its default steps and guidance from (drawing.sampling).
-        f"{family}.scheduler": scheduler.get("_class_name"),
+        f"{family}.scheduler": (index.get("scheduler") or [None, scheduler.get("_class_name")])[-1],
         f"{family}.timestep_spacing": scheduler.get("timestep_spacing"),
     }
     return _drawing_config("diffusers", family, weights, default_size, info)

@@ -31,8 +31,38 @@ def check_public(url: httpx.URL | str, what: str) -> None:
         return  # unresolvable: the request itself fails and says so
     for *_, address in found:
         ip = ipaddress.ip_address(str(address[0]).split("%")[0])
-        if not ip.is_global or ip.is_multicast:
+        if not all(_public(each) for each in _with_embedded(ip)):
             raise InvalidRequest(
                 f"{what}: {host} is a private or local address ({ip}); limner pulls only "
                 "from public addresses unless LIMNER_PULL_PRIVATE=1 allows local registries"
             )
+
+
+NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+IPV4_COMPATIBLE = ipaddress.ip_network("::/96")  # ::a.b.c.d, deprecated but still routed
+
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def _with_embedded(ip: Address) -> list[Address]:
+    """The address and every IPv4 address an IPv6 one carries (mapped, IPv4-compatible, 6to4,
+    Teredo, NAT64): `[64:ff9b::a9fe:a9fe]` reaches 169.254.169.254 as surely as it does."""
+    if isinstance(ip, ipaddress.IPv4Address):
+        return [ip]
+    found: list[Address] = [ip]
+    last32 = ipaddress.IPv4Address(ip.packed[12:])
+    if ip.ipv4_mapped:
+        found.append(ip.ipv4_mapped)
+    if ip.sixtofour:
+        found.append(ip.sixtofour)
+    if ip.teredo:
+        found.extend(ip.teredo)
+    if ip in IPV4_COMPATIBLE or any(ip in net for net in NAT64):
+        found.append(last32)
+    return found
+
+
+def _public(ip: Address) -> bool:
+    local = isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local  # fec0::/10, old
+    return ip.is_global and not ip.is_multicast and not local

@@ -169,7 +169,12 @@ class _Registry:
 
     def __init__(self, host: str, scheme: str, insecure: bool, token: str | None = None) -> None:
         self.host, self.scheme, self.insecure = host, scheme, insecure
-        self.origin = httpx.URL(f"{scheme}://{host}")
+        try:
+            self.origin = httpx.URL(f"{scheme}://{host}")
+        except httpx.InvalidURL as error:  # 0177.0.0.1: an octal IPv4 literal httpx refuses
+            raise InvalidRequest(
+                f"pull: {host} is not an address limner can reach ({error})"
+            ) from None
         self.token = token
         self._lock = threading.Lock()
         self.http = httpx.Client(
