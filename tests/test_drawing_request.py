@@ -45,11 +45,20 @@ def test_a_request_within_every_limit_comes_back_with_its_scheduler_named_plainl
     )
 
 
-def test_the_defaults_follow_the_scheduler_that_runs() -> None:
-    assert drawing.defaults(ImageRequest("x"), lcm=False) == (20, 7.5)
-    assert drawing.defaults(ImageRequest("x"), lcm=True) == (4, 1.0)  # no classifier-free guidance
+def test_the_defaults_follow_the_kind_of_sampling_that_runs() -> None:
+    assert drawing.defaults(ImageRequest("x"), "") == (20, 7.5)
+    assert drawing.defaults(ImageRequest("x"), "lcm") == (4, 1.0)  # no classifier-free guidance
+    assert drawing.defaults(ImageRequest("x"), "turbo") == (1, 0.0)
     given = ImageRequest("x", steps=9, guidance_scale=0.0)
-    assert drawing.defaults(given, lcm=True) == (9, 0.0)
+    assert drawing.defaults(given, "lcm") == (9, 0.0)
+
+
+def test_the_kind_of_sampling_is_read_from_the_models_scheduler() -> None:
+    assert drawing.sampling("LCMScheduler", "leading") == "lcm"
+    assert drawing.sampling("EulerDiscreteScheduler", "trailing") == "turbo"  # SD-Turbo
+    assert drawing.sampling("EulerAncestralDiscreteScheduler", "trailing") == "turbo"  # SDXL-Turbo
+    assert drawing.sampling("EulerDiscreteScheduler", "leading") == ""  # SDXL base
+    assert drawing.sampling("PNDMScheduler", None) == ""  # SD 1.5
 
 
 def test_a_request_without_a_picture_has_its_strength_checked_but_needs_no_steps_from_it() -> None:

@@ -140,3 +140,53 @@ def test_limner_check_reports_and_repairs_without_losing_a_readable_manifest(
     assert not (store.blobs.root / ".incoming-abc").exists()
     assert store.find(store.resolve("good")) is not None
     assert "problem: blob" in out and "is missing" in out
+
+
+def leave_leftovers(store: Store) -> list[Path]:
+    """What kills leave: a blob, a manifest, a conversion and a training cut short."""
+    store.blobs.root.mkdir(parents=True, exist_ok=True)
+    (store.blobs.root / ".incoming-abc").write_bytes(b"half a blob")
+    folder = store.manifests / "registry.ollama.ai" / "library" / "m"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / ".manifest-xyz").write_text("{")
+    (store.root / ".training-1").mkdir()
+    (store.root / ".training-1" / "checkpoint.safetensors").write_bytes(b"x")
+    (store.root / ".convert-2").mkdir()
+    partial = store.blobs.root / ("sha256-" + "0" * 64 + "-partial")
+    partial.write_bytes(b"resumable")
+    return [store.blobs.root / ".incoming-abc", folder / ".manifest-xyz",
+            store.root / ".training-1", store.root / ".convert-2"]  # fmt: skip
+
+
+def test_a_server_removes_leftovers_when_it_takes_the_store(store: Store) -> None:
+    from helpers import ThreadServer
+    from limner.scheduler import Scheduler
+
+    left = leave_leftovers(store)
+    with ThreadServer(Scheduler(store)):
+        assert not any(path.exists() for path in left)
+        assert store.in_use()
+    assert not store.in_use()
+    assert list(store.blobs.root.glob("*-partial")), "a partial pull is kept for its resume"
+
+
+def test_a_second_server_leaves_the_first_ones_files_alone(store: Store) -> None:
+    from helpers import ThreadServer
+    from limner.scheduler import Scheduler
+
+    held = store.hold()  # another server, in this test's place
+    assert held is not None
+    left = leave_leftovers(store)
+    with ThreadServer(Scheduler(store)):
+        assert all(path.exists() for path in left)
+    held.close()
+
+
+def test_limner_check_without_a_server_reports_fresh_leftovers(store: Store, capsys: Any) -> None:
+    from limner.cli.main import main
+
+    add_fake(store, "good")
+    leave_leftovers(store)
+    assert main(["check"]) == 1  # written a moment ago, and yet no server is writing them
+    out = capsys.readouterr().out
+    assert "leftover temporary .training-1" in out and "the store is consistent" not in out

@@ -107,6 +107,9 @@ def test_the_read_only_token_reads_and_runs_but_never_changes_the_store(
         ("evil.example:11434", False),
         ("localhost.evil.example", False),
         ("127.0.0.1.nip.io", False),
+        ("localhost:11434@evil.example", False),  # not a Host at all: never cut down to a name
+        ("[::1]evil.example", False),
+        ("localhost:11434/evil", False),
         ("localhost", True),
         ("localhost:11434", True),
         ("app.localhost", True),

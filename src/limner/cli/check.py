@@ -1,8 +1,9 @@
 """`limner check [--repair]`: verify the local model store (LIMNER_MODELS), offline.
 
 It reads the store directly, as an fsck does, so it works while the server is down: after a
-crash is when it is needed. With a server running, temporary files younger than an hour are
-left alone (the server may be writing them).
+crash is when it is needed. While a server holds this store (its lock file), temporary files
+younger than an hour are left alone (the server may be writing them); a server removes the
+older ones itself when it starts.
 """
 
 from __future__ import annotations
@@ -27,14 +28,13 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run(args: argparse.Namespace) -> int:
-    from limner.client import Client
     from limner.store import Store
     from limner.store.check import check
 
     store = Store(config.models())
-    grace = RUNNING_GRACE if Client().is_running() else 0.0
+    grace = RUNNING_GRACE if store.in_use() else 0.0
     if grace:
-        print("a server is running: temporary files younger than an hour are left alone")
+        print("a server is using this store: temporary files younger than an hour are left alone")
     report = check(store, repair=args.repair, grace=grace)
     print(f"checked {report.manifests} manifest(s) and {report.blobs} blob(s) in {store.root}")
     for line in report.repaired:
@@ -44,5 +44,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"problem: {line}")
     for name in report.partial_pulls:
         print(f"kept for the next pull to resume: {name}")
+    for where in report.in_progress:
+        print(f"being written by the server, or left by a write it lost (removed when it next "
+              f"starts): {where}")  # fmt: skip
     print("the store is consistent" if not remaining else f"{len(remaining)} problem(s)")
     return 0 if not remaining else 1

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import json
+import re
 import socket
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -61,9 +62,11 @@ class Access:
         await self.app(scope, receive, send)
 
     def host_allowed(self, host: str) -> bool:
-        name = _hostname(host)
-        if not name:
+        if not host.strip():
             return True  # HTTP/1.0 clients send no Host; rebinding needs one
+        name = _hostname(host)
+        if name is None:
+            return False  # `localhost:1@evil.example`, `[::1]evil.example`: no Host at all
         if _is_ip(name) or name in LOOPBACK_NAMES or name.endswith(".localhost"):
             return True
         return name in self.hosts
@@ -83,11 +86,17 @@ def _changes_store(method: str, path: str) -> bool:
     return (method, path) in WRITES or (method == "POST" and path.startswith("/api/blobs/"))
 
 
-def _hostname(host: str) -> str:
-    host = host.strip().lower()
-    if host.startswith("["):  # [::1]:11434
-        return host[1 : host.find("]")] if "]" in host else host
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+# A Host header as RFC 9110 has it: a name or IPv4 literal, or an IPv6 literal in brackets,
+# then an optional port. Anything else is refused rather than cut down to a name.
+HOST = re.compile(r"(?:\[(?P<ipv6>[0-9a-f:.]+)\]|(?P<name>[a-z0-9._-]+))(?::\d{1,5})?")
+
+
+def _hostname(host: str) -> str | None:
+    """The name or address a Host header names, or None when it is malformed."""
+    found = HOST.fullmatch(host.strip().lower())
+    if found is None:
+        return None
+    return found.group("ipv6") or found.group("name")
 
 
 def _is_ip(name: str) -> bool:

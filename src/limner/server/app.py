@@ -12,7 +12,7 @@ import logging
 import math
 from collections.abc import AsyncIterator
 from importlib.metadata import version as package_version
-from typing import Any
+from typing import IO, Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -40,6 +40,7 @@ from limner.server.connections import SHUTDOWN, ClientGone, Concurrency, Limits,
 from limner.server.origins import OriginCheck, origin_pattern
 from limner.server.state import State
 from limner.store import Store
+from limner.store.check import remove_leftovers
 
 log = logging.getLogger("limner.server")
 
@@ -58,9 +59,12 @@ def version() -> str:
 def create_app(store: Store, scheduler: Scheduler) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        held = await asyncio.to_thread(_take_store, store)
         pruning = asyncio.create_task(_prune_pictures(store))
         yield
         pruning.cancel()
+        if held is not None:
+            held.close()
         await app.state.limner.trainings.close()  # a training keeps its last checkpoint
         await scheduler.close()  # SIGINT/SIGTERM: every runner stops with the server
 
@@ -155,6 +159,19 @@ class UploadedPictures:
             await self.app(scope, receive, send)
         finally:
             pictures.uploaded.reset(token)
+
+
+def _take_store(store: Store) -> IO[bytes] | None:
+    """Hold the store for this server and remove what earlier processes left half-written."""
+    held = store.hold()
+    if held is None:
+        log.warning("another server uses %s; its temporary files are left to it", store.root)
+        return None
+    removed = remove_leftovers(store)
+    if removed:
+        log.info("removed %d leftover temporary file(s) of an earlier run: %s", len(removed),
+                 ", ".join(removed))  # fmt: skip
+    return held
 
 
 async def _prune_pictures(store: Store) -> None:

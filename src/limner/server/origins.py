@@ -20,8 +20,12 @@ DEFAULT_ORIGINS = [
 
 
 def origin_pattern(extra: list[str]) -> re.Pattern[str]:
-    """One regex for every allowed origin; `*` matches anything."""
-    alternatives = [re.escape(origin).replace(r"\*", ".*") for origin in DEFAULT_ORIGINS + extra]
+    """One regex for every allowed origin; `:*` matches any port (digits only, so that
+    `http://localhost:80.evil.example` is not localhost), any other `*` anything."""
+    alternatives = [
+        re.escape(origin).replace(r":\*", r":\d{1,5}").replace(r"\*", ".*")
+        for origin in DEFAULT_ORIGINS + extra
+    ]
     return re.compile("^(?:" + "|".join(alternatives) + ")$")
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from limner.names import ModelName
 from limner.store.blobs import file_digest
 from limner.store.manifests import Manifest
-from limner.store.store import Store
+from limner.store.store import DERIVED, Store
 
 TEMPORARY_PREFIXES = (".incoming-", ".convert-", ".training-")
 PARTIAL = "-partial"  # registry.py's resumable pulls: sha256-<hex>-partial and its parts
@@ -35,6 +35,8 @@ class Report:
     problems: list[str] = field(default_factory=list)
     repaired: list[str] = field(default_factory=list)
     partial_pulls: list[str] = field(default_factory=list)  # kept: the next pull resumes them
+    # younger than the grace: being written, or left by an operation the server lost
+    in_progress: list[str] = field(default_factory=list)
 
 
 def check(store: Store, repair: bool = False, grace: float = 0.0) -> Report:
@@ -96,9 +98,10 @@ def _check_blobs(store: Store, named: dict[str, list[str]], report: Report, repa
 def _check_temporary(store: Store, report: Report, repair: bool, grace: float) -> None:
     now = time.time()
     for path in _temporary(store):
-        if now - path.stat().st_mtime < grace:
-            continue
         where = "/".join(path.relative_to(store.root).parts)
+        if now - path.stat().st_mtime < grace:
+            report.in_progress.append(where)
+            continue
         report.problems.append(f"leftover temporary {where}")
         if repair:
             if path.is_dir():
@@ -120,7 +123,18 @@ def _temporary(store: Store) -> list[Path]:
             found += [p for p in folder.iterdir() if p.name.startswith(TEMPORARY_PREFIXES)]
     if store.manifests.is_dir():
         found += [p for p in store.manifests.rglob(".manifest-*") if p.is_file()]
+    derived = store.root / DERIVED
+    if derived.is_dir():  # an engine's conversion cut short (openvino_draw.py)
+        found += [p for p in derived.rglob(".converting-*") if p.is_dir()]
     return sorted(found)
+
+
+def remove_leftovers(store: Store) -> list[str]:
+    """Remove every temporary file in the store: for a server that has just taken it (so no
+    write of its own is in flight, and no other server's can be). Partial pulls stay."""
+    report = Report()
+    _check_temporary(store, report, repair=True, grace=0.0)
+    return report.repaired
 
 
 def _quarantine(store: Store, path: Path) -> None:

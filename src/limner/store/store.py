@@ -8,6 +8,7 @@ manifest uses.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -17,7 +18,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from limner import pictures
 from limner.errors import InvalidRequest, ModelNotFound
@@ -26,6 +27,7 @@ from limner.store.blobs import BlobStore
 from limner.store.manifests import GGUF_MODEL, GGUF_PROJECTOR, MODEL, PROJECTOR, Manifest
 
 DERIVED = "derived"  # beside blobs/ and manifests/: what engines derive once from a model
+LOCK = ".lock"  # held by the server that uses the store (Store.hold)
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,29 @@ class Store:
         self.root = root
         self.blobs = BlobStore(root / "blobs")
         self.manifests = root / "manifests"
+
+    # --- who uses it ---
+
+    def hold(self) -> IO[bytes] | None:
+        """Take the store for one server: an open lock file to keep for the server's life, or
+        None when another server holds it. While held, every temporary file in the store is
+        this process's own, so one left from before it is a leftover."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        lock = (self.root / LOCK).open("ab")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            return None
+        return lock
+
+    def in_use(self) -> bool:
+        """Whether a server holds the store now (`hold`)."""
+        held = self.hold()
+        if held is None:
+            return True
+        held.close()
+        return False
 
     # --- lookup ---
 
