@@ -216,12 +216,9 @@ class Store:
         """Delete uploaded pictures that no model uses and no request has named for
         `idle_seconds`; other unused blobs (files uploaded for a model still to be created)
         stay. Returns the digests deleted."""
-        used: set[str] = set()
-        for path in self._manifest_files():
-            try:
-                used |= Manifest.model_validate_json(path.read_bytes()).digests()
-            except ValueError:
-                return []  # what it uses cannot be told: nothing is deleted
+        used = self._used_digests()
+        if used is None:
+            return []  # what the models use cannot be told: nothing is deleted
         deadline = time.time() - idle_seconds
         removed = []
         for digest in sorted(self.blobs.digests() - used):
@@ -244,11 +241,18 @@ class Store:
         Blobs uploaded for a model not yet created are never candidates, and if any
         manifest cannot be read nothing is deleted: we cannot tell what it uses.
         """
+        used = self._used_digests()
+        if used is None:
+            return
+        for digest in candidates - used:
+            self.blobs.remove(digest)
+
+    def _used_digests(self) -> set[str] | None:
+        """Every blob some manifest names; None when a manifest cannot be read."""
         used: set[str] = set()
         for path in self._manifest_files():
             try:
                 used |= Manifest.model_validate_json(path.read_bytes()).digests()
             except ValueError:
-                return
-        for digest in candidates - used:
-            self.blobs.remove(digest)
+                return None
+        return used
