@@ -67,6 +67,21 @@ def test_webuiapi_txt2img_gets_a1111s_answer_with_a_picture_per_seed(
     assert len(different) == 4  # four seeds, four pictures
 
 
+def test_a_seed_past_the_last_is_refused_before_any_load_and_the_last_wraps(
+    url: str, server: Any
+) -> None:
+    body = {"prompt": "a fox", "width": 32, "height": 32, "steps": 2, "batch_size": 2}
+    refused = httpx.post(f"{url}/sdapi/v1/txt2img", json={**body, "seed": 2**64}, timeout=30)
+    assert refused.status_code == 400 and "2**64 - 1" in refused.json()["detail"]
+    for field, text in (("steps", "5"), ("width", "64"), ("cfg_scale", "7")):
+        mistyped = httpx.post(f"{url}/sdapi/v1/txt2img", json={**body, field: text}, timeout=30)
+        assert mistyped.status_code == 400 and field in mistyped.json()["detail"]
+    assert server.scheduler.loads == 0
+    last = 2**64 - 1
+    drawn = httpx.post(f"{url}/sdapi/v1/txt2img", json={**body, "seed": last}, timeout=30)
+    assert json.loads(drawn.json()["info"])["all_seeds"] == [last, 0]
+
+
 def test_a_sillytavern_request_draws_and_ignores_what_limner_cannot_keep(url: str) -> None:
     body = {
         "prompt": "a castle on a hill", "negative_prompt": "blurry", "sampler_name": "DPM++ 2M",

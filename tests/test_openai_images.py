@@ -84,6 +84,11 @@ def test_errors_come_in_openais_error_shape(client: openai.OpenAI, store: Store)
         ),
         ({"model": "chatty", "prompt": "x"}, openai.BadRequestError, "does not draw"),
         ({"model": "draw", "prompt": "x", "n": 50}, openai.BadRequestError, "n must be"),
+        (
+            {"model": "draw", "prompt": "x", "extra_body": {"seed": "5"}},
+            openai.BadRequestError,
+            "'seed' must be an integer",
+        ),
     ]
     for fields, error, text in cases:
         with pytest.raises(error) as caught:

@@ -73,6 +73,16 @@ def test_the_pixel_limit_is_read_from_the_header(monkeypatch: pytest.MonkeyPatch
             read(encoded(), "the mask")
 
 
+def test_a_thin_strip_is_refused_from_its_header_before_any_processor_scales_it() -> None:
+    strip = encoded(size=(100_000, 1))  # a few hundred bytes; 33.6M x 336 px once scaled
+    assert len(strip) < 1000
+    for read in (pictures.check, pictures.open_rgb, pictures.check_header, pictures.upright):
+        with pytest.raises(InvalidImage, match="100000x1, more than 20 times longer"):
+            read(strip, "picture 1")
+    for shape in ((20, 1), (1, 20), (4096, 512)):
+        pictures.check(encoded(size=shape), "picture 1")  # panoramas within the bound pass
+
+
 def test_pillows_bomb_warning_is_a_bomb_everywhere(monkeypatch: pytest.MonkeyPatch) -> None:
     # Pillow warns past MAX_IMAGE_PIXELS and fails past twice that: both are refusals.
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 600)
@@ -162,6 +172,10 @@ def test_the_server_hands_engines_upright_single_pictures(server: object, store:
         "model": "draw", "prompt": "a cat", "images": [turned], "stream": False,
     }).json()  # fmt: skip
     assert Image.open(io.BytesIO(base64.b64decode(drawn["image"]))).size == (24, 32)
+    strip = {"role": "user", "content": "hi", "images": [base64.b64encode(encoded(
+        size=(100_000, 1))).decode()]}  # fmt: skip
+    refused = httpx.post(f"{url}/api/chat", json={"model": "fake", "messages": [strip]})
+    assert refused.status_code == 400 and "100000x1" in refused.json()["error"]
     ask = {"role": "user", "content": "hi", "images": [base64.b64encode(mpo()).decode()]}
     seen = httpx.post(f"{url}/api/chat", json={"model": "fake", "messages": [ask], "stream": False})
     assert seen.status_code == 200 and seen.json()["message"]["content"].startswith("I see 1")

@@ -3,6 +3,7 @@
 import hashlib
 import json
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -196,3 +197,28 @@ def test_a_missing_blob_is_named(store: Store) -> None:
 def test_reading_a_missing_blob_is_not_found(store: Store) -> None:
     with pytest.raises(NotFound):
         store.blobs.open_path("sha256:" + "2" * 64)
+
+
+def test_a_create_beside_a_delete_of_a_model_sharing_its_new_layer_succeeds(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    add_fake(store, "see")
+    list(create(store, CreateRequest(model="racy", **{"from": "see"}, system="be brief")))
+    write_bytes, deleting = store.blobs.write_bytes, []
+
+    def write_then_delete(data: bytes) -> tuple[str, int]:
+        """Once racy2's system layer is written, racy (which has the same one) is deleted:
+        that delete must wait for racy2's manifest, or it prunes the layer under it."""
+        written = write_bytes(data)
+        if not deleting:
+            deleting.append(threading.Thread(target=store.delete, args=[ModelName.parse("racy")]))
+            deleting[0].start()
+            deleting[0].join(0.5)
+        return written
+
+    monkeypatch.setattr(store.blobs, "write_bytes", write_then_delete)
+    list(create(store, CreateRequest(model="racy2", **{"from": "see"}, system="be brief")))
+    deleting[0].join()
+    assert store.find(ModelName.parse("racy")) is None
+    for digest in store.entry(ModelName.parse("racy2")).manifest.digests():
+        store.blobs.open_path(digest)  # every layer racy2 names is there

@@ -182,6 +182,11 @@ def parse_bytes(text: str) -> int:
     return int(number * base**power)
 
 
+def format_bytes(size: int) -> str:
+    """A size as people read memory and disk space: `1.5 GiB`, `300.0 MiB`."""
+    return f"{size / (1 << 30):.1f} GiB" if size >= 1 << 30 else f"{size / (1 << 20):.1f} MiB"
+
+
 def gpu_memory() -> int:
     """Total memory of the first NVIDIA GPU (from nvidia-smi), 0 without one."""
     smi = shutil.which("nvidia-smi")

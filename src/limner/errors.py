@@ -11,6 +11,7 @@
     ├── RequestCanceled (499)       the client went away
     ├── ServerBusy (503)            the scheduler's queue is full
     ├── InsufficientMemory (507)    the model cannot fit under the memory limit
+    ├── InsufficientStorage (507)   the disk is full: what was needed and what is free
     ├── RunnerFailed (500)          a model's worker process crashed or failed to load
     │   └── ProtocolError (500)     a runner line that is not the protocol's
     └── ConnectError                SDK only: no server answered at the host
@@ -91,6 +92,12 @@ class ServerBusy(LimnerError):
 
 class InsufficientMemory(LimnerError):
     """The model can never fit under the memory limit, even with every other model unloaded."""
+
+    status = 507
+
+
+class InsufficientStorage(LimnerError):
+    """The disk filled while writing; whatever was half-written has been removed."""
 
     status = 507
 

@@ -5,8 +5,9 @@ URI (OpenAI, Automatic1111), as bytes (a training set), as a file (the CLI), or,
 base64 or a URI may be, as `sha256:<digest>` of a blob uploaded before with POST
 /api/blobs (limner's own: the SDK sends a picture once per conversation). Limits:
 LIMNER_MAX_PICTURES per request, counted before any is decoded; LIMNER_MAX_IMAGE_PIXELS per
-picture, read from the header before any pixel is; and Pillow's decompression-bomb warning
-is a bomb like its error, everywhere. Every failure names the picture and what to send.
+picture and MAX_ASPECT for its shape, read from the header before any pixel is; and Pillow's
+decompression-bomb warning is a bomb like its error, everywhere. Every failure names the
+picture and what to send.
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ REFERENCE = re.compile(r"sha256[:-]([0-9a-f]{64})")
 # The uploaded blob a digest names (None: not uploaded), set by the server for each request.
 uploaded: ContextVar[Callable[[str], Path | None] | None] = ContextVar("uploaded", default=None)
 MAX_FILE_BYTES = 100 * 1000 * 1000  # Ollama's limit for one picture file
+# Vision processors scale the short side up to their size and keep the shape, so a thin strip
+# (100000x1) becomes gigabytes of pixels; past this many times longer than wide it is refused.
+MAX_ASPECT = 20
 DATA_URI = re.compile(r"data:(?:image/[a-z0-9.+-]+)?;base64,(.*)", re.S | re.I)
 _MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")
 
@@ -196,6 +200,11 @@ def _opened(data: bytes, label: str) -> Image.Image:
         raise TooLarge(
             f"{label} is {width}x{height} = {width * height} pixels, over the limit of "
             f"{limit} (LIMNER_MAX_IMAGE_PIXELS); send a smaller picture"
+        )
+    if max(width, height) > MAX_ASPECT * max(1, min(width, height)):
+        raise InvalidImage(
+            f"{label} is {width}x{height}, more than {MAX_ASPECT} times longer than it is "
+            "wide; crop or pad it nearer to a square"
         )
     if any(issubclass(w.category, Image.DecompressionBombWarning) for w in caught):
         raise Image.DecompressionBombWarning(f"{width}x{height}")

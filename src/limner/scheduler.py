@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from limner.config import format_bytes
 from limner.engines import (
     ChatStep,
     EmbedStep,
@@ -322,10 +323,11 @@ class Scheduler:
         need = weights + context + work_bytes
         if need > self.memory_limit:
             raise InsufficientMemory(
-                f"{name.display()} needs {_gib(need)} ({_gib(weights)} of weights"
-                + (f", {_gib(context)} for a {window}-token context" if context else "")
-                + (f", {_gib(work_bytes)} to work" if work_bytes else "")
-                + f") but the memory limit is {_gib(self.memory_limit)}; "
+                f"{name.display()} needs {format_bytes(need)} "
+                f"({format_bytes(weights)} of weights"
+                + (f", {format_bytes(context)} for a {window}-token context" if context else "")
+                + (f", {format_bytes(work_bytes)} to work" if work_bytes else "")
+                + f") but the memory limit is {format_bytes(self.memory_limit)}; "
                 + ("lower num_ctx or " if context else "")
                 + "raise LIMNER_MEMORY_LIMIT"
             )
@@ -557,7 +559,3 @@ def context_bytes(config: dict[str, Any], window: int) -> int:
     head_dim = key("attention.key_length", width // heads)
     element = 2 if config.get("model_format") == GGUF else 4
     return layers * key("attention.head_count_kv", heads) * head_dim * 2 * element * window
-
-
-def _gib(size: int) -> str:
-    return f"{size / (1 << 30):.1f} GiB" if size >= 1 << 30 else f"{size / (1 << 20):.1f} MiB"

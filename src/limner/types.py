@@ -9,12 +9,15 @@ metrics appear only where they were measured; required fields (`response`,
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, Strict
 
 KeepAlive = float | str | None
 Format = str | dict[str, Any] | None  # "" | "json" | a JSON schema; checked by the server
+# Drawing numbers as Go's decoder takes them: 64, never "64"; a whole number is never 5.5.
+Whole = Annotated[int, Strict()]
+Number = Annotated[float, Strict()]  # 7 or 7.5
 
 
 class _Request(BaseModel):
@@ -82,20 +85,20 @@ class GenerateRequest(_Request):
     think: bool | str | None = None  # true or "low"/"medium"/"high": a 400 unless it thinks
     context: list[int] | None = None  # deprecated; ignored by limner
     # Drawing models (capability "image"): Ollama's experimental fields...
-    width: int | None = None  # 0/absent: the model's default size, or the init picture's
-    height: int | None = None
-    steps: int | None = None  # 1-150; absent: 20
+    width: Whole | None = None  # 0/absent: the model's default size, or the init picture's
+    height: Whole | None = None
+    steps: Whole | None = None  # 1-150; absent: the model's default (20; 1 for Turbo)
     # ...and limner's: images[0] is the init picture for image-to-image and inpainting.
-    seed: int | None = None  # also read from options.seed; absent or -1: random
+    seed: Whole | None = None  # also read from options.seed; absent or -1: random
     negative_prompt: str | None = None
-    guidance_scale: float | None = None  # absent: 7.5
+    guidance_scale: Number | None = None  # absent: the model's default (7.5)
     scheduler: str | None = None  # "euler", "euler a", "dpm++ 2m karras", "ddim", "lcm", ...
-    strength: float | None = None  # image-to-image: 0 < strength <= 1, default 0.75
+    strength: Number | None = None  # image-to-image: 0 < strength <= 1, default 0.75
     mask: str | None = None  # base64 PNG the size of images[0]; white = repaint
     style_images: list[str] | None = None  # reference pictures for style transfer
-    style_strength: float | None = None  # 0-1, default 0.6
-    loras: dict[str, float] | None = None  # model with a LoRA -> weight, for this picture only
-    preview_every: int | None = None  # progress lines carry a `preview` PNG every N steps
+    style_strength: Number | None = None  # 0-1, default 0.6
+    loras: dict[str, Number] | None = None  # model with a LoRA -> weight, for this picture only
+    preview_every: Whole | None = None  # progress lines carry a `preview` PNG every N steps
 
 
 class ChatRequest(_Request):

@@ -19,7 +19,7 @@ from PIL import Image
 from safetensors.numpy import load_file
 
 from limner.engines import SCHEDULERS, ImageRequest, ImageResult, LoadOptions, Progress
-from limner.errors import InvalidImage, InvalidRequest
+from limner.errors import InsufficientMemory, InvalidImage, InvalidRequest
 from limner.tiny import write_tiny_sd
 
 pytest.importorskip("diffusers")
@@ -460,6 +460,9 @@ def test_memory_switches_turn_on_when_memory_is_short_and_off_afterwards(
     plain: DiffusionEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _, normal = draw(plain)
+    width, height = Image.open(io.BytesIO(normal.png)).size
+    frugal = plain.estimate_peak_bytes(width, height, frugal=True)
+    assert frugal < plain.estimate_peak_bytes(width, height)
     before = {name: type(p) for name, p in plain.unet.attn_processors.items()}
     seen: list[tuple[bool, set[str]]] = []
     original = plain.unet.forward
@@ -470,7 +473,7 @@ def test_memory_switches_turn_on_when_memory_is_short_and_off_afterwards(
         return original(*args, **kwargs)
 
     monkeypatch.setattr(plain.unet, "forward", spy)
-    monkeypatch.setattr(diffusion, "_available_bytes", lambda device: 0)
+    monkeypatch.setattr(diffusion, "_available_bytes", lambda device: frugal)
     _, saving = draw(plain)
     monkeypatch.undo()
 
@@ -478,6 +481,19 @@ def test_memory_switches_turn_on_when_memory_is_short_and_off_afterwards(
     assert not plain.vae.use_tiling
     assert {name: type(p) for name, p in plain.unet.attn_processors.items()} == before
     assert np.abs(pixels(saving) - pixels(normal)).max() <= 2
+
+
+def test_a_picture_too_large_even_when_frugal_is_a_507_before_any_step(
+    plain: DiffusionEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    steps: list[object] = []
+    monkeypatch.setattr(plain.unet, "forward", lambda *args, **kwargs: steps.append(args))
+    monkeypatch.setattr(diffusion, "_available_bytes", lambda device: 8 << 30)
+    huge = ImageRequest(prompt="a red cat", width=4096, height=4096, steps=1)
+    with pytest.raises(InsufficientMemory, match=r"4096x4096 picture needs about [\d.]+ GiB"
+                       r".* and 8.0 GiB is free; draw it smaller"):  # fmt: skip
+        list(plain.generate_image(huge, never))
+    assert not steps
 
 
 # --- SDXL -----------------------------------------------------------------------------------

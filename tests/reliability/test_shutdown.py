@@ -113,3 +113,35 @@ def test_a_request_longer_than_the_shutdown_timeout_is_cut_and_the_server_exits_
         time.sleep(0.02)
     assert not any(alive(pid) for pid in runners)
     tally(1, 1, f"exited {exited:.1f} s after SIGTERM; the client read: {result['error'][:80]}")
+
+
+def test_an_upload_in_progress_is_cut_at_sigterm_and_leaves_no_temporary_file(
+    store: Store, serve_process: Any, tally: Any
+) -> None:
+    server = serve_process(LIMNER_SHUTDOWN_TIMEOUT="10")
+    sent: list[int] = []
+    reply: dict[str, Any] = {}
+
+    def body() -> Any:
+        for _ in range(2000):  # 2 GB at 1 MB every 10 ms: far longer than the test
+            sent.append(1)
+            yield b"\0" * (1 << 20)
+            time.sleep(0.01)
+
+    def upload() -> None:
+        try:
+            reply["status"] = httpx.post(f"{server.url}/api/blobs/sha256:{'0' * 64}",
+                                         content=body(), timeout=30).status_code  # fmt: skip
+        except httpx.HTTPError as exc:
+            reply["error"] = repr(exc)
+
+    threading.Thread(target=upload, daemon=True).start()
+    while len(sent) < 20 or not list((store.root / "blobs").glob(".incoming-*")):
+        time.sleep(0.01)
+    server.process.send_signal(signal.SIGTERM)
+    signalled = time.monotonic()
+    code = server.process.wait(10)
+    exited = time.monotonic() - signalled
+    assert code in (0, -signal.SIGTERM) and exited < 3, f"exited after {exited:.1f} s"
+    assert list((store.root / "blobs").glob(".incoming-*")) == []
+    tally(1, 1, f"an upload at {len(sent)} MB: exited {exited:.1f} s after SIGTERM, {reply}")

@@ -162,6 +162,7 @@ BAD_DRAWING = [
     ("steps", 10**9), ("steps", -1), ("steps", 151), ("strength", -1), ("strength", 2), ("style_strength", 5),
     ("guidance_scale", float("nan")), ("guidance_scale", float("inf")), ("seed", "x"),
     ("scheduler", "no-such-scheduler"), ("steps", 2.5), ("guidance_scale", -1),
+    ("width", "64"), ("steps", "5"), ("guidance_scale", "7"), ("preview_every", "2"),
 ]  # fmt: skip
 
 

@@ -117,7 +117,7 @@ from limner.engines import (
     drawing,
     sd_configs,
 )
-from limner.errors import InvalidRequest, UnsafeWeights
+from limner.errors import InsufficientMemory, InvalidRequest, UnsafeWeights
 from limner.pictures import open_rgb
 from limner.store.formats import PICKLE, SAFETENSORS, safetensors_header, sd_checkpoint_type, sniff
 
@@ -363,13 +363,15 @@ class DiffusionEngine:
         graphs = self.openvino.weight_bytes() if self.openvino else 0
         return pipeline_bytes(self.pipes["txt2img"]) + graphs
 
-    def estimate_peak_bytes(self, width: int, height: int) -> int:
+    def estimate_peak_bytes(self, width: int, height: int, frugal: bool = False) -> int:
         """A rough upper bound of one call's activation memory at `width` x `height`.
 
         UNet: the attention scores of its first attention level for a batch of 2 (classifier-
         free guidance), all heads at once -- 2 x heads x tokens^2 -- plus 30 feature maps of the
         first width kept for skip connections. VAE decode: three full-size feature maps of the
         decoder's last width plus its one-head mid-block attention over the latent tokens.
+        `frugal`: with the switches `_memory_switches` turns on, attention sliced to half the
+        heads at a time (not with an IP-Adapter) and the VAE decoding tile by tile.
         """
         size = torch.tensor([], dtype=self.dtype).element_size()
         tokens = (width // self.scale_factor) * (height // self.scale_factor)
@@ -377,8 +379,14 @@ class DiffusionEngine:
         level = next((i for i, t in enumerate(config.down_block_types) if "CrossAttn" in t), 0)
         heads = config.num_attention_heads or config.attention_head_dim
         heads = heads[level] if isinstance(heads, list | tuple) else heads
+        at_once = max(1, heads // 2) if frugal and not self.ip_adapter else 2 * heads
         attention_tokens = tokens // 4**level
-        unet = 2 * heads * attention_tokens**2 + 2 * 30 * config.block_out_channels[0] * tokens
+        unet = at_once * attention_tokens**2 + 2 * 30 * config.block_out_channels[0] * tokens
+        if frugal:  # diffusers' tiles: the VAE's own sample size, overlapping by a quarter
+            tile = self.vae.config.sample_size
+            tile = min(tile if isinstance(tile, int) else tile[0], width, height)
+            width = height = tile
+            tokens = (tile // self.scale_factor) ** 2
         decoder_width = self.vae.config.block_out_channels[0]
         vae = 3 * decoder_width * width * height + tokens**2
         return int(max(unet, vae) * size)
@@ -661,11 +669,20 @@ class DiffusionEngine:
 
     @contextmanager
     def _memory_switches(self, width: int, height: int) -> Iterator[None]:
-        """Tiled VAE and sliced attention for this call when its estimate exceeds free memory."""
+        """Tiled VAE and sliced attention for this call when its estimate exceeds free memory;
+        InsufficientMemory (507) when even they leave it too large, before any step runs."""
         available = _available_bytes(self.device)
         if available is None or self.estimate_peak_bytes(width, height) <= available:
             yield
             return
+        frugal = self.estimate_peak_bytes(width, height, frugal=True)
+        if frugal > available:
+            need, free = config.format_bytes(frugal), config.format_bytes(available)
+            raise InsufficientMemory(
+                f"a {width}x{height} picture needs about {need} to draw, even with sliced "
+                f"attention and a tiled VAE, and {free} is free; draw it smaller (and upscale "
+                "it), or free memory"
+            )
         self.vae.enable_tiling()
         if not self.ip_adapter:
             self.unet.set_attention_slice("auto")

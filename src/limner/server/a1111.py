@@ -29,6 +29,7 @@ from PIL import Image, PngImagePlugin
 
 from limner import pictures
 from limner.engines import ImageRequest, Progress
+from limner.engines.drawing import nth_seed
 from limner.errors import InvalidRequest, LimnerError, ModelNotFound, without_paths
 from limner.names import ModelName
 from limner.server import a1111_inpaint, drawing
@@ -399,7 +400,7 @@ async def _pictures(
         if job.interrupted:
             break
         job.picture, job.step, job.finish = number, 0, asyncio.Event()
-        request = dataclasses.replace(checked, seed=seed + number)
+        request = dataclasses.replace(checked, seed=nth_seed(seed, number))
         async for step in drawing.draw(state, model, request, None, job.finish):
             if isinstance(step, Progress):
                 job.step, job.steps = step.completed, step.total

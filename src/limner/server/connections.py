@@ -26,17 +26,20 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any
+from typing import Any, TypeVar
 
 import h11
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from limner.errors import ServerBusy
+
 BODY_STEP = 64 * 1024  # each step of a body restarts its timer
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -225,10 +228,33 @@ class Shutdown:
     def seconds_left(self) -> float | None:
         return None if self.cut_at is None else self.cut_at - time.monotonic()
 
+    async def until_cut(
+        self, chunks: AsyncIterator[T], message: str, at_once: bool = False
+    ) -> AsyncIterator[T]:
+        """`chunks` until this stream's cut: at the shutdown time, or with `at_once` as soon
+        as the shutdown begins (an upload, which the client can send again); then
+        ServerBusy(`message`). A chunk awaited at the cut is interrupted."""
+        with self.cut(at_once) as cut:
+            while not cut.fired:
+                cut.waiting = True
+                try:
+                    chunk = await anext(chunks)
+                except StopAsyncIteration:
+                    return
+                except asyncio.CancelledError:
+                    if not cut.interrupted:
+                        raise
+                    asyncio.current_task().uncancel()  # type: ignore[union-attr]
+                    break
+                finally:
+                    cut.waiting = False
+                yield chunk
+        raise ServerBusy(message)
+
     @contextlib.contextmanager
-    def cut(self) -> Iterator[Cut]:
+    def cut(self, at_once: bool = False) -> Iterator[Cut]:
         """A cut for the stream running in this task, for as long as the block lasts."""
-        cut = Cut(asyncio.current_task())
+        cut = Cut(asyncio.current_task(), at_once)
         self._loop = asyncio.get_running_loop()
         self._cuts.add(cut)
         if self.cut_at is not None:
@@ -244,7 +270,7 @@ class Shutdown:
             self._arm_one(cut)
 
     def _arm_one(self, cut: Cut) -> None:
-        left = self.seconds_left() or 0.0
+        left = 0.0 if cut.at_once else self.seconds_left() or 0.0
         cut.timer = asyncio.get_running_loop().call_later(max(left, 0.0), cut.fire)
 
 
@@ -252,8 +278,8 @@ class Cut:
     """One stream's end at the shutdown time: `fired` once the time is up; a stream waiting
     for its next chunk is interrupted then (its task cancelled, and `interrupted` set)."""
 
-    def __init__(self, task: asyncio.Task[Any] | None) -> None:
-        self.task = task
+    def __init__(self, task: asyncio.Task[Any] | None, at_once: bool = False) -> None:
+        self.task, self.at_once = task, at_once
         self.fired = self.waiting = self.interrupted = False
         self.timer: asyncio.TimerHandle | None = None
 

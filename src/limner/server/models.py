@@ -19,12 +19,13 @@ from limner.engines import check_parameters, drawing
 from limner.errors import InvalidRequest, ModelNotFound
 from limner.names import ModelName
 from limner.server import train
+from limner.server.connections import SHUTDOWN
 from limner.server.state import State, parse_body
 from limner.server.streaming import respond
 from limner.store import create as creating
 from limner.store import manifests as m
 from limner.store import pull as pulling
-from limner.store.blobs import normalize
+from limner.store.blobs import disk_space, normalize
 from limner.store.described import (
     Capability,
     Described,
@@ -48,6 +49,7 @@ from limner.types import (
 )
 
 ROLES = {"system", "user", "assistant"}
+UPLOAD_CUT = "the server is shutting down; upload the blob again once it is back"
 
 
 def _state(request: Request) -> State:
@@ -234,13 +236,15 @@ async def blob_upload(request: Request) -> Response:
     digest = normalize(request.path_params["digest"])
     if blobs.exists(digest):
         return Response(status_code=200)
-    incoming = blobs.incoming()
-    try:
-        async for chunk in request.stream():
-            incoming.write(chunk)
-        incoming.commit(digest)
-    finally:
-        incoming.discard()
+    size = request.headers.get("content-length", "")
+    with disk_space(blobs.root, int(size) if size.isdigit() else None):
+        incoming = blobs.incoming()
+        try:  # a shutdown cuts an upload at once: the client sends it again, whole
+            async for chunk in SHUTDOWN.until_cut(request.stream(), UPLOAD_CUT, at_once=True):
+                incoming.write(chunk)
+            incoming.commit(digest)
+        finally:
+            incoming.discard()
     return Response(status_code=201)
 
 

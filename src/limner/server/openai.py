@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import UploadFile
 
 from limner import pictures
-from limner.engines.drawing import MAX_SEED
+from limner.engines.drawing import nth_seed
 from limner.errors import InvalidRequest, LimnerError
 from limner.server import drawing
 from limner.server.state import State, loads
@@ -78,15 +78,23 @@ async def _multipart(request: Request) -> tuple[dict[str, Any], bytes | None, by
             fields[name] = value
     for key in ("n", "seed", "steps"):
         if key in fields:
-            fields[key] = _integer(fields[key], key)
+            fields[key] = _form_integer(fields[key], key)
     return fields, files.get("image"), files.get("mask")
 
 
-def _integer(value: Any, name: str) -> int:
+def _form_integer(text: str, name: str) -> int:
+    """A form field's number: multipart sends every field as text."""
     try:
-        return int(value)
-    except (TypeError, ValueError):
+        return int(text)
+    except ValueError:
         raise InvalidRequest(f"'{name}' must be an integer") from None
+
+
+def _integer(value: Any, name: str) -> int:
+    """A JSON number that is whole: 2, never "2", 2.5 or true."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise InvalidRequest(f"'{name}' must be an integer, got {value!r:.40}")
 
 
 def _data_uri_bytes(value: Any, name: str) -> bytes | None:
@@ -113,9 +121,7 @@ async def _draw(
         raise InvalidRequest(f"n must be between 1 and {MAX_IMAGES_PER_REQUEST}")
     data = []
     for index in range(count):
-        # n pictures, n seeds; past the last 64-bit seed they wrap round to 0, 1...
-        seed = (checked.seed + index) % MAX_SEED if checked.seed >= 0 else -1
-        each = dataclasses.replace(checked, seed=seed)
+        each = dataclasses.replace(checked, seed=nth_seed(checked.seed, index))
         async for step in drawing.draw(state, model, each, keep_alive=None):
             if isinstance(step, drawing.Drawn):
                 png = drawing.base64_png(step.result.png)

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -20,7 +19,7 @@ from typing import Any
 import anyio
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from limner.errors import LimnerError, ServerBusy, without_paths
+from limner.errors import LimnerError, without_paths
 from limner.server.connections import SHUTDOWN
 
 log = logging.getLogger("limner.server")
@@ -69,22 +68,10 @@ async def _until_shutdown(chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterato
     However it ends, `chunks` is closed before this returns, so its model is let go.
     Each chunk is awaited directly: no task or timer per chunk (see `Shutdown.cut`)."""
     try:
-        with SHUTDOWN.cut() as cut:
-            while not cut.fired:
-                cut.waiting = True
-                try:
-                    chunk = await anext(chunks)
-                except StopAsyncIteration:
-                    return
-                except asyncio.CancelledError:
-                    if not cut.interrupted:
-                        raise
-                    asyncio.current_task().uncancel()  # type: ignore[union-attr]
-                    break
-                finally:
-                    cut.waiting = False
-                yield chunk
-        raise ServerBusy("the server is shutting down; this answer was cut short")
+        async for chunk in SHUTDOWN.until_cut(
+            chunks, "the server is shutting down; this answer was cut short"
+        ):
+            yield chunk
     finally:
         with anyio.CancelScope(shield=True):  # the client left, or the shutdown: clean up
             await chunks.aclose()  # type: ignore[attr-defined]

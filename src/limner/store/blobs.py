@@ -6,16 +6,21 @@ becomes a path, so no user-supplied digest can name a file outside the blobs fol
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import os
 import re
+import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from limner.errors import InvalidRequest, NotFound
+from limner.config import format_bytes
+from limner.errors import InsufficientStorage, InvalidRequest, NotFound
 
 DIGEST = re.compile(r"^sha256[:-]([0-9a-f]{64})\Z")  # \Z: "$" would let a last "\n" in
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)  # a full disk, or the user's quota of it
 
 
 def normalize(digest: str) -> str:
@@ -49,14 +54,16 @@ class BlobStore:
         return Incoming(self)
 
     def write(self, chunks: Iterable[bytes], expected: str | None = None) -> tuple[str, int]:
-        """Store bytes; returns (digest, size). A wrong `expected` digest stores nothing."""
-        incoming = self.incoming()
-        try:
-            for chunk in chunks:
-                incoming.write(chunk)
-            return incoming.commit(expected)
-        finally:
-            incoming.discard()
+        """Store bytes; returns (digest, size). A wrong `expected` digest, or a full disk,
+        stores nothing."""
+        with disk_space(self.root):
+            incoming = self.incoming()
+            try:
+                for chunk in chunks:
+                    incoming.write(chunk)
+                return incoming.commit(expected)
+            finally:
+                incoming.discard()
 
     def write_bytes(self, data: bytes) -> tuple[str, int]:
         return self.write([data])
@@ -105,8 +112,30 @@ class Incoming:
 
     def discard(self) -> None:
         """Remove the temporary file unless it was committed (safe to call twice)."""
-        self.file.close()
+        with contextlib.suppress(OSError):  # it flushes what is buffered: a full disk fails it
+            self.file.close()
         self.path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def disk_space(folder: Path, needed: int | None = None, what: str = "") -> Iterator[None]:
+    """A disk that fills while writing under `folder` as InsufficientStorage (507) that says
+    what was needed and what is free. The writer's own clean-up runs first, as it unwinds."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in NO_SPACE:
+            raise
+        raise InsufficientStorage(no_space(folder, needed, what)) from None
+
+
+def no_space(folder: Path, needed: int | None, what: str = "") -> str:
+    """'not enough disk space: need 2.0 GiB, have 1.2 GiB' (need left out when unknown)."""
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
+    need = f"need {format_bytes(needed)}, " if needed else ""
+    return f"{what}{': ' if what else ''}not enough disk space: {need}have {format_bytes(free)}"
 
 
 def file_digest(path: Path) -> str:

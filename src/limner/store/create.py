@@ -12,6 +12,7 @@ What the files are is read in `store.formats`.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import posixpath
 import tempfile
@@ -22,7 +23,7 @@ from typing import Any
 from limner.errors import InvalidRequest, UnsafeWeights
 from limner.names import ModelName
 from limner.store import manifests as m
-from limner.store.blobs import normalize
+from limner.store.blobs import disk_space, normalize
 from limner.store.described import FILE_TYPE_NUMBERS, gguf_config, stored_config
 from limner.store.formats import (
     GGUF,
@@ -55,8 +56,14 @@ def create(store: Store, request: CreateRequest) -> Iterator[ProgressResponse]:
     _check_adapter_weights(layers, extras)
     if request.quantize:
         _check_quantizable(config, request.quantize)
-        return _converted(store, name, layers, extras, config, request.quantize)
+        return _on_disk(store, _converted(store, name, layers, extras, config, request.quantize))
     return _write(store, name, layers, extras, config)
+
+
+def _on_disk(store: Store, steps: Iterator[ProgressResponse]) -> Iterator[ProgressResponse]:
+    """`steps`, with a disk that fills on the way a 507; the temporary files go first."""
+    with disk_space(store.root):
+        yield from steps
 
 
 def trained(
@@ -346,11 +353,16 @@ def _write(
     for layer in layers:
         yield ProgressResponse(status=f"using existing layer {layer.digest}")
     layers = [layer for layer in layers if layer.mediaType not in extras]
-    for media, data in extras.items():
-        digest, size = store.blobs.write_bytes(data)
-        yield ProgressResponse(status=f"creating new layer {digest}")
-        layers.append(Layer(mediaType=media, digest=digest, size=size))
-    manifest = _manifest(store, layers, config)
+    for data in extras.values():
+        yield ProgressResponse(
+            status=f"creating new layer sha256:{hashlib.sha256(data).hexdigest()}"
+        )
     yield ProgressResponse(status="writing manifest")
-    store.write(name, manifest)
+    # The new layers and the manifest that names them in one go: a delete beside this
+    # create cannot prune a layer the two models share in between.
+    with store.changing, disk_space(store.root, sum(map(len, extras.values()))):
+        for media, data in extras.items():
+            digest, size = store.blobs.write_bytes(data)
+            layers.append(Layer(mediaType=media, digest=digest, size=size))
+        store.write(name, _manifest(store, layers, config))
     yield ProgressResponse(status="success")

@@ -43,9 +43,9 @@ from pathlib import Path
 import httpx
 from pydantic import ValidationError
 
-from limner.errors import InvalidRequest, LimnerError, RequestCanceled
+from limner.errors import InsufficientStorage, InvalidRequest, LimnerError, RequestCanceled
 from limner.names import ModelName
-from limner.store.blobs import BlobStore, file_digest, normalize
+from limner.store.blobs import BlobStore, disk_space, file_digest, no_space, normalize
 from limner.store.manifests import MANIFEST_TYPE, Layer, Manifest
 from limner.store.outbound import check_public
 from limner.store.store import Store
@@ -546,18 +546,17 @@ class _Download:
         self.completed = sum(part.completed for part in parts)
         needed, free = self.total - self.completed, shutil.disk_usage(self.blobs.root).free
         if needed > free:
-            raise LimnerError(
-                f"pull {self.short}: not enough disk space: {needed} bytes needed, {free} free"
-            )
-        try:
-            fd = os.open(partial, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                if os.fstat(fd).st_size != self.total:
-                    os.ftruncate(fd, self.total)
-                self._parts(fd, [part for part in parts if part.completed < part.size])
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            raise InsufficientStorage(no_space(self.blobs.root, needed, f"pull {self.short}"))
+        try:  # a disk filled by others meanwhile: the parts so far stay, for the next pull
+            with disk_space(self.blobs.root, needed, f"pull {self.short}"):
+                fd = os.open(partial, os.O_RDWR | os.O_CREAT, 0o644)
+                try:
+                    if os.fstat(fd).st_size != self.total:
+                        os.ftruncate(fd, self.total)
+                    self._parts(fd, [part for part in parts if part.completed < part.size])
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
         except _Corrupt:
             _remove_partial(partial)  # every part has stopped: nothing writes to it any more
             raise

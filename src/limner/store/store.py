@@ -8,12 +8,14 @@ manifest uses.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
 import os
 import shutil
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,7 +25,7 @@ from typing import IO, Any
 from limner import pictures
 from limner.errors import InvalidRequest, ModelNotFound
 from limner.names import ModelName
-from limner.store.blobs import BlobStore
+from limner.store.blobs import BlobStore, disk_space
 from limner.store.manifests import GGUF_MODEL, GGUF_PROJECTOR, MODEL, PROJECTOR, Manifest
 
 DERIVED = "derived"  # beside blobs/ and manifests/: what engines derive once from a model
@@ -45,6 +47,9 @@ class Store:
         self.root = root
         self.blobs = BlobStore(root / "blobs")
         self.manifests = root / "manifests"
+        # Held while a manifest is written or removed and its blobs pruned: a create or copy
+        # then never names a blob that a delete beside it is removing.
+        self.changing = threading.RLock()
 
     # --- who uses it ---
 
@@ -160,27 +165,31 @@ class Store:
         `raw`: the manifest's bytes exactly as a registry sent them (they must parse to
         `manifest`), kept verbatim so the digest matches the registry's.
         """
-        for digest in manifest.digests():
-            self.blobs.open_path(digest)
-        existing = self.find(name)
-        path = self._path(existing or name)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".manifest-", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(manifest.encode() if raw is None else raw)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with self.changing, disk_space(self.root):
+            for digest in manifest.digests():
+                self.blobs.open_path(digest)
+            existing = self.find(name)
+            path = self._path(existing or name)
+            made = [folder for folder in path.parents if not folder.exists()]
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                _write_atomically(path, manifest.encode() if raw is None else raw)
+            except BaseException:
+                for folder in made:  # deepest first: only the folders this write made
+                    with contextlib.suppress(OSError):
+                        folder.rmdir()
+                raise
 
     def copy(self, source: ModelName, destination: ModelName) -> None:
-        self.write(destination, self.entry(source).manifest)
+        with self.changing:  # a delete of `source` now cannot prune what the copy names
+            self.write(destination, self.entry(source).manifest)
 
     def delete(self, name: ModelName) -> None:
         """Remove the manifest, then the blobs no other manifest uses."""
+        with self.changing:
+            self._delete(name)
+
+    def _delete(self, name: ModelName) -> None:
         path = self._path(name)
         if not path.is_file():
             raise ModelNotFound(name.display())
@@ -216,9 +225,13 @@ class Store:
         """Delete uploaded pictures that no model uses and no request has named for
         `idle_seconds`; other unused blobs (files uploaded for a model still to be created)
         stay. Returns the digests deleted."""
-        used = self._used_digests()
-        if used is None:
-            return []  # what the models use cannot be told: nothing is deleted
+        with self.changing:
+            used = self._used_digests()
+            if used is None:
+                return []  # what the models use cannot be told: nothing is deleted
+            return self._prune_pictures(used, idle_seconds)
+
+    def _prune_pictures(self, used: set[str], idle_seconds: float) -> list[str]:
         deadline = time.time() - idle_seconds
         removed = []
         for digest in sorted(self.blobs.digests() - used):
@@ -241,11 +254,12 @@ class Store:
         Blobs uploaded for a model not yet created are never candidates, and if any
         manifest cannot be read nothing is deleted: we cannot tell what it uses.
         """
-        used = self._used_digests()
-        if used is None:
-            return
-        for digest in candidates - used:
-            self.blobs.remove(digest)
+        with self.changing:
+            used = self._used_digests()
+            if used is None:
+                return
+            for digest in candidates - used:
+                self.blobs.remove(digest)
 
     def _used_digests(self) -> set[str] | None:
         """Every blob some manifest names; None when a manifest cannot be read."""
@@ -256,3 +270,17 @@ class Store:
             except ValueError:
                 return None
         return used
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """`data` as `path`, whole or not at all: a temporary file beside it, fsynced, renamed."""
+    fd, tmp = tempfile.mkstemp(prefix=".manifest-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
