@@ -4,6 +4,7 @@ the protocol's is an error that says why, and a runner that writes one is stoppe
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import subprocess
 import sys
@@ -182,6 +183,17 @@ def test_a_request_is_answered_only_by_its_own_kind_of_step() -> None:
     assert protocol.answers(Draw(ImageRequest("x")), ImageResult(PNG, {}))
     assert not protocol.answers(Draw(ImageRequest("x")), Done("stop", 1, 1))
     assert protocol.answers(EVERY_MESSAGE[3], TrainProgress(1, 3, 0.25, 1e-4, 9.5))
+
+
+def test_a_full_disk_in_a_runner_is_a_507_that_says_so_not_a_500(tmp_path: Path) -> None:
+    class Filling:
+        def generate_image(self, *args: Any) -> Any:
+            raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "ckpt"))
+
+    [reply] = list(runner_module.replies(Filling(), Draw(ImageRequest("x")), lambda: False))
+    assert isinstance(reply, Error) and reply.status == 507
+    assert reply.message.startswith("not enough disk space: have ")
+    assert str(tmp_path) not in reply.message
 
 
 @pytest.fixture

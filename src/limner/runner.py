@@ -46,7 +46,14 @@ from limner.engines import (
     tool_calls,
 )
 from limner.engines.training import TrainStep, examples, read_uploaded
-from limner.errors import InvalidRequest, LimnerError, ProtocolError, RunnerFailed, without_paths
+from limner.errors import (
+    InsufficientStorage,
+    InvalidRequest,
+    LimnerError,
+    ProtocolError,
+    RunnerFailed,
+    without_paths,
+)
 from limner.protocol import (
     LAST,
     Cancel,
@@ -62,6 +69,7 @@ from limner.protocol import (
     Request,
     Train,
 )
+from limner.store.blobs import NO_SPACE, no_space
 
 log = logging.getLogger("limner.runner")
 
@@ -413,6 +421,9 @@ def _training(engine: Any, request: Train, cancelled: Callable[[], bool]) -> Ite
 def _failure(exc: Exception) -> Error:
     if isinstance(exc, LimnerError):
         return Error(exc.status, without_paths(exc.message))
+    if isinstance(exc, OSError) and exc.errno in NO_SPACE:  # a checkpoint, a converted graph
+        full = InsufficientStorage(no_space(Path(str(exc.filename or ".")), None))
+        return Error(full.status, without_paths(full.message))
     print(f"runner error: {exc!r}", file=sys.stderr)
     return Error(500, without_paths(f"the model failed: {type(exc).__name__}: {exc}"))
 
