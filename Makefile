@@ -34,7 +34,7 @@ lint: install
 	$(VENV)/bin/lint-imports
 
 test: lint
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q --durations=25
 
 test-quick: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow"

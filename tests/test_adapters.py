@@ -137,8 +137,8 @@ def test_limner_create_adds_a_lora_file_to_a_stored_model(
 def test_stacked_adapters_apply_at_their_own_weights(
     server: Any, store: Store, lora_files: Path, tmp_path: Path
 ) -> None:
-    """The same LoRA twice (diffusers and kohya keys): weights 1 + 0, 0 + 1 and 0.5 + 0.5 all
-    draw as the LoRA alone, and 0 + 0 as the base model (in fp32, so that fusing twice rounds
+    """The same LoRA twice (diffusers and kohya keys): weights 0 + 1 and 0.5 + 0.5 draw as
+    the LoRA alone, and 0 + 0 as the base model (in fp32, so that fusing twice rounds
     as little as fusing once)."""
     add_tiny_sd(store, tmp_path)
     both = {
@@ -146,7 +146,6 @@ def test_stacked_adapters_apply_at_their_own_weights(
     }
     diffusers, kohya = "pytorch_lora_weights.safetensors", "lora_kohya.safetensors"
     for name, weights in (("lora", {diffusers: 1.0}),
-                          ("first", {diffusers: 1.0, kohya: 0.0}),
                           ("second", {diffusers: 0.0, kohya: 1.0}),
                           ("halves", {diffusers: 0.5, kohya: 0.5}),
                           ("none", {diffusers: 0.0, kohya: 0.0})):  # fmt: skip
@@ -165,7 +164,7 @@ def test_stacked_adapters_apply_at_their_own_weights(
 
     lora, base = drawn("lora"), drawn("base")
     assert np.abs(lora - base).mean() > 5
-    for name, expected in (("first", lora), ("second", lora), ("halves", lora), ("none", base)):
+    for name, expected in (("second", lora), ("halves", lora), ("none", base)):
         assert np.abs(drawn(name) - expected).mean() < 0.5, name
 
 
