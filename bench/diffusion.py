@@ -10,7 +10,10 @@ For each model, in one run and on the same machine:
   limner torch     `limner serve` + Client.generate_image, LIMNER_DRAW_ENGINE=torch
   limner openvino  the same with LIMNER_DRAW_ENGINE=openvino (UNet and VAE decoder as
                    OpenVINO graphs; converted before the timing, as a cached model is)
-and prints each as a ratio of raw auto. Speed does not depend on weight values, so the SD 1.5
+  limner tiny VAE  limner torch with `vae="tiny"`: the model's TAESD (diffusers' AutoencoderTiny,
+                   TAESD's real architecture) decodes instead of the VAE
+and prints each as a ratio of raw auto; then the VAE decode alone, full VAE vs TAESD, at the
+same size (`--only decode`: that stage only, at 512x512, in seconds). Speed does not depend on weight values, so the SD 1.5
 architecture is built with random weights (~4 GB on disk in a temporary folder).
 OpenVINO through optimum-intel is not a path here: optimum-intel 2.2 pins transformers 5.5 and
 a CUDA torch, which this environment cannot take.
@@ -33,6 +36,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 from diffusers import (
     AutoencoderKL,
+    AutoencoderTiny,
     PNDMScheduler,
     StableDiffusionPipeline,
     UNet2DConditionModel,
@@ -48,7 +52,8 @@ PROMPT = "a lighthouse on a cliff at dusk, oil painting"
 
 
 def write_sd15_random(dest: Path, tokenizer_from: Path) -> Path:
-    """SD 1.5's exact architecture (UNet 860M, CLIP-L text 123M, VAE 84M) with random weights."""
+    """SD 1.5's exact architecture (UNet 860M, CLIP-L text 123M, VAE 84M) with random weights,
+    and TAESD's (2.4M) as its tiny autoencoder in vae_tiny/."""
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
         sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
@@ -56,11 +61,7 @@ def write_sd15_random(dest: Path, tokenizer_from: Path) -> Path:
         down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
     )  # fmt: skip
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, sample_size=512,
-        block_out_channels=(128, 256, 512, 512),
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-    )  # fmt: skip
+    vae = sd15_vae()
     text = CLIPTextModel(
         CLIPTextConfig(
             hidden_size=768,
@@ -83,7 +84,35 @@ def write_sd15_random(dest: Path, tokenizer_from: Path) -> Path:
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )  # fmt: skip
     pipe.save_pretrained(dest, safe_serialization=True)
+    AutoencoderTiny().save_pretrained(dest / "vae_tiny", safe_serialization=True)
     return dest
+
+
+def sd15_vae() -> AutoencoderKL:
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, sample_size=512,
+        block_out_channels=(128, 256, 512, 512),
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+    )  # fmt: skip
+
+
+def time_decoders(size: int, runs: int) -> dict[str, float]:
+    """One picture's latents decoded by SD 1.5's VAE and by TAESD (diffusers' AutoencoderTiny
+    with its default config, TAESD's real architecture), as limner runs them on a CPU: its
+    default precision, channels_last."""
+    torch.manual_seed(0)
+    latents = torch.randn(1, 4, size // 8, size // 8, dtype=auto_dtype())
+    timed = {}
+    diffusers_logging.set_verbosity_error()  # `to()` warns that no module stays in float32
+    for label, model in (("full VAE decode", sd15_vae()), ("TAESD decode", AutoencoderTiny())):
+        model = model.to(auto_dtype()).to(memory_format=torch.channels_last).eval()
+
+        def once(model: torch.nn.Module = model) -> None:
+            with torch.no_grad():
+                model.decode(latents)
+
+        timed[label] = best_of(once, runs)
+    return timed
 
 
 def time_raw(
@@ -108,7 +137,9 @@ def time_raw(
     return best_of(once, runs)
 
 
-def time_limner(folder: Path, size: int, steps: int, runs: int, engine: str) -> float:
+def time_limner(
+    folder: Path, size: int, steps: int, runs: int, engine: str, vae: str | None = None
+) -> float:
     with tempfile.TemporaryDirectory(prefix="limner-bench-") as models:
         port = free_port()
         env = {**os.environ, "LIMNER_MODELS": models, "LIMNER_HOST": f"127.0.0.1:{port}",
@@ -129,7 +160,9 @@ def time_limner(folder: Path, size: int, steps: int, runs: int, engine: str) -> 
             client.generate("bench", "", keep_alive=-1)  # load once, outside the timing
 
             def once() -> None:
-                client.generate_image("bench", PROMPT, width=size, height=size, steps=steps, seed=1)
+                client.generate_image(
+                    "bench", PROMPT, width=size, height=size, steps=steps, seed=1, vae=vae
+                )
 
             return best_of(once, runs)
         finally:
@@ -171,25 +204,38 @@ def bench(label: str, folder: Path, size: int, steps: int, runs: int) -> None:
         f"raw diffusers {name} + channels_last": time_raw(folder, auto, size, steps, runs, True),
         "limner torch": time_limner(folder, size, steps, runs, "torch"),
         "limner openvino": time_limner(folder, size, steps, runs, "openvino"),
+        "limner tiny VAE": time_limner(folder, size, steps, runs, "torch", vae="tiny"),
     }
     base = timed[f"raw diffusers {name}"]
     for label, seconds in timed.items():
         print(f"  {label:38} {seconds:8.3f} s/picture  {seconds / base:6.3f} x raw {name}")
+    print_decoders(size, runs)
+
+
+def print_decoders(size: int, runs: int) -> None:
+    decoders = time_decoders(size, runs)
+    full = decoders["full VAE decode"]
+    print(f"  VAE decode alone at {size}x{size} (SD 1.5's VAE vs TAESD, random weights):")
+    for label, seconds in decoders.items():
+        print(f"  {label:38} {seconds:8.3f} s/picture  {full / seconds:6.1f} x faster than full")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--only", choices=["tiny", "sd15"])
+    parser.add_argument("--only", choices=["tiny", "sd15", "decode"])
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, limner default precision: {auto_dtype()}"
     )
+    if args.only == "decode":
+        print_decoders(512, args.runs)
+        return
     with tempfile.TemporaryDirectory(prefix="limner-bench-models-") as work:
-        tiny = write_tiny_sd(Path(work) / "tiny", seed=0, ip_adapter=False)
+        tiny = write_tiny_sd(Path(work) / "tiny", seed=0, ip_adapter=False, tiny_vae=True)
         if args.only in (None, "tiny"):
             bench("tiny SD (SD 1.5 topology, tiny widths)", tiny, 64, args.steps, args.runs)
         if args.only in (None, "sd15"):

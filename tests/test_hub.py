@@ -436,6 +436,29 @@ def test_single_file_checkpoint_repo_takes_the_largest_safetensors(
     assert stored_config(store, entry.manifest)["model_format"] == "sd-checkpoint"
 
 
+def test_a_taesd_repo_pulls_its_diffusers_files_only(
+    store: Store, hub: FakeHub, tmp_path: Path
+) -> None:
+    from limner.tiny import write_tiny_taesd
+
+    files = folder_files(write_tiny_taesd(tmp_path / "taesd"))
+    weights = files["diffusion_pytorch_model.safetensors"]
+    hub.publish("madebyollin/taesd", {**files, "taesd_decoder.safetensors": weights[:2000],
+                                      "taesd_decoder.pth": b"\x80\x02" * 9,
+                                      "diffusion_pytorch_model.bin": b"\x80\x02" * 9})  # fmt: skip
+    assert statuses(steps(store, "hf.co/madebyollin/taesd"))[-1] == "success"
+    assert sorted(hub.resolved("GET")) == sorted(files)
+    [entry] = store.entries()
+    config = stored_config(store, entry.manifest)
+    assert (config["model_format"], config["capabilities"]) == ("taesd", [])
+
+    vae = folder_files(tmp_path / "taesd")  # a lone VAE of another class is refused early
+    hub.publish("me/vae", {**vae, "config.json": b'{"_class_name": "AutoencoderKL"}'})
+    with pytest.raises(LimnerError, match="one diffusers AutoencoderKL, not a pipeline"):
+        steps(store, "hf.co/me/vae")
+    assert "diffusion_pytorch_model.safetensors" not in hub.resolved("GET")[len(files) :]
+
+
 def test_offline_mode_is_a_clear_error(
     store: Store, hub: FakeHub, monkeypatch: pytest.MonkeyPatch
 ) -> None:

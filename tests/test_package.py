@@ -26,3 +26,13 @@ def test_the_layers_only_import_downwards() -> None:
     lint = Path(sys.executable).with_name("lint-imports")
     result = subprocess.run([str(lint)], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-3000:]
+
+
+def test_a_runners_log_carries_no_note_about_torchvision_being_absent() -> None:
+    """torchvision is no dependency: transformers' Pillow processors are what limner means."""
+    touch = "import transformers; transformers.CLIPImageProcessor"
+    plain = subprocess.run([sys.executable, "-c", touch], capture_output=True, text=True)
+    assert "requires torchvision" in plain.stderr  # what transformers says on its own
+    quiet = subprocess.run([sys.executable, "-c", f"import limner.engines; {touch}"],
+                           capture_output=True, text=True)  # fmt: skip
+    assert quiet.returncode == 0 and "torchvision" not in quiet.stderr

@@ -435,7 +435,7 @@ def test_a_full_disk_mid_pull_leaves_no_model_and_the_next_pull_works(
         "POST", f"{server.url}/api/pull", json={"model": name, "insecure": True}
     ) as r:
         lines = [json.loads(line) for line in r.iter_lines() if line]
-    assert "No space left on device" in lines[-1]["error"]
+    assert "not enough disk space: need " in lines[-1]["error"]
     assert httpx.get(f"{server.url}/api/tags").json() == {"models": []}
 
     monkeypatch.setattr(registry, "_write_at", real)
@@ -615,3 +615,17 @@ def test_the_progress_bar_on_a_terminal() -> None:
     assert text.startswith("pulling manifest\n\rpulling 0123456789ab:   0% ▕")
     assert " 50% ▕████████████             ▏ 500 MB/1 GB" in text
     assert text.endswith("100% ▕█████████████████████████▏ 1 GB\x1b[K\nsuccess\n")
+
+
+def test_a_registry_that_cannot_be_reached_is_named_with_the_reason(server: Any) -> None:
+    from helpers import free_port
+
+    port = free_port()
+    for name, says in ((f"127.0.0.1:{port}/library/see", "127.0.0.1 refused the connection"),
+                       ("nosuchhost.invalid/library/see",
+                        "cannot look up nosuchhost.invalid: this machine seems to be offline")):  # fmt: skip
+        reply = httpx.post(
+            f"{server.url}/api/pull", json={"model": name, "insecure": True, "stream": False}
+        )
+        assert reply.status_code == 502, reply.text
+        assert says in reply.json()["error"]

@@ -222,3 +222,14 @@ def test_a_create_beside_a_delete_of_a_model_sharing_its_new_layer_succeeds(
     assert store.find(ModelName.parse("racy")) is None
     for digest in store.entry(ModelName.parse("racy2")).manifest.digests():
         store.blobs.open_path(digest)  # every layer racy2 names is there
+
+
+def test_a_mistyped_name_is_not_found_with_the_nearest_stored_name(store: Store) -> None:
+    add_fake(store, "llava")
+    add_fake(store, "team/sdxl-turbo:fp16")
+    with pytest.raises(ModelNotFound, match=r"^model 'lava' not found; did you mean 'llava'\?$"):
+        store.resolve("lava")
+    with pytest.raises(ModelNotFound, match=r"did you mean 'team/sdxl-turbo:fp16'\?$"):
+        store.resolve("team/sdxl-trubo:fp16")
+    with pytest.raises(ModelNotFound, match=r"^model 'mistral' not found$"):
+        store.resolve("mistral")  # nothing near: no guess

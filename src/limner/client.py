@@ -37,6 +37,7 @@ from limner.types import (
     ChatResponse,
     EmbeddingsResponse,
     EmbedResponse,
+    GalleryResponse,
     GenerateResponse,
     ListResponse,
     ProcessResponse,
@@ -96,6 +97,7 @@ class GeneratedImage:
 
     png: bytes
     parameters: dict[str, Any]
+    picture_id: str | None = None  # its id in the server's gallery (None: not kept)
 
     def pil(self) -> Any:
         """The picture as a PIL image."""
@@ -139,7 +141,7 @@ def _finished(chunk: GenerateResponse, progress: Any) -> GeneratedImage | None:
         if progress is not None and chunk.completed is not None and chunk.total is not None:
             progress(chunk.completed, chunk.total)
         return None
-    return GeneratedImage(base64.b64decode(chunk.image), chunk.parameters or {})
+    return GeneratedImage(base64.b64decode(chunk.image), chunk.parameters or {}, chunk.picture_id)
 
 
 def _texts(value: str | Sequence[str]) -> str | list[str]:
@@ -305,12 +307,14 @@ class Client(_Base):
         guidance_scale: float | None = None, scheduler: str | None = None,
         strength: float | None = None, image: ImageInput | None = None, mask: ImageInput | None = None,
         style_images: Sequence[ImageInput] | None = None, style_strength: float | None = None,
-        keep_alive: float | str | None = None, progress: Callable[[int, int], None] | None = None,
+        vae: str | None = None, keep_alive: float | str | None = None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> GeneratedImage:  # fmt: skip
         """Draw a picture with a Stable Diffusion model; `progress(completed, total)` per step.
 
         `image` alone re-draws it (image-to-image); with `mask` (white = repaint) it inpaints;
-        `style_images` transfer the style of reference pictures.
+        `style_images` transfer the style of reference pictures. `vae="tiny"` decodes with the
+        model's tiny autoencoder (TAESD): faster, a little less detail.
         """
         fields = {
             k: v for k, v in locals().items() if k not in ("self", "model", "prompt", "progress")
@@ -359,21 +363,40 @@ class Client(_Base):
     def delete(self, model: str) -> None:
         self._send("DELETE", "/api/delete", json={"model": model})
 
+    def gallery(self, limit: int = 50, before: str | None = None) -> GalleryResponse:
+        """The pictures the server has drawn, newest first; `before` pages back."""
+        params = _body(limit=limit, before=before)
+        return GalleryResponse.model_validate(
+            self._send("GET", "/api/gallery", params=params).json()
+        )
+
+    def gallery_picture(self, picture_id: str) -> GeneratedImage:
+        """One kept picture, with the parameters its PNG carries."""
+        png = self._send("GET", f"/api/gallery/{picture_id}").content
+        return GeneratedImage(png, read_parameters(png), picture_id)
+
+    def delete_picture(self, picture_id: str) -> None:
+        self._send("DELETE", f"/api/gallery/{picture_id}")
+
     def create(
         self, model: str, *, from_: str | None = None, files: dict[str, str] | None = None,
         system: str | None = None, template: str | None = None, license: str | Sequence[str] | None = None,
         parameters: dict[str, Any] | None = None, messages: Sequence[dict[str, Any]] | None = None,
         quantize: str | None = None, adapters: dict[str, str] | None = None,
+        tiny_vae: dict[str, str] | str | None = None,
         train: TrainSection | dict[str, Any] | None = None, stream: bool = False,
     ) -> ProgressResponse | Iterator[ProgressResponse]:  # fmt: skip
         """Create a model from uploaded files (see `create_blob`) or from another model;
         `quantize` ("q4_0", "q8_0", "f16") converts a Hugging Face LLaVA to GGUF; `adapters`
-        (file name -> uploaded blob) adds LoRA files to a drawing model; `train` trains a LoRA
+        (file name -> uploaded blob) adds LoRA files to a drawing model; `tiny_vae` adds a tiny
+        autoencoder (TAESD) to one: its files (config.json and the .safetensors, each an
+        uploaded blob) or the name of a stored model that holds one; `train` trains a LoRA
         of the drawing model `from_` on uploaded pictures (`files` inside it), streaming each
         step's loss (`status` "training")."""
         body = _create_body(model, from_=from_, files=files, system=system, template=template,
                             license=license, parameters=parameters, messages=messages,
-                            quantize=quantize, adapters=adapters, train=train)  # fmt: skip
+                            quantize=quantize, adapters=adapters, tiny_vae=tiny_vae,
+                            train=train)  # fmt: skip
         result: ProgressResponse | Iterator[ProgressResponse] = self._call(
             "/api/create", body, ProgressResponse, stream
         )
@@ -497,7 +520,8 @@ class AsyncClient(_Base):
         guidance_scale: float | None = None, scheduler: str | None = None,
         strength: float | None = None, image: ImageInput | None = None, mask: ImageInput | None = None,
         style_images: Sequence[ImageInput] | None = None, style_strength: float | None = None,
-        keep_alive: float | str | None = None, progress: Callable[[int, int], None] | None = None,
+        vae: str | None = None, keep_alive: float | str | None = None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> GeneratedImage:  # fmt: skip
         fields = {
             k: v for k, v in locals().items() if k not in ("self", "model", "prompt", "progress")
@@ -545,6 +569,18 @@ class AsyncClient(_Base):
     async def delete(self, model: str) -> None:
         await self._send("DELETE", "/api/delete", json={"model": model})
 
+    async def gallery(self, limit: int = 50, before: str | None = None) -> GalleryResponse:
+        params = _body(limit=limit, before=before)
+        reply = await self._send("GET", "/api/gallery", params=params)
+        return GalleryResponse.model_validate(reply.json())
+
+    async def gallery_picture(self, picture_id: str) -> GeneratedImage:
+        png = (await self._send("GET", f"/api/gallery/{picture_id}")).content
+        return GeneratedImage(png, read_parameters(png), picture_id)
+
+    async def delete_picture(self, picture_id: str) -> None:
+        await self._send("DELETE", f"/api/gallery/{picture_id}")
+
     async def pull(
         self, model: str, *, insecure: bool = False, stream: bool = False
     ) -> ProgressResponse | AsyncIterator[ProgressResponse]:
@@ -559,12 +595,14 @@ class AsyncClient(_Base):
         system: str | None = None, template: str | None = None, license: str | Sequence[str] | None = None,
         parameters: dict[str, Any] | None = None, messages: Sequence[dict[str, Any]] | None = None,
         quantize: str | None = None, adapters: dict[str, str] | None = None,
+        tiny_vae: dict[str, str] | str | None = None,
         train: TrainSection | dict[str, Any] | None = None, stream: bool = False,
     ) -> ProgressResponse | AsyncIterator[ProgressResponse]:  # fmt: skip
         """As `Client.create`."""
         body = _create_body(model, from_=from_, files=files, system=system, template=template,
                             license=license, parameters=parameters, messages=messages,
-                            quantize=quantize, adapters=adapters, train=train)  # fmt: skip
+                            quantize=quantize, adapters=adapters, tiny_vae=tiny_vae,
+                            train=train)  # fmt: skip
         result: ProgressResponse | AsyncIterator[ProgressResponse] = await self._call(
             "/api/create", body, ProgressResponse, stream
         )

@@ -52,6 +52,8 @@ VARIABLES = [
         "24h",
         "how long a picture uploaded to /api/blobs, and used by no model, is kept after its last use",
     ),
+    Variable("LIMNER_GALLERY", "", "where drawn pictures are kept (default: beside the store)"),
+    Variable("LIMNER_GALLERY_KEEP", "1000", "how many drawn pictures the gallery keeps (0: none)"),
     Variable(
         "LIMNER_MAX_CONNECTIONS",
         "256",
@@ -145,6 +147,16 @@ def models() -> Path:
     return Path(_get("LIMNER_MODELS")).expanduser()
 
 
+def gallery(store: Path) -> Path:
+    """The gallery folder: LIMNER_GALLERY, else `gallery` beside the store's folder."""
+    given = _get("LIMNER_GALLERY")
+    return Path(given).expanduser() if given else store.parent / "gallery"
+
+
+def gallery_keep() -> int:
+    return max(0, int(_get("LIMNER_GALLERY_KEEP")))
+
+
 def keep_alive() -> float:
     """Seconds; the variable also takes bare integers as seconds."""
     raw = _get("LIMNER_KEEP_ALIVE")
@@ -183,8 +195,11 @@ def parse_bytes(text: str) -> int:
 
 
 def format_bytes(size: int) -> str:
-    """A size as people read memory and disk space: `1.5 GiB`, `300.0 MiB`."""
-    return f"{size / (1 << 30):.1f} GiB" if size >= 1 << 30 else f"{size / (1 << 20):.1f} MiB"
+    """A size as people read memory and disk space: `1.5 GiB`, `300.0 MiB`, `12.0 KiB`."""
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if size >= 1 << shift:
+            return f"{size / (1 << shift):.1f} {unit}"
+    return f"{size} B"
 
 
 def gpu_memory() -> int:

@@ -61,8 +61,9 @@ class NotFound(LimnerError):
 
 
 class ModelNotFound(NotFound):
-    def __init__(self, name: str, quote: str = "'") -> None:
-        super().__init__(f"model {quote}{name}{quote} not found")
+    def __init__(self, name: str, quote: str = "'", near: str | None = None) -> None:
+        guess = f"; did you mean {quote}{near}{quote}?" if near else ""
+        super().__init__(f"model {quote}{name}{quote} not found{guess}")
         self.name = name
 
 

@@ -13,6 +13,9 @@ with IP-Adapter weights) at tiny widths, in the diffusers folder layout of
 `runwayml/stable-diffusion-v1-5`, drawing 64x64 pictures. `write_tiny_sd_checkpoint` writes the
 same weights as one A1111/Civitai-style single-file checkpoint (LDM layout), which loads with
 the configs `write_tiny_sd_configs` writes (bundled with limner as `limner-tiny`).
+`write_tiny_taesd` writes a tiny autoencoder (diffusers' `AutoencoderTiny`, TAESD's
+architecture at tiny widths) in the folder layout of `madebyollin/taesd`; `write_tiny_sd(...,
+tiny_vae=True)` keeps one in the model's `vae_tiny/` folder.
 
 All need only numpy, safetensors and tokenizers (no torch, no transformers, no diffusers), run
 offline in well under a second, and the same seed always gives byte-identical files.
@@ -408,6 +411,15 @@ SD_VISION = {
     "patch_size": 8,
     "projection_dim": 32,
 }
+# TAESD's architecture (diffusers' AutoencoderTiny defaults: four levels of 64 channels, x8)
+# with one block per level and 8 channels: the same x8 factor and 4 latent channels as SD_VAE.
+TAESD: dict[str, Any] = {
+    "encoder_block_out_channels": [8, 8, 8, 8],
+    "decoder_block_out_channels": [8, 8, 8, 8],
+    "num_encoder_blocks": [1, 1, 1, 1],
+    "num_decoder_blocks": [1, 1, 1, 1],
+    "latent_channels": 4,
+}
 IP_TOKENS = 4  # the plain IP-Adapter projects one image embedding to 4 context tokens
 CLIP_MERGES = 400  # learned BPE merges; real CLIP has 48894
 DIFFUSERS_VERSION = "0.42.1"  # written into the configs; any diffusers >= 0.30 reads them
@@ -427,8 +439,9 @@ SD_CORPUS = [
 
 
 def write_tiny_sd(
-    dest: Path, seed: int = 0, inpaint: bool = False, ip_adapter: bool = True
-) -> Path:
+    dest: Path, seed: int = 0, inpaint: bool = False, ip_adapter: bool = True,
+    tiny_vae: bool = False,
+) -> Path:  # fmt: skip
     """Write a tiny Stable Diffusion 1.5-shaped pipeline in the diffusers layout; returns `dest`.
 
     The layout is that of `runwayml/stable-diffusion-v1-5` (model_index.json, unet/, vae/,
@@ -436,7 +449,8 @@ def write_tiny_sd(
     9-channel UNet of `stable-diffusion-inpainting` (`StableDiffusionInpaintPipeline`). With
     `ip_adapter`, a CLIP vision `image_encoder/` (listed in model_index.json) and the IP-Adapter
     weights in `ip_adapter/ip-adapter.safetensors` (`image_proj.*`, `ip_adapter.N.to_k_ip/to_v_ip`,
-    as in `h94/IP-Adapter`) are added.
+    as in `h94/IP-Adapter`) are added. With `tiny_vae`, a tiny autoencoder (`write_tiny_taesd`)
+    in `vae_tiny/`, where limner keeps a model's TAESD (not listed in model_index.json).
 
     Weights are random, drawn per component from `seed` (fan-in scaled normals, so pictures are
     not flat grey), float32. The same arguments give byte-identical files; the UNet, VAE and text
@@ -484,8 +498,41 @@ def write_tiny_sd(
             metadata={"format": "pt"},
         )
 
+    if tiny_vae:
+        write_tiny_taesd(dest / "vae_tiny", seed=seed)
     _write_json(dest / "model_index.json", _model_index(inpaint, ip_adapter))
     return dest
+
+
+def write_tiny_taesd(dest: Path, seed: int = 0, latent_channels: int = 4) -> Path:
+    """Write a tiny autoencoder in the layout of `madebyollin/taesd`; returns `dest`.
+
+    `config.json` (`_class_name` "AutoencoderTiny") and `diffusion_pytorch_model.safetensors`
+    with the state-dict names of diffusers' AutoencoderTiny: TAESD's topology (an encoder of
+    strided convolutions and residual blocks, a decoder that upsamples x8) at 8 channels, with
+    random weights from `seed`. It decodes the tiny SD's latents (`latent_channels` 4); another
+    number makes one that does not fit, for tests. Deterministic; numpy and safetensors only.
+    """
+    config = {**TAESD, "latent_channels": latent_channels}
+    _component(
+        Path(dest),
+        "diffusion_pytorch_model",
+        {
+            "_class_name": "AutoencoderTiny",
+            "_diffusers_version": DIFFUSERS_VERSION,
+            "act_fn": "relu",
+            "in_channels": 3,
+            "out_channels": 3,
+            "latent_magnitude": 3,
+            "latent_shift": 0.5,
+            "scaling_factor": 1.0,
+            "upsampling_scaling_factor": 2,
+            "force_upcast": False,
+            **config,
+        },
+        _taesd_weights(_rng(seed, 5), config),
+    )
+    return Path(dest)
 
 
 def write_tiny_sd_checkpoint(dest_file: Path, seed: int = 0, inpaint: bool = False) -> Path:
@@ -810,6 +857,48 @@ def _vae_weights(rng: np.random.Generator) -> dict[str, np.ndarray]:
 
     draw.conv("quant_conv", 2 * latent, 2 * latent, kernel=1)
     draw.conv("post_quant_conv", latent, latent, kernel=1)
+    return draw.tensors
+
+
+def _taesd_weights(rng: np.random.Generator, config: dict[str, Any]) -> dict[str, np.ndarray]:
+    # diffusers' EncoderTiny and DecoderTiny: nn.Sequential layers, numbered with the
+    # activations and upsamplers that hold no weights. A block (AutoencoderTinyBlock) is three
+    # 3x3 convolutions (`conv.0/2/4`) around ReLUs, with no shortcut weights at one width.
+    draw = _Draw(rng)
+    latent: int = config["latent_channels"]
+
+    def block(name: str, width: int) -> None:
+        for index in (0, 2, 4):
+            draw.conv(f"{name}.conv.{index}", width, width)
+
+    widths, counts = config["encoder_block_out_channels"], config["num_encoder_blocks"]
+    index = 0
+    for level, (width, count) in enumerate(zip(widths, counts, strict=True)):
+        if level == 0:
+            draw.conv(f"encoder.layers.{index}", width, 3)
+        else:  # a strided convolution without bias halves the side
+            draw.normal(f"encoder.layers.{index}.weight", (width, width, 3, 3), (9 * width) ** -0.5)
+        index += 1
+        for _ in range(count):
+            block(f"encoder.layers.{index}", width)
+            index += 1
+    draw.conv(f"encoder.layers.{index}", latent, widths[-1])
+
+    widths, counts = config["decoder_block_out_channels"], config["num_decoder_blocks"]
+    draw.conv("decoder.layers.0", widths[0], latent)
+    index = 2  # after the first convolution and its ReLU
+    last = len(widths) - 1
+    for level, (width, count) in enumerate(zip(widths, counts, strict=True)):
+        for _ in range(count):
+            block(f"decoder.layers.{index}", width)
+            index += 1
+        if level < last:  # an upsampler, then a convolution without bias
+            index += 1
+            draw.normal(f"decoder.layers.{index}.weight", (width, width, 3, 3), (9 * width) ** -0.5)
+        else:  # its bias centres the output ([0, 1] before diffusers' x2 - 1): not all black
+            draw.conv(f"decoder.layers.{index}", 3, width)
+            draw.tensors[f"decoder.layers.{index}.bias"] += 0.5
+        index += 1
     return draw.tensors
 
 

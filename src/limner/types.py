@@ -99,6 +99,7 @@ class GenerateRequest(_Request):
     style_strength: Number | None = None  # 0-1, default 0.6
     loras: dict[str, Number] | None = None  # model with a LoRA -> weight, for this picture only
     preview_every: Whole | None = None  # progress lines carry a `preview` PNG every N steps
+    vae: str | None = None  # "full" (default) or "tiny": the model's tiny autoencoder decodes
 
 
 class ChatRequest(_Request):
@@ -135,6 +136,7 @@ class GenerateResponse(Metrics):
     total: int | None = None  # ...of this many
     image: str | None = None  # drawing, last line: base64 PNG
     parameters: dict[str, Any] | None = None  # drawing, last line: what drew it (seed used...)
+    picture_id: str | None = None  # drawing, last line: its id in the gallery (/api/gallery)
 
 
 class ChatMessage(_Response):
@@ -289,6 +291,9 @@ class CreateRequest(_Request):
     from_: str | None = Field(default=None, alias="from")
     files: dict[str, str] | None = None  # relative file name -> "sha256:<hex>" blob
     adapters: dict[str, str] | None = None
+    # A tiny autoencoder (TAESD) for a drawing model: its files (name -> blob: config.json and
+    # the .safetensors weights), or the name of a stored model holding one.
+    tiny_vae: dict[str, str] | str | None = None
     template: str | None = None
     system: str | None = None
     license: str | list[str] | None = None
@@ -324,6 +329,19 @@ class ProgressResponse(_Response):
 
 class VersionResponse(_Response):
     version: str
+
+
+class GalleryPicture(_Response):
+    id: str  # 20261204-103000123456-1a2b: when it was drawn (UTC, µs), and a random part
+    created_at: datetime
+    parameters: dict[str, Any]  # model, prompt, seed, steps, sampler, size... as drawn
+    bytes: int
+    url: str  # the PNG: /api/gallery/<id>
+
+
+class GalleryResponse(_Response):
+    pictures: list[GalleryPicture]
+    next: str | None = None  # pass as `before` for the next (older) page; None: no more
 
 
 # --- OpenAI's chat API (translated into the native chat by the server) --------------------

@@ -167,6 +167,7 @@ def test_draw_shows_the_steps_and_the_picture_asked_for(page: Any, toys: ThreadS
     drawn(page, "draw")
     assert sent[0]["stream"] is True and sent[0]["preview_every"] == 2  # about 10 previews
     assert sent[0]["width"] == 64 and "guidance_scale" not in sent[0]  # empty: the model's
+    assert "vae" not in sent[0]  # "Tiny VAE (fast)" unchecked: the model's own VAE
     expect(page.locator("#draw-counter")).to_have_text("20 / 20 steps")
     assert page.eval_on_selector("#draw-progress", "bar => [bar.value, bar.max]") == [20, 20]
     picture = shown_picture(page, "#draw-result")
@@ -242,6 +243,11 @@ def test_errors_from_the_api_are_shown_on_the_page(page: Any, toys: ThreadServer
     page.click("#draw-go")
     expect(page.locator("#draw-error")).to_contain_text("multiples of 8")
     expect(page.locator("#draw-result")).to_be_hidden()
+    page.fill("#draw-width", "64")
+    page.check("#draw-tiny-vae")  # sends vae "tiny"; the toy has no tiny autoencoder
+    page.click("#draw-go")
+    expect(page.locator("#draw-error")).to_contain_text("--tiny-vae PATH")
+    page.uncheck("#draw-tiny-vae")
 
     # An error line in the middle of a stream: a pull from a registry that is not there.
     page.get_by_role("tab", name="Models").click()

@@ -110,6 +110,24 @@ def test_the_graphs_are_converted_once_and_kept_in_the_cache(
     assert draw(again).shape == (64, 64, 3)
 
 
+def test_the_tiny_vae_decodes_on_torch_beside_the_graphs(
+    folders: dict[str, Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # The plain model's weights and graphs (the same seed), with a tiny autoencoder beside.
+    fast = write_tiny_sd(tmp_path / "fast", seed=0, ip_adapter=False, tiny_vae=True)
+    both = engines(fast, folders["cache"] / "plain", monkeypatch)
+    assert both["openvino"].openvino is not None
+    decoded: list[Any] = []
+    graph = both["openvino"].openvino
+    run = graph._run
+    monkeypatch.setattr(
+        graph, "_run", lambda name, inputs: decoded.append(name) or run(name, inputs)
+    )
+    torch_picture, ov_picture = (draw(both[name], vae="tiny") for name in ("torch", "openvino"))
+    assert np.abs(torch_picture - ov_picture).mean() < TOLERANCE
+    assert "unet" in decoded and "decoder" not in decoded  # TAESD ran on torch, not the graph
+
+
 def test_what_the_graphs_cannot_do_draws_on_torch(
     folders: dict[str, Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

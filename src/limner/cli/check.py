@@ -35,6 +35,8 @@ def run(args: argparse.Namespace) -> int:
     grace = RUNNING_GRACE if store.in_use() else 0.0
     if grace:
         print("a server is using this store: temporary files younger than an hour are left alone")
+    else:
+        _warn_of_another_store()
     report = check(store, repair=args.repair, grace=grace)
     print(f"checked {report.manifests} manifest(s) and {report.blobs} blob(s) in {store.root}")
     for line in report.repaired:
@@ -49,3 +51,14 @@ def run(args: argparse.Namespace) -> int:
               f"starts): {where}")  # fmt: skip
     print("the store is consistent" if not remaining else f"{len(remaining)} problem(s)")
     return 0 if not remaining else 1
+
+
+def _warn_of_another_store() -> None:
+    """A server answers at LIMNER_HOST but holds no lock on this store: it serves another
+    one, which this command cannot see from here."""
+    from limner.client import Client
+
+    with Client(timeout=2) as client:
+        if client.is_running():
+            print(f"note: the server at {client.host} uses another store than this one; to "
+                  "check that one, run limner check where it runs, with its LIMNER_MODELS")  # fmt: skip

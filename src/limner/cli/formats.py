@@ -130,6 +130,8 @@ def model_rows(info: ShowResponse) -> list[list[str]]:
         if f"{arch}.{key}" in mi:
             rows.append([label, str(mi[f"{arch}.{key}"])])
     rows.append(["quantization", info.details.quantization_level])
+    if mi.get(f"{arch}.tiny_vae"):  # a drawing model's TAESD (create --tiny-vae)
+        rows.append(["tiny VAE", "TAESD"])
     return rows
 
 

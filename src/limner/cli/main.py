@@ -13,6 +13,8 @@ def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="limner", description="A local model server that sees and draws."
     )
+    top.add_argument("-v", "--version", action="store_true",
+                     help="print the server's version (and this client's, if it differs)")  # fmt: skip
     commands = top.add_subparsers(dest="command", metavar="COMMAND")
     serve.add_parser(commands)
     run.add_parser(commands)
@@ -32,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
         top.error(f"unrecognized arguments: {' '.join(extra)}")
     if extra:
         args.prompt += extra  # flags may come between prompt words, as with `ollama run`
+    if args.version and args.command is None:
+        return _versions()
     if not hasattr(args, "run"):
         top.print_help()
         return 0
@@ -52,6 +56,27 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     return code
+
+
+def _versions() -> int:
+    """As `ollama -v` prints them: the server's version, and a warning for a client that
+    differs from it or finds no server."""
+    from importlib.metadata import version
+
+    from limner.client import Client
+    from limner.errors import LimnerError
+
+    mine = version("limner")
+    try:
+        theirs = Client().version()
+    except LimnerError:
+        print("Warning: could not connect to a running limner server")
+        print(f"Warning: client version is {mine}")
+        return 0
+    print(f"limner version is {theirs}")
+    if theirs != mine:
+        print(f"Warning: client version is {mine}")
+    return 0
 
 
 def _transport_errors() -> type[Exception]:

@@ -101,6 +101,13 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "--adapter-scale", "--scale", metavar="S", type=float,
         help="how strongly the LoRAs apply (default 1)",
     )  # fmt: skip
+    create.add_argument(
+        "--tiny-vae", metavar="PATH|MODEL",
+        help="a tiny autoencoder (TAESD, TAESDXL) for a drawing model, for fast previews and "
+        "--vae tiny: a diffusers AutoencoderTiny folder (config.json + "
+        "diffusion_pytorch_model.safetensors, as madebyollin/taesd) or a stored one (limner "
+        "pull hf.co/madebyollin/taesd); --from names the stored model",
+    )  # fmt: skip
     add_training_arguments(create)
     create.add_argument(
         "--quantize", metavar="TYPE", type=str.lower,
@@ -219,7 +226,7 @@ def create_model(args: argparse.Namespace) -> int:
         return _create_from_modelfile(args)
     if args.train:
         return _create_by_training(args)
-    if args.adapter:
+    if args.adapter or args.tiny_vae:
         return _create_with_adapters(args)
     quantize = args.quantize
     if args.toy:
@@ -295,14 +302,16 @@ def _beside(value: str, folder: Path) -> Path | None:
 
 
 def _create_with_adapters(args: argparse.Namespace) -> int:
-    """A stored drawing model plus LoRA files: each uploaded, then one adapter layer each."""
+    """A stored drawing model plus LoRA files (each uploaded, then one adapter layer each)
+    and a tiny autoencoder."""
     from limner.errors import InvalidRequest
 
     if not args.folder:
-        raise InvalidRequest("--adapter needs --from with the name of a stored drawing model")
+        flag = "--adapter" if args.adapter else "--tiny-vae"
+        raise InvalidRequest(f"{flag} needs --from with the name of a stored drawing model")
     sdk = client()
     adapters, weights = {}, {}
-    for given in args.adapter:
+    for given in args.adapter or []:
         path, weight = _weighted(given)
         if not path.is_file():
             raise InvalidRequest(f"'{path}' does not exist; --adapter takes a .safetensors file")
@@ -313,11 +322,40 @@ def _create_with_adapters(args: argparse.Namespace) -> int:
     params: dict[str, Any] = {"adapter_weights": weights} if weights else {}
     if args.adapter_scale is not None:
         params["adapter_scale"] = args.adapter_scale
+    tiny_vae = _tiny_vae(sdk, args.tiny_vae) if args.tiny_vae else None
     steps = sdk.create(
-        args.model, from_=args.folder, adapters=adapters, parameters=params or None, stream=True
-    )
+        args.model, from_=args.folder, adapters=adapters or None, tiny_vae=tiny_vae,
+        parameters=params or None, stream=True,
+    )  # fmt: skip
     show_progress(steps)
     return 0
+
+
+def _tiny_vae(sdk: Client, given: str) -> dict[str, str] | str:
+    """--tiny-vae: a TAESD folder's config.json and weights, uploaded; or a stored model."""
+    from limner.errors import InvalidRequest
+
+    path = Path(given).expanduser()
+    if not path.is_dir():
+        if path.exists() or _looks_like_path(given):
+            raise InvalidRequest(
+                f"'{given}' is not a folder; --tiny-vae takes a diffusers AutoencoderTiny "
+                "folder (config.json + diffusion_pytorch_model.safetensors) or a stored model"
+            )
+        return given  # the name of a stored model: the server looks it up
+    weights = sorted(path.glob("*.safetensors"))
+    usual = [p for p in weights if p.name == "diffusion_pytorch_model.safetensors"]
+    chosen = usual or (weights if len(weights) == 1 else [])
+    if not (path / "config.json").is_file() or not chosen:
+        raise InvalidRequest(
+            f"'{given}' is not a tiny autoencoder folder: it needs config.json and "
+            "diffusion_pytorch_model.safetensors (diffusers' AutoencoderTiny, as madebyollin/taesd)"
+        )
+    files = {}
+    for file in (path / "config.json", chosen[0]):
+        print(f"copying file {file.name} ({human_bytes(file.stat().st_size)})")
+        files[file.name] = sdk.create_blob(file)
+    return files
 
 
 TRAIN_FLAGS = {  # flag -> (train field, type, help)

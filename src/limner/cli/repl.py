@@ -457,6 +457,7 @@ HELP_SET_DRAW = """Available Settings:
   /set mask <path>              Inpaint that picture: white repaints, black keeps
   /set style <path>             Add a style picture to follow
   /set style-strength <float>   How strongly the style pictures count (0-1; default 0.6)
+  /set vae tiny                 Decode with the model's tiny autoencoder (TAESD): faster
   /set verbose, /set quiet      Show timings after each picture, or not
   /set <name>                   Back to the default (style: no style pictures)
 """

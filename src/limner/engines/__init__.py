@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
@@ -22,6 +23,18 @@ from limner.errors import InvalidRequest, RequestCanceled
 
 if TYPE_CHECKING:
     from limner.engines.training import Example, TrainRequest, TrainStep
+
+
+class _PillowProcessorsMeant(logging.Filter):
+    """transformers warns, once per processor class, that torchvision is missing and that it
+    uses its Pillow processors instead: what limner means (torchvision is no dependency of
+    it), so a runner's log keeps to what needs reading."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "requires torchvision (not installed)" not in record.getMessage()
+
+
+logging.getLogger("transformers.utils.import_utils").addFilter(_PillowProcessorsMeant())
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,9 @@ Folder layout (what `limner.tiny.write_tiny_sd` writes, and what `save_pretraine
     ip_adapter/ip-adapter.safetensors   optional IP-Adapter (`image_proj.*`, `ip_adapter.N.to_k_ip/
                                 to_v_ip`); its encoder is image_encoder/ above or, as in the
                                 h94/IP-Adapter repo, ip_adapter/image_encoder/
+    vae_tiny/                   optional tiny autoencoder (TAESD/TAESDXL: diffusers' AutoencoderTiny,
+                                config.json + diffusion_pytorch_model.safetensors, as in
+                                madebyollin/taesd); not in model_index.json
 
 Single-file checkpoints (`load_checkpoint`, model_format "sd-checkpoint"): one `.safetensors`
 file in the original LDM layout, as Automatic1111 and Civitai distribute them (`.ckpt` pickles
@@ -46,6 +49,18 @@ free guidance); a distilled few-step model (its own scheduler Euler over trailin
 SD-Turbo and SDXL-Turbo ship) 1 step and guidance 0 (`drawing.sampling`). Schedulers are built
 fresh for every call from the model's scheduler config.
 
+Tiny autoencoder: a model with `vae_tiny/` loads it beside its VAE (same dtype, channels_last on
+a CPU; its latent channels must be the VAE's). A request with `vae="tiny"` decodes the final
+latents with it instead of the VAE: the pipeline returns latents (output_type "latent") and the
+engine decodes them, on the same torch thread. TAESD reads the latents as the UNet sees them
+(its scaling factor is 1), and at 512x512 costs 0.14 TFLOP against the SD 1.5 VAE's 2.51.
+Only decoding changes: image-to-image and inpainting still encode their picture with the full
+VAE, so what the model starts from is exact (TAESD's encoder is lossier, and encoding is one
+pass where decoding is the step a user waits on). Previews (`preview_every`) always decode
+with the tiny autoencoder when the model has one. `vae="tiny"` on a model without one is an
+InvalidRequest that says how to add one. On OpenVINO the tiny decode stays on torch: the
+graphs hold the full VAE only (see openvino_draw.py).
+
 Progress: `total` is the pipeline's own count of timesteps, which is `int(steps x strength)` for
 image-to-image and inpainting, and steps + 1 for PNDM (its first step evaluates twice). The
 pipeline runs in a worker thread; its step callback polls `cancelled()` and raises to stop within
@@ -63,8 +78,8 @@ Memory: `estimate_peak_bytes(width, height)` is a rough upper bound of the activ
 call, the larger of the UNet part and the VAE decode (see the method). When it exceeds the memory
 available (MemAvailable from /proc/meminfo; free memory from `torch.cuda.mem_get_info` on CUDA),
 that call runs with `vae.enable_tiling()` and sliced attention (`unet.set_attention_slice("auto")`
--- skipped when an IP-Adapter is loaded, because sliced processors replace its processors); both
-are switched off again afterwards.
+-- skipped when an IP-Adapter is loaded, because sliced processors replace its processors), and
+a tiny autoencoder tiles too; all are switched off again afterwards.
 """
 
 from __future__ import annotations
@@ -90,6 +105,7 @@ import numpy as np
 import safetensors.torch
 import torch
 from diffusers import (
+    AutoencoderTiny,
     AutoPipelineForImage2Image,
     AutoPipelineForInpainting,
     DDIMScheduler,
@@ -119,14 +135,21 @@ from limner.engines import (
 )
 from limner.errors import InsufficientMemory, InvalidRequest, UnsafeWeights
 from limner.pictures import open_rgb
-from limner.store.formats import PICKLE, SAFETENSORS, safetensors_header, sd_checkpoint_type, sniff
+from limner.store.formats import (
+    PICKLE,
+    SAFETENSORS,
+    TINY_VAE_FOLDER,
+    safetensors_header,
+    sd_checkpoint_type,
+    sniff,
+)
 
 log = logging.getLogger("limner.diffusion")
 
 IP_ADAPTER_FOLDER = "ip_adapter"
 LORA_FOLDER = "adapters"  # a model's LoRA files (the store's adapter layers)
 EXPORTS_FOLDER = "exports"  # files kept with a model for other tools (a kohya copy of a LoRA)
-SIDE_FOLDERS = (LORA_FOLDER, EXPORTS_FOLDER, IP_ADAPTER_FOLDER)
+SIDE_FOLDERS = (LORA_FOLDER, EXPORTS_FOLDER, IP_ADAPTER_FOLDER, TINY_VAE_FOLDER)
 IP_ADAPTER_FILE = "ip-adapter.safetensors"  # preferred when ip_adapter/ holds several
 
 SD_CLASSES = {
@@ -243,6 +266,7 @@ class _Plan:
     height: int
     init: Image.Image | None = None  # the input picture at the drawn size (inpainting only)
     mask: Image.Image | None = None  # binary "L" mask at the drawn size (inpainting only)
+    tiny: bool = False  # the tiny autoencoder decodes the final latents (the pipe returns them)
 
 
 class _Stopped(Exception):
@@ -291,10 +315,16 @@ class DiffusionEngine:
 
         # 3. The IP-Adapter, once; its projections live inside the shared UNet.
         self.ip_adapter = self._load_ip_adapter(pipe, folder)
+        # 3a. The tiny autoencoder, if the model has one: previews, and `vae="tiny"`.
+        self.tiny_vae: Any = _load_tiny_vae(folder / TINY_VAE_FOLDER, self.dtype, self.vae)
         pipe.to(self.device)
+        if self.tiny_vae is not None:
+            self.tiny_vae.to(self.device)
         if self.device == "cpu":  # oneDNN's convolutions run faster on NHWC (bench/diffusion.py)
             self.unet.to(memory_format=torch.channels_last)
             self.vae.to(memory_format=torch.channels_last)
+            if self.tiny_vae is not None:
+                self.tiny_vae.to(memory_format=torch.channels_last)
 
         # 3b. On a CPU, the UNet and the VAE decoder as OpenVINO graphs (openvino_draw.py).
         self.openvino: Any = None
@@ -359,9 +389,10 @@ class DiffusionEngine:
 
     def memory_bytes(self) -> int:
         """Bytes of the parameters of every component (IP-Adapter and image encoder included),
-        and of the OpenVINO graphs beside them."""
+        of the tiny autoencoder, and of the OpenVINO graphs beside them."""
         graphs = self.openvino.weight_bytes() if self.openvino else 0
-        return pipeline_bytes(self.pipes["txt2img"]) + graphs
+        tiny = module_bytes(self.tiny_vae) if self.tiny_vae is not None else 0
+        return pipeline_bytes(self.pipes["txt2img"]) + tiny + graphs
 
     def estimate_peak_bytes(self, width: int, height: int, frugal: bool = False) -> int:
         """A rough upper bound of one call's activation memory at `width` x `height`.
@@ -418,6 +449,9 @@ class DiffusionEngine:
     def _plan(self, request: ImageRequest) -> _Plan:
         # 1. Numbers and names, checked before any picture is decoded.
         scheduler_name, scheduler, steps, guidance, seed = self._settings(request)
+        tiny = request.vae.strip().lower() == "tiny"  # `_settings` refused any other name
+        if tiny and self.tiny_vae is None:
+            raise InvalidRequest(drawing.NO_TINY_VAE)
 
         # 2. Pictures, and the mode they make.
         init, mask, styles = _pictures(request)
@@ -448,7 +482,7 @@ class DiffusionEngine:
             "num_inference_steps": steps,
             "guidance_scale": guidance,
             "generator": torch.Generator("cpu").manual_seed(seed),
-            "output_type": "pil",
+            "output_type": "latent" if tiny else "pil",  # latents: the engine decodes them
         }
         pipe = self._arguments(kwargs, mode, init, mask, strength, width, height)
         self._style_arguments(kwargs, styles, request.style_strength, guidance)
@@ -472,9 +506,11 @@ class DiffusionEngine:
         }
         if request.metadata.get("loras"):
             parameters["loras"] = request.metadata["loras"]  # "name:weight, ..." as asked
+        if tiny:
+            parameters["vae"] = "tiny"
         if mode != "inpaint":
             init = mask = None  # nothing to paste back
-        return _Plan(pipe, scheduler, kwargs, parameters, width, height, init, mask)
+        return _Plan(pipe, scheduler, kwargs, parameters, width, height, init, mask, tiny)
 
     def _settings(self, request: ImageRequest) -> tuple[str, Any, int, float, int]:
         """Scheduler name and instance, steps, guidance and seed, with the defaults applied;
@@ -601,7 +637,8 @@ class DiffusionEngine:
         def work() -> None:
             plan.pipe.scheduler = plan.scheduler
             try:
-                events.put(plan.pipe(**plan.kwargs, callback_on_step_end=on_step).images[0])
+                images = plan.pipe(**plan.kwargs, callback_on_step_end=on_step).images
+                events.put(self._decoded(plan.pipe, images, tiny=True) if plan.tiny else images[0])
             except _Stopped:
                 events.put(None)
             except BaseException as error:  # handed to the caller's thread
@@ -622,14 +659,24 @@ class DiffusionEngine:
             wait([worker])
 
     def _preview(self, pipe: Any, latents: torch.Tensor) -> bytes:
-        """The latents so far through the VAE, as a PNG (what A1111 calls a "Full" preview)."""
-        with torch.no_grad():
-            scaled = latents[:1].to(self.vae.dtype) / self.vae.config.scaling_factor
-            pixels = self.vae.decode(scaled).sample
-        picture = pipe.image_processor.postprocess(pixels.float(), output_type="pil")[0]
+        """The latents so far as a PNG: through the tiny autoencoder when the model has one
+        (A1111's "TAESD" previews), else through the VAE (its "Full" previews)."""
+        picture = self._decoded(pipe, latents, tiny=self.tiny_vae is not None)
         buffer = io.BytesIO()
         picture.save(buffer, format="PNG", compress_level=1)
         return buffer.getvalue()
+
+    def _decoded(self, pipe: Any, latents: torch.Tensor, tiny: bool) -> Image.Image:
+        """The first picture of `latents` (as the UNet sees them), decoded by the tiny
+        autoencoder, which reads them as they are, or by the VAE, which unscales them first."""
+        with torch.no_grad():
+            if tiny:
+                pixels = self.tiny_vae.decode(latents[:1].to(self.tiny_vae.dtype)).sample
+            else:
+                scaled = latents[:1].to(self.vae.dtype) / self.vae.config.scaling_factor
+                pixels = self.vae.decode(scaled).sample
+        pictures: list[Image.Image] = pipe.image_processor.postprocess(pixels.float(), "pil")
+        return pictures[0]
 
     @contextmanager
     def _request_loras(self, request: ImageRequest) -> Iterator[None]:
@@ -684,6 +731,8 @@ class DiffusionEngine:
                 "it), or free memory"
             )
         self.vae.enable_tiling()
+        if self.tiny_vae is not None:
+            self.tiny_vae.enable_tiling()
         if not self.ip_adapter:
             self.unet.set_attention_slice("auto")
         if self.openvino is not None:  # the graphs neither slice nor tile
@@ -692,6 +741,8 @@ class DiffusionEngine:
             yield
         finally:
             self.vae.disable_tiling()
+            if self.tiny_vae is not None:
+                self.tiny_vae.disable_tiling()
             self.unet.set_attn_processor(dict(self.processors))
             if self.openvino is not None:
                 self.openvino.torch_only = False
@@ -724,7 +775,34 @@ def load_diffusers_pipeline(folder: Path, dtype: torch.dtype) -> Any:
 def pipeline_bytes(pipe: Any) -> int:
     """Bytes of the parameters of every torch component of a pipeline."""
     modules = [m for m in pipe.components.values() if isinstance(m, torch.nn.Module)]
-    return sum(p.numel() * p.element_size() for m in modules for p in m.parameters())
+    return sum(module_bytes(m) for m in modules)
+
+
+def module_bytes(module: torch.nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in module.parameters())
+
+
+def _load_tiny_vae(folder: Path, dtype: torch.dtype, vae: Any) -> Any:
+    """The tiny autoencoder (diffusers' AutoencoderTiny) in `folder`, or None without one;
+    safetensors only, and its latents must be the VAE's."""
+    if not (folder / "config.json").is_file():
+        return None
+    try:
+        with _diffusers_quiet():
+            tiny = AutoencoderTiny.from_pretrained(  # type: ignore[no-untyped-call]
+                folder, dtype=dtype, use_safetensors=True, local_files_only=True
+            )
+    except (ValueError, KeyError, RuntimeError, OSError) as error:
+        raise InvalidRequest(
+            f"{TINY_VAE_FOLDER}/ is not a tiny autoencoder (AutoencoderTiny) limner can load: "
+            f"{error}"
+        ) from error
+    if tiny.config.latent_channels != vae.config.latent_channels:
+        raise InvalidRequest(
+            f"the tiny autoencoder in {TINY_VAE_FOLDER}/ decodes {tiny.config.latent_channels} "
+            f"latent channels, but this model's VAE makes {vae.config.latent_channels}"
+        )
+    return tiny.eval()
 
 
 @contextmanager
@@ -874,6 +952,8 @@ def a1111_parameters(parameters: dict[str, Any]) -> str:
     digest = str(parameters.get("digest") or "").removeprefix("sha256:")
     if digest:
         fields.append(("Model hash", digest[:10]))
+    if parameters.get("vae") == "tiny":
+        fields.append(("VAE", "TAESD"))  # A1111 names the VAE that decoded the picture
     if parameters.get("strength") is not None:
         fields.append(("Denoising strength", f"{parameters['strength']:g}"))
     # A1111 keeps LoRA tags in the prompt it writes, so its PNG Info draws them again.

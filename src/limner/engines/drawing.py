@@ -29,7 +29,11 @@ MAX_SEED = 2**64  # seeds are unsigned 64-bit; -1 asks for a random one
 # Which autoencoder decodes the picture: "" or "full", the model's own VAE; "tiny", the model's
 # tiny autoencoder (TAESD), ~18x fewer operations at a little less detail.
 VAES = ("", "full", "tiny")
-TINY_VAE_HINT = "add one with: limner create NAME --from MODEL --tiny-vae PATH"
+NO_TINY_VAE = (
+    'vae "tiny" needs a tiny autoencoder (TAESD) and this model has none; add one with: '
+    "limner create NAME --from MODEL --tiny-vae PATH (a TAESD folder, or a pulled "
+    "hf.co/madebyollin/taesd)"
+)
 
 
 @dataclass

@@ -11,6 +11,8 @@ What a graph cannot do falls back to the torch modules for that call: a LoRA giv
 request, a tiled VAE for a picture too large for memory, a side the UNet's upsamplers do not
 divide (SD 1.5: not a multiple of 64 pixels). Models with an IP-Adapter, and SDXL, stay on
 torch for now (the IP-Adapter's image tokens and SDXL's added conditions are not in the graphs).
+A model's tiny autoencoder (TAESD: `vae="tiny"` and previews) is no graph: it decodes on torch
+beside them, at ~0.14 TFLOP per 512x512 picture against the VAE decoder's 2.51.
 """
 
 from __future__ import annotations

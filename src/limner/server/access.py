@@ -83,7 +83,11 @@ class Access:
 
 
 def _changes_store(method: str, path: str) -> bool:
-    return (method, path) in WRITES or (method == "POST" and path.startswith("/api/blobs/"))
+    return (
+        (method, path) in WRITES
+        or (method == "POST" and path.startswith("/api/blobs/"))
+        or (method == "DELETE" and path.startswith("/api/gallery/"))
+    )
 
 
 # A Host header as RFC 9110 has it: a name or IPv4 literal, or an IPv6 literal in brackets,

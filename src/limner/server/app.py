@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import math
+import socket
 from collections.abc import AsyncIterator
 from importlib.metadata import version as package_version
 from typing import IO, Any
@@ -27,6 +29,7 @@ from limner.server import (
     a1111,
     chat,
     embed,
+    gallery,
     generate,
     models,
     openai,
@@ -41,6 +44,7 @@ from limner.server.origins import OriginCheck, origin_pattern
 from limner.server.state import State
 from limner.store import Store
 from limner.store.check import remove_leftovers
+from limner.store.gallery import Gallery
 
 log = logging.getLogger("limner.server")
 
@@ -71,7 +75,8 @@ def create_app(store: Store, scheduler: Scheduler) -> FastAPI:
     app = FastAPI(
         title="limner", version=version(), lifespan=lifespan, docs_url=None, redoc_url=None
     )
-    app.state.limner = State(store=store, scheduler=scheduler)
+    kept = Gallery(config.gallery(store.root), config.gallery_keep())
+    app.state.limner = State(store=store, scheduler=scheduler, gallery=kept)
     app.state.a1111 = a1111.Session()
     app.add_exception_handler(LimnerError, _limner_error)
     app.add_exception_handler(HTTPException, _http_error)
@@ -108,6 +113,9 @@ def create_app(store: Store, scheduler: Scheduler) -> FastAPI:
     route("/api/pull", models.pull, methods=["POST"])
     route("/api/blobs/{digest}", models.blob_exists, methods=["HEAD"])
     route("/api/blobs/{digest}", models.blob_upload, methods=["POST"])
+    route("/api/gallery", gallery.pictures, methods=["GET"])
+    route("/api/gallery/{picture_id}", gallery.picture, methods=["GET", "HEAD"])
+    route("/api/gallery/{picture_id}", gallery.delete, methods=["DELETE"])
     route("/v1/images/generations", openai.generations, methods=["POST"])
     route("/v1/images/edits", openai.edits, methods=["POST"])
     route("/v1/chat/completions", openai_chat.chat_completions, methods=["POST"])
@@ -301,23 +309,38 @@ def serve(host: str | None = None, port: int | None = None, open_network: bool =
     logging.basicConfig(level=logging.DEBUG if config.debug() else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
     app = build()
-    log.info(
-        "limner %s listening on %s:%s, models in %s",
-        version(),
-        host or bind_host,
-        port or bind_port,
-        config.models(),
-    )
-    settings = uvicorn.Config(
-        app, host=host or bind_host, port=port or bind_port, **uvicorn_options()
-    )
+    host, port = host or bind_host, port or bind_port
+    listening = listen(host, port)
+    log.info("limner %s listening on %s:%s, models in %s", version(), host, port, config.models())
+    settings = uvicorn.Config(app, host=host, port=port, **uvicorn_options())
     try:
-        _server_class()(settings).run()
+        _server_class()(settings).run(sockets=[listening])
     finally:
         if config.cluster():
             from limner import cluster
 
             cluster.disconnect()  # a local cluster stops with the server
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """The server's socket, bound here so that a busy port is one line that says what to do
+    (as Ollama's `listen tcp ...: bind: address already in use`), not a uvicorn traceback."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listening = socket.socket(family, socket.SOCK_STREAM)
+    listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    where = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
+    try:
+        listening.bind((host, port))
+    except OSError as exc:
+        listening.close()
+        why = {errno.EADDRINUSE: "address already in use; another limner (or Ollama) may be "
+               "running there: stop it, or set LIMNER_HOST to another port",
+               errno.EACCES: "permission denied; ports below 1024 need root: set LIMNER_HOST "
+               "to a higher port"}.get(exc.errno or 0, exc.strerror or str(exc))  # fmt: skip
+        raise LimnerError(f"listen tcp {where}: bind: {why}") from None
+    listening.listen(2048)
+    listening.set_inheritable(True)
+    return listening
 
 
 def uvicorn_options() -> dict[str, Any]:

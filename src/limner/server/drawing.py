@@ -2,8 +2,9 @@
 
 Ollama's experimental shape (width, height, steps in; one `completed`/`total` line per
 denoising step; a last line with `image`, a base64 PNG), plus limner's fields: seed,
-negative prompt, guidance, scheduler, strength, an init picture (`images[0]`), a mask and
-style pictures. Everything is checked here, before the model is even leased, so a bad
+negative prompt, guidance, scheduler, strength, an init picture (`images[0]`), a mask,
+style pictures and `vae` ("tiny": the model's tiny autoencoder decodes; a model without one
+is a 400, read from its config's `{family}.tiny_vae`). Everything is checked here, before the model is even leased, so a bad
 request costs nothing and always gets a 400 that says what to fix.
 """
 
@@ -52,8 +53,14 @@ def check(body: GenerateRequest, model_config: dict[str, Any]) -> ImageRequest:
             strength=DEFAULT_STRENGTH if body.strength is None else body.strength,
             image=init_bytes, style_strength=_given(body.style_strength, DEFAULT_STYLE_STRENGTH),
             loras=dict(body.loras or {}), preview_every=body.preview_every or 0,
+            vae=body.vae or "",
         )
     )  # fmt: skip
+    family = model_config.get("model_family", "")
+    if request.vae == "tiny" and not (model_config.get("model_info") or {}).get(
+        f"{family}.tiny_vae"
+    ):
+        raise InvalidRequest(drawing.NO_TINY_VAE)
     request.mask = _checked_mask(body.mask, init)
     request.style_images = [
         _decoded(encoded, f"style picture {number}")[0]
@@ -138,11 +145,12 @@ def lora_files(store: Store, loras: dict[str, float]) -> dict[str, float]:
 
 @dataclass(frozen=True)
 class Drawn:
-    """A finished picture, and the server's own durations (ns)."""
+    """A finished picture, the server's own durations (ns), and its id in the gallery."""
 
     result: ImageResult
     load_duration: int
     total_duration: int
+    picture_id: str | None = None  # None: the gallery keeps nothing
 
 
 async def draw(
@@ -168,7 +176,8 @@ async def draw(
             if isinstance(step, Progress):
                 yield step
             else:
-                yield Drawn(step, load_duration, time.perf_counter_ns() - started)
+                kept = await asyncio.to_thread(state.gallery.add, step.png, step.parameters)
+                yield Drawn(step, load_duration, time.perf_counter_ns() - started, kept)
 
 
 def base64_png(data: bytes) -> str:
@@ -193,4 +202,5 @@ async def chunks(
                 **line, "done": True, "done_reason": "stop", "completed": total, "total": total,
                 "image": base64_png(step.result.png), "parameters": step.result.parameters,
                 "total_duration": step.total_duration, "load_duration": step.load_duration,
+                **({"picture_id": step.picture_id} if step.picture_id else {}),
             }  # fmt: skip

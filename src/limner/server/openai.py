@@ -138,7 +138,8 @@ def _native_request(
         raise InvalidRequest("prompt is required")
     if fields.get("response_format", "b64_json") != "b64_json":
         raise InvalidRequest(
-            "only response_format 'b64_json' is supported: limner stores no pictures to link to"
+            "only response_format 'b64_json' is supported; the pictures are also kept in "
+            "/api/gallery"
         )
     width, height = _size(fields.get("size"))
     native: dict[str, Any] = {

@@ -14,6 +14,7 @@ from limner.errors import InvalidRequest
 from limner.scheduler import Scheduler
 from limner.server.trainings import Trainings
 from limner.store import Store
+from limner.store.gallery import Gallery
 
 Body = TypeVar("Body", bound=BaseModel)
 
@@ -22,6 +23,7 @@ Body = TypeVar("Body", bound=BaseModel)
 class State:
     store: Store
     scheduler: Scheduler
+    gallery: Gallery
     trainings: Trainings = field(default_factory=Trainings)
 
 

@@ -88,9 +88,10 @@ async def _planned(state: State, request: CreateRequest) -> Job:
     section = request.train
     assert section is not None
     name = ModelName.parse(request.model or request.name or "")
-    if request.files or request.quantize or request.adapters:
+    if request.files or request.quantize or request.adapters or request.tiny_vae is not None:
         raise InvalidRequest(
-            "train makes a LoRA of the model in 'from'; leave out files, quantize and adapters"
+            "train makes a LoRA of the model in 'from'; leave out files, quantize, adapters "
+            "and tiny_vae"
         )
     base = _base(state, request)
     settings = _settings(section)

@@ -138,6 +138,21 @@ def no_space(folder: Path, needed: int | None, what: str = "") -> str:
     return f"{what}{': ' if what else ''}not enough disk space: {need}have {format_bytes(free)}"
 
 
+def write_whole(path: Path, data: bytes, prefix: str) -> None:
+    """`data` as `path`, whole or not at all: a temporary file beside it (named `prefix`...,
+    which a server start removes if a kill leaves it), fsynced, renamed."""
+    fd, tmp = tempfile.mkstemp(prefix=prefix, dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def file_digest(path: Path) -> str:
     sha = hashlib.sha256()
     with path.open("rb") as f:

@@ -5,6 +5,9 @@ are accepted, pickle (and the zip archives torch saves pickles in) is refused be
 anything is written. A model that is one safetensors file with Stable Diffusion's original
 (LDM) keys -- an Automatic1111/Civitai checkpoint -- becomes an "sd-checkpoint"; its family is
 read from the tensor shapes in the file's header (`sd_checkpoint_type`), no weight is loaded.
+A drawing model made `from` another gains LoRA files (`adapters`) as adapter layers, and a
+tiny autoencoder (`tiny_vae`: TAESD, uploaded files or a stored model holding one) as the
+layers of its `vae_tiny/` folder, each checked against the model before anything is written.
 The manifest is the last thing written, atomically, so a failed create leaves no model behind.
 What the files are is read in `store.formats`.
 """
@@ -20,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from limner.errors import InvalidRequest, UnsafeWeights
+from limner.errors import InvalidRequest, ModelNotFound, UnsafeWeights
 from limner.names import ModelName
 from limner.store import manifests as m
 from limner.store.blobs import disk_space, normalize
@@ -29,6 +32,9 @@ from limner.store.formats import (
     GGUF,
     PICKLE,
     SAFETENSORS,
+    TINY_VAE_FOLDER,
+    TINY_VAE_FORMAT,
+    check_tiny_vae,
     config_for_folder,
     safetensors_header,
     sniff,
@@ -52,6 +58,8 @@ def create(store: Store, request: CreateRequest) -> Iterator[ProgressResponse]:
     layers, config = _base_layers(store, request)
     if request.adapters:
         layers = layers + _adapter_layers(store, request.adapters, config, layers)
+    if request.tiny_vae is not None:
+        layers, config = _with_tiny_vae(store, request.tiny_vae, layers, config)
     extras = _extra_layers(store, request, layers)
     _check_adapter_weights(layers, extras)
     if request.quantize:
@@ -236,6 +244,112 @@ def _adapter_layers(
             )
         )
     return layers
+
+
+def _with_tiny_vae(
+    store: Store, given: dict[str, str] | str, layers: list[Layer], config: dict[str, Any]
+) -> tuple[list[Layer], dict[str, Any]]:
+    """The drawing model's layers with a tiny autoencoder in `vae_tiny/` (replacing any it
+    had), and its config saying so (`{family}.tiny_vae`). `given`: the autoencoder's files
+    (name -> uploaded blob: its config.json and one .safetensors) or the name of a stored
+    model holding one (a pulled TAESD repo, or a drawing model with a tiny autoencoder)."""
+    if "image" not in config.get("capabilities", []) or config.get("model_format") not in (
+        "diffusers",
+        "sd-checkpoint",
+    ):
+        raise InvalidRequest(
+            "tiny_vae adds a tiny autoencoder (TAESD) to a Stable Diffusion model; this model "
+            "is not one"
+        )
+    files = _stored_tiny_vae(store, given) if isinstance(given, str) else given
+    found: dict[str, tuple[str, Path]] = {}
+    for raw_name, digest in sorted(files.items()):
+        name = posixpath.basename(check_relative(raw_name))
+        if name != "config.json" and not name.endswith(".safetensors"):
+            raise InvalidRequest(
+                f"tiny_vae takes the tiny autoencoder's config.json and its .safetensors "
+                f"weights; {raw_name!r} is neither"
+            )
+        key = "config.json" if name == "config.json" else "weights"
+        if key in found:
+            raise InvalidRequest(f"tiny_vae has more than one {key} file")
+        try:
+            path = store.blobs.path(normalize(digest))
+        except InvalidRequest:
+            raise InvalidRequest(f"invalid digest format for tiny_vae {raw_name!r}") from None
+        if not path.is_file():
+            raise InvalidRequest(
+                f'blob "{digest}" for tiny_vae {raw_name!r} not found; upload it first'
+            )
+        found[key] = (normalize(digest), path)
+    if set(found) != {"config.json", "weights"}:
+        raise InvalidRequest(
+            "tiny_vae needs the tiny autoencoder's config.json and its .safetensors weights "
+            "(a diffusers AutoencoderTiny folder, as madebyollin/taesd)"
+        )
+    _check_tiny_vae_files(store, layers, found["config.json"][1], found["weights"][1])
+    new = [
+        Layer(mediaType=media, digest=digest, size=path.stat().st_size, name=name)
+        for media, (digest, path), name in (
+            (m.FILE, found["config.json"], f"{TINY_VAE_FOLDER}/config.json"),
+            (m.MODEL, found["weights"], f"{TINY_VAE_FOLDER}/diffusion_pytorch_model.safetensors"),
+        )
+    ]
+    kept = [layer for layer in layers if not (layer.name or "").startswith(f"{TINY_VAE_FOLDER}/")]
+    family = config.get("model_family", "")
+    info = {**config.get("model_info", {}), f"{family}.tiny_vae": True}
+    return kept + new, {**config, "model_info": info}
+
+
+def _stored_tiny_vae(store: Store, name: str) -> dict[str, str]:
+    """The tiny autoencoder's files (name -> digest) in the stored model `name`."""
+    try:
+        entry = store.entry(store.resolve(name, quote='"'))
+    except ModelNotFound:
+        raise InvalidRequest(
+            f"tiny_vae: model {name!r} not found; pull a TAESD repo first (limner pull "
+            "hf.co/madebyollin/taesd) or give the autoencoder's files"
+        ) from None
+    named = {layer.name: layer.digest for layer in entry.manifest.layers if layer.name}
+    prefix = f"{TINY_VAE_FOLDER}/"
+    inside = {n.removeprefix(prefix): d for n, d in named.items() if n.startswith(prefix)}
+    if inside:
+        return inside
+    if stored_config(store, entry.manifest).get("model_format") == TINY_VAE_FORMAT:
+        return named
+    raise InvalidRequest(
+        f"tiny_vae: {name!r} holds no tiny autoencoder; name a pulled TAESD repo (limner pull "
+        "hf.co/madebyollin/taesd) or a drawing model that has one"
+    )
+
+
+def _check_tiny_vae_files(store: Store, layers: list[Layer], config: Path, weights: Path) -> None:
+    """An AutoencoderTiny config that decodes the latents of the model of `layers`, and its
+    weights in safetensors (pickle refused) under AutoencoderTiny's names."""
+    try:
+        tiny = json.loads(config.read_bytes())
+    except ValueError:
+        raise InvalidRequest("tiny_vae: its config.json is not JSON") from None
+    if not isinstance(tiny, dict):
+        raise InvalidRequest("tiny_vae: its config.json is not a JSON object")
+    vae = next((layer for layer in layers if layer.name == "vae/config.json"), None)
+    vae_config = json.loads(store.blobs.open_path(vae.digest).read_bytes()) if vae else {}
+    check_tiny_vae(tiny, vae_config.get("latent_channels", 4), "the tiny autoencoder (tiny_vae)")
+    kind = sniff(weights)
+    if kind == PICKLE:
+        raise UnsafeWeights(
+            "tiny_vae's weights are pickle, which can run code when loaded; use its "
+            ".safetensors file"
+        )
+    try:
+        keys = safetensors_header(weights) if kind == SAFETENSORS else {}
+    except ValueError:  # a header that is not JSON
+        keys = {}
+    if not any(key.startswith("decoder.layers.") for key in keys):
+        raise InvalidRequest(
+            "tiny_vae's weights are not a tiny autoencoder's (diffusers' AutoencoderTiny, "
+            "`decoder.layers.*`) in safetensors format"
+        )
 
 
 def _base_layers(store: Store, request: CreateRequest) -> tuple[list[Layer], dict[str, Any]]:

@@ -4,7 +4,9 @@
 turns a folder of uploaded files into the manifest's config blob (format, family,
 capabilities, sizes) for diffusers pipelines, Hugging Face LLaVA folders and single-file
 Stable Diffusion checkpoints, whose family `sd_checkpoint_type` reads from the tensor shapes
-in the header alone.
+in the header alone. A drawing model's tiny autoencoder (TAESD) lives in `vae_tiny/`
+(`check_tiny_vae`); one on its own (a pulled TAESD repo) is a model without capabilities,
+there to be added to drawing models.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from limner.store.described import human_count
 
 SAFETENSORS, GGUF, PICKLE, OTHER = "safetensors", "gguf", "pickle", "other"
 MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
+# A drawing model's tiny autoencoder (TAESD): diffusers' AutoencoderTiny in this folder.
+TINY_VAE_FOLDER, TINY_VAE_CLASS, TINY_VAE_FORMAT = "vae_tiny", "AutoencoderTiny", "taesd"
 
 
 def sniff(path: Path) -> str:
@@ -61,6 +65,8 @@ def config_for_folder(kinds: dict[str, tuple[str, Path]]) -> dict[str, Any]:
             ".safetensors checkpoint"
         )
     hf = json.loads(kinds["config.json"][1].read_text())
+    if hf.get("_class_name") == TINY_VAE_CLASS:
+        return _tiny_vae_config(hf, weights)
     model_type = hf.get("model_type")
     if model_type in FAKE_CAPABILITIES:
         return {
@@ -131,6 +137,9 @@ def _diffusers_config(kinds: dict[str, tuple[str, Path]], weights: list[Path]) -
     xl = "XL" in pipeline
     family = "stable-diffusion-xl" if xl else "stable-diffusion"
     style = any(name.startswith("image_encoder/") for name in kinds)
+    tiny = component(f"{TINY_VAE_FOLDER}/config.json")
+    if tiny:
+        check_tiny_vae(tiny, vae.get("latent_channels", 4), f"{TINY_VAE_FOLDER}/")
     default_size = unet.get("sample_size", 64) * scale
     info = {
         f"{family}.pipeline": pipeline,
@@ -139,11 +148,52 @@ def _diffusers_config(kinds: dict[str, tuple[str, Path]], weights: list[Path]) -
         f"{family}.unet.in_channels": unet.get("in_channels", 4),
         f"{family}.inpainting_unet": unet.get("in_channels", 4) == 9,
         f"{family}.ip_adapter": style,
+        f"{family}.tiny_vae": bool(tiny),
         # What the engine reads its default steps and guidance from (drawing.sampling).
         f"{family}.scheduler": (index.get("scheduler") or [None, scheduler.get("_class_name")])[-1],
         f"{family}.timestep_spacing": scheduler.get("timestep_spacing"),
     }
     return _drawing_config("diffusers", family, weights, default_size, info)
+
+
+def check_tiny_vae(config: dict[str, Any], latent_channels: int, name: str) -> None:
+    """`config` (a config.json) must be diffusers' AutoencoderTiny and decode the model's
+    `latent_channels`; else InvalidRequest saying which."""
+    if config.get("_class_name") != TINY_VAE_CLASS:
+        raise InvalidRequest(
+            f"{name} is not a tiny autoencoder: its config.json names "
+            f"{config.get('_class_name')!r}, not {TINY_VAE_CLASS!r} (TAESD or TAESDXL in "
+            "diffusers' layout, as in madebyollin/taesd)"
+        )
+    channels = config.get("latent_channels", 4)
+    if channels != latent_channels:
+        raise InvalidRequest(
+            f"{name} decodes {channels} latent channels, but the model's VAE makes "
+            f"{latent_channels}; use the tiny autoencoder of the model's family (TAESD for "
+            "SD 1.x/2.x, TAESDXL for SDXL)"
+        )
+
+
+def _tiny_vae_config(hf: dict[str, Any], weights: list[Path]) -> dict[str, Any]:
+    """A tiny autoencoder on its own (a pulled madebyollin/taesd): it runs as part of a
+    drawing model (`limner create NAME --from MODEL --tiny-vae THIS`), so it has no
+    capability of its own."""
+    if not weights:
+        raise InvalidRequest("no safetensors weights among the model files")
+    params, dtypes = _count_parameters(weights)
+    return {
+        "model_format": TINY_VAE_FORMAT,
+        "model_family": "taesd",
+        "model_families": ["taesd"],
+        "model_type": human_count(params),
+        "file_type": "/".join(sorted(d.upper() for d in dtypes)),
+        "capabilities": [],
+        "model_info": {
+            "general.architecture": "taesd",
+            "general.parameter_count": params,
+            "taesd.latent_channels": hf.get("latent_channels", 4),
+        },
+    }
 
 
 # --- single-file Stable Diffusion checkpoints (LDM layout) ----------------------------------
@@ -264,6 +314,7 @@ def _checkpoint_config(name: str, path: Path) -> dict[str, Any]:
         f"{family}.unet.in_channels": 9 if inpainting else 4,
         f"{family}.inpainting_unet": inpainting,
         f"{family}.ip_adapter": False,
+        f"{family}.tiny_vae": False,
     }
     return {**_drawing_config("sd-checkpoint", family, [path], size, info), "checkpoint_type": kind}
 

@@ -14,6 +14,10 @@ Which files a model needs:
 - a diffusers repo (`model_index.json`): model_index.json, then for each component it lists
   (but `safety_checker`) the folder's json/txt/tokenizer files and one weights variant
   (full precision unless only fp16 exists; `diffusion_pytorch_model`/`model` first);
+- a tiny autoencoder (`config.json` naming diffusers' AutoencoderTiny beside top-level
+  `diffusion_pytorch_model*.safetensors`, as madebyollin/taesd): the config and one weights
+  variant, to be added to drawing models (`limner create --tiny-vae`); another lone diffusers
+  component (a VAE, a UNet) is refused;
 - a transformers repo (`config.json`, a llava-hf LLaVA): config, safetensors (+ index),
   tokenizer, processor and generation files, at the top of the repo;
 - a GGUF repo (`.gguf` files, or a tag that names a quantization, `hf.co/ORG/REPO:Q8_0`):
@@ -44,8 +48,9 @@ from limner.errors import InvalidRequest, LimnerError, UnsafeWeights
 from limner.names import DEFAULT_TAG, ModelName
 from limner.store import registry
 from limner.store.create import check_relative, manifest_for_blobs
+from limner.store.formats import TINY_VAE_CLASS
 from limner.store.manifests import FILE, Layer
-from limner.store.outbound import check_public
+from limner.store.outbound import check_public, network_failure
 from limner.store.store import Store
 from limner.types import ProgressResponse
 
@@ -69,6 +74,7 @@ TRANSFORMERS_FILES = {
     "merges.txt",
 }
 _SHARD = re.compile(r"-\d+-of-\d+$")
+_COMPONENT_WEIGHTS = re.compile(r"diffusion_pytorch_model(\.[\w-]+)?\.safetensors")
 QUANT_TAG = re.compile(r"(?i)i?q\d(_[a-z0-9]+)*|bf16|f16|f32")
 _QUANT_IN_NAME = re.compile(r"(?:^|[-_.])(I?Q\d(?:_[A-Z0-9]+)*|BF16|F16|F32)(?=$|[-_.])")
 _SPLIT_GGUF = re.compile(r"-\d{5}-of-\d{5}\.gguf$")
@@ -199,6 +205,8 @@ def _listing(endpoint: str, token: str | None, repo: str, revision: str) -> tupl
                 f"{what}: unauthorized; set HF_TOKEN to a token that can read {repo}", 401
             ) from None
         raise LimnerError(f"{what}: {str(exc).splitlines()[0][:300]}") from None
+    except httpx.HTTPError as exc:
+        raise network_failure(what, exc) from None
     except (OSError, ValueError, KeyError, TypeError) as exc:  # transport, or a bad answer
         raise LimnerError(f"{what}: the Hub could not be read: {exc}") from None
     if len(tree) > 100 * registry.MAX_LAYERS:
@@ -259,9 +267,29 @@ def _choose(store: Store, hub: _Hub, files: list[_File], quant: str | None) -> l
         if not isinstance(components, dict):
             raise LimnerError("pull model manifest: model_index.json is not an object")
         return [index, *_diffusers(hub.repo, components, files)]
+    component = [f for f in files if _COMPONENT_WEIGHTS.fullmatch(f.path)]
+    if "config.json" in by_path and component:
+        return [by_path["config.json"], *_component(store, hub, by_path["config.json"], component)]
     if "config.json" in by_path:
         return _transformers(hub.repo, files)
     return _single_file(hub.repo, files)
+
+
+def _component(store: Store, hub: _Hub, config: _File, weights: list[_File]) -> list[_File]:
+    """A lone diffusers model at the top of the repo: one variant of its weights if it is a
+    tiny autoencoder (a part of drawing models), else refused before any weights download."""
+    try:
+        data = json.loads(_download_small(store, hub, config))
+    except ValueError:
+        raise LimnerError("pull model manifest: config.json is not JSON") from None
+    name = data.get("_class_name") if isinstance(data, dict) else None
+    if name != TINY_VAE_CLASS:
+        raise LimnerError(
+            f"pull model manifest: {hub.repo} is one diffusers {name or 'model'}, not a "
+            f"pipeline; limner pulls whole pipelines (model_index.json) and tiny autoencoders "
+            f"({TINY_VAE_CLASS})"
+        )
+    return _one_variant(weights, _best_variant(weights))
 
 
 def _gguf(repo: str, files: list[_File], quant: str | None) -> list[_File]:
@@ -442,7 +470,7 @@ def _download_small(store: Store, hub: _Hub, entry: _File) -> bytes:
         finally:
             response.close()
     except httpx.HTTPError as exc:
-        raise LimnerError(f"{what}: {exc}") from None
+        raise network_failure(what, exc) from None
     if len(data) != entry.size or (
         entry.oid and re.fullmatch(r"[0-9a-f]{40}", entry.oid) and git_blob_id(data) != entry.oid
     ):

@@ -15,7 +15,11 @@ import socket
 import httpx
 
 from limner import config
-from limner.errors import InvalidRequest
+from limner.errors import InvalidRequest, LimnerError
+
+# What the resolver says when there is no network, or the name does not exist (glibc, macOS).
+_NOT_RESOLVED = ("Name or service not known", "nodename nor servname", "Temporary failure in name "
+                 "resolution", "No address associated", "getaddrinfo failed")  # fmt: skip
 
 
 def check_public(url: httpx.URL | str, what: str) -> None:
@@ -66,3 +70,24 @@ def _with_embedded(ip: Address) -> list[Address]:
 def _public(ip: Address) -> bool:
     local = isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local  # fec0::/10, old
     return ip.is_global and not ip.is_multicast and not local
+
+
+def network_failure(what: str, exc: httpx.HTTPError) -> LimnerError:
+    """A request that never got an answer, as a 502 that names the host and says why in
+    words: offline, unreachable, refused, or too slow."""
+    try:
+        host = exc.request.url.host
+    except RuntimeError:  # an error raised before any request was made
+        host = "the server"
+    text = str(exc)
+    if isinstance(exc, httpx.TimeoutException):
+        why = f"{host} did not answer in time"
+    elif any(words in text for words in _NOT_RESOLVED):
+        why = f"cannot look up {host}: this machine seems to be offline (or the name is wrong)"
+    elif "unreachable" in text.lower():
+        why = f"cannot reach {host}: the network is unreachable"
+    elif "refused" in text.lower():
+        why = f"{host} refused the connection: nothing listens at that address"
+    else:
+        why = f"the connection to {host} failed: {text or type(exc).__name__}"
+    return LimnerError(f"{what}: {why}", 502)

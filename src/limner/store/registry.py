@@ -47,7 +47,7 @@ from limner.errors import InsufficientStorage, InvalidRequest, LimnerError, Requ
 from limner.names import ModelName
 from limner.store.blobs import BlobStore, disk_space, file_digest, no_space, normalize
 from limner.store.manifests import MANIFEST_TYPE, Layer, Manifest
-from limner.store.outbound import check_public
+from limner.store.outbound import check_public, network_failure
 from limner.store.store import Store
 from limner.types import ProgressResponse
 
@@ -207,7 +207,7 @@ class _Registry:
             finally:
                 response.close()
         except httpx.HTTPError as exc:
-            raise LimnerError(f"{what}: {exc}") from None
+            raise network_failure(what, exc) from None
         return raw, parse_manifest(raw)
 
     def open(self, method: str, url: str, headers: dict[str, str]) -> httpx.Response:
@@ -289,7 +289,7 @@ class _Registry:
                 finally:
                     response.close()
             except httpx.HTTPError as exc:
-                raise LimnerError(f"unauthorized: token request failed: {exc}") from None
+                raise network_failure("unauthorized: token request failed", exc) from None
             self.token = parse_token(body)
 
 
@@ -524,7 +524,7 @@ class _Download:
         except OSError as exc:
             self.error = LimnerError(f"pull {self.short}: {exc.strerror or exc}")
         except httpx.HTTPError as exc:
-            self.error = LimnerError(f"pull {self.short}: {exc}")
+            self.error = network_failure(f"pull {self.short}", exc)
         except Exception:
             log.exception("pulling %s failed", self.digest)
             self.error = LimnerError(f"pull {self.short}: internal error; see the server log")

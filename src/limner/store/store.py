@@ -9,12 +9,12 @@ manifest uses.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import fcntl
 import hashlib
 import json
 import os
 import shutil
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -25,7 +25,7 @@ from typing import IO, Any
 from limner import pictures
 from limner.errors import InvalidRequest, ModelNotFound
 from limner.names import ModelName
-from limner.store.blobs import BlobStore, disk_space
+from limner.store.blobs import BlobStore, disk_space, write_whole
 from limner.store.manifests import GGUF_MODEL, GGUF_PROJECTOR, MODEL, PROJECTOR, Manifest
 
 DERIVED = "derived"  # beside blobs/ and manifests/: what engines derive once from a model
@@ -99,8 +99,18 @@ class Store:
         """The stored name for user input; ModelNotFound if none."""
         found = self.find(ModelName.parse(text))
         if found is None:
-            raise ModelNotFound(text, quote)
+            raise ModelNotFound(text, quote, self._nearest(text))
         return found
+
+    def _nearest(self, text: str) -> str | None:
+        """The stored model a mistyped name most likely meant (`lava` -> `llava`), if any."""
+        names = {}
+        for path in self._manifest_files():
+            name = ModelName(*path.relative_to(self.manifests).parts).display()
+            names[name.removesuffix(":latest").casefold()] = name.removesuffix(":latest")
+        typed = text.strip().removesuffix(":latest").casefold()
+        near = difflib.get_close_matches(typed, names, n=1, cutoff=0.75)
+        return names[near[0]] if near else None
 
     def entry(self, name: ModelName) -> Entry:
         path = self._path(name)
@@ -173,7 +183,7 @@ class Store:
             made = [folder for folder in path.parents if not folder.exists()]
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                _write_atomically(path, manifest.encode() if raw is None else raw)
+                write_whole(path, manifest.encode() if raw is None else raw, ".manifest-")
             except BaseException:
                 for folder in made:  # deepest first: only the folders this write made
                     with contextlib.suppress(OSError):
@@ -270,17 +280,3 @@ class Store:
             except ValueError:
                 return None
         return used
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """`data` as `path`, whole or not at all: a temporary file beside it, fsynced, renamed."""
-    fd, tmp = tempfile.mkstemp(prefix=".manifest-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

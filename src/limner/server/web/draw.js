@@ -35,6 +35,7 @@ export function setupDraw(handOn) {
       seed: number($("draw-seed")),
       guidance_scale: number($("draw-guidance")),
       scheduler: $("draw-scheduler").value,
+      vae: $("draw-tiny-vae").checked ? "tiny" : "",
     }), { previews: $("draw-previews").checked });
   });
 }
