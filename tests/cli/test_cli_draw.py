@@ -65,7 +65,8 @@ def test_a_prompt_draws_a_png_named_after_it_in_the_current_folder(
     result = limner(env, cwd, "run", "draw", "A red fox,", "in the SNOW!", "--width", "32",
                     "--height", "48", "--steps", "3")  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert result.stderr == ""  # no progress bar when stderr is not a terminal
+    # No progress bar when stderr is not a terminal: only the seed, to draw it again.
+    assert re.fullmatch(r"seed \d+\n", result.stderr)
     path, image = saved_picture(result.stdout)
     assert result.stdout == f"Image saved to: {path}\n"
     assert path.parent == cwd
@@ -110,8 +111,9 @@ def test_a_picture_in_the_prompt_is_the_picture_to_redraw(env: dict[str, str], c
     (cwd / "img.png").write_bytes(picture(size=(40, 24)))
     result = limner(env, cwd, "run", "draw", "redraw img.png as ink", "--strength", "0.5")
     assert result.returncode == 0, result.stderr
-    assert result.stderr == f"Added image '{cwd / 'img.png'}'\n"
+    assert result.stderr.splitlines()[0] == f"Added image '{cwd / 'img.png'}'"
     path, image = saved_picture(result.stdout)
+    assert result.stderr.splitlines()[1] == f"seed {read_parameters(path.read_bytes())['seed']}"
     assert image.size == (40, 24)  # the init picture's size
     assert read_parameters(path.read_bytes())["prompt"] == "redraw as ink"
     assert path.name.startswith("redraw-as-ink-")
@@ -137,7 +139,28 @@ def test_errors_say_what_to_fix(env: dict[str, str], cwd: Path) -> None:
     result = limner(env, cwd, "run", "chat", "hello", "--steps", "4")
     assert result.returncode == 1
     assert result.stderr == "Error: --steps: only for drawing models; 'chat' chats\n"
-    assert list(cwd.iterdir()) == []
+    (cwd / "mask.png").write_bytes(picture())
+    result = limner(env, cwd, "run", "draw", "a cat", "--guidance", "500")
+    assert result.stderr == "Error: --guidance must be between 0 and 100, got 500.0\n"
+    assert list(cwd.iterdir()) == [cwd / "mask.png"]
+
+
+def test_a_question_to_a_drawing_model_is_drawn_and_says_so(env: dict[str, str], cwd: Path) -> None:
+    result = limner(env, cwd, "run", "draw", "what is a fox?", "--seed", "3", "--verbose")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.startswith("'draw' draws pictures; it does not answer questions")
+    assert "\nseed 3\n" in result.stderr and "prompt:               what is a fox?" in result.stderr
+    saved_picture(result.stdout)
+
+
+def test_a_mask_without_a_picture_to_repaint_is_named_by_its_flags(
+    env: dict[str, str], cwd: Path
+) -> None:
+    (cwd / "mask.png").write_bytes(picture())
+    result = limner(env, cwd, "run", "draw", "a cat", "--mask", "mask.png")
+    assert result.returncode == 1
+    assert result.stderr == ("Error: --mask needs --image (or a picture in the prompt): the "
+                             "picture to repaint\n")  # fmt: skip
 
 
 def test_file_names() -> None:
@@ -187,9 +210,15 @@ def test_repl_settings_draw_and_bye(repl: pexpect.spawn, cwd: Path) -> None:
         "Couldn't set 'steps': invalid int value [many]. Type /? set for help\n"
     )
     assert "unknown setting 'colour'" in ask(repl, "/set colour red")
+    assert ask(repl, "/set width 500") == (  # refused now, not at the next drawing
+        "Couldn't set 'width': width and height must be multiples of 8 (at least 8), got 500x0. "
+        "Type /? set for help\n"
+    )
     shown = ask(repl, "/show")
     assert "width            32\n" in shown and "negative         blurry, dark\n" in shown
-    assert "height           default\n" in shown
+    assert "height           the model's (default)\n" in shown  # the fake states no size
+    assert "steps            20 (default)\n" in shown
+    assert "seed             7\n" in shown and "vae              full (default)\n" in shown
     answer = ask(repl, "a small fox")
     path, image = saved_picture(answer)
     assert path.parent == cwd and path.name.startswith("a-small-fox-")
@@ -219,7 +248,9 @@ def test_ctrl_c_stops_a_drawing_and_the_repl_goes_on(repl: pexpect.spawn) -> Non
     started = time.monotonic()
     repl.sendintr()
     repl.expect_exact(PROMPT)
-    assert "Image saved" not in str(repl.before)
+    assert "Image saved" not in str(repl.before) and "stopped; nothing was saved" in str(
+        repl.before
+    )
     ask(repl, "/set steps 2")
     # The server stopped denoising: the runner is free at once (the rest would take 20 s).
     assert "Image saved to:" in ask(repl, "a quick fox")

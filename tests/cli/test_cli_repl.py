@@ -124,3 +124,13 @@ def test_load_and_save(repl: pexpect.spawn) -> None:
     )
     repl.expect_exact(PROMPT)
     assert "saved:latest" in ask(repl, "/list")
+
+
+def test_a_cold_model_shows_that_it_loads_before_the_prompt(server: Any, store: Store) -> None:
+    add_fake(store, "cold", load_delay=1.5)
+    env = {**os.environ, "LIMNER_HOST": server.url.removeprefix("http://"), "TERM": "dumb"}
+    child = pexpect.spawn(sys.executable, ["-m", "limner", "run", "cold"], env=env,
+                          encoding="utf-8", timeout=30, dimensions=(24, 200))  # fmt: skip
+    child.expect(r"loading cold \d+s")  # a spinner with the seconds so far
+    child.expect_exact(PROMPT)
+    child.close(force=True)

@@ -590,3 +590,12 @@ def test_sdxl_draws_every_mode(sdxl: DiffusionEngine) -> None:
     original = np.asarray(Image.open(io.BytesIO(png()))).astype(int)
     _, result = draw(sdxl, image=png(), mask=left_half_mask(), steps=2, strength=1.0)
     assert np.array_equal(pixels(result)[:, 32:], original[:, 32:])
+
+
+def test_progress_counts_the_steps_asked_even_when_the_scheduler_calls_more(
+    plain: DiffusionEngine,
+) -> None:
+    progress, _ = draw(plain, scheduler="pndm", steps=4)  # PNDM: 5 calls for 4 steps
+    assert len(progress) == 5 and {p.total for p in progress} == {4}
+    assert [p.completed for p in progress] == [1, 2, 3, 4, 4]
+    assert diffusion._asked_steps(3, 3, 3) == (3, 3)

@@ -81,27 +81,57 @@ class DrawSettings:
             f"--{name}" for name in SETTINGS if getattr(self, _attribute(name)) not in (None, [])
         ]
 
-    def rows(self) -> list[tuple[str, str]]:
-        """(setting, value) for /show: `default` where the model or server decides."""
+    def rows(self, model_info: dict[str, Any] | None = None) -> list[tuple[str, str]]:
+        """(setting, value) for /show: what was set, else what the model or server will use
+        (read from the model's /api/show facts), marked `(default)`."""
+        defaults = model_defaults(model_info or {}, self.image is not None)
         rows = []
         for name in SETTINGS:
             value = getattr(self, _attribute(name))
             if isinstance(value, list):
                 value = ", ".join(str(v) for v in value)
-            unset = "none" if SETTINGS[name] is Path else "default"
-            rows.append((name, unset if value in (None, "") else str(value)))
+            if value in (None, ""):
+                value = f"{defaults.get(name, 'none')} (default)" if name in defaults else "none"
+            rows.append((name, str(value)))
         return rows
 
+    def check(self) -> None:
+        """The settings as the server will check them, now: ValueError in the CLI's words."""
+        from limner.engines import drawing
+        from limner.errors import InvalidRequest
+
+        # A picture in the prompt may be the one to redraw: a mask alone is no error here.
+        image = b"" if self.image or self.mask else None
+        request = drawing.ImageRequest(
+            "", width=self.width or 0, height=self.height or 0, steps=self.steps or 0,
+            guidance_scale=self.guidance, seed=-1 if self.seed is None else self.seed,
+            scheduler=self.scheduler or "", image=image, mask=b"" if self.mask else None,
+            strength=drawing.DEFAULT_STRENGTH if self.strength is None else self.strength,
+            style_strength=drawing.DEFAULT_STYLE_STRENGTH if self.style_strength is None
+            else self.style_strength, vae=self.vae or "",
+        )  # fmt: skip
+        try:
+            drawing.checked(request)
+        except InvalidRequest as error:
+            raise ValueError(in_flags(str(error))) from None
+
     def set(self, name: str, text: str) -> None:
-        """Parse and set one setting by its REPL name; ValueError says why not."""
+        """Parse, check and set one setting by its REPL name; ValueError says why not (and
+        the setting keeps its value)."""
         kind = SETTINGS.get(name)
         if kind is None:
             raise ValueError(f"unknown setting '{name}'")
         value = _parse(kind, text)
+        before = getattr(self, _attribute(name))
         if name == "style":
             self.styles.append(value)
         else:
             setattr(self, _attribute(name), value)
+        try:
+            self.check()
+        except ValueError:
+            setattr(self, _attribute(name), before if name != "style" else self.styles[:-1])
+            raise
 
     def reset(self, name: str) -> None:
         if name not in SETTINGS:
@@ -115,6 +145,41 @@ SETTINGS: dict[str, type] = {
     "scheduler": str, "strength": float, "image": Path, "mask": Path, "style": Path,
     "style-strength": float, "vae": str,
 }  # fmt: skip
+
+
+# The request's words for what the CLI calls by its flags, for messages a user reads here.
+FLAG_WORDS = (("a mask needs the picture to repaint in images[0]",
+               "--mask needs --image (or a picture in the prompt): the picture to repaint"),
+              ("images[0]", "--image"), ("guidance_scale", "--guidance"),
+              ("style_strength", "--style-strength"), ("negative_prompt", "--negative"),
+              ("init picture", "--image picture"), ("style_images", "--style"))  # fmt: skip
+
+
+def in_flags(message: str) -> str:
+    """A request's error in the CLI's words: `--image`, not `images[0]`."""
+    for wire, flag in FLAG_WORDS:
+        message = message.replace(wire, flag)
+    return message
+
+
+def model_defaults(model_info: dict[str, Any], redraws: bool) -> dict[str, str]:
+    """What a drawing model uses for the settings left unset, from its /api/show facts."""
+    from limner.engines import drawing
+
+    family = str(model_info.get("general.architecture", ""))
+    size = model_info.get(f"{family}.default_size")
+    side = "the picture's" if redraws else str(size) if size else "the model's"
+    scheduler = model_info.get(f"{family}.scheduler")
+    return {
+        "width": side, "height": side,
+        "steps": str(model_info.get(f"{family}.default_steps", drawing.DEFAULT_STEPS)),
+        "seed": "random",
+        "guidance": f"{model_info.get(f'{family}.default_guidance_scale', drawing.DEFAULT_GUIDANCE):g}",
+        "scheduler": f"the model's ({scheduler})" if scheduler else "the model's",
+        "strength": f"{drawing.DEFAULT_STRENGTH:g}",
+        "style-strength": f"{drawing.DEFAULT_STYLE_STRENGTH:g}",
+        "vae": "full",
+    }  # fmt: skip
 
 
 def _attribute(name: str) -> str:
@@ -144,7 +209,7 @@ def settings_from_args(args: argparse.Namespace) -> DrawSettings:
     from limner.errors import InvalidRequest
 
     try:
-        return DrawSettings(
+        settings = DrawSettings(
             width=args.width, height=args.height, steps=args.steps, seed=args.seed,
             negative=args.negative, guidance=args.guidance, scheduler=args.scheduler,
             strength=args.strength, style_strength=args.style_strength,
@@ -152,8 +217,10 @@ def settings_from_args(args: argparse.Namespace) -> DrawSettings:
             mask=picture_path(args.mask) if args.mask else None,
             styles=[picture_path(p) for p in args.style or []], vae=args.vae,
         )  # fmt: skip
+        settings.check()
     except ValueError as error:
         raise InvalidRequest(str(error)) from None
+    return settings
 
 
 # --- one drawing ----------------------------------------------------------------------------
@@ -168,13 +235,33 @@ def draw_once(
     text, init = take_pictures(prompt, settings.image)
     if not text:
         raise InvalidRequest(NEEDS_PROMPT)
+    if text.rstrip().endswith("?"):
+        print(f"'{session.model}' draws pictures; it does not answer questions: drawing the "
+              "prompt as a picture", file=sys.stderr)  # fmt: skip
     target = Path(output).expanduser() if output else None
-    saved, bar = draw_and_save(sdk, session, settings, text, init, target)
-    print(f"Image saved to: {saved}", flush=True)
-    show_picture(saved)
+    try:
+        saved, image, bar = draw_and_save(sdk, session, settings, text, init, target)
+    except KeyboardInterrupt:
+        print("stopped; nothing was saved", file=sys.stderr)
+        return 130
+    report_saved(saved, image, session.verbose)
     if session.verbose:
         print_draw_timings(bar, sys.stderr)
     return 0
+
+
+def report_saved(saved: Path, image: GeneratedImage, verbose: bool) -> None:
+    """Where the picture went and its seed (to draw it again); with --verbose, everything
+    that drew it."""
+    print(f"Image saved to: {saved}", flush=True)
+    show_picture(saved)
+    parameters = image.parameters
+    if "seed" in parameters:
+        print(f"seed {parameters['seed']}", file=sys.stderr)
+    if verbose:
+        for key, value in parameters.items():
+            if key not in ("seed", "digest"):
+                print(f"{key + ':':<22}{value}", file=sys.stderr)
 
 
 def take_pictures(prompt: str, image: Path | None) -> tuple[str, Path | None]:
@@ -198,21 +285,29 @@ def take_pictures(prompt: str, image: Path | None) -> tuple[str, Path | None]:
 def draw_and_save(
     sdk: Client, session: Session, settings: DrawSettings, prompt: str, init: Path | None,
     target: Path | None, replace: bool = True,
-) -> tuple[Path, ProgressBar]:  # fmt: skip
+) -> tuple[Path, GeneratedImage, ProgressBar]:  # fmt: skip
     """Draw with a progress bar on a terminal's stderr, then save: in the current folder or
     the `target` folder under a new name, or as the `target` file (`replace`: over an
     existing one, as asked; else numbered, for the REPL's many drawings)."""
-    bar = ProgressBar(sys.stderr if sys.stderr.isatty() else None)
+    from limner.cli.session import waiting_for
+    from limner.errors import LimnerError
+
+    terminal = sys.stderr if sys.stderr.isatty() else None
+    bar = ProgressBar(terminal, waiting_for(sdk, session.model) if terminal else "")
     try:
         image = draw(sdk, session, settings, prompt, init, bar)
+    except LimnerError as error:  # the server's words for fields, in the CLI's: flags
+        error.message = in_flags(error.message)
+        raise
     finally:
         bar.close()  # also on Ctrl+C, so the next line starts clean
     if target is None or target.is_dir():
         base = f"{file_stem(prompt)}-{datetime.now():%Y%m%d-%H%M%S}"
-        return save_unique(image.png, target or Path.cwd(), base), bar
+        return save_unique(image.png, target or Path.cwd(), base), image, bar
     if replace:
-        return write_png(image.png, target), bar
-    return save_unique(image.png, target.parent, target.stem, target.suffix or ".png"), bar
+        return write_png(image.png, target), image, bar
+    saved = save_unique(image.png, target.parent, target.stem, target.suffix or ".png")
+    return saved, image, bar
 
 
 def draw(
@@ -278,14 +373,20 @@ class ProgressBar:
 
     WIDTH = 30
 
-    def __init__(self, out: IO[str] | None) -> None:
+    def __init__(self, out: IO[str] | None, waiting: str = "") -> None:
+        from limner.cli.session import Spinner
+
         self.out = out
         self.started = time.monotonic()
         self.first: tuple[int, float] | None = None  # (completed, time) of the first step
         self.last: tuple[int, float] | None = None
         self.shown = 0  # characters on the bar's line, to wipe it
+        # Until the first step: a spinner (and `loading MODEL` while the model loads).
+        self.spinner = Spinner(waiting, out) if out is not None else None
 
     def __call__(self, completed: int, total: int) -> None:
+        if self.spinner is not None:
+            self.spinner.stop()
         now = time.monotonic()
         self.first = self.first or (completed, now)
         self.last = (completed, now)
@@ -298,8 +399,8 @@ class ProgressBar:
         arrow = ">" if filled < self.WIDTH else ""
         line = f"[{'=' * filled}{arrow}{' ' * (self.WIDTH - filled - len(arrow))}] {completed}/{total} steps"
         rate = self.rate()
-        if rate is not None:
-            line += f"  {rate:.1f} steps/s"
+        if rate:
+            line += f"  {rate:.1f} steps/s, {(total - completed) / rate:.0f}s left"
         self.out.write("\r" + line.ljust(self.shown))
         self.out.flush()
         self.shown = len(line)
@@ -314,6 +415,8 @@ class ProgressBar:
         return time.monotonic() - self.started
 
     def close(self) -> None:
+        if self.spinner is not None:
+            self.spinner.stop()
         if self.out is not None and self.shown:
             self.out.write("\r" + " " * self.shown + "\r")
             self.out.flush()

@@ -14,7 +14,14 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from limner.cli.session import Session, attach_pictures, print_stream, print_timings
+from limner.cli.session import (
+    Session,
+    Spinner,
+    attach_pictures,
+    print_stream,
+    print_timings,
+    waiting_for,
+)
 
 if TYPE_CHECKING:
     from limner.cli.draw import DrawSettings
@@ -143,7 +150,11 @@ class Repl:
     def loop(self) -> int:
         from limner.errors import LimnerError
 
-        self.sdk.generate(self.session.model, keep_alive=self.session.keep_alive)
+        loading = Spinner(f"loading {self.session.model}")
+        try:
+            self.sdk.generate(self.session.model, keep_alive=self.session.keep_alive)
+        finally:
+            loading.stop()
         self._replay_stored_messages()
         while True:
             try:
@@ -231,7 +242,7 @@ class Repl:
             return str(chunk.message.content)
 
         try:
-            final = print_stream(chunks, text_of, s.wordwrap)
+            final = print_stream(chunks, text_of, s.wordwrap, waiting_for(self.sdk, s.model))
         except (KeyboardInterrupt, LimnerError) as stopped:
             # An unanswered question stays out of the conversation.
             s.messages.pop()
@@ -490,7 +501,7 @@ class DrawRepl(Repl):
         from limner.cli.draw import (
             draw_and_save,
             print_draw_timings,
-            show_picture,
+            report_saved,
             take_pictures,
         )
 
@@ -499,12 +510,14 @@ class DrawRepl(Repl):
             print("Type what to draw after the picture: a watercolor of cat.png")
             return
         target = Path(self.output).expanduser() if self.output else None
-        # A Ctrl+C here reaches Repl.loop, which goes on; the stream is closed by then.
-        saved, bar = draw_and_save(
-            self.sdk, self.session, self.settings, prompt, init, target, replace=False
-        )
-        print(f"Image saved to: {saved}", flush=True)
-        show_picture(saved)
+        try:
+            saved, image, bar = draw_and_save(
+                self.sdk, self.session, self.settings, prompt, init, target, replace=False
+            )
+        except KeyboardInterrupt:  # the stream is closed by now: the server stops drawing
+            print("stopped; nothing was saved", file=sys.stderr)
+            return
+        report_saved(saved, image, self.session.verbose)
         if self.session.verbose:
             print_draw_timings(bar, sys.stderr)
 
@@ -552,6 +565,6 @@ class DrawRepl(Repl):
             super()._show(args)
             return
         print(f"Drawing settings for '{self.session.model}':")
-        for name, value in self.settings.rows():
+        for name, value in self.settings.rows(self.info.model_info):
             print(f"  {name:<16} {value}")
         print()

@@ -17,7 +17,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from limner.cli import draw
-from limner.cli.session import Session, attach_pictures, print_stream, print_timings
+from limner.cli.session import (
+    Session,
+    attach_pictures,
+    print_stream,
+    print_timings,
+    waiting_for,
+)
 
 if TYPE_CHECKING:
     from limner.client import Client
@@ -138,7 +144,8 @@ def one_shot(sdk: Client, session: Session, prompt: str) -> int:
         keep_alive=session.keep_alive, stream=True,
     )  # fmt: skip
     try:
-        final = print_stream(chunks, lambda chunk: chunk.response, session.wordwrap)
+        final = print_stream(chunks, lambda chunk: chunk.response, session.wordwrap,
+                             waiting_for(sdk, session.model))  # fmt: skip
     except KeyboardInterrupt:
         print()
         return 130

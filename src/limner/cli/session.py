@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import shutil
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from limner.client import Client
     from limner.types import Metrics
 
 
@@ -46,18 +49,76 @@ def attach_pictures(text: str) -> tuple[str, list[bytes]]:
 # --- printing an answer as it streams ---------------------------------------------------
 
 
+class Spinner:
+    """Until the first word or step: a spinner on a terminal's stderr with what it waits for
+    and for how long, so a cold model's seconds of loading are not a silent pause."""
+
+    FRAMES = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
+
+    def __init__(self, label: str = "", out: IO[str] | None = None) -> None:
+        self.label, self.out = label, out if out is not None else _terminal(sys.stderr)
+        self.started = time.monotonic()
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._width = 0
+        if self.out is not None:
+            self._thread = threading.Thread(target=self._spin, daemon=True)
+            self._thread.start()
+
+    def _spin(self) -> None:
+        assert self.out is not None
+        frame = 0
+        # A bare spinner waits a second: a loaded model's first word usually comes sooner.
+        if self._stopped.wait(0.0 if self.label else 0.9):
+            return
+        while not self._stopped.wait(0.1):
+            seconds = time.monotonic() - self.started
+            line = f"{self.FRAMES[frame % len(self.FRAMES)]} {self.label} {seconds:.0f}s".strip()
+            self.out.write("\r" + line.replace("  ", " ").ljust(self._width))
+            self.out.flush()
+            self._width, frame = len(line), frame + 1
+
+    def stop(self) -> None:
+        """Stop and wipe the line (safe to call twice)."""
+        self._stopped.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+            if self._width and self.out is not None:
+                self.out.write("\r" + " " * self._width + "\r")
+                self.out.flush()
+
+
+def _terminal(out: IO[str]) -> IO[str] | None:
+    return out if out.isatty() else None
+
+
+def waiting_for(sdk: Client, model: str) -> str:
+    """What a spinner says before the first word: `loading MODEL` while it is not loaded."""
+    from limner.errors import LimnerError
+
+    try:
+        loaded = {each.name.removesuffix(":latest") for each in sdk.ps().models}
+    except LimnerError:
+        return ""
+    return "" if model.removesuffix(":latest") in loaded else f"loading {model}"
+
+
 def print_stream(
-    chunks: Iterable[Any], text_of: Callable[[Any], str], wordwrap: bool
+    chunks: Iterable[Any], text_of: Callable[[Any], str], wordwrap: bool, waiting: str = ""
 ) -> Metrics | None:
-    """Print each piece as it arrives; return the final chunk (with the timings).
+    """Print each piece as it arrives; return the final chunk (with the timings). Until the
+    first piece, a spinner says what it waits for (`waiting`).
 
     The stream is closed however this ends, so a Ctrl+C drops the connection and the
     server stops generating.
     """
     out = Wrapper(terminal_width(), _write) if wordwrap and sys.stdout.isatty() else None
     final = None
+    spinner = Spinner(waiting)
     try:
         for chunk in chunks:
+            spinner.stop()
             piece = text_of(chunk)
             if out is not None:
                 out.feed(piece)
@@ -66,6 +127,7 @@ def print_stream(
             if chunk.done:
                 final = chunk
     finally:
+        spinner.stop()
         if out is not None:
             out.flush()
         close = getattr(chunks, "close", None)

@@ -267,6 +267,7 @@ class _Plan:
     init: Image.Image | None = None  # the input picture at the drawn size (inpainting only)
     mask: Image.Image | None = None  # binary "L" mask at the drawn size (inpainting only)
     tiny: bool = False  # the tiny autoencoder decodes the final latents (the pipe returns them)
+    denoising: int = 0  # the steps asked for (times strength): what progress counts to
 
 
 class _Stopped(Exception):
@@ -510,7 +511,9 @@ class DiffusionEngine:
             parameters["vae"] = "tiny"
         if mode != "inpaint":
             init = mask = None  # nothing to paste back
-        return _Plan(pipe, scheduler, kwargs, parameters, width, height, init, mask, tiny)
+        denoising = steps if strength is None else max(1, int(steps * strength))
+        return _Plan(pipe, scheduler, kwargs, parameters, width, height, init, mask, tiny,
+                     denoising)  # fmt: skip
 
     def _settings(self, request: ImageRequest) -> tuple[str, Any, int, float, int]:
         """Scheduler name and instance, steps, guidance and seed, with the defaults applied;
@@ -626,12 +629,12 @@ class DiffusionEngine:
         def on_step(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
             if stop.is_set() or cancelled():
                 raise _Stopped
-            done, total = step + 1, pipe.num_timesteps
+            done, calls = step + 1, pipe.num_timesteps
             if finish():
                 pipe._interrupt = True  # diffusers skips the remaining steps, then decodes
-            wanted = preview_every > 0 and done % preview_every == 0 and done < total
+            wanted = preview_every > 0 and done % preview_every == 0 and done < calls
             preview = self._preview(pipe, tensors["latents"]) if wanted else None
-            events.put(Progress(done, total, preview))
+            events.put(Progress(*_asked_steps(done, calls, plan.denoising), preview))
             return tensors
 
         def work() -> None:
@@ -894,6 +897,14 @@ def _scheduler_name(cls: type[Any], config: Any) -> str:
         if known is cls and (karras is None or karras == bool(config.get("use_karras_sigmas"))):
             return name
     return cls.__name__
+
+
+def _asked_steps(done: int, calls: int, asked: int) -> tuple[int, int]:
+    """Progress counted in the steps asked for: PNDM runs 5 scheduler calls for 4 steps
+    (its warm-up), so call 5 of 5 is step 4 of 4, never "5/5" for 4 steps."""
+    if not asked or asked == calls:
+        return done, calls
+    return min(asked, math.ceil(done * asked / calls)), asked
 
 
 def _at_least_one_step(strength: float, steps: int) -> float:

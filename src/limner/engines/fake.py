@@ -22,6 +22,7 @@ import hashlib
 import io
 import json
 import os
+import random
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -84,13 +85,14 @@ class FakeEngine:
             yield Progress(step, steps, preview)
             if finish():
                 break
-        colour = tuple(hashlib.sha256(f"{request.prompt}{request.seed}".encode()).digest()[:3])
+        seed = request.seed if request.seed >= 0 else random.randrange(2**32)  # as the real one
+        colour = tuple(hashlib.sha256(f"{request.prompt}{seed}".encode()).digest()[:3])
         picture = Image.new("RGB", (width, height), colour)
         if request.image is not None:
             base = Image.open(io.BytesIO(request.image)).convert("RGB").resize((width, height))
             mask = Image.open(io.BytesIO(request.mask)).convert("L") if request.mask else None
             picture = Image.composite(picture, base, mask) if mask else picture
-        parameters = {"prompt": request.prompt, "seed": request.seed, "steps": steps,
+        parameters = {"prompt": request.prompt, "seed": seed, "steps": steps,
                       "width": width, "height": height, "loras": request.loras or None,
                       **request.metadata}  # fmt: skip
         info = PngImagePlugin.PngInfo()
