@@ -18,8 +18,16 @@ $(VENV)/.installed: pyproject.toml
 # The browser tests drive Debian's Chromium (Playwright never downloads a browser here).
 CHROMIUM := /usr/bin/chromium
 
+# Installed where this can (root on Debian or Ubuntu); elsewhere it says what to install.
 $(CHROMIUM):
-	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else \
+		echo "The browser tests drive Chromium at $(CHROMIUM), which is missing. Install it" \
+			"(Debian/Ubuntu: sudo apt-get install chromium; elsewhere link a Chromium or Chrome" \
+			"binary there), or run 'make test-quick' without the browser. 'make demo' needs no browser."; \
+		exit 1; \
+	fi
 
 install: $(VENV)/.installed $(CHROMIUM)
 

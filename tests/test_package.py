@@ -36,3 +36,14 @@ def test_a_runners_log_carries_no_note_about_torchvision_being_absent() -> None:
     quiet = subprocess.run([sys.executable, "-c", f"import limner.engines; {touch}"],
                            capture_output=True, text=True)  # fmt: skip
     assert quiet.returncode == 0 and "torchvision" not in quiet.stderr
+
+
+def test_the_demos_set_up_needs_no_root_and_no_browser() -> None:
+    """`make demo` on a fresh machine: a venv and pip, never apt-get or Chromium (only the
+    browser tests need those)."""
+    root = Path(__file__).resolve().parents[1]
+    planned = subprocess.run(["make", "-n", "-B", "demo"], cwd=root, capture_output=True,
+                             text=True, check=True).stdout  # fmt: skip
+    assert "python3 -m venv" in planned and "limner demo" in planned
+    for needs_root in ("apt-get", "chromium", "sudo"):
+        assert needs_root not in planned.lower()
