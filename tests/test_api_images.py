@@ -196,3 +196,16 @@ def test_the_official_ollama_client_draws_with_its_image_fields(api: httpx.Clien
     lines = list(client.generate(model="draw", prompt="a kite", steps=3, stream=True))
     assert [(x.completed, x.total) for x in lines[:-1]] == [(1, 3), (2, 3), (3, 3)]
     assert lines[-1].image is not None
+
+
+def test_style_pictures_with_an_image_on_a_model_without_ip_adapter_are_refused_unloaded(
+    api: httpx.Client, store: Store, server: Any, tmp_path: Any
+) -> None:
+    from helpers import add_tiny_sd
+
+    add_tiny_sd(store, tmp_path)  # no IP-Adapter
+    body = {"model": "sd", "prompt": "a house", "images": [b64(picture())],
+            "style_images": [b64(picture())], "stream": False}  # fmt: skip
+    reply = api.post("/api/generate", json=body)
+    assert reply.status_code == 400 and "has no IP-Adapter" in reply.json()["error"]
+    assert server.scheduler.loads == 0

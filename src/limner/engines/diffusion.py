@@ -460,11 +460,7 @@ class DiffusionEngine:
         style = ("ip-adapter" if self.ip_adapter else "img2img") if styles else None
         if style == "img2img":
             if init is not None:
-                raise InvalidRequest(
-                    "this model has no IP-Adapter, so style pictures are drawn from as an "
-                    "image-to-image start, which cannot be combined with an image; "
-                    "send either the image or the style pictures"
-                )
+                raise InvalidRequest(drawing.STYLE_WITH_IMAGE_NEEDS_IP_ADAPTER)
             # The style picture is the starting point; more style strength keeps more of it.
             init, styles = styles[0], []
             strength = _at_least_one_step(1.0 - request.style_strength, steps)

@@ -64,6 +64,14 @@ class ImageRequest:
     metadata: dict[str, str] = field(default_factory=dict)  # e.g. model and digest, for the PNG
 
 
+# Without an IP-Adapter a style picture is the image-to-image start: it cannot join an image.
+STYLE_WITH_IMAGE_NEEDS_IP_ADAPTER = (
+    "this model has no IP-Adapter, so style pictures are drawn from as an image-to-image "
+    "start, which cannot be combined with an image; send either the image or the style "
+    "pictures, or use a model with an IP-Adapter"
+)
+
+
 def checked(request: ImageRequest) -> ImageRequest:
     """The request with its scheduler and VAE names normalised, or InvalidRequest naming
     the field."""

@@ -57,10 +57,11 @@ def check(body: GenerateRequest, model_config: dict[str, Any]) -> ImageRequest:
         )
     )  # fmt: skip
     family = model_config.get("model_family", "")
-    if request.vae == "tiny" and not (model_config.get("model_info") or {}).get(
-        f"{family}.tiny_vae"
-    ):
+    facts = model_config.get("model_info") or {}
+    if request.vae == "tiny" and not facts.get(f"{family}.tiny_vae"):
         raise InvalidRequest(drawing.NO_TINY_VAE)
+    if body.style_images and init is not None and facts.get(f"{family}.ip_adapter") is False:
+        raise InvalidRequest(drawing.STYLE_WITH_IMAGE_NEEDS_IP_ADAPTER)  # before any load
     request.mask = _checked_mask(body.mask, init)
     request.style_images = [
         _decoded(encoded, f"style picture {number}")[0]
