@@ -145,17 +145,22 @@ def upright(data: bytes, label: str) -> bytes:
     """The picture's bytes as every engine should read them, checked as `check` does: a JPEG
     whose EXIF says the camera was turned comes back turned upright, an MPO as its first
     picture (both as PNG); any other picture comes back as it was sent."""
+    return checked_upright(data, label)[0]
+
+
+def checked_upright(data: bytes, label: str) -> tuple[bytes, Image.Image]:
+    """`upright`'s bytes and the picture they decode to, from one decoding."""
     with _decoding(data, label):
         image = _opened(data, label)
         image.load()
         if image.format != "MPO" and not _turned(image):
-            return data
+            return data, image
         fixed = _upright(image)
         if fixed.mode not in ("RGB", "RGBA", "L", "LA", "P"):
             fixed = fixed.convert("RGB")  # CMYK and YCbCr JPEGs: PNG holds neither
         buffer = io.BytesIO()
         fixed.save(buffer, format="PNG")
-        return buffer.getvalue()
+        return buffer.getvalue(), fixed
 
 
 def _turned(image: Image.Image) -> bool:

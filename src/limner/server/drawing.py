@@ -84,8 +84,7 @@ def _given(value: float | None, default: float) -> float:
 def _decoded(encoded: str, label: str) -> tuple[bytes, Image.Image]:
     """The picture's bytes (what the engine gets) and the picture they decode to."""
     [data] = pictures.decode_base64([encoded], label)
-    data = pictures.upright(data, label)
-    return data, pictures.check(data, label)
+    return pictures.checked_upright(data, label)
 
 
 def _size(
