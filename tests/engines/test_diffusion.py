@@ -114,12 +114,12 @@ def test_txt2img_reports_every_step_then_one_png_of_the_requested_size(
 
 def test_default_size_steps_and_the_models_own_scheduler(engine: DiffusionEngine) -> None:
     # Size: UNet sample_size 8 x VAE factor 8. PNDM (the model's own) evaluates its first
-    # step twice, so the progress total is steps + 1.
+    # step twice: four calls, counted as the three steps asked for.
     progress, result = draw(engine, scheduler="", steps=3)
 
     assert Image.open(io.BytesIO(result.png)).size == (engine.default_size,) * 2 == (64, 64)
-    assert [p.completed for p in progress] == [1, 2, 3, 4]
-    assert {p.total for p in progress} == {4}
+    assert [p.completed for p in progress] == [1, 1, 2, 3]
+    assert {p.total for p in progress} == {3}
     assert result.parameters["scheduler"] == "pndm"
     assert result.parameters["guidance_scale"] == 7.5
 
@@ -597,5 +597,5 @@ def test_progress_counts_the_steps_asked_even_when_the_scheduler_calls_more(
 ) -> None:
     progress, _ = draw(plain, scheduler="pndm", steps=4)  # PNDM: 5 calls for 4 steps
     assert len(progress) == 5 and {p.total for p in progress} == {4}
-    assert [p.completed for p in progress] == [1, 2, 3, 4, 4]
+    assert [p.completed for p in progress] == [1, 1, 2, 3, 4]
     assert diffusion._asked_steps(3, 3, 3) == (3, 3)

@@ -900,7 +900,7 @@ def _asked_steps(done: int, calls: int, asked: int) -> tuple[int, int]:
     (its warm-up), so call 5 of 5 is step 4 of 4, never "5/5" for 4 steps."""
     if not asked or asked == calls:
         return done, calls
-    return min(asked, math.ceil(done * asked / calls)), asked
+    return max(1, done * asked // calls), asked  # the asked total only at the last call
 
 
 def _at_least_one_step(strength: float, steps: int) -> float:
