@@ -35,6 +35,8 @@ OPERATIONS = [
     ("POST", "/api/embed"), ("POST", "/api/embeddings"), ("POST", "/v1/embeddings"),
     ("POST", "/api/copy"), ("DELETE", "/api/delete"), ("POST", "/api/create"),
     ("HEAD", "/api/blobs/{digest}"), ("POST", "/api/blobs/{digest}"),
+    ("GET", "/api/gallery"), ("GET", "/api/gallery/{picture_id}"),
+    ("HEAD", "/api/gallery/{picture_id}"), ("DELETE", "/api/gallery/{picture_id}"),
     ("POST", "/v1/images/generations"), ("POST", "/v1/images/edits"),
     ("POST", "/v1/chat/completions"), ("GET", "/v1/models"), ("GET", "/v1/models/{model}"),
     ("POST", "/sdapi/v1/txt2img"), ("POST", "/sdapi/v1/img2img"), ("GET", "/sdapi/v1/sd-models"),

@@ -339,7 +339,6 @@ def listen(host: str, port: int) -> socket.socket:
                "to a higher port"}.get(exc.errno or 0, exc.strerror or str(exc))  # fmt: skip
         raise LimnerError(f"listen tcp {where}: bind: {why}") from None
     listening.listen(2048)
-    listening.set_inheritable(True)
     return listening
 
 

@@ -45,6 +45,7 @@ ANSWERS: dict[tuple[str, str], type[BaseModel]] = {
     ("/api/version", "get"): types.VersionResponse,
     ("/api/embed", "post"): types.EmbedResponse,
     ("/api/embeddings", "post"): types.EmbeddingsResponse,
+    ("/api/gallery", "get"): types.GalleryResponse,
 }
 # Every native endpoint's errors: `{"error": "what to fix"}` with a 4xx or 5xx status.
 ERROR = {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}
