@@ -171,6 +171,25 @@ def test_inpainting_keeps_unmasked_pixels_exactly(which: str, request: Any) -> N
     assert np.abs(out[:, :32] - original[:, :32]).mean() > 10  # white half: repainted
 
 
+def test_a_grey_mask_edge_blends_the_drawing_into_the_picture(engine: DiffusionEngine) -> None:
+    """A blurred mask (the page's and A1111's "mask blur"): white repaints, black keeps the
+    pixels exactly, and grey between mixes the two by its level."""
+    drawn, kept = Image.new("RGB", (3, 1), (200, 100, 0)), Image.new("RGB", (3, 1), (0, 0, 0))
+    levels = Image.frombytes("L", (3, 1), bytes([255, 64, 0]))
+    mixed = np.asarray(diffusion._overlay(drawn, kept, levels))[0]
+    assert mixed.tolist() == [[200, 100, 0], [50, 25, 0], [0, 0, 0]]
+
+    grey = np.zeros((64, 64), dtype=np.uint8)
+    grey[:, :24], grey[:, 24:32] = 255, 64  # repaint, then a quarter-white band
+    buffer = io.BytesIO()
+    Image.fromarray(grey).save(buffer, format="PNG")
+    original = np.asarray(Image.open(io.BytesIO(png()))).astype(int)
+    _, result = draw(engine, image=png(), mask=buffer.getvalue(), steps=2, strength=1.0)
+    out = pixels(result)
+    assert np.array_equal(out[:, 32:], original[:, 32:])  # black: exactly the picture
+    assert not np.array_equal(out[:, 24:32], original[:, 24:32])  # grey: blended
+
+
 def test_the_inpainting_model_also_draws_from_text_and_from_a_picture(
     inpainter: DiffusionEngine,
 ) -> None:

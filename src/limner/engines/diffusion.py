@@ -481,7 +481,10 @@ class DiffusionEngine:
             "generator": torch.Generator("cpu").manual_seed(seed),
             "output_type": "latent" if tiny else "pil",  # latents: the engine decodes them
         }
-        pipe = self._arguments(kwargs, mode, init, mask, strength, width, height)
+        # The pipeline repaints where the mask is at least half white (diffusers' own
+        # threshold); the paste-back blends by the grey levels, so a blurred edge feathers.
+        binary = mask.point(lambda v: 255 if v >= 128 else 0) if mask is not None else None
+        pipe = self._arguments(kwargs, mode, init, binary, strength, width, height)
         self._style_arguments(kwargs, styles, request.style_strength, guidance)
 
         # 5. What the PNG and the result report.
@@ -914,7 +917,8 @@ def _at_least_one_step(strength: float, steps: int) -> float:
 def _pictures(
     request: ImageRequest,
 ) -> tuple[Image.Image | None, Image.Image | None, list[Image.Image]]:
-    """The decoded input picture, binary mask and style pictures; the mask fits the picture."""
+    """The decoded input picture, mask (grey levels kept) and style pictures; the mask fits
+    the picture."""
     init = open_rgb(request.image, "the picture") if request.image is not None else None
     mask = None
     if request.mask is not None:
@@ -927,8 +931,6 @@ def _pictures(
                 f"{init.width}x{init.height}; send a mask the size of the picture "
                 "(white = repaint, black = keep)"
             )
-        # Binary at diffusers' own threshold, so the pipeline and the paste-back agree.
-        mask = mask.point(lambda v: 255 if v >= 128 else 0)
     styles = [
         open_rgb(data, f"style picture {i}") for i, data in enumerate(request.style_images, 1)
     ]
@@ -936,11 +938,12 @@ def _pictures(
 
 
 def _overlay(image: Image.Image, original: Image.Image, mask: Image.Image) -> Image.Image:
-    """The drawn picture inside the mask, the original pixels exactly everywhere else."""
-    drawn = np.array(image.convert("RGB"))
-    keep = np.asarray(mask) < 128
-    drawn[keep] = np.asarray(original.convert("RGB"))[keep]
-    return Image.fromarray(drawn)
+    """The drawn picture where the mask is white, the original pixels exactly where it is
+    black, and a blend by the grey level between (a blurred mask's feathered edge)."""
+    drawn = np.asarray(image.convert("RGB"), dtype=np.float32)
+    kept = np.asarray(original.convert("RGB"), dtype=np.float32)
+    alpha = np.asarray(mask.convert("L"), dtype=np.float32)[..., None] / 255.0
+    return Image.fromarray(np.rint(drawn * alpha + kept * (1.0 - alpha)).astype(np.uint8))
 
 
 def a1111_parameters(parameters: dict[str, Any]) -> str:
