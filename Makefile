@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # torch is pinned here, never in pyproject: an unpinned torch pulls a multi-GB CUDA build.
 TORCH := torch==2.13.0
 
-.PHONY: install demo test test-quick test-full-security lint
+.PHONY: install demo test test-quick test-full-security lint screenshots
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -50,3 +50,7 @@ test-quick: install
 # Every security and reliability test, the minutes-long ones included (about 15 minutes).
 test-full-security: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "" tests/security tests/reliability
+
+# The web page's screenshots in docs/screens/ (every tab at 1280x800 and 390x844), made again.
+screenshots: install
+	HF_HUB_OFFLINE=1 $(PY) tests/browser/screenshots.py

@@ -70,6 +70,18 @@ async function send(method, path, body, signal, headers = {}, asked = false) {
   return response;
 }
 
+// Whether the page holds an API token (then pictures are fetched with it, not by <img src>).
+export function hasToken() {
+  return Boolean(sessionStorage.getItem(TOKEN));
+}
+
+// A file the API answers (a gallery picture) as a Blob, with the token when there is one.
+export async function blobOf(path, signal) {
+  const response = await send("GET", path, undefined, signal);
+  if (!response.ok) throw await failure(response);
+  return response.blob();
+}
+
 // One request with a JSON (or empty) answer.
 export async function call(method, path, body, signal) {
   const response = await send(method, path, body, signal);
@@ -141,6 +153,10 @@ function readAsDataUrl(blob) {
   });
 }
 
+export async function dataUrlOf(blob) {
+  return readAsDataUrl(blob);
+}
+
 export function dataUrl(base64, type = "image/png") {
   return `data:${type};base64,${base64}`;
 }
@@ -203,4 +219,81 @@ export function element(tag, attributes = {}, ...children) {
 export function showError(node, message) {
   node.textContent = message || "";
   node.hidden = !message;
+}
+
+// Whether `model` is loaded now (GET /api/ps); true when that cannot be told, so that a page
+// whose /api/ps fails says nothing rather than a wrong "loading".
+export async function loaded(model) {
+  try {
+    const running = (await call("GET", "api/ps")).models;
+    return running.some((m) => m.name === model || m.model === model);
+  } catch {
+    return true;
+  }
+}
+
+// "loading MODEL… 3 s" in `node` once a second from now, until the returned stop() is called.
+export function loadingClock(node, model) {
+  const started = performance.now();
+  const tick = () => {
+    node.textContent = `loading ${model}… ${Math.floor((performance.now() - started) / 1000)} s`;
+  };
+  tick();
+  const timer = setInterval(tick, 1000);
+  return () => clearInterval(timer);
+}
+
+// --- What the page keeps in this browser (localStorage), never failing the page ----------------
+
+export const saved = {
+  get(key, fallback = null) {
+    try {
+      const text = localStorage.getItem(`limner-${key}`);
+      return text === null ? fallback : JSON.parse(text);
+    } catch {
+      return fallback;
+    }
+  },
+  set(key, value) {
+    try {
+      if (value === null || value === undefined) localStorage.removeItem(`limner-${key}`);
+      else localStorage.setItem(`limner-${key}`, JSON.stringify(value));
+    } catch {
+      // full or refused (private mode): the page works, it only forgets
+    }
+  },
+};
+
+// Keeps the values of a form's fields (text, numbers, selects, checkboxes, radios; never files
+// or the model pickers, which keep their own) across reloads, under `key`. Returns save(), for
+// code that sets fields itself.
+export function rememberFields(form, key) {
+  const fields = () => [...form.elements].filter((field) => field.id && field.type !== "file" &&
+    !field.classList.contains("model-picker") && field.tagName !== "BUTTON");
+  const values = saved.get(`form-${key}`, {});
+  for (const field of fields()) {
+    if (!(field.id in values)) continue;
+    if (field.type === "checkbox" || field.type === "radio") field.checked = values[field.id];
+    else field.value = values[field.id];
+  }
+  const save = () => {
+    const now = {};
+    for (const field of fields()) {
+      now[field.id] = field.type === "checkbox" || field.type === "radio" ? field.checked : field.value;
+    }
+    saved.set(`form-${key}`, now);
+  };
+  form.addEventListener("input", save);
+  form.addEventListener("change", save);
+  return save;
+}
+
+// Ctrl+Enter (Cmd+Enter on a Mac) in a form submits it, from any of its fields.
+export function submitOnCtrlEnter(form) {
+  form.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && (event.ctrlKey || event.metaKey) && !event.isComposing) {
+      event.preventDefault();
+      form.requestSubmit();
+    }
+  });
 }

@@ -5,6 +5,7 @@ import { call, showError } from "./api.js";
 import { refresh } from "./catalog.js";
 import { setupChat } from "./chat.js";
 import { setupDraw, setupRestyle } from "./draw.js";
+import { setupGallery } from "./gallery.js";
 import { setupInpaint } from "./inpaint.js";
 import { setupModels } from "./models.js";
 import { setupTrain } from "./train.js";
@@ -27,6 +28,7 @@ function show(name, focus = false) {
     if (hooks && !selected && was) hooks.hidden();
   }
   if (focus) tab.focus();
+  tab.scrollIntoView({ block: "nearest", inline: "nearest" }); // the tab bar scrolls on a phone
   if (location.hash !== `#${tab.id.slice(4)}`) history.replaceState(null, "", `#${tab.id.slice(4)}`);
 }
 
@@ -43,17 +45,32 @@ function setupTabs() {
     });
   }
   window.addEventListener("hashchange", () => show(location.hash.slice(1)));
+  // On a narrow screen the tab bar scrolls sideways: its edge fades where more tabs are hidden.
+  const bar = $("tabs");
+  const edges = () => {
+    bar.classList.toggle("more-left", bar.scrollLeft > 1);
+    bar.classList.toggle("more-right", bar.scrollLeft + bar.clientWidth < bar.scrollWidth - 1);
+  };
+  bar.addEventListener("scroll", edges, { passive: true });
+  window.addEventListener("resize", edges);
+  edges();
 }
 
 async function start() {
   setupTabs();
-  setupChat();
-  const toInpaint = setupInpaint();
-  const toRestyle = setupRestyle();
-  setupDraw((where, url) => {
-    (where === "inpaint" ? toInpaint : toRestyle)(url);
-    show(where);
-  });
+  const chats = setupChat();
+  // A picture handed on from a result or the gallery: {url, base64, parameters, model}.
+  const receivers = {};
+  const handOn = (where, picture) => {
+    receivers[where](picture);
+    show(where === "img2img" ? "draw" : where);
+  };
+  receivers.inpaint = setupInpaint(handOn);
+  receivers.restyle = setupRestyle(handOn);
+  const draw = setupDraw(handOn);
+  receivers.draw = (picture) => draw.fill(picture.parameters || {}, picture.model);
+  receivers.img2img = (picture) => draw.img2img(picture);
+  panels.gallery = setupGallery(handOn);
   setupTrain();
   panels.models = setupModels();
   show(location.hash.slice(1) || "chat");
@@ -61,6 +78,7 @@ async function start() {
   try {
     $("server-version").textContent = `version ${(await call("GET", "api/version")).version}`;
     await refresh();
+    await chats;
   } catch (error) {
     showError($("server-error"), `cannot list the models: ${error.message}`);
   } finally {

@@ -27,7 +27,7 @@ function dataset(files) {
 }
 
 export function setupTrain() {
-  picker($("train-base"), draws, "no drawing model: pull one in Models");
+  picker($("train-base"), draws, "no drawing model: pull one in Models", "train");
   let files = new Map();
   let controller = null;
   const error = $("train-error");
