@@ -624,6 +624,7 @@ class DiffusionEngine:
         """Run the pipeline on the torch thread; yield its steps; return the picture or None."""
         events: queue.Queue[Any] = queue.Queue()
         stop = threading.Event()
+        shown = [0]  # the step counts reported so far
 
         def on_step(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
             if stop.is_set() or cancelled():
@@ -633,7 +634,10 @@ class DiffusionEngine:
                 pipe._interrupt = True  # diffusers skips the remaining steps, then decodes
             wanted = preview_every > 0 and done % preview_every == 0 and done < calls
             preview = self._preview(pipe, tensors["latents"]) if wanted else None
-            events.put(Progress(*_asked_steps(done, calls, plan.denoising), preview))
+            completed, total = _asked_steps(done, calls, plan.denoising)
+            if completed != shown[-1] or preview is not None:  # a count once, in order
+                shown.append(completed)
+                events.put(Progress(completed, total, preview))
             return tensors
 
         def work() -> None:
