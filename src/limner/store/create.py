@@ -221,14 +221,7 @@ def _adapter_layers(
                 f"adapter {raw_name!r} must be a .safetensors file with a name the model "
                 "does not have yet"
             )
-        try:
-            path = store.blobs.path(normalize(digest))
-        except InvalidRequest:
-            raise InvalidRequest(f"invalid digest format for adapter {raw_name!r}") from None
-        if not path.is_file():
-            raise InvalidRequest(
-                f'blob "{digest}" for adapter {raw_name!r} not found; upload it first'
-            )
+        path = _uploaded_blob(store, digest, f"adapter {raw_name!r}")
         kind = sniff(path)
         if kind == PICKLE:
             raise UnsafeWeights(
@@ -244,6 +237,18 @@ def _adapter_layers(
             )
         )
     return layers
+
+
+def _uploaded_blob(store: Store, digest: str, what: str) -> Path:
+    """The stored blob a create names for `what`; a 400 that says to upload it if it is not
+    there."""
+    try:
+        path = store.blobs.path(normalize(digest))
+    except InvalidRequest:
+        raise InvalidRequest(f"invalid digest format for {what}") from None
+    if not path.is_file():
+        raise InvalidRequest(f'blob "{digest}" for {what} not found; upload it first')
+    return path
 
 
 def _with_tiny_vae(
@@ -273,14 +278,7 @@ def _with_tiny_vae(
         key = "config.json" if name == "config.json" else "weights"
         if key in found:
             raise InvalidRequest(f"tiny_vae has more than one {key} file")
-        try:
-            path = store.blobs.path(normalize(digest))
-        except InvalidRequest:
-            raise InvalidRequest(f"invalid digest format for tiny_vae {raw_name!r}") from None
-        if not path.is_file():
-            raise InvalidRequest(
-                f'blob "{digest}" for tiny_vae {raw_name!r} not found; upload it first'
-            )
+        path = _uploaded_blob(store, digest, f"tiny_vae {raw_name!r}")
         found[key] = (normalize(digest), path)
     if set(found) != {"config.json", "weights"}:
         raise InvalidRequest(
