@@ -29,13 +29,20 @@ def test_the_layers_only_import_downwards() -> None:
 
 
 def test_a_runners_log_carries_no_note_about_torchvision_being_absent() -> None:
-    """torchvision is no dependency: transformers' Pillow processors are what limner means."""
-    touch = "import transformers; transformers.CLIPImageProcessor"
-    plain = subprocess.run([sys.executable, "-c", touch], capture_output=True, text=True)
-    assert "requires torchvision" in plain.stderr  # what transformers says on its own
-    quiet = subprocess.run([sys.executable, "-c", f"import limner.engines; {touch}"],
-                           capture_output=True, text=True)  # fmt: skip
-    assert quiet.returncode == 0 and "torchvision" not in quiet.stderr
+    """torchvision is no dependency: transformers' Pillow processors are what limner means,
+    so its note that it falls back to them is not passed on; its other lines are."""
+    import logging
+
+    import limner.engines  # noqa: F401  (installs the filter)
+
+    notes = logging.getLogger("transformers.utils.import_utils")
+    fallback = "`CLIPImageProcessor` requires torchvision (not installed); falling back to ..."
+
+    def passes(message: str) -> bool:
+        record = notes.makeRecord(notes.name, logging.WARNING, __file__, 0, message, None, None)
+        return notes.filter(record) is not False
+
+    assert not passes(fallback) and passes("Could not import module 'x'")
 
 
 def test_the_demos_set_up_needs_no_root_and_no_browser() -> None:

@@ -103,7 +103,7 @@ def test_a_few_kills_leave_a_consistent_store(tmp_path: Path) -> None:
     assert bad == 0
 
 
-@pytest.mark.slow
+@pytest.mark.full  # 75 s: `make test-full-security`; six kills run in `make test`
 def test_fifty_kills_at_random_points_leave_no_inconsistent_store(tmp_path: Path) -> None:
     tried, bad = crash_rounds(tmp_path, 50)
     print(f"crash consistency: {tried} kills, {bad} inconsistent stores")

@@ -126,7 +126,7 @@ def test_requests_that_break_the_schema_get_a_4xx(api: Any, method: str, path: s
     assert all(400 <= status < 500 for status in statuses), statuses
 
 
-@pytest.mark.slow
+@pytest.mark.full  # `make test-full-security`: minutes; `make test` runs 25 per operation
 @pytest.mark.parametrize(("method", "path"), OPERATIONS)
 def test_valid_generated_requests_never_get_a_5xx_200_examples(
     api: Any, method: str, path: str
@@ -134,7 +134,7 @@ def test_valid_generated_requests_never_get_a_5xx_200_examples(
     assert _run(api, method, path, GenerationMode.POSITIVE, examples=200)
 
 
-@pytest.mark.slow
+@pytest.mark.full  # `make test-full-security`: minutes; `make test` runs 50 per operation
 @pytest.mark.parametrize(("method", "path"), WITH_BODIES)
 def test_requests_that_break_the_schema_get_a_4xx_500_examples(
     api: Any, method: str, path: str
