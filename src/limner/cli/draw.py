@@ -293,7 +293,7 @@ def draw_and_save(
     from limner.errors import LimnerError
 
     terminal = sys.stderr if sys.stderr.isatty() else None
-    bar = ProgressBar(terminal, waiting_for(sdk, session.model) if terminal else "")
+    bar = ProgressBar(terminal, waiting_for(sdk, session.model))
     try:
         image = draw(sdk, session, settings, prompt, init, bar)
     except LimnerError as error:  # the server's words for fields, in the CLI's: flags

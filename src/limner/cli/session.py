@@ -94,8 +94,12 @@ def _terminal(out: IO[str]) -> IO[str] | None:
 
 
 def waiting_for(sdk: Client, model: str) -> str:
-    """What a spinner says before the first word: `loading MODEL` while it is not loaded."""
+    """What a spinner says before the first word: `loading MODEL` while it is not loaded.
+    Asked only when a spinner can show (stderr is a terminal): scripts pay no extra call."""
     from limner.errors import LimnerError
+
+    if _terminal(sys.stderr) is None:
+        return ""
 
     try:
         loaded = {each.name.removesuffix(":latest") for each in sdk.ps().models}

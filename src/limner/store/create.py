@@ -368,12 +368,7 @@ def _layers_from_files(store: Store, files: dict[str, str]) -> tuple[list[Layer]
     layers, kinds, ggufs = [], {}, {}
     for raw_name, digest in sorted(files.items()):
         name = check_relative(raw_name)
-        try:
-            path = store.blobs.path(normalize(digest))
-        except InvalidRequest:
-            raise InvalidRequest(f"invalid digest format for {raw_name!r}") from None
-        if not path.is_file():
-            raise InvalidRequest(f'blob "{digest}" for {raw_name!r} not found; upload it first')
+        path = _uploaded_blob(store, digest, repr(raw_name))
         kind = sniff(path)
         if kind == GGUF:
             ggufs[name] = path
