@@ -8,6 +8,8 @@ One picture and a short question go, in one run on one machine, through three pa
   llama_cpp.server       `python -m llama_cpp.server` in a subprocess, streamed /v1/chat/completions
   limner serve           `limner serve` in a subprocess, the model stored with `limner create
                          NAME --from FOLDER`, streamed /api/chat (picture base64 in `images`)
+  limner, each token     (--each-token) the same with LIMNER_STREAM_INTERVAL=0: one line per
+                         token from the runner to the server and from the server to the client
 with the same GGUF files, n_ctx, thread count, weight placement (llama.cpp's repacked buffers
 on or off as limner's engine chooses) and number of generated tokens. All three are loaded at
 once; each is warmed up (load + one request), then they take turns for --runs rounds, every
@@ -75,6 +77,7 @@ SYSTEM = (
 QUESTION = "What is in this picture? Describe it in one sentence."
 MODEL_NAME = "bench-bakllava"
 RAW, SERVER_LABEL, LIMNER = "raw llama-cpp-python", "llama_cpp.server", "limner serve"
+LIMNER_EACH = "limner, each token"  # LIMNER_STREAM_INTERVAL=0: one line per token
 # `python -m llama_cpp.server` with the weights placed as limner's engine places them: argv[1]
 # "repack" takes only AMX out of llama.cpp's repacked buffers where it would crash (as limner
 # does), "plain" turns repacking off (llama-cpp-python has no option for either).
@@ -511,15 +514,18 @@ def llama_cpp_server(folder: Path, args: argparse.Namespace) -> Iterator[Once]:
 
 
 @contextlib.contextmanager
-def limner_serve(folder: Path, args: argparse.Namespace) -> Iterator[Once]:
+def limner_serve(
+    folder: Path, args: argparse.Namespace, settings: dict[str, str] | None = None
+) -> Iterator[Once]:
     port = free_port()
-    store = args.work / "limner-models"
+    store = args.work / f"limner-models-{port}"
     env = {**os.environ, "LIMNER_MODELS": str(store), "LIMNER_HOST": f"127.0.0.1:{port}"}
+    env.update(settings or {})
     cores = sorted(os.sched_getaffinity(0))
     # limner uses one thread per core it may run on; fewer threads means fewer cores.
     pin = cores[: args.threads] if args.threads < len(cores) else None
     serve = [sys.executable, "-m", "limner", "serve"]
-    with started(serve, env, args.work / "limner.log", pin) as process:
+    with started(serve, env, args.work / f"limner-{port}.log", pin) as process:
         base = f"http://127.0.0.1:{port}"
         wait_ready(process, f"{base}/api/version")
         stored = time.perf_counter()
@@ -723,6 +729,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--cache", type=Path, default=Path("~/.cache/limner-bench").expanduser())
     parser.add_argument("--skip-server", action="store_true", help="leave out llama_cpp.server")
+    parser.add_argument(
+        "--each-token", action="store_true",
+        help="also time limner streaming every token alone (LIMNER_STREAM_INTERVAL=0)",
+    )  # fmt: skip
     args = parser.parse_args()
     # A SIGTERM ends the benchmark as Ctrl+C does, so the servers are stopped on the way out.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -753,10 +763,15 @@ def main() -> None:
         args.work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="limner-bench-")))
         # limner first: its store's copy of the model is written before anything is timed.
         limner = stack.enter_context(limner_serve(folder, args))
+        if args.each_token:
+            each = limner_serve(folder, args, {"LIMNER_STREAM_INTERVAL": "0"})
+            limner_each = stack.enter_context(each)
         paths = {RAW: stack.enter_context(raw_llama_cpp(folder, args))}
         if not args.skip_server:
             paths[SERVER_LABEL] = stack.enter_context(llama_cpp_server(folder, args))
         paths[LIMNER] = limner
+        if args.each_token:
+            paths[LIMNER_EACH] = limner_each
         results = measure(paths, pictures)
     report(results, args, folder, sys.stdout)
     print(f"\nwall time {time.perf_counter() - began:.0f} s")

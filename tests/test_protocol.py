@@ -199,3 +199,24 @@ def test_a_full_disk_in_a_runner_is_a_507_that_says_so_not_a_500(tmp_path: Path)
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+def test_text_made_faster_than_the_stream_interval_travels_a_few_tokens_per_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = [0.0]
+    monkeypatch.setattr(runner_module.time, "monotonic", lambda: clock[0])
+
+    def tokens_every(seconds: float) -> Any:
+        for text in ["a", "b", "c", "d", "e"]:
+            clock[0] += seconds
+            yield Piece(text)
+        yield Done("stop", 3, 5)
+
+    fast = list(runner_module.coalesced(tokens_every(0.01), interval=0.025))
+    # the first piece goes at once; the rest leave every third token; none waits past Done
+    assert fast == [Piece("a"), Piece("bcd"), Piece("e"), Done("stop", 3, 5)]
+    slow = list(runner_module.coalesced(tokens_every(0.03), interval=0.025))
+    assert slow == [Piece(t) for t in "abcde"] + [Done("stop", 3, 5)]
+    each = list(runner_module.coalesced(tokens_every(0.0), interval=0.0))
+    assert each == [Piece(t) for t in "abcde"] + [Done("stop", 3, 5)]

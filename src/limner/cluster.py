@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 import ray
 from ray import serve
 
+from limner import config
 from limner.engines import (
     ChatStep,
     EmbedStep,
@@ -58,7 +59,7 @@ from limner.protocol import (
     Request,
     Train,
 )
-from limner.runner import Placement, link_files, ready, replies
+from limner.runner import Placement, coalesced, link_files, ready, replies
 
 S = TypeVar("S")  # the steps one request yields
 
@@ -136,6 +137,7 @@ class ModelReplica:
         self.load_duration = time.perf_counter_ns() - started
         self.replica = serve.get_replica_context().replica_id.unique_id
         self.busy = threading.Lock()  # a cancelled request's engine work ends before the next
+        self.stream_interval = config.stream_interval()
 
     def info(self) -> Ready:
         return ready(self.engine, self.load_duration)
@@ -150,7 +152,8 @@ class ModelReplica:
             # An engine that batches (vLLM) takes requests side by side; others one at a time.
             concurrent = getattr(self.engine, "concurrent", False)
             with contextlib.nullcontext() if concurrent else self.busy:
-                for reply in replies(self.engine, request, cancelled.is_set):
+                steps = replies(self.engine, request, cancelled.is_set)
+                for reply in coalesced(steps, self.stream_interval):
                     loop.call_soon_threadsafe(inbox.put_nowait, reply)
 
         worker = threading.Thread(target=work, daemon=True)

@@ -100,6 +100,11 @@ VARIABLES = [
         "",
         "torch or openvino: what draws on a CPU (default: openvino where it applies)",
     ),
+    Variable(
+        "LIMNER_STREAM_INTERVAL",
+        "25ms",
+        "text made faster than one piece per this long is streamed a few tokens at a time (0: each token)",
+    ),
     Variable("LIMNER_DEBUG", "0", "1: debug logging, including runner output"),
 ]
 
@@ -278,6 +283,10 @@ def body_timeout() -> float:
 
 def shutdown_timeout() -> float:
     return _seconds("LIMNER_SHUTDOWN_TIMEOUT")
+
+
+def stream_interval() -> float:
+    return _seconds("LIMNER_STREAM_INTERVAL")
 
 
 def origins() -> list[str]:
