@@ -297,6 +297,10 @@ MARKDOWN = [
      'code</span><button class="copy" type="button" aria-label="Copy the code">Copy</button></div>'
      "<pre><code>unclosed &lt;b&gt;</code></pre></div>"),
     ("snake_case_name and 2 * 3 * 4", "<p>snake_case_name and 2 * 3 * 4</p>"),
+    ("| a | b |\n|:--|--:|\n| `x` | <b>2</b> \\| 3 |\nafter",
+     '<div class="table-box"><table><thead><tr><th>a</th><th style="text-align: right;">b</th>'
+     '</tr></thead><tbody><tr><td><code>x</code></td><td style="text-align: right;">&lt;b&gt;2'
+     '&lt;/b&gt; | 3</td></tr></tbody></table></div><p>after</p>'),
 ]  # fmt: skip
 
 

@@ -1,8 +1,8 @@
 // A small Markdown renderer for chat answers that builds DOM nodes, never HTML strings: every
 // piece of the model's text becomes a text node, so nothing it writes can become markup.
 // It knows what chat models write: fenced code blocks (with a Copy button), inline code,
-// headings, bullet and numbered lists (nested by indentation), block quotes, rules, bold,
-// italic, strike-through and links (shown as text with their address, never followed).
+// headings, bullet and numbered lists (nested by indentation), block quotes, rules, tables,
+// bold, italic, strike-through and links (shown as text with their address, never followed).
 // Half-written Markdown (an answer still streaming) renders as far as it goes.
 
 import { copyText } from "./copy.js";
@@ -63,6 +63,8 @@ const HEADING = /^ {0,3}(#{1,6})\s+(.*?)\s*#*\s*$/;
 const ITEM = /^(\s*)([-*+]|\d{1,9}[.)])\s+(.*)$/;
 const QUOTE = /^ {0,3}>\s?(.*)$/;
 const RULE = /^ {0,3}([-*_])(\s*\1){2,}\s*$/;
+// A table's second line: | --- | :---: | ---: |
+const TABLE_RULE = /^\s*\|?\s*:?-+:?\s*(\|\s*:?-+:?\s*)*\|?\s*$/;
 
 function codeBlock(language, code) {
   const copy = el("button", "copy", "Copy");
@@ -72,6 +74,29 @@ function codeBlock(language, code) {
   const head = el("div", "code-head", el("span", "language", language || "code"), copy);
   const pre = el("pre", "", el("code", "", code));
   return el("div", "code-block", head, pre);
+}
+
+// The cells of one table line; `\|` is a bar inside a cell.
+function cells(line) {
+  const inner = line.trim().replace(/^\|/, "").replace(/(?<!\\)\|$/, "");
+  return inner.split(/(?<!\\)\|/).map((cell) => cell.trim().replace(/\\\|/g, "|"));
+}
+
+function isTableStart(line, next) {
+  return line.includes("|") && next.includes("|") && TABLE_RULE.test(next)
+    && cells(next).length === cells(line).length;
+}
+
+// A GitHub table, in a box that scrolls sideways on its own so the page never does.
+function table(head, rule, rows) {
+  const align = cells(rule).map((c) => (c.endsWith(":") ? (c.startsWith(":") ? "center" : "right") : ""));
+  const row = (texts, tag) => el("tr", "", ...align.map((a, i) => {
+    const cell = el(tag, "", ...inline(texts[i] ?? ""));
+    if (a) cell.style.textAlign = a;
+    return cell;
+  }));
+  const body = el("tbody", "", ...rows.map((r) => row(cells(r), "td")));
+  return el("div", "table-box", el("table", "", el("thead", "", row(cells(head), "th")), body));
 }
 
 function width(indent) {
@@ -134,6 +159,12 @@ export function render(text) {
     } else if ((match = HEADING.exec(line))) {
       flush();
       out.append(el(`h${Math.min(6, match[1].length + 2)}`, "", ...inline(match[2])));
+    } else if (isTableStart(line, source[i + 1] || "")) {
+      flush();
+      const [head, rule, rows] = [line, source[i + 1], []];
+      for (i += 2; i < source.length && source[i].trim() && source[i].includes("|"); i++) rows.push(source[i]);
+      i -= 1;
+      out.append(table(head, rule, rows));
     } else if (RULE.test(line)) {
       flush();
       out.append(el("hr", ""));
