@@ -4,6 +4,7 @@ listed newest first in pages, fetched and deleted by id, trimmed to LIMNER_GALLE
 from __future__ import annotations
 
 import base64
+import io
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,34 @@ def test_pages_go_back_in_time_and_a_deleted_picture_is_gone(sdk: Client) -> Non
         sdk.gallery_picture(ids[1])
     with pytest.raises(NotFound):
         sdk.delete_picture(ids[1])
+
+
+def test_a_thumbnail_is_a_small_jpeg_of_the_picture_made_once_and_deleted_with_it(
+    sdk: Client, store: Store
+) -> None:
+    from PIL import Image
+
+    drawn = sdk.generate_image("draw", "a fox", width=512, height=128, steps=1)
+    picture_id = drawn.picture_id or ""
+    listed = sdk.gallery().pictures[0]
+    assert listed.thumbnail == f"/api/gallery/{picture_id}/thumbnail"
+    small = Image.open(io.BytesIO(sdk.gallery_thumbnail(picture_id)))
+    assert small.format == "JPEG" and small.size == (256, 64)
+    big = Image.open(io.BytesIO(drawn.png)).convert("RGB").resize((256, 64))
+    assert _mean_difference(small, big) < 8  # the same picture, smaller
+    kept = store.root.parent / "gallery" / f"{picture_id}.thumb.jpg"
+    made = kept.stat().st_mtime_ns
+    assert sdk.gallery_thumbnail(picture_id) and kept.stat().st_mtime_ns == made
+    sdk.delete_picture(picture_id)
+    assert not kept.exists()
+    with pytest.raises(NotFound):
+        sdk.gallery_thumbnail(picture_id)
+
+
+def _mean_difference(a: Any, b: Any) -> float:
+    import numpy as np
+
+    return float(np.abs(np.asarray(a, float) - np.asarray(b, float)).mean())
 
 
 def test_other_apis_drawings_are_kept_too(sdk: Client, server: Any) -> None:

@@ -375,6 +375,10 @@ class Client(_Base):
         png = self._send("GET", f"/api/gallery/{picture_id}").content
         return GeneratedImage(png, read_parameters(png), picture_id)
 
+    def gallery_thumbnail(self, picture_id: str) -> bytes:
+        """A kept picture as a JPEG at most 256 pixels on its long side."""
+        return self._send("GET", f"/api/gallery/{picture_id}/thumbnail").content
+
     def delete_picture(self, picture_id: str) -> None:
         self._send("DELETE", f"/api/gallery/{picture_id}")
 
@@ -577,6 +581,9 @@ class AsyncClient(_Base):
     async def gallery_picture(self, picture_id: str) -> GeneratedImage:
         png = (await self._send("GET", f"/api/gallery/{picture_id}")).content
         return GeneratedImage(png, read_parameters(png), picture_id)
+
+    async def gallery_thumbnail(self, picture_id: str) -> bytes:
+        return (await self._send("GET", f"/api/gallery/{picture_id}/thumbnail")).content
 
     async def delete_picture(self, picture_id: str) -> None:
         await self._send("DELETE", f"/api/gallery/{picture_id}")

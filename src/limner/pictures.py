@@ -41,6 +41,7 @@ MAX_FILE_BYTES = 100 * 1000 * 1000  # Ollama's limit for one picture file
 # Vision processors scale the short side up to their size and keep the shape, so a thin strip
 # (100000x1) becomes gigabytes of pixels; past this many times longer than wide it is refused.
 MAX_ASPECT = 20
+THUMBNAIL_SIDE = 256  # a gallery tile: small enough that a page of 50 loads at once on a phone
 DATA_URI = re.compile(r"data:(?:image/[a-z0-9.+-]+)?;base64,(.*)", re.S | re.I)
 _MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")
 
@@ -174,6 +175,15 @@ def _upright(image: Image.Image) -> Image.Image:
     if not _turned(image):
         return image.copy() if image.format == "MPO" else image
     return ImageOps.exif_transpose(image)
+
+
+def thumbnail(data: bytes, label: str, side: int = THUMBNAIL_SIDE) -> bytes:
+    """A JPEG of the picture at most `side` pixels on its long side (never enlarged)."""
+    image = open_rgb(data, label)
+    image.thumbnail((side, side))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=85)
+    return buffer.getvalue()
 
 
 def check_header(data: bytes, label: str) -> None:

@@ -337,6 +337,7 @@ class GalleryPicture(_Response):
     parameters: dict[str, Any]  # model, prompt, seed, steps, sampler, size... as drawn
     bytes: int
     url: str  # the PNG: /api/gallery/<id>
+    thumbnail: str = ""  # a JPEG at most 256 px on its long side: /api/gallery/<id>/thumbnail
 
 
 class GalleryResponse(_Response):

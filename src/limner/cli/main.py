@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from limner.cli import check, demo, models, run, serve
+from limner.cli import check, demo, gallery, models, run, serve
 
 
 def parser() -> argparse.ArgumentParser:
@@ -21,6 +21,7 @@ def parser() -> argparse.ArgumentParser:
     models.add_parsers(commands)
     demo.add_parser(commands)
     check.add_parser(commands)
+    gallery.add_parser(commands)
     return top
 
 

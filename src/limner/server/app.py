@@ -116,6 +116,7 @@ def create_app(store: Store, scheduler: Scheduler) -> FastAPI:
     route("/api/gallery", gallery.pictures, methods=["GET"])
     route("/api/gallery/{picture_id}", gallery.picture, methods=["GET", "HEAD"])
     route("/api/gallery/{picture_id}", gallery.delete, methods=["DELETE"])
+    route("/api/gallery/{picture_id}/thumbnail", gallery.thumbnail, methods=["GET", "HEAD"])
     route("/v1/images/generations", openai.generations, methods=["POST"])
     route("/v1/images/edits", openai.edits, methods=["POST"])
     route("/v1/chat/completions", openai_chat.chat_completions, methods=["POST"])

@@ -1,7 +1,10 @@
-"""GET /api/gallery (paged, newest first), GET and DELETE /api/gallery/<id>: the pictures
-the server has drawn, kept with their parameters (limner.store.gallery)."""
+"""GET /api/gallery (paged, newest first), GET and DELETE /api/gallery/<id>, and GET
+/api/gallery/<id>/thumbnail: the pictures the server has drawn, kept with their parameters
+(limner.store.gallery)."""
 
 from __future__ import annotations
+
+import asyncio
 
 from fastapi import Request
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -10,6 +13,10 @@ from limner.errors import InvalidRequest
 from limner.server.state import State
 from limner.store.gallery import Gallery, Picture
 from limner.types import GalleryPicture, GalleryResponse
+
+
+# An id names one picture forever: browsers may keep it.
+IMMUTABLE = {"Cache-Control": "private, max-age=31536000, immutable"}
 
 
 def _gallery(request: Request) -> Gallery:
@@ -30,9 +37,13 @@ async def pictures(request: Request) -> Response:
 
 async def picture(request: Request) -> Response:
     path = _gallery(request).file(request.path_params["picture_id"])
-    # An id names one picture forever: browsers may keep it.
-    return FileResponse(path, media_type="image/png",
-                        headers={"Cache-Control": "private, max-age=31536000, immutable"})  # fmt: skip
+    return FileResponse(path, media_type="image/png", headers=IMMUTABLE)
+
+
+async def thumbnail(request: Request) -> Response:
+    picture_id = request.path_params["picture_id"]
+    path = await asyncio.to_thread(_gallery(request).thumbnail, picture_id)
+    return FileResponse(path, media_type="image/jpeg", headers=IMMUTABLE)
 
 
 async def delete(request: Request) -> Response:
@@ -43,4 +54,5 @@ async def delete(request: Request) -> Response:
 def _listed(picture: Picture) -> GalleryPicture:
     return GalleryPicture(id=picture.id, created_at=picture.created_at,
                           parameters=picture.parameters, bytes=picture.bytes,
-                          url=f"/api/gallery/{picture.id}")  # fmt: skip
+                          url=f"/api/gallery/{picture.id}",
+                          thumbnail=f"/api/gallery/{picture.id}/thumbnail")  # fmt: skip

@@ -1,7 +1,8 @@
 """The gallery: every picture the server draws, kept beside the store with its parameters.
 
 `<gallery>/<id>.png` is the picture as it was sent (its PNG text carries A1111's parameters),
-`<id>.json` what limner knows of it (model, prompt, seed, sampler, size, steps...). An id is
+`<id>.json` what limner knows of it (model, prompt, seed, sampler, size, steps...),
+`<id>.thumb.jpg` its thumbnail, made when first asked for. An id is
 the UTC time it was drawn, to the microsecond, and a random suffix,
 `20261204-103000123456-1a2b`, so names sort by time. Both files are written whole (temporary file, rename), the picture first: a picture
 listed always has its file. The newest LIMNER_GALLERY_KEEP are kept (0: none is kept).
@@ -20,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from limner import pictures
 from limner.errors import InvalidRequest, NotFound
 from limner.store.blobs import NO_SPACE, write_whole
 
@@ -96,12 +98,22 @@ class Gallery:
             raise NotFound(f"picture {picture_id!r} not found in the gallery")
         return path
 
+    def thumbnail(self, picture_id: str) -> Path:
+        """A small JPEG of a kept picture (limner.pictures.thumbnail), made once."""
+        path = self.root / f"{picture_id}.thumb.jpg"
+        picture = self.file(picture_id)
+        if not path.is_file():
+            small = pictures.thumbnail(picture.read_bytes(), f"picture {picture_id}")
+            write_whole(path, small, ".incoming-")
+        return path
+
     def delete(self, picture_id: str) -> None:
         record = self.root / f"{_checked(picture_id)}.json"
         if not record.is_file():
             raise NotFound(f"picture {picture_id!r} not found in the gallery")
         record.unlink(missing_ok=True)  # unlisted first, then the picture
         (self.root / f"{picture_id}.png").unlink(missing_ok=True)
+        (self.root / f"{picture_id}.thumb.jpg").unlink(missing_ok=True)
 
     def _ids(self) -> list[str]:
         """Ids of the listed pictures, newest first."""

@@ -22,10 +22,10 @@ export function setupGallery(handOn) {
   let chosen = null; // {listed, url (data: URL), base64}
   let objectUrls = []; // thumbnails fetched with a token, let go of when the grid is redrawn
 
-  // A picture's address for <img>: its URL, or (when the server wants a token, which <img>
+  // A tile's thumbnail address for <img>: its URL, or (when the server wants a token, which <img>
   // cannot send) a blob: URL of the picture fetched with it.
   async function source(listed) {
-    const path = `api/gallery/${listed.id}`;
+    const path = `api/gallery/${listed.id}/thumbnail`;
     if (!hasToken()) return new URL(path, document.baseURI).href;
     const url = URL.createObjectURL(await blobOf(path));
     objectUrls.push(url);
