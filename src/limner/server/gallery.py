@@ -14,7 +14,6 @@ from limner.server.state import State
 from limner.store.gallery import Gallery, Picture
 from limner.types import GalleryPicture, GalleryResponse
 
-
 # An id names one picture forever: browsers may keep it.
 IMMUTABLE = {"Cache-Control": "private, max-age=31536000, immutable"}
 
