@@ -391,7 +391,7 @@ class Client(_Base):
         train: TrainSection | dict[str, Any] | None = None, stream: bool = False,
     ) -> ProgressResponse | Iterator[ProgressResponse]:  # fmt: skip
         """Create a model from uploaded files (see `create_blob`) or from another model;
-        `quantize` ("q4_0", "q8_0", "f16") converts a Hugging Face LLaVA to GGUF; `adapters`
+        `quantize` ("q4_0", "q8_0", "f16") converts a Hugging Face vision model (LLaVA, LLaVA-NeXT, Gemma 3, SmolVLM) to GGUF; `adapters`
         (file name -> uploaded blob) adds LoRA files to a drawing model; `tiny_vae` adds a tiny
         autoencoder (TAESD) to one: its files (config.json and the .safetensors, each an
         uploaded blob) or the name of a stored model that holds one; `train` trains a LoRA

@@ -272,6 +272,9 @@ def _smolvlm(dest: Path) -> None:
     tokenizer = _tokenizer(
         specials, eos="<end_of_utterance>", pad="<|endoftext|>", named={"image_token": "<image>"}
     )
+    # SmolLM2's vocabulary has "\n\n" as one token, and llama.cpp relies on it between a
+    # tiled picture's tiles and its whole view; this tiny BPE learns no such merge.
+    tokenizer.add_tokens(["\n\n"])
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in specials}
     side, patch, scale = 32, 8, 2  # 4x4 patches shuffled to 2x2: 4 tokens a tile
     config = Idefics3Config(

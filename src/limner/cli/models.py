@@ -73,7 +73,8 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "(chat without pictures, transformers), --tiny embed / embed-gguf (embeddings), "
         "--tiny sd (draws, with an "
         "IP-Adapter for style pictures), --tiny sd-inpaint, --tiny sd-checkpoint (one file). "
-        "--quantize converts a Hugging Face LLaVA to GGUF for llama.cpp, or quantizes a GGUF.",
+        "--quantize converts a Hugging Face LLaVA, LLaVA-NeXT, Gemma 3 or SmolVLM to GGUF for "
+        "llama.cpp, or quantizes a GGUF.",
     )  # fmt: skip
     create.add_argument("model")
     source = create.add_mutually_exclusive_group(required=True)
@@ -112,7 +113,7 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     create.add_argument(
         "--quantize", metavar="TYPE", type=str.lower,
         help="quantize with llama.cpp's quantizer: q4_K_M, q4_K_S, q5_K_M, q6_K, q8_0, q4_0, "
-        "iq4_xs, f16, ... (a Hugging Face LLaVA is converted to GGUF first; a GGUF must be "
+        "iq4_xs, f16, ... (a Hugging Face vision model is converted to GGUF first; a GGUF must be "
         "F16, BF16 or F32)",
     )  # fmt: skip
     create.set_defaults(run=create_model)

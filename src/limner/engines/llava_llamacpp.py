@@ -73,6 +73,9 @@ KV_BYTES = 2  # f16 keys and values
 # without repacking at all.
 AMX = "AMX_INT8 = 1"
 MARKER = mtmd.mtmd_default_marker().decode()  # where libmtmd puts a picture in the prompt text
+# What a family's Jinja template writes where a picture goes, by projector type, when it is
+# not "<image>"; libmtmd adds the family's own begin/end tokens around the picture itself.
+PICTURE_TEXT = {"gemma3": "<start_of_image>"}
 
 
 def load(folder: Path, options: LoadOptions) -> LlavaLlamaCpp:
@@ -238,7 +241,8 @@ class LlavaLlamaCpp:
         if kind == "go":
             return render_go(source, turns, MARKER + "\n", tools)
         sees = self.vision is not None
-        return render_jinja(source, turns, "<image>", MARKER, self.bos, self.eos, tools, sees)
+        picture = self.vision.picture_text if self.vision is not None else "<image>"
+        return render_jinja(source, turns, picture, MARKER, self.bos, self.eos, tools, sees)
 
     def _count(self, messages: list[Message], pictures: _Pictures, tools: Sequence[Tool]) -> int:
         prompt = self._tokenize(messages, pictures, tools)
@@ -345,6 +349,7 @@ class _Vision:
         if not self.ctx:
             raise InvalidRequest("the projector layer could not be loaded by llama.cpp")
         llama._stack.callback(mtmd.mtmd_free, self.ctx)  # freed before the model it points to
+        self.picture_text = PICTURE_TEXT.get(_projector_type(projector), "<image>")
 
     def bitmap(self, data: bytes, number: int) -> Any:
         """A decoded picture, named by its digest (the id its chunk carries)."""
@@ -584,6 +589,12 @@ def _refuse_inner_vision(model_path: Path) -> None:
             f"layout from the Hugging Face Hub instead (hf.co/ggml-org/{arch}-...-GGUF, with "
             "its mmproj file)"
         )
+
+
+def _projector_type(projector: Path) -> str:
+    from limner.store.gguf import gguf_info
+
+    return str(gguf_info(projector).get("clip.projector_type", "mlp"))
 
 
 def _template_source(folder: Path, meta: dict[str, str]) -> tuple[str, str]:

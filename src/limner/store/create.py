@@ -112,6 +112,7 @@ def _file_layer(store: Store, path: Path, media_type: str, name: str) -> Layer:
 
 def _check_quantizable(config: dict[str, Any], quantize: str) -> None:
     from limner.store.gguf import UNQUANTIZED, quantization
+    from limner.store.gguf_families import FAMILIES
 
     quantization(quantize)
     model_format = config.get("model_format")
@@ -122,10 +123,11 @@ def _check_quantizable(config: dict[str, Any], quantize: str) -> None:
                 "F16, BF16 or F32 version"
             )
         return
-    if model_format != SAFETENSORS or config.get("model_family") != "llava":
+    if model_format != SAFETENSORS or config.get("model_family") not in FAMILIES:
         raise InvalidRequest(
-            f"only GGUF models in F16, BF16 or F32 and Hugging Face LLaVA models can be "
-            f"quantized; this one is {model_format!r}"
+            f"only GGUF models in F16, BF16 or F32 and Hugging Face vision models of the "
+            f"families {', '.join(FAMILIES)} can be quantized; this one is {model_format!r} "
+            f"{config.get('model_family', '')!r}"
         )
 
 
@@ -137,7 +139,7 @@ def _converted(
     config: dict[str, Any],
     quantize: str,
 ) -> Iterator[ProgressResponse]:
-    """The model quantized by llama.cpp; a Hugging Face LLaVA becomes llama.cpp's GGUF pair
+    """The model quantized by llama.cpp; a Hugging Face vision model becomes llama.cpp's GGUF pair
     (text model + projector) on the way. Streamed: the checks ran before, this runs as the
     stream is read."""
     source_type = config.get("file_type", "F32")
@@ -145,7 +147,7 @@ def _converted(
     if config.get("model_format") == GGUF:
         yield from _requantized(store, name, layers, extras, quantize)
         return
-    from limner.store.gguf import convert_llava
+    from limner.store.gguf_families import convert
 
     with tempfile.TemporaryDirectory(prefix=".convert-", dir=store.root) as tmp:
         folder = Path(tmp) / "hf"
@@ -154,7 +156,7 @@ def _converted(
                 (folder / layer.name).parent.mkdir(parents=True, exist_ok=True)
                 (folder / layer.name).symlink_to(store.blobs.open_path(layer.digest))
         files = {}
-        for path in convert_llava(folder, Path(tmp), quantize):
+        for path in convert(folder, Path(tmp), quantize):
             files[path.name] = _stored(store, path)
     gguf_layers, gguf_config = _layers_from_files(store, files)
     # The Jinja chat template travels inside the GGUF; text layers (a Go template too) stay.

@@ -6,6 +6,8 @@
 vocabulary) and `mmproj.gguf` (arch `clip`: the CLIP tower and the two-layer projector).
 Only numpy, safetensors and gguf-py are used, and tensors are read, converted and written one
 at a time, so a 7B checkpoint needs about the memory of its largest tensor.
+`gguf_families.convert` takes the other families libmtmd runs (LLaVA-NeXT, Gemma 3,
+Idefics3/SmolVLM) with the same parts and guarantees (`convert_family`).
 
 The projector is written in the "exact" layout: every vision block and an explicit feature
 layer. Published LLaVA-1.5/BakLLaVA projectors write `block_count = n_layer - 1`, and
@@ -28,7 +30,7 @@ from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import gguf
 import numpy as np
@@ -50,6 +52,7 @@ CONVERTED = {
     "f32": (QType.F32, LlamaFileType.ALL_F32),
     "f16": (QType.F16, LlamaFileType.MOSTLY_F16),
 }
+CONVERTED_FTYPES = {qtype: ftype for qtype, ftype in CONVERTED.values()}
 # The file types llama.cpp's quantizer reads as a source.
 UNQUANTIZED = {0, 1, 32}
 TEXT_FILE, PROJECTOR_FILE = "model.gguf", "mmproj.gguf"
@@ -90,7 +93,8 @@ MAX_INFO_ARRAY = 64
 
 
 def convert_llava(src: Path, dest: Path, quantize: str = "f16") -> tuple[Path, Path]:
-    """Write `dest/model.gguf` and `dest/mmproj.gguf` from the llava-hf folder `src`.
+    """Write `dest/model.gguf` and `dest/mmproj.gguf` from the llava-hf folder `src`; any
+    other folder is a 400 (`gguf_families.convert` takes every family that converts).
 
     `quantize` (a name of QUANTIZATIONS, any case) applies to the text model: f32 and f16 are
     written here, any other type by llama.cpp's quantizer from the f16 file. Norms stay f32
@@ -98,32 +102,67 @@ def convert_llava(src: Path, dest: Path, quantize: str = "f16") -> tuple[Path, P
     before anything is written, and both files appear only when both are complete, so a
     failure never leaves a half-written file in `dest`.
     """
+    return convert_family(src, dest, quantize, _llava_family)
+
+
+# A family: (folder, its config.json, its weights, text and projector tensor types) -> its files.
+_Family = Callable[[Path, dict[str, Any], "_Checkpoint", QType, QType], dict[str, "_GGUF"]]
+
+
+def convert_family(
+    src: Path, dest: Path, quantize: str, family_of: Callable[[dict[str, Any]], _Family]
+) -> tuple[Path, Path]:
+    """`convert_llava`'s guarantees for the family `family_of` picks from config.json."""
     ftype_number = quantization(quantize)
     written = "f32" if quantize.lower() == "f32" else "f16"
     qtype, ftype = CONVERTED[written]
     src, dest = Path(src), Path(dest)
-    config = _llava_config(src)
+    config: dict[str, Any] = _read_json(src / "config.json")
+    family = family_of(config)
     with ExitStack() as stack:
         weights = _Checkpoint(src, stack)
-        text = _text_params(config, weights, name=src.name)
-        vision = _vision_params(config, src, weights, projection_dim=text.n_embd)
-        vocab = _vocab(src, config, rows=text.n_vocab)
         vision_qtype = QType.F32 if qtype == QType.F32 else QType.F16
-        files = {
-            TEXT_FILE: _GGUF(
-                arch="llama",
-                metadata=_text_metadata(text, vocab, ftype),
-                tensors=_text_tensors(weights, text, qtype),
-            ),
-            PROJECTOR_FILE: _GGUF(
-                arch="clip",
-                metadata=_vision_metadata(vision, text.name, vision_qtype),
-                tensors=_vision_tensors(weights, vision, vision_qtype),
-            ),
-        }
+        files = family(src, config, weights, qtype, vision_qtype)
         quantized = None if ftype_number == ftype else ftype_number
         _write_all(dest, files, quantized)
     return dest / TEXT_FILE, dest / PROJECTOR_FILE
+
+
+def _llava_family(config: dict[str, Any]) -> _Family:
+    if config.get("model_type") != "llava":
+        raise InvalidRequest(
+            f"only LLaVA models (config.json model_type 'llava') convert to GGUF, "
+            f"not model_type {config.get('model_type')!r}"
+        )
+    return llava_files
+
+
+def llava_files(
+    src: Path,
+    config: dict[str, Any],
+    weights: _Checkpoint,
+    qtype: QType,
+    vision_qtype: QType,
+    words: Callable[[Path, dict[str, Any], int], VocabWriter] | None = None,
+) -> dict[str, _GGUF]:
+    """LLaVA-1.5's pair: a `llama` text model and an `mlp` projector. `words` reads the
+    vocabulary (SentencePiece-style only, unless another reader is given)."""
+    check_llava(config)
+    text = _text_params(config, weights, name=src.name)
+    vision = _vision_params(config, src, weights, projection_dim=text.n_embd)
+    vocab = (words or _vocab)(src, config, text.n_vocab)
+    return {
+        TEXT_FILE: _GGUF(
+            arch="llama",
+            metadata=_text_metadata(text, vocab, CONVERTED_FTYPES[qtype]),
+            tensors=_text_tensors(weights, text, qtype),
+        ),
+        PROJECTOR_FILE: _GGUF(
+            arch="clip",
+            metadata=_vision_metadata(vision, text.name, vision_qtype),
+            tensors=_vision_tensors(weights, vision, vision_qtype),
+        ),
+    }
 
 
 def quantization(name: str) -> int:
@@ -282,15 +321,8 @@ def _read_json(path: Path) -> Any:
         raise InvalidRequest(f"{path.parent.name}: {path.name} is not valid JSON: {e}") from None
 
 
-def _llava_config(src: Path) -> dict[str, Any]:
-    """config.json, checked to be a LLaVA that llama.cpp's `llava` graph computes faithfully."""
-    config: dict[str, Any] = _read_json(src / "config.json")
-    model_type = config.get("model_type")
-    if model_type != "llava":
-        raise InvalidRequest(
-            f"only LLaVA models (config.json model_type 'llava') convert to GGUF, "
-            f"not model_type {model_type!r}"
-        )
+def check_llava(config: dict[str, Any]) -> None:
+    """A LLaVA config.json that llama.cpp's `llava` graph computes faithfully, or a 400."""
     unsupported = {
         "vision_feature_select_strategy": (
             config.get("vision_feature_select_strategy", "default"),
@@ -309,7 +341,6 @@ def _llava_config(src: Path) -> dict[str, Any]:
     rope = _text_config(config).get("rope_parameters") or _text_config(config).get("rope_scaling")
     if rope and rope.get("rope_type", rope.get("type", "default")) != "default":
         raise InvalidRequest(f"unsupported LLaVA for GGUF: rope scaling {rope!r}")
-    return config
 
 
 def _text_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -333,6 +364,10 @@ NAME_PREFIXES = (
     ("model.vision_tower.", "vision_tower."),
     ("model.multi_modal_projector.", "multi_modal_projector."),
     ("vision_tower.vision_model.", "vision_tower."),
+    ("model.text_model.", "language_model."),  # Idefics3 / SmolVLM
+    ("model.vision_model.", "vision_tower."),
+    ("model.connector.", "connector."),
+    ("model.image_newline", "image_newline"),  # LLaVA-NeXT in transformers 5
 )
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 
@@ -449,7 +484,13 @@ def _count_layers(weights: _Checkpoint, pattern: str) -> int:
     return n
 
 
-def _text_metadata(text: _TextParams, vocab: _Vocab, ftype: LlamaFileType) -> _Metadata:
+class VocabWriter(Protocol):
+    """A vocabulary that writes itself into a GGUF: SentencePiece-style or byte-level BPE."""
+
+    def write(self, w: GGUFWriter) -> None: ...
+
+
+def _text_metadata(text: _TextParams, vocab: VocabWriter, ftype: LlamaFileType) -> _Metadata:
     def write(w: GGUFWriter) -> None:
         w.add_name(text.name)
         w.add_file_type(ftype)
