@@ -14,7 +14,9 @@ For each model, in one run and on the same machine:
                    the same with `vae="tiny"`: the model's TAESD (diffusers' AutoencoderTiny,
                    TAESD's real architecture) decodes instead of the VAE (on torch both ways)
 and prints each as a ratio of raw auto; then the VAE decode alone, full VAE vs TAESD, at the
-same size (`--only decode`: that stage only, at 512x512, in seconds). Speed does not depend on weight values, so the SD 1.5
+same size (`--only decode`: that stage only, at 512x512, in seconds); then each stage (a UNet
+call with guidance, the full VAE decode, TAESD) in seconds, TFLOP (counted by torch) and
+TFLOP/s as a fraction of a large matmul timed in the same run (`--only stages`: only that). Speed does not depend on weight values, so the SD 1.5
 architecture is built with random weights (~4 GB on disk in a temporary folder).
 OpenVINO through optimum-intel is not a path here: optimum-intel 2.2 pins transformers 5.5 and
 a CUDA torch, which this environment cannot take.
@@ -56,12 +58,7 @@ def write_sd15_random(dest: Path, tokenizer_from: Path) -> Path:
     """SD 1.5's exact architecture (UNet 860M, CLIP-L text 123M, VAE 84M) with random weights,
     and TAESD's (2.4M) as its tiny autoencoder in vae_tiny/."""
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
-        block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768, attention_head_dim=8,
-        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-    )  # fmt: skip
+    unet = sd15_unet()
     vae = sd15_vae()
     text = CLIPTextModel(
         CLIPTextConfig(
@@ -114,6 +111,58 @@ def time_decoders(size: int, runs: int) -> dict[str, float]:
 
         timed[label] = best_of(once, runs)
     return timed
+
+
+def sd15_unet() -> UNet2DConditionModel:
+    return UNet2DConditionModel(
+        sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+        block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768, attention_head_dim=8,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+    )  # fmt: skip
+
+
+def matmul_ceiling(runs: int, n: int = 4096) -> float:
+    """FLOP/s of one large matmul in limner's default precision: what these threads can do."""
+    a, b = (torch.randn(n, n, dtype=auto_dtype()) for _ in range(2))
+    return 2 * n**3 / best_of(lambda: torch.matmul(a, b), runs)
+
+
+def time_stages(size: int, runs: int) -> list[tuple[str, float, float]]:
+    """(stage, seconds, FLOPs) of one UNet call with classifier-free guidance (a batch of two),
+    one full VAE decode and one TAESD decode, as limner's torch path runs them on a CPU (its
+    default precision, channels_last). FLOPs are counted by torch's FlopCounterMode."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.manual_seed(0)
+    dtype, side = auto_dtype(), size // 8
+    latents = torch.randn(2, 4, side, side, dtype=dtype)
+    words = torch.randn(2, 77, 768, dtype=dtype)
+    diffusers_logging.set_verbosity_error()
+    stages: list[tuple[str, Callable[[], object]]] = []
+    unet = sd15_unet().to(dtype).to(memory_format=torch.channels_last).eval()
+    stages.append(("UNet call (CFG: batch 2)", lambda: unet(latents, 500, words)))
+    vae = sd15_vae().to(dtype).to(memory_format=torch.channels_last).eval()
+    stages.append(("full VAE decode", lambda: vae.decode(latents[:1])))
+    tiny = AutoencoderTiny().to(dtype).to(memory_format=torch.channels_last).eval()
+    stages.append(("TAESD decode", lambda: tiny.decode(latents[:1])))
+    timed = []
+    with torch.no_grad():
+        for label, call in stages:
+            with FlopCounterMode(display=False) as counter:
+                call()
+            timed.append((label, best_of(call, runs), float(counter.get_total_flops())))
+    return timed
+
+
+def print_stages(size: int, runs: int) -> None:
+    ceiling = matmul_ceiling(runs)
+    print(f"\n  stages at {size}x{size} on limner's torch path, against a {auto_dtype()} matmul "
+          f"(4096^3) at {ceiling / 1e12:.2f} TFLOP/s on these threads:")  # fmt: skip
+    for label, seconds, flops in time_stages(size, runs):
+        achieved = flops / seconds
+        print(f"  {label:38} {seconds:8.3f} s  {flops / 1e12:6.2f} TFLOP  "
+              f"{achieved / 1e12:5.2f} TFLOP/s  {achieved / ceiling:5.0%} of the matmul")  # fmt: skip
 
 
 def time_raw(
@@ -215,6 +264,7 @@ def bench(label: str, folder: Path, size: int, steps: int, runs: int) -> None:
     for label, seconds in timed.items():
         print(f"  {label:38} {seconds:8.3f} s/picture  {seconds / base:6.3f} x raw {name}")
     print_decoders(size, runs)
+    print_stages(size, runs)
 
 
 def print_decoders(size: int, runs: int) -> None:
@@ -229,7 +279,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--only", choices=["tiny", "sd15", "decode"])
+    parser.add_argument("--only", choices=["tiny", "sd15", "decode", "stages"])
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
@@ -238,6 +288,9 @@ def main() -> None:
     )
     if args.only == "decode":
         print_decoders(512, args.runs)
+        return
+    if args.only == "stages":
+        print_stages(512, args.runs)
         return
     with tempfile.TemporaryDirectory(prefix="limner-bench-models-") as work:
         tiny = write_tiny_sd(Path(work) / "tiny", seed=0, ip_adapter=False, tiny_vae=True)
