@@ -3,6 +3,7 @@
     .venv/bin/python bench/context.py                      # BakLLaVA size, 32 layers (~10 minutes)
     .venv/bin/python bench/context.py --layers 2 --runs 1  # a quick look
     .venv/bin/python bench/context.py --family gemma3      # a tiny model of a family, limner only
+    .venv/bin/python bench/context.py --family gemma3 --quantize q8_0   # the same on llama.cpp
 
 A conversation of two turns goes, in one run on one machine, through two paths:
   raw llama-cpp-python   Llama + Llava15ChatHandler, create_chat_completion(stream=True): the
@@ -132,6 +133,8 @@ def limner(folder: Path, args: argparse.Namespace) -> Iterator[Turn]:
         base = f"http://127.0.0.1:{port}"
         vlm.wait_ready(process, f"{base}/api/version")
         create = [sys.executable, "-m", "limner", "create", vlm.MODEL_NAME, "--from", str(folder)]
+        if getattr(args, "quantize", None):  # a family's folder converted to llama.cpp's pair
+            create += ["--quantize", args.quantize]
         vlm.subprocess.run(create, env=env, check=True, capture_output=True)
         options = {"num_ctx": args.ctx, "num_predict": args.tokens, "temperature": 0}
 
@@ -171,6 +174,8 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=Path("~/.cache/limner-bench").expanduser())
     parser.add_argument("--family", help="a tiny model of this family (limner.tiny_families) "
                         "on transformers, through limner only")  # fmt: skip
+    parser.add_argument("--quantize", metavar="TYPE", help="with --family: converted to GGUF "
+                        "at TYPE (e.g. q8_0), so llama.cpp runs it")  # fmt: skip
     args = parser.parse_args()
     from limner.engines.llava_llamacpp import _may_repack
 
@@ -194,11 +199,12 @@ def main() -> None:
         for run in range(args.runs + 1):  # the first conversation warms each path up
             jpeg = vlm.picture(100 + run)
             for label, turn in paths.items():
-                first, answer, _ = turn(conversation(jpeg, None))
+                first, answer, opened = turn(conversation(jpeg, None))
                 second, _, evaluated = turn(conversation(jpeg, answer))
                 print(f"{label}: run {run}{' (warm-up)' if not run else ''}: turn 1 {first:6.2f} s, "
                       f"turn 2 {second:6.2f} s, ratio {second / first:.3f}"
-                      + (f", turn 2 evaluated {evaluated} prompt tokens" if evaluated is not None else ""),
+                      + (f", prompt tokens evaluated: turn 1 {opened}, turn 2 {evaluated}"
+                         if evaluated is not None else ""),
                       flush=True)  # fmt: skip
                 if run:
                     results[label].append((first, second, evaluated))
