@@ -1,7 +1,10 @@
 """Vision families beyond LLaVA-1.5 convert to llama.cpp's GGUF pair on create --quantize,
 and run there: a tiny model of each family (real transformers classes, random weights)
 answers a picture question through the official `ollama` client, its prompt costs exactly
-what libmtmd makes of that picture and text, and a follow-up reuses the cache."""
+what libmtmd makes of that picture and text, and a follow-up reuses the cache.
+
+Qwen-VL's processors need torchvision, which is not installed: its prompt is rendered by its
+tokenizer (which holds the same template) and its pictures by its image processor alone."""
 
 from __future__ import annotations
 
@@ -33,14 +36,22 @@ from limner.store.gguf_families import convert
 from limner.store.manifests import MODEL, PROJECTOR
 from limner.tiny_families import write_tiny_family
 
+QWEN_PICTURE = "<|vision_start|><|image_pad|><|vision_end|>"
+
 QUESTION = "What is in this picture?"
 # Family -> (config.json model_type, the projector type, what its template writes for a picture).
 FAMILIES = {
     "llava-next": ("llava_next", "mlp", "<image>"),
     "gemma3": ("gemma3", "gemma3", "<start_of_image>"),
     "smolvlm": ("idefics3", "idefics3", "<image>"),
+    "qwen2-vl": ("qwen2_vl", "qwen2vl_merger", QWEN_PICTURE),
+    "qwen2.5-vl": ("qwen2_5_vl", "qwen2.5vl_merger", QWEN_PICTURE),
 }
+QWEN = ("qwen2-vl", "qwen2.5-vl")
 SHAPES = [(64, 48), (100, 30)]  # tiled families cost more for some shapes
+# Qwen's cost grows with the picture, one token per 28-px cell (libmtmd scales a picture up to
+# 8 cells at least): 64x48 is 4x3 cells, 280x168 10x6, more than one 4x4 attention window.
+QWEN_SHAPES = [(64, 48), (280, 168)]
 
 
 def created(store: Store, server: Any, family: str, tmp_path: Path) -> ollama.Client:
@@ -102,10 +113,11 @@ def libmtmd_counts(
 ) -> list[tuple[int, int]]:
     """(prompt tokens, picture tokens) per picture, as libmtmd makes them of the question
     rendered by the family's own processor template, read straight from the stored GGUF pair."""
-    from transformers import AutoProcessor
+    from transformers import AutoProcessor, AutoTokenizer
 
     parts = [{"type": "image"}, {"type": "text", "text": QUESTION}]
-    text = AutoProcessor.from_pretrained(folder).apply_chat_template(  # type: ignore[no-untyped-call]
+    loader: Any = AutoTokenizer if family in QWEN else AutoProcessor
+    text = loader.from_pretrained(folder).apply_chat_template(
         [{"role": "user", "content": parts}], add_generation_prompt=True, tokenize=False
     )
     text = text.replace(FAMILIES[family][2], mtmd.mtmd_default_marker().decode(), 1)
@@ -142,8 +154,10 @@ def test_a_converted_tiny_model_answers_with_libmtmd_counts_and_reuses_the_cache
     projector = httpx.post(f"{server.url}/api/show", json={"model": "q"}).json()["projector_info"]
     assert projector["clip.projector_type"] == FAMILIES[family][1]
 
-    shots = [picture(size=size) for size in SHAPES]
+    shots = [picture(size=size) for size in (QWEN_SHAPES if family in QWEN else SHAPES)]
     counts = libmtmd_counts(store, tmp_path / "hf", family, shots)
+    if family in QWEN:  # a larger picture costs more tokens
+        assert counts[1][1] > counts[0][1]
     for shot, (total, pictures) in zip(shots, counts, strict=True):
         message = {"role": "user", "content": QUESTION, "images": [shot]}
         options = {"num_predict": 4, "temperature": 0}
@@ -166,6 +180,13 @@ def test_a_converted_tiny_model_answers_with_libmtmd_counts_and_reuses_the_cache
     whole = answer["prompt_eval_count"] + answer["prompt_cached_count"]
     assert again["prompt_cached_count"] >= whole  # the first turn and its picture
     assert again["prompt_eval_count"] < whole
+    # The same follow-up computed afresh (another system turn cut the cache before the
+    # picture) says the same: the cached turn sits where a fresh one goes, which for Qwen's
+    # M-RoPE means positions, not tokens (a picture of h x w tokens spans max(h, w) of them).
+    chat(server.url, [{"role": "system", "content": "Be brief."}, *first])
+    fresh = chat(server.url, [*first, answer["message"], {"role": "user", "content": "Colour?"}])
+    assert fresh["prompt_eval_count"] > again["prompt_eval_count"]
+    assert fresh["message"]["content"] == again["message"]["content"]
 
 
 def test_the_families_write_their_own_keys_and_tensors(tmp_path: Path) -> None:
@@ -186,12 +207,20 @@ def test_the_families_write_their_own_keys_and_tensors(tmp_path: Path) -> None:
     smol = gguf_info(tmp_path / "smolvlm-gguf" / "mmproj.gguf")
     assert smol["clip.vision.projector.scale_factor"] == 2
     assert smol["clip.vision.preproc_image_size"] == 64  # the processor's longest_edge
+    for family in QWEN:
+        qwen = gguf_info(tmp_path / f"{family}-gguf" / "model.gguf")
+        assert qwen["general.architecture"] == "qwen2vl"
+        assert qwen["qwen2vl.rope.dimension_sections"] == [2, 3, 3, 0]
+    qwen_projector = gguf_info(tmp_path / "qwen2.5-vl-gguf" / "mmproj.gguf")
+    assert qwen_projector["clip.vision.n_wa_pattern"] == 2  # block 1 of 2 sees everything
+    assert qwen_projector["clip.use_silu"] is True
 
 
 def test_other_model_types_are_refused_naming_the_families(tmp_path: Path) -> None:
     folder = write_tiny_family("text", tmp_path / "text")
     with pytest.raises(
-        InvalidRequest, match="families that do: llava, llava_next, gemma3, idefics3"
+        InvalidRequest,
+        match="families that do: llava, llava_next, gemma3, idefics3, qwen2_vl, qwen2_5_vl",
     ):
         convert(folder, tmp_path / "out", "q8_0")
     assert not (tmp_path / "out").exists()
@@ -217,9 +246,8 @@ def hf_picture_rows(model: Any, family: str, inputs: dict[str, Any]) -> np.ndarr
         if family == "llava-next":
             features = llava_graph(model, inputs["pixel_values"][0][:1])
         else:
-            kept = {
-                k: v for k, v in inputs.items() if k in ("pixel_values", "pixel_attention_mask")
-            }
+            wanted = ("pixel_values", "pixel_attention_mask", "image_grid_thw")
+            kept = {k: v for k, v in inputs.items() if k in wanted}
             features = model.model.get_image_features(**kept)
             features = getattr(features, "pooler_output", features)
         if isinstance(features, list | tuple):  # one tensor per picture
@@ -250,7 +278,7 @@ def test_text_logits_and_picture_embeddings_match_transformers_at_f32(
     tmp_path: Path, family: str
 ) -> None:
     import torch
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoProcessor
 
     folder = write_tiny_family(family, tmp_path / "hf")
     if family == "gemma3":
@@ -261,12 +289,16 @@ def test_text_logits_and_picture_embeddings_match_transformers_at_f32(
     ids = [17, 40, 99, 123, 250, 77, 300, 12]
     with torch.no_grad():
         want = hf(input_ids=torch.tensor([ids])).logits[0].numpy()
-    # A flat picture of the tower's own size: every resize and tile of it is the same picture.
-    side = hf.config.vision_config.image_size
-    shot = picture(size=(side, side), color=(200, 40, 90))
-    inputs = AutoProcessor.from_pretrained(folder).image_processor(  # type: ignore[no-untyped-call]
-        images=[Image.open(io.BytesIO(shot))], return_tensors="pt"
-    )
+    if family in QWEN:
+        # Noise in whole 28-px cells, two attention windows wide: no resize, and the windows
+        # and the positions of every patch show.
+        shot, images = noise(224, 112), AutoImageProcessor.from_pretrained(folder)
+    else:
+        # A flat picture of the tower's own size: every resize and tile of it is the same.
+        side = hf.config.vision_config.image_size
+        shot = picture(size=(side, side), color=(200, 40, 90))
+        images = AutoProcessor.from_pretrained(folder).image_processor  # type: ignore[no-untyped-call]
+    inputs = images(images=[Image.open(io.BytesIO(shot))], return_tensors="pt")
     pair = Libmtmd(model_path, projector)
     try:
         pair.llama.eval(ids)
@@ -281,6 +313,86 @@ def test_text_logits_and_picture_embeddings_match_transformers_at_f32(
     first = rows[0][: len(expected)]
     assert np.abs(expected).max() > 1e-3  # a picture the projector does not erase
     assert np.abs(first - expected[: len(first)]).max() < 2e-3 * np.abs(expected).max()
+
+
+def noise(width: int, height: int) -> bytes:
+    pixels = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, "PNG")
+    return out.getvalue()
+
+
+def test_a_cached_qwen_picture_keeps_its_m_rope_positions(tmp_path: Path) -> None:
+    """A 280x168 picture is 10x6 = 60 tokens on max(10, 6) = 10 M-RoPE positions. The
+    follow-up that reuses it from the cache must go on from the positions libmtmd gave the
+    first turn, exactly where the same follow-up computed afresh goes."""
+    from limner.engines import LoadOptions, Message, Options
+    from limner.engines.llava_llamacpp import load
+
+    convert(write_tiny_family("qwen2.5-vl", tmp_path / "hf"), tmp_path / "gguf", "f16")
+    engine = load(tmp_path / "gguf", LoadOptions(num_ctx=512))
+    options = Options(temperature=0, num_predict=4, seed=1)
+
+    def ask(messages: list[Message]) -> tuple[str, Any]:
+        steps = list(engine.chat(messages, options, lambda: False))
+        return "".join(getattr(s, "text", "") for s in steps), steps[-1]
+
+    first = [Message("user", QUESTION, [noise(280, 168)])]
+    _, done = ask(first)
+    assert done.image_tokens == 60
+    prompt_positions = done.prompt_eval_count - 60 + 10
+    assert engine.llama.n_tokens == prompt_positions + done.eval_count - 1  # the last unfed
+    # An answer that tokenizes as it reads (a random model's own may not spell itself back).
+    follow = [*first, Message("assistant", "A red square."), Message("user", "Colour?")]
+    cached_text, cached = ask(follow)
+    assert cached.prompt_cached_count >= done.prompt_eval_count  # the first turn came back
+    cached_end = engine.llama.n_tokens
+    ask([Message("system", "Be brief."), *first])  # the cache now diverges before the picture
+    fresh_text, fresh = ask(follow)
+    assert fresh.prompt_cached_count < done.prompt_eval_count - 60
+    assert (engine.llama.n_tokens, fresh_text) == (cached_end, cached_text)
+    total = fresh.prompt_eval_count + fresh.prompt_cached_count
+    assert total == cached.prompt_eval_count + cached.prompt_cached_count  # tokens, not positions
+
+
+@pytest.mark.parametrize("family", QWEN)
+def test_qwen_text_tokenizes_as_transformers_does(tmp_path: Path, family: str) -> None:
+    """Qwen2's tokenizer splits words by its own regex before the byte-level step; the GGUF
+    names it ("qwen2") so that llama.cpp splits the same way."""
+    from transformers import AutoTokenizer
+
+    folder = write_tiny_family(family, tmp_path / "hf")
+    model, _ = convert(folder, tmp_path / "gguf", "f16")
+    assert gguf_info(model)["tokenizer.ggml.pre"] == "qwen2"
+    hf = AutoTokenizer.from_pretrained(folder)
+    vocab_only = llama_cpp.Llama(str(model), vocab_only=True, verbose=False)
+    try:
+        for text in [
+            "It's 42 apples,\n\n  don't   you think?",
+            "<|im_start|>user\nWhat is <|image_pad|> here?<|im_end|>\n",
+            "Ünïcödé — émoji 🎨 123456",
+        ]:
+            ids = vocab_only.tokenize(text.encode(), add_bos=False, special=True)
+            assert ids == hf.encode(text, add_special_tokens=False), text
+    finally:
+        vocab_only.close()
+
+
+def test_qwen25_window_layouts_llama_cpp_does_not_compute_are_refused(tmp_path: Path) -> None:
+    import json
+
+    folder = write_tiny_family("qwen2.5-vl", tmp_path / "hf")
+    config = json.loads((folder / "config.json").read_text())
+    # Block 0 alone full: llama.cpp's every-(i+1)th rule would make block 1 full too.
+    config["vision_config"]["fullatt_block_indexes"] = [0]
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(InvalidRequest, match="not evenly spaced"):
+        convert(folder, tmp_path / "out", "f16")
+    config["vision_config"] |= {"fullatt_block_indexes": [1], "window_size": 224}
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(InvalidRequest, match="window_size 224"):
+        convert(folder, tmp_path / "out", "f16")
+    assert not (tmp_path / "out").exists()
 
 
 def test_an_idefics3_vocabulary_without_a_blank_line_token_is_refused(tmp_path: Path) -> None:

@@ -9,17 +9,20 @@ loading and processing code of each family. Needs torch and transformers.
 
     >>> folder = write_tiny_family("gemma3", Path("tiny-gemma3"))
 
-Qwen2-VL and Qwen2.5-VL are not here: their processors need torchvision in transformers 5
-(for video), which this project does not install.
+Qwen2-VL and Qwen2.5-VL are built from their real model classes, but their processors need
+torchvision in transformers 5 (for video), which this project does not install: their folders
+hold the tokenizer and the image processor's preprocessor_config.json, as the Hub lays them
+out, without processor_config.json.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-FAMILIES = ("gemma3", "llava-next", "smolvlm", "text")
+FAMILIES = ("gemma3", "llava-next", "mistral3", "qwen2-vl", "qwen2.5-vl", "smolvlm", "text")
 TEXT: dict[str, Any] = {
     "hidden_size": 64,
     "intermediate_size": 128,
@@ -35,13 +38,18 @@ CORPUS = [
     "Describe the colours and shapes you see, in one short sentence.",
     "system user assistant model image picture photo answer question",
 ]
+# Qwen2-VL's and Qwen2.5-VL's published template (one for both), without video's and
+# add_vision_id's branches; a chat without a system turn gets the default one.
 QWEN_TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}"
-    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 # Qwen2.5's own template, shortened: tools offered in the system turn, calls in <tool_call> tags.
 TEXT_TEMPLATE = (
@@ -122,13 +130,22 @@ def _tokenizer(
     bos: str | None = None,
     named: dict[str, str] | None = None,
     template: str = "",
+    split: str = "",
 ) -> Any:
-    """A byte-level BPE tokenizer learnt from CORPUS, with the family's special tokens."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    """A byte-level BPE tokenizer learnt from CORPUS, with the family's special tokens;
+    `split`, a regex, splits words first (as Qwen2's does) instead of GPT-2's own."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = (
+        pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(split), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ])
+        if split
+        else pre_tokenizers.ByteLevel(add_prefix_space=False)
+    )  # fmt: skip
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=400,
@@ -304,6 +321,78 @@ def _smolvlm(dest: Path) -> None:
     _save(dest, Idefics3ForConditionalGeneration(config), processor, ids["<end_of_utterance>"])
 
 
+def _qwen_vl(dest: Path, version: str) -> None:
+    """Qwen2-VL ("2") or Qwen2.5-VL ("2.5"): a Qwen2 text model with M-RoPE and a ViT of
+    14-px patches merged 2x2; 2.5's tower has RMSNorm, a gated MLP and window attention."""
+    from transformers import Qwen2VLImageProcessorPil
+
+    from limner.store.gguf_families import QWEN2_SPLIT
+
+    specials = [
+        "<|endoftext|>",
+        "<|im_start|>",
+        "<|im_end|>",
+        "<|vision_start|>",
+        "<|vision_end|>",
+        "<|vision_pad|>",
+        "<|image_pad|>",
+        "<|video_pad|>",
+    ]
+    tokenizer = _tokenizer(
+        specials,
+        eos="<|im_end|>",
+        pad="<|endoftext|>",
+        template=QWEN_TEMPLATE,
+        split=QWEN2_SPLIT,
+    )
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in specials}
+    text = {
+        **TEXT,
+        "vocab_size": len(tokenizer),
+        "bos_token_id": ids["<|endoftext|>"],
+        "eos_token_id": ids["<|im_end|>"],
+        # head_dim 16: the rotary half (8) split into time, height and width sections
+        "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]},
+    }
+    tokens = {
+        "image_token_id": ids["<|image_pad|>"],
+        "video_token_id": ids["<|video_pad|>"],
+        "vision_start_token_id": ids["<|vision_start|>"],
+        "vision_end_token_id": ids["<|vision_end|>"],
+    }
+    model = _qwen_vl_model(version, text, tokens)
+    model.generation_config.eos_token_id = ids["<|im_end|>"]
+    model.save_pretrained(dest)
+    tokenizer.save_pretrained(dest)
+    # The Hub's image settings (14-px patches, 2x2 merge, two frames a patch, 56x56 px at least).
+    Qwen2VLImageProcessorPil().save_pretrained(dest)  # type: ignore[no-untyped-call]
+
+
+def _qwen_vl_model(version: str, text: dict[str, Any], tokens: dict[str, Any]) -> Any:
+    if version == "2":
+        from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+        vision = {"depth": 2, "embed_dim": 32, "hidden_size": TEXT["hidden_size"],
+                  "mlp_ratio": 2, "num_heads": 2}  # fmt: skip
+        return Qwen2VLForConditionalGeneration(
+            Qwen2VLConfig(text_config=text, vision_config=vision, **tokens)
+        )
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    vision = {
+        "depth": 2,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_heads": 2,
+        "out_hidden_size": TEXT["hidden_size"],
+        "window_size": 112,  # the real models' (and the one llama.cpp computes with)
+        "fullatt_block_indexes": [1],  # block 0 attends within windows, block 1 to all
+    }
+    return Qwen2_5_VLForConditionalGeneration(
+        Qwen2_5_VLConfig(text_config=text, vision_config=vision, **tokens)
+    )
+
+
 def _text(dest: Path) -> None:
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
@@ -315,9 +404,137 @@ def _text(dest: Path) -> None:
     tokenizer.save_pretrained(dest)
 
 
+# Mistral Small 3.1's published template (its chat_template.json), as text: a default system
+# prompt with today's date, [INST] turns, "[IMG]" where a picture goes.
+MISTRAL3_TEMPLATE = """{%- set today = strftime_now("%Y-%m-%d") %}
+{%- set default_system_message = "You are Mistral Small 3, a Large Language Model (LLM) created by Mistral AI, a French startup headquartered in Paris.\\nYour knowledge base was last updated on 2023-10-01. The current date is " + today + ".\\n\\nWhen you're not sure about some information, you say that you don't have the information and don't make up anything.\\nIf the user's question is not clear, ambiguous, or does not provide enough context for you to accurately answer the question, you do not try to answer it right away and you rather ask the user to clarify their request (e.g. \\"What are some good restaurants around me?\\" => \\"Where are you?\\" or \\"When is the next flight to Tokyo\\" => \\"Where do you travel from?\\")" %}
+
+{{- bos_token }}
+
+{%- if messages[0]['role'] == 'system' %}
+    {%- if messages[0] is string %}
+        {%- set system_message = messages[0]['content'] %}
+        {%- set loop_messages = messages[1:] %}
+    {%- else %}
+        {%- set system_message = messages[0]['content'][0]['text'] %}
+        {%- set loop_messages = messages[1:] %}
+    {%- endif %}
+{%- else %}
+    {%- set system_message = default_system_message %}
+    {%- set loop_messages = messages %}
+{%- endif %}
+{{- '[SYSTEM_PROMPT]' + system_message + '[/SYSTEM_PROMPT]' }}
+
+{%- for message in loop_messages %}
+    {%- if message['role'] == 'user' %}
+            {%- if message['content'] is string %}
+            {{- '[INST]' + message['content'] + '[/INST]' }}
+            {%- else %}
+                    {{- '[INST]' }}
+                    {%- for block in message['content'] %}
+                            {%- if block['type'] == 'text' %}
+                                    {{- block['text'] }}
+                            {%- elif block['type'] == 'image' or block['type'] == 'image_url' %}
+                                    {{- '[IMG]' }}
+                                {%- else %}
+                                    {{- raise_exception('Only text and image blocks are supported in message content!') }}
+                                {%- endif %}
+                        {%- endfor %}
+                    {{- '[/INST]' }}
+                {%- endif %}
+    {%- elif message['role'] == 'system' %}
+        {{- '[SYSTEM_PROMPT]' + message['content'] + '[/SYSTEM_PROMPT]' }}
+    {%- elif message['role'] == 'assistant' %}
+        {%- if message['content'] is string %}
+            {{- message['content'] + eos_token }}
+        {%- else %}
+            {{- message['content'][0]['text'] + eos_token }}
+        {%- endif %}
+    {%- else %}
+        {{- raise_exception('Only user, system and assistant roles are supported!') }}
+    {%- endif %}
+{%- endfor %}"""
+
+
+def _mistral3(dest: Path) -> None:
+    """Mistral Small 3.1: a Mistral text model, a Pixtral tower (2-D RoPE, any picture size)
+    and the 2x2 patch merger. PixtralProcessor needs torchvision, so the processor's files
+    are written as the Hub lays them out, beside the image processor's and the tokenizer's."""
+    import json
+
+    from transformers import (
+        Mistral3Config,
+        Mistral3ForConditionalGeneration,
+        PixtralImageProcessorPil,
+    )
+
+    picture = {"image_token": "[IMG]", "image_break_token": "[IMG_BREAK]",
+               "image_end_token": "[IMG_END]"}  # fmt: skip
+    specials = ["<unk>", "<s>", "</s>", "[INST]", "[/INST]", *picture.values(), "<pad>",
+                "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]"]  # fmt: skip
+    tokenizer = _tokenizer(specials, eos="</s>", pad="<pad>", bos="<s>")
+    _tekken_split(tokenizer)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in specials}
+    patch, merge, longest = 8, 2, 64  # 16-px tokens; a picture fits in 64 px: 4x4 tokens at most
+    config = Mistral3Config(
+        text_config={
+            **TEXT,
+            "model_type": "mistral",
+            "vocab_size": len(tokenizer),
+            "head_dim": 16,
+            "rms_norm_eps": 1e-5,  # the real model's, which its projector's norm shares
+            "sliding_window": None,  # as Mistral Small 3.1: attention over the whole window
+            "bos_token_id": ids["<s>"],
+            "eos_token_id": ids["</s>"],
+            "pad_token_id": ids["<pad>"],
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": longest,
+            "patch_size": patch,
+            "hidden_act": "silu",  # Mistral Small 3.1's tower
+        },
+        image_token_index=ids["[IMG]"],
+        spatial_merge_size=merge,
+        tie_word_embeddings=False,
+    )
+    model = Mistral3ForConditionalGeneration(config)
+    model.generation_config.eos_token_id = ids["</s>"]
+    model.save_pretrained(dest)
+    tokenizer.save_pretrained(dest)
+    (dest / "chat_template.jinja").write_text(MISTRAL3_TEMPLATE, encoding="utf-8")
+    PixtralImageProcessorPil(  # type: ignore[no-untyped-call]
+        size={"longest_edge": longest}, patch_size={"height": patch, "width": patch}
+    ).save_pretrained(dest)
+    processor = {"processor_class": "PixtralProcessor", "patch_size": patch,
+                 "spatial_merge_size": merge, **picture}  # fmt: skip
+    (dest / "processor_config.json").write_text(json.dumps(processor, indent=2) + "\n")
+
+
+def _tekken_split(tokenizer: Any) -> None:
+    """Split text as Mistral's tekken tokenizer.json does (its regex, then bytes), so the
+    folder's tokenizer is laid out as the real model's and llama.cpp reads it as "tekken"."""
+    from tokenizers import Regex, pre_tokenizers
+
+    from limner.store.gguf_families import TEKKEN_SPLIT
+
+    tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(TEKKEN_SPLIT), "isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+
+
 WRITERS: dict[str, Callable[[Path], None]] = {
     "gemma3": _gemma3,
     "llava-next": _llava_next,
+    "mistral3": _mistral3,
+    "qwen2-vl": partial(_qwen_vl, version="2"),
+    "qwen2.5-vl": partial(_qwen_vl, version="2.5"),
     "smolvlm": _smolvlm,
     "text": _text,
 }

@@ -31,8 +31,10 @@ if TYPE_CHECKING:
     from limner.types import ProgressResponse
 
 SHOW_FIELDS = ("license", "modelfile", "parameters", "template", "system")
-TINY_KINDS = ("llava", "gemma3", "llava-next", "smolvlm", "text", "llava-gguf", "text-gguf",
-              "embed", "embed-gguf", "sd", "sd-inpaint", "sd-checkpoint")  # fmt: skip
+# Vision families that limner.tiny_families writes as Hugging Face folders.
+TINY_FAMILIES = ("gemma3", "llava-next", "smolvlm", "mistral3", "qwen2-vl", "qwen2.5-vl")
+TINY_KINDS = ("llava", *TINY_FAMILIES, "text", "llava-gguf", "text-gguf", "embed", "embed-gguf",
+              "sd", "sd-inpaint", "sd-checkpoint")  # fmt: skip
 TOY_KINDS = ("see", "see-gguf", "draw")
 
 
@@ -69,12 +71,14 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "model and its mmproj projector), a Stable Diffusion (diffusers) folder or single-file "
         ".safetensors checkpoint, a stored model, or a tiny random-weight one for tests: --tiny "
         "llava (chat), --tiny llava-gguf (chat on llama.cpp), --tiny text-gguf (chat without "
-        "pictures), --tiny gemma3 / llava-next / smolvlm (other vision families), --tiny text "
+        "pictures), --tiny gemma3 / llava-next / smolvlm (other vision families), --tiny mistral3 / "
+        "qwen2-vl / qwen2.5-vl (their processors need torchvision: with --quantize, for "
+        "llama.cpp), --tiny text "
         "(chat without pictures, transformers), --tiny embed / embed-gguf (embeddings), "
         "--tiny sd (draws, with an "
         "IP-Adapter for style pictures), --tiny sd-inpaint, --tiny sd-checkpoint (one file). "
-        "--quantize converts a Hugging Face LLaVA, LLaVA-NeXT, Gemma 3 or SmolVLM to GGUF for "
-        "llama.cpp, or quantizes a GGUF.",
+        "--quantize converts a Hugging Face LLaVA, LLaVA-NeXT, Gemma 3, SmolVLM, Mistral Small "
+        "3.1, Qwen2-VL or Qwen2.5-VL to GGUF for llama.cpp, or quantizes a GGUF.",
     )  # fmt: skip
     create.add_argument("model")
     source = create.add_mutually_exclusive_group(required=True)
@@ -481,7 +485,7 @@ def write_tiny(kind: str, dest: Path) -> Path:
     if kind == "text-gguf":  # the same text model without its projector: it cannot see
         (tiny.write_tiny_llava_gguf(dest, seed=0) / "mmproj.gguf").unlink()
         return dest
-    if kind in ("gemma3", "llava-next", "smolvlm", "text"):
+    if kind in (*TINY_FAMILIES, "text"):
         from limner.tiny_families import write_tiny_family
 
         return write_tiny_family(kind, dest)

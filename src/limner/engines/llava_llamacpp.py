@@ -75,7 +75,13 @@ AMX = "AMX_INT8 = 1"
 MARKER = mtmd.mtmd_default_marker().decode()  # where libmtmd puts a picture in the prompt text
 # What a family's Jinja template writes where a picture goes, by projector type, when it is
 # not "<image>"; libmtmd adds the family's own begin/end tokens around the picture itself.
-PICTURE_TEXT = {"gemma3": "<start_of_image>"}
+QWEN_PICTURE = "<|vision_start|><|image_pad|><|vision_end|>"
+PICTURE_TEXT = {
+    "gemma3": "<start_of_image>",
+    "qwen2vl_merger": QWEN_PICTURE,
+    "qwen2.5vl_merger": QWEN_PICTURE,
+    "pixtral": "[IMG]",  # libmtmd adds [IMG_BREAK] and [IMG_END] itself
+}
 
 
 def load(folder: Path, options: LoadOptions) -> LlavaLlamaCpp:
@@ -180,8 +186,10 @@ class LlavaLlamaCpp:
                 break
             if cancelled():
                 break
-        # What the KV cache now holds: the prompt, then the answer's evaluated tokens.
-        self.cached = prompt.keys + self.llama.input_ids[count : self.llama.n_tokens].tolist()
+        # What the KV cache now holds: the prompt, then the answer's evaluated tokens (which
+        # llama-cpp-python records by position, from where the prompt's positions end).
+        answered = self.llama.input_ids[prompt.n_pos : self.llama.n_tokens].tolist()
+        self.cached = prompt.keys + answered
         rest = text.flush()
         if rest:
             shown.append(rest)
@@ -276,8 +284,9 @@ class LlavaLlamaCpp:
         reuse = prompt.boundary(min(same, len(keys) - 1))  # never inside a picture
         self.cached = []  # until the new state is complete
         llama = self.llama
-        llama.n_tokens = reuse
-        llama._ctx.kv_cache_seq_rm(-1, reuse, -1)
+        # llama-cpp-python's n_tokens is the next position, and the cache is cut by position.
+        llama.n_tokens = prompt.position(reuse)
+        llama._ctx.kv_cache_seq_rm(-1, llama.n_tokens, -1)
         if self.vision is None:
             llama.eval(keys[reuse:])
         else:
@@ -437,14 +446,18 @@ class _Pictures:
 class _Prompt:
     """A tokenized prompt: libmtmd chunks (text and pictures), or plain ids for text models.
 
-    `keys` has one entry per position: the token id for text, and `(digest, i)` for the i-th
-    token of a picture, so two prompts can be compared position by position.
+    `keys` has one entry per token: the token id for text, and `(digest, i)` for the i-th
+    token of a picture, so two prompts can be compared token by token. Tokens are what the
+    prompt costs (KV cache cells, `prompt_eval_count`); positions are where llama.cpp puts
+    them, and differ past a picture for M-RoPE models (Qwen-VL), where a picture of h x w
+    tokens spans max(h, w) positions.
     """
 
     def __init__(self, handle: Any, ids: list[int] | None = None) -> None:
         self.handle = handle
         self.keys: list[Any] = list(ids or [])
-        self.starts = [0, len(self.keys)]  # where each chunk begins, then the end
+        self.starts = [0, len(self.keys)]  # the token where each chunk begins, then the end
+        self.positions = [0, len(self.keys)]  # the position where each chunk begins, then the end
         self.image_tokens = 0
 
     def __iter__(self) -> Iterator[Any]:
@@ -453,18 +466,33 @@ class _Prompt:
                 yield mtmd.mtmd_input_chunks_get(self.handle, i)
 
     def read_keys(self) -> None:
-        self.keys, self.starts = [], [0]
+        self.keys, self.starts, self.positions = [], [0], [0]
         for chunk in self:
             if mtmd.mtmd_input_chunk_get_type(chunk) == mtmd.MTMD_INPUT_CHUNK_TYPE_TEXT:
                 count = ctypes.c_size_t()
                 ids = mtmd.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(count))
                 self.keys.extend(ids[j] for j in range(count.value))
+                spans = count.value
             else:
                 size = int(mtmd.mtmd_input_chunk_get_n_tokens(chunk))
                 digest = mtmd.mtmd_input_chunk_get_id(chunk)
                 self.keys.extend((digest, j) for j in range(size))
                 self.image_tokens += size
+                spans = int(mtmd.mtmd_input_chunk_get_n_pos(chunk))
             self.starts.append(len(self.keys))
+            self.positions.append(self.positions[-1] + spans)
+
+    @property
+    def n_pos(self) -> int:
+        """The position after the prompt's last token."""
+        return self.positions[-1]
+
+    def position(self, token: int) -> int:
+        """The position of the `token`-th token: a chunk's start, or a token inside text."""
+        for begin, end, at in zip(self.starts, self.starts[1:], self.positions, strict=False):
+            if begin <= token < end:
+                return at + token - begin  # a picture is only ever entered at its start
+        return self.n_pos
 
     def count(self) -> tuple[int, int]:
         """Tokens in the prompt, and how many of them are pictures."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -74,6 +75,7 @@ def render_jinja(
     source = re.sub(r"\{%-?\s*(end)?generation\s*-?%\}", "", template)
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
     env.globals["raise_exception"] = _raise
+    env.globals["strftime_now"] = _strftime_now  # Mistral's templates date their system turn
     env.filters["tojson"] = _tojson
     messages = [
         jinja_message(turn.role, [{"type": "image"}] * turn.pictures
@@ -112,6 +114,11 @@ def _tojson(
 ) -> str:
     """transformers' `tojson`: keys in their own order and no HTML escaping, unlike Jinja's."""
     return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, **options)
+
+
+def _strftime_now(format: str) -> str:
+    """transformers' `strftime_now`: the local time now, formatted."""
+    return time.strftime(format)
 
 
 def _raise(message: str) -> None:

@@ -7,7 +7,7 @@ vocabulary) and `mmproj.gguf` (arch `clip`: the CLIP tower and the two-layer pro
 Only numpy, safetensors and gguf-py are used, and tensors are read, converted and written one
 at a time, so a 7B checkpoint needs about the memory of its largest tensor.
 `gguf_families.convert` takes the other families libmtmd runs (LLaVA-NeXT, Gemma 3,
-Idefics3/SmolVLM) with the same parts and guarantees (`convert_family`).
+Idefics3/SmolVLM, Qwen2-VL, Qwen2.5-VL) with the same parts and guarantees (`convert_family`).
 
 The projector is written in the "exact" layout: every vision block and an explicit feature
 layer. Published LLaVA-1.5/BakLLaVA projectors write `block_count = n_layer - 1`, and
@@ -368,6 +368,11 @@ NAME_PREFIXES = (
     ("model.vision_model.", "vision_tower."),
     ("model.connector.", "connector."),
     ("model.image_newline", "image_newline"),  # LLaVA-NeXT in transformers 5
+    ("model.visual.", "visual."),  # Qwen-VL in transformers 5
+    # Qwen-VL in transformers 4: the text model's weights at the top of "model."
+    ("model.embed_tokens.", "language_model.embed_tokens."),
+    ("model.layers.", "language_model.layers."),
+    ("model.norm.", "language_model.norm."),
 )
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 

@@ -12,9 +12,15 @@ libmtmd's clip loader read them:
   `gemma3`: a SigLIP tower, `mm.soft_emb_norm` and `mm.input_projection`.
 - `idefics3` (SmolVLM): a `llama` text model, projector `idefics3`: a SigLIP tower and the
   pixel-shuffle connector `mm.model.fc`.
+- `qwen2_vl`, `qwen2_5_vl`: text arch `qwen2vl` (Qwen2 with biased q/k/v and M-RoPE's
+  `rope.dimension_sections`), projectors `qwen2vl_merger` / `qwen2.5vl_merger`: a ViT whose
+  two-frame patch convolution is split into two 2-D ones, then the 2x2 merger MLP.
+- `mistral3` (Mistral Small 3.1): a `llama` text model and projector `pixtral`
+  (`gguf_pixtral.py`).
 
 Vocabularies are SentencePiece-style (byte-fallback BPE, gguf.py's `_vocab`) or byte-level
-BPE (GPT-2 style, here), whichever the folder's tokenizer.json holds.
+BPE (GPT-2 style, here, with GPT-2's, SmolLM's or Qwen2's word split), whichever the folder's
+tokenizer.json holds.
 """
 
 from __future__ import annotations
@@ -57,6 +63,7 @@ from limner.store.gguf import (
     convert_family,
     llava_files,
 )
+from limner.store.gguf_pixtral import mistral3_files
 
 # transformers' defaults for what a Gemma 3 config.json may leave out (gemma-3-4b-it's does).
 GEMMA3_TEXT_DEFAULTS: dict[str, Any] = {
@@ -75,6 +82,19 @@ SIGLIP_DEFAULTS: dict[str, Any] = {
 GEMMA3_DEFAULT_SCALE = 4  # clip.cpp pools 4x4 patches when the file does not say
 # Byte-level pre-tokenizers by llama.cpp's name for them (tokenizer.ggml.pre).
 BYTE_LEVEL_PRE = {"ByteLevel": "gpt-2", "Digits+ByteLevel": "smollm"}
+# Qwen2's split (tokenizer.json's Split regex before a ByteLevel step without one), which
+# llama.cpp compiles in under the name "qwen2".
+QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+# Mistral's tekken split (Mistral Small 3.1, Pixtral), llama.cpp's "tekken".
+TEKKEN_SPLIT = (
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"
+    r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*"
+    r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+SPLIT_PRE = {QWEN2_SPLIT: "qwen2", TEKKEN_SPLIT: "tekken"}
 
 
 def convert(src: Path, dest: Path, quantize: str = "f16") -> tuple[Path, Path]:
@@ -184,9 +204,13 @@ def _byte_level_pre(tok: dict[str, Any]) -> str | None:
         pre.get("pretokenizers") or [] if pre.get("type") == "Sequence" else [pre]
     )
     kinds = [str(step.get("type")) for step in steps]
-    if not kinds or kinds[-1] != "ByteLevel" or not steps[-1].get("use_regex", True):
+    if not kinds or kinds[-1] != "ByteLevel":
         return None
-    return BYTE_LEVEL_PRE.get("+".join(kinds))
+    if steps[-1].get("use_regex", True):
+        return BYTE_LEVEL_PRE.get("+".join(kinds))
+    if kinds == ["Split", "ByteLevel"]:  # the split is the regex: llama.cpp must know it
+        return SPLIT_PRE.get(str((steps[0].get("pattern") or {}).get("Regex")))
+    return None
 
 
 def _bpe_vocab(
@@ -552,9 +576,235 @@ def _check_blank_line_token(src: Path) -> None:
         )
 
 
+# --- Qwen2-VL / Qwen2.5-VL ----------------------------------------------------------------
+
+# clip.cpp's Qwen graphs merge 2x2 patches and take two frames a patch, whatever the file says,
+# and its Qwen2.5-VL windows are 112 px a side.
+QWEN_MERGE, QWEN_FRAMES, QWEN_WINDOW = 2, 2, 112
+QWEN_PROJECTORS = {"qwen2_vl": "qwen2vl_merger", "qwen2_5_vl": "qwen2.5vl_merger"}
+QWEN_VISION_EPS = 1e-6  # both towers' norms, fixed in transformers' code
+
+
+def qwen_vl_files(
+    src: Path, config: dict[str, Any], weights: _Checkpoint, qtype: QType, vision_qtype: QType
+) -> dict[str, _GGUF]:
+    """Text arch `qwen2vl` and projector `qwen2vl_merger` (Qwen2-VL) or `qwen2.5vl_merger`."""
+    text_config = _qwen_text_config(config)
+    text = _text_params({**config, "text_config": text_config}, weights, name=src.name)
+    sections = _mrope_sections(text_config, text.head_dim)
+    words = vocab(src, config, text.n_vocab)
+    plain = _text_metadata(text, words, CONVERTED_FTYPES[qtype])
+
+    def metadata(w: GGUFWriter) -> None:
+        plain(w)
+        w.add_rope_dimension_sections(sections)
+
+    return {
+        TEXT_FILE: _GGUF("qwen2vl", metadata, _qwen_text_tensors(weights, text, qtype)),
+        PROJECTOR_FILE: _qwen_projector(src, config, weights, text, vision_qtype),
+    }
+
+
+def _qwen_text_config(config: dict[str, Any]) -> dict[str, Any]:
+    """transformers 4 keeps Qwen-VL's text settings at the top of config.json, 5 nests them."""
+    top = {k: v for k, v in config.items() if k not in ("text_config", "vision_config")}
+    return {**top, **(config.get("text_config") or {})}
+
+
+def _mrope_sections(text_config: dict[str, Any], head_dim: int) -> list[int]:
+    """M-RoPE's time, height and width shares of the rotary half, padded to llama.cpp's four."""
+    rope = text_config.get("rope_parameters") or text_config.get("rope_scaling") or {}
+    sections = [int(v) for v in rope.get("mrope_section") or []]
+    if not sections or len(sections) > 4 or sum(sections) != head_dim // 2:
+        raise InvalidRequest(
+            f"unsupported Qwen-VL for GGUF: mrope_section {sections} does not split the "
+            f"{head_dim // 2} rotary pairs of a head"
+        )
+    return sections + [0] * (4 - len(sections))
+
+
+def _qwen_text_tensors(weights: _Checkpoint, text: _TextParams, qtype: QType) -> list[_Tensor]:
+    """Qwen2's blocks: q, k and v carry biases; no rotary permutation (llama.cpp rotates
+    Qwen's halves as NeoX does, as transformers stores them)."""
+    lm = "language_model"
+    plan = [_matrix(weights, "token_embd.weight", f"{lm}.embed_tokens.weight", qtype)]
+    parts = {
+        "attn_q": "self_attn.q_proj",
+        "attn_k": "self_attn.k_proj",
+        "attn_v": "self_attn.v_proj",
+        "attn_output": "self_attn.o_proj",
+        "ffn_gate": "mlp.gate_proj",
+        "ffn_up": "mlp.up_proj",
+        "ffn_down": "mlp.down_proj",
+        "attn_norm": "input_layernorm",
+        "ffn_norm": "post_attention_layernorm",
+    }
+    for i in range(text.n_layer):
+        for name, key in parts.items():
+            plan += _layer(weights, f"blk.{i}.{name}", f"{lm}.layers.{i}.{key}", qtype)
+    plan.append(_vector(weights, "output_norm.weight", f"{lm}.norm.weight"))
+    if text.has_output:
+        plan.append(_matrix(weights, "output.weight", "lm_head.weight", qtype))
+    return plan
+
+
+@dataclass(frozen=True)
+class _QwenTower:
+    projector: str
+    n_embd: int
+    n_ff: int
+    n_layer: int
+    n_head: int
+    patch_size: int
+    wa_pattern: int  # every wa_pattern-th block attends to the whole picture; 0: all do
+
+
+def _qwen_tower(config: dict[str, Any], weights: _Checkpoint) -> _QwenTower:
+    """The tower's sizes from its tensors; a 400 for what clip.cpp computes differently."""
+    vision = config.get("vision_config") or {}
+    projector = QWEN_PROJECTORS[str(config["model_type"])]
+    n_embd, _, frames, patch, _ = weights.shape("visual.patch_embed.proj.weight")
+    merge = int(vision.get("spatial_merge_size", QWEN_MERGE))
+    if (frames, merge) != (QWEN_FRAMES, QWEN_MERGE):
+        raise InvalidRequest(
+            f"unsupported Qwen-VL for GGUF: temporal_patch_size {frames} and spatial_merge_size "
+            f"{merge} (llama.cpp takes {QWEN_FRAMES} and {QWEN_MERGE})"
+        )
+    gated = projector == "qwen2.5vl_merger"  # 2.5's SiLU-gated MLP; 2's is fc1, quick GELU, fc2
+    act = vision.get("hidden_act", "silu" if gated else "quick_gelu")
+    if act != ("silu" if gated else "quick_gelu"):
+        raise InvalidRequest(f"unsupported Qwen-VL for GGUF: vision hidden_act {act!r}")
+    n_layer = _count_layers(weights, "visual.blocks.{}.norm1.weight")
+    up = "mlp.up_proj" if gated else "mlp.fc1"
+    return _QwenTower(
+        projector=projector,
+        n_embd=n_embd,
+        n_ff=weights.shape(f"visual.blocks.0.{up}.weight")[0],
+        n_layer=n_layer,
+        n_head=int(vision.get("num_heads", 16)),
+        patch_size=patch,
+        wa_pattern=_window_pattern(vision, n_layer, patch) if gated else 0,
+    )
+
+
+def _window_pattern(vision: dict[str, Any], n_layer: int, patch: int) -> int:
+    """clip.cpp's n_wa_pattern: block i attends to the whole picture when (i + 1) is a
+    multiple of it, and within 112-px windows otherwise; other layouts are refused."""
+    window = int(vision.get("window_size", QWEN_WINDOW))
+    if window // QWEN_MERGE // patch != QWEN_WINDOW // QWEN_MERGE // patch:
+        raise InvalidRequest(
+            f"unsupported Qwen2.5-VL for GGUF: window_size {window} (llama.cpp's is {QWEN_WINDOW})"
+        )
+    full = sorted(int(i) for i in vision.get("fullatt_block_indexes") or [])
+    pattern = full[0] + 1 if full else n_layer + 1
+    if [i for i in full if i < n_layer] != [i for i in range(n_layer) if (i + 1) % pattern == 0]:
+        raise InvalidRequest(
+            f"unsupported Qwen2.5-VL for GGUF: fullatt_block_indexes {full} are not evenly spaced"
+        )
+    return pattern
+
+
+def _qwen_projector(
+    src: Path, config: dict[str, Any], weights: _Checkpoint, text: _TextParams, qtype: QType
+) -> _GGUF:
+    tower = _qwen_tower(config, weights)
+    if weights.shape("visual.merger.mlp.2.weight")[0] != text.n_embd:
+        raise InvalidRequest("the vision merger does not project to the text model's width")
+    mean, std = _image_normalization(src)
+
+    def metadata(w: GGUFWriter) -> None:
+        w.add_name(f"{text.name} projector")
+        w.add_file_type(CONVERTED_FTYPES[qtype])
+        w.add_string("clip.projector_type", tower.projector)
+        w.add_bool("clip.has_vision_encoder", True)
+        w.add_bool("clip.has_text_encoder", False)
+        if tower.projector == "qwen2.5vl_merger":  # else clip.cpp's default, quick GELU
+            w.add_bool("clip.use_silu", True)
+            w.add_uint32("clip.vision.n_wa_pattern", tower.wa_pattern)
+        # clip.cpp sizes Qwen's pictures by pixel count; image_size is only a required key.
+        w.add_uint32("clip.vision.image_size", 560)
+        w.add_uint32("clip.vision.patch_size", tower.patch_size)
+        w.add_uint32("clip.vision.embedding_length", tower.n_embd)
+        w.add_uint32("clip.vision.feed_forward_length", tower.n_ff)
+        w.add_uint32("clip.vision.projection_dim", text.n_embd)
+        w.add_uint32("clip.vision.attention.head_count", tower.n_head)
+        w.add_float32("clip.vision.attention.layer_norm_epsilon", QWEN_VISION_EPS)
+        w.add_uint32("clip.vision.block_count", tower.n_layer)
+        w.add_array("clip.vision.image_mean", mean)
+        w.add_array("clip.vision.image_std", std)
+
+    return _GGUF("clip", metadata, _qwen_tower_tensors(weights, tower, qtype))
+
+
+def _qwen_tower_tensors(weights: _Checkpoint, tower: _QwenTower, qtype: QType) -> list[_Tensor]:
+    """The patch convolution as one 2-D kernel per frame, the blocks with q, k and v cut out
+    of the fused qkv, the merger's norm as post_ln and its MLP as mm.0 / mm.2."""
+    conv = "visual.patch_embed.proj.weight"
+    plan = [_frame(weights, "v.patch_embd.weight", conv, 0, qtype),
+            _frame(weights, "v.patch_embd.weight.1", conv, 1, qtype)]  # fmt: skip
+    gated = tower.projector == "qwen2.5vl_merger"
+    parts = {
+        "ln1": "norm1",
+        "ln2": "norm2",
+        "attn_out": "attn.proj",
+        **(
+            {"ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj"}
+            if gated
+            else {"ffn_up": "mlp.fc1", "ffn_down": "mlp.fc2"}
+        ),
+    }
+    for i in range(tower.n_layer):
+        hf = f"visual.blocks.{i}"
+        plan += _split_qkv(weights, f"v.blk.{i}", f"{hf}.attn.qkv", tower.n_embd, qtype)
+        for name, key in parts.items():
+            plan += _layer(weights, f"v.blk.{i}.{name}", f"{hf}.{key}", qtype)
+    plan += _layer(weights, "v.post_ln", "visual.merger.ln_q", qtype)
+    for name, key in (("mm.0", "visual.merger.mlp.0"), ("mm.2", "visual.merger.mlp.2")):
+        plan += _layer(weights, name, key, qtype)
+    return plan
+
+
+def _frame(weights: _Checkpoint, name: str, key: str, frame: int, qtype: QType) -> _Tensor:
+    """One frame's slice of the (out, in, frames, h, w) patch convolution."""
+    out, channels, _, h, w = weights.shape(key)
+    dtype = np.float32 if qtype == QType.F32 else np.float16
+    return _Tensor(
+        name,
+        (out, channels, h, w),
+        qtype,
+        lambda: np.ascontiguousarray(weights.get(key)[:, :, frame]).astype(dtype),
+    )
+
+
+def _split_qkv(
+    weights: _Checkpoint, name: str, key: str, width: int, qtype: QType
+) -> list[_Tensor]:
+    """attn_q, attn_k and attn_v (weights and biases) from the fused qkv's thirds."""
+    if weights.shape(f"{key}.weight") != (3 * width, width):
+        raise InvalidRequest(f"{key}.weight is not a fused q, k, v of width {width}")
+    plan = []
+    for third, part in enumerate(("attn_q", "attn_k", "attn_v")):
+        rows = slice(third * width, (third + 1) * width)
+        plan += [
+            _Tensor(f"{name}.{part}.weight", (width, width), qtype,
+                    partial(_rows, weights, f"{key}.weight", rows, qtype)),
+            _Tensor(f"{name}.{part}.bias", (width,), QType.F32,
+                    partial(_rows, weights, f"{key}.bias", rows, QType.F32)),
+        ]  # fmt: skip
+    return plan
+
+
+def _rows(weights: _Checkpoint, key: str, rows: slice, qtype: QType) -> np.ndarray:
+    dtype = np.float32 if qtype == QType.F32 else np.float16
+    return weights.get(key)[rows].astype(dtype)
+
+
 FAMILIES: dict[str, _Family] = {
     "llava": partial(llava_files, words=vocab),
     "llava_next": llava_next_files,
     "gemma3": gemma3_files,
     "idefics3": idefics3_files,
+    "qwen2_vl": qwen_vl_files,
+    "qwen2_5_vl": qwen_vl_files,
+    "mistral3": partial(mistral3_files, words=vocab),
 }
