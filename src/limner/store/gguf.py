@@ -152,17 +152,22 @@ def llava_files(
     vision = _vision_params(config, src, weights, projection_dim=text.n_embd)
     vocab = (words or _vocab)(src, config, text.n_vocab)
     return {
-        TEXT_FILE: _GGUF(
-            arch="llama",
-            metadata=_text_metadata(text, vocab, CONVERTED_FTYPES[qtype]),
-            tensors=_text_tensors(weights, text, qtype),
-        ),
+        TEXT_FILE: llama_text(text, vocab, weights, qtype),
         PROJECTOR_FILE: _GGUF(
             arch="clip",
             metadata=_vision_metadata(vision, text.name, vision_qtype),
             tensors=_vision_tensors(weights, vision, vision_qtype),
         ),
     }
+
+
+def llama_text(text: _TextParams, vocab: VocabWriter, weights: _Checkpoint, qtype: QType) -> _GGUF:
+    """A text model in llama.cpp's `llama` arch (LLaVA's, SmolVLM's and Mistral's)."""
+    return _GGUF(
+        arch="llama",
+        metadata=_text_metadata(text, vocab, CONVERTED_FTYPES[qtype]),
+        tensors=_text_tensors(weights, text, qtype),
+    )
 
 
 def quantization(name: str) -> int:

@@ -56,11 +56,11 @@ from limner.store.gguf import (
     _Tensor,
     _text_metadata,
     _text_params,
-    _text_tensors,
     _TextParams,
     _vector,
     _vocab,
     convert_family,
+    llama_text,
     llava_files,
 )
 from limner.store.gguf_pixtral import mistral3_files
@@ -526,13 +526,7 @@ def idefics3_files(
             f"the connector {weights.shape(fc)} does not match scale_factor {scale}"
         )
     return {
-        TEXT_FILE: _GGUF(
-            arch="llama",
-            metadata=_text_metadata(
-                text, vocab(src, config, text.n_vocab), CONVERTED_FTYPES[qtype]
-            ),
-            tensors=_text_tensors(weights, text, qtype),
-        ),
+        TEXT_FILE: llama_text(text, vocab(src, config, text.n_vocab), weights, qtype),
         PROJECTOR_FILE: _GGUF(
             arch="clip",
             metadata=_tower_metadata(

@@ -37,11 +37,10 @@ from limner.store.gguf import (
     _matrix,
     _read_json,
     _Tensor,
-    _text_metadata,
     _text_params,
-    _text_tensors,
     _TextParams,
     _vector,
+    llama_text,
 )
 
 PIXTRAL_ROPE_THETA = 10000.0  # clip.cpp's, whatever the file says
@@ -70,13 +69,7 @@ def mistral3_files(
     text = _text_params({**config, "text_config": text_config}, weights, name=src.name)
     ids = _picture_ids(src)
     return {
-        TEXT_FILE: _GGUF(
-            arch="llama",
-            metadata=_text_metadata(
-                text, words(src, config, text.n_vocab), CONVERTED_FTYPES[qtype]
-            ),
-            tensors=_text_tensors(weights, text, qtype),
-        ),
+        TEXT_FILE: llama_text(text, words(src, config, text.n_vocab), weights, qtype),
         PROJECTOR_FILE: _projector(src, config, weights, text, ids["[IMG_BREAK]"], vision_qtype),
     }
 
