@@ -37,6 +37,7 @@ OPERATIONS = [
     ("HEAD", "/api/blobs/{digest}"), ("POST", "/api/blobs/{digest}"),
     ("GET", "/api/gallery"), ("GET", "/api/gallery/{picture_id}"),
     ("HEAD", "/api/gallery/{picture_id}"), ("DELETE", "/api/gallery/{picture_id}"),
+    ("GET", "/api/gallery/{picture_id}/thumbnail"), ("HEAD", "/api/gallery/{picture_id}/thumbnail"),
     ("POST", "/v1/images/generations"), ("POST", "/v1/images/edits"),
     ("POST", "/v1/chat/completions"), ("GET", "/v1/models"), ("GET", "/v1/models/{model}"),
     ("POST", "/sdapi/v1/txt2img"), ("POST", "/sdapi/v1/img2img"), ("GET", "/sdapi/v1/sd-models"),
