@@ -121,6 +121,12 @@ def libmtmd_counts(
         [{"role": "user", "content": parts}], add_generation_prompt=True, tokenize=False
     )
     text = text.replace(FAMILIES[family][2], mtmd.mtmd_default_marker().decode(), 1)
+    return stored_counts(store, text, shots)
+
+
+def stored_counts(store: Store, text: str, shots: list[bytes]) -> list[tuple[int, int]]:
+    """(prompt tokens, picture tokens) per picture, as libmtmd makes them of `text` (with its
+    marker), read straight from the GGUF pair stored as "q"."""
     manifest = store.entry(ModelName.parse("q")).manifest
     text_layer, projector_layer = manifest.layer(MODEL), manifest.layer(PROJECTOR)
     assert text_layer is not None and projector_layer is not None

@@ -25,13 +25,11 @@ pytest.importorskip("llama_cpp")
 from llama_cpp import mtmd_cpp as mtmd
 
 from limner.errors import InvalidRequest
-from limner.names import ModelName
 from limner.store import Store
 from limner.store.gguf import gguf_info
 from limner.store.gguf_families import convert
-from limner.store.manifests import MODEL, PROJECTOR
 from limner.tiny_families import write_tiny_family
-from test_gguf_families import QUESTION, Libmtmd, chat, created, noise
+from test_gguf_families import QUESTION, Libmtmd, chat, created, noise, stored_counts
 
 MARKER = mtmd.mtmd_default_marker().decode()
 # 16-px cells (8-px patches merged 2x2): 4x3 cells, and 6x2 once libmtmd has aligned 100x30.
@@ -153,20 +151,9 @@ def test_text_logits_and_picture_embeddings_match_transformers_at_f32(tmp_path: 
 
 
 def libmtmd_counts(store: Store, folder: Path, shots: list[bytes]) -> list[tuple[int, int]]:
-    """(prompt tokens, picture tokens) per picture, as libmtmd makes them of the question
-    rendered by the model's own template, read straight from the stored GGUF pair."""
-    text = rendered(folder)
-    manifest = store.entry(ModelName.parse("q")).manifest
-    text_layer, projector_layer = manifest.layer(MODEL), manifest.layer(PROJECTOR)
-    assert text_layer is not None and projector_layer is not None
-    pair = Libmtmd(
-        store.blobs.open_path(text_layer.digest), store.blobs.open_path(projector_layer.digest)
-    )
-    try:
-        found = [pair.chunks(text, shot) for shot in shots]
-    finally:
-        pair.close()
-    return [(sum(n for n, _ in c), sum(n for n, rows in c if rows is not None)) for c in found]
+    """(prompt tokens, picture tokens) per picture for the question rendered by the model's
+    own template."""
+    return stored_counts(store, rendered(folder), shots)
 
 
 @pytest.mark.slow  # about 10 s: a tiny model written, converted, quantized and asked
