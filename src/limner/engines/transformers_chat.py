@@ -34,7 +34,6 @@ from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
     AutoModelForImageTextToText,
-    AutoProcessor,
     AutoTokenizer,
 )
 from transformers.utils import logging as transformers_logging
@@ -51,6 +50,7 @@ from limner.engines import (
     tool_calls,
 )
 from limner.engines.context import fit
+from limner.engines.processors import load_processor
 from limner.engines.structured import SchemaMatcher, compile_schema
 from limner.engines.templates import jinja_message
 from limner.errors import InvalidRequest
@@ -87,7 +87,7 @@ class TransformersChat:
         self.model = kind.from_pretrained(folder, local_files_only=True, dtype=dtype)
         self.model.to(self.device)  # type: ignore[arg-type]
         if self.vision:
-            self.processor: Any = AutoProcessor.from_pretrained(folder, local_files_only=True)  # type: ignore[no-untyped-call]
+            self.processor: Any = load_processor(folder, config.model_type)
             self.tokenizer = self.processor.tokenizer
             self.image_token_id: int = _image_token_id(config)
         else:
