@@ -88,6 +88,10 @@ class PicturesProcessor:
         self.image_token = self.family.image_token
         self.image_token_id = self.tokenizer.convert_tokens_to_ids(self.image_token)
         self.chat_template = _chat_template(folder) or self.tokenizer.chat_template
+        if not self.chat_template:
+            raise InvalidRequest(
+                f"{folder.name} has no chat template: add the model's chat_template.jinja"
+            )
 
     def apply_chat_template(self, conversation: list[dict[str, Any]], **kwargs: Any) -> Any:
         return self.tokenizer.apply_chat_template(
