@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # torch is pinned here, never in pyproject: an unpinned torch pulls a multi-GB CUDA build.
 TORCH := torch==2.13.0
 
-.PHONY: install demo test test-quick test-full-security lint screenshots
+.PHONY: install demo test test-quick test-full test-full-security lint screenshots
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -46,6 +46,10 @@ test: lint
 
 test-quick: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow"
+
+# Every test, those marked `full` included (about 40 minutes on 2 cores).
+test-full: lint
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "" --durations=25
 
 # Every security and reliability test, the minutes-long ones included (about 15 minutes).
 test-full-security: install

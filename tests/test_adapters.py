@@ -133,7 +133,7 @@ def test_limner_create_adds_a_lora_file_to_a_stored_model(
     }
 
 
-@pytest.mark.slow
+@pytest.mark.full  # 30 s; one LoRA at its scale is pinned by the test above in `make test`
 def test_stacked_adapters_apply_at_their_own_weights(
     server: Any, store: Store, lora_files: Path, tmp_path: Path
 ) -> None:

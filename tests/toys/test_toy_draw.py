@@ -39,7 +39,9 @@ IMAGE_TO_IMAGE_GUIDANCE, MIN_KEPT = 3.0, 0.85
 MIN_SHAPE = 0.8  # ... and in its shape (measured: 32/36 here, 40/48 by `draw.evaluate`)
 
 
-@pytest.fixture(scope="module", params=["torch", "openvino"])
+# On torch these run only in `make test-full`: test_openvino_draw.py already pins that both
+# engines draw the same pictures, and the default engine on a CPU is OpenVINO.
+@pytest.fixture(scope="module", params=[pytest.param("torch", marks=pytest.mark.full), "openvino"])
 def client(
     tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
 ) -> Iterator[limner.Client]:
