@@ -18,13 +18,17 @@ same size (`--only decode`: that stage only, at 512x512, in seconds); then each 
 call with guidance, the full VAE decode, TAESD) in seconds, TFLOP (counted by torch) and
 TFLOP/s as a fraction of a large matmul timed in the same run (`--only stages`: only that). Speed does not depend on weight values, so the SD 1.5
 architecture is built with random weights (~4 GB on disk in a temporary folder).
-OpenVINO through optimum-intel is not a path here: optimum-intel 2.2 pins transformers 5.5 and
-a CUDA torch, which this environment cannot take.
+With --ov-python PYTHON (a Python of its own venv with optimum-intel, which pins a transformers
+and a torch with torchvision that limner's environment does not take), one more path:
+  openvino via optimum-intel   OVStableDiffusionPipeline (bench/ov_direct.py), exported once
+                   before the timing, OpenVINO's own defaults
+and limner's default path as a ratio of it.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -220,6 +224,18 @@ def time_limner(
             server.wait(30)
 
 
+def time_ov_direct(python: str, folder: Path, size: int, steps: int, runs: int) -> float:
+    """bench/ov_direct.py in optimum-intel's own venv: its warm-up and median, in seconds."""
+    script = Path(__file__).with_name("ov_direct.py")
+    command = [python, str(script), str(folder), "--size", str(size), "--steps", str(steps),
+               "--runs", str(runs)]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    print(f"  (optimum-intel: OpenVINO {result['openvino']}, precision {result['precision']})")
+    seconds: float = result["seconds"]
+    return seconds
+
+
 def best_of(call: Callable[[], None], runs: int) -> float:
     call()  # warm-up: first-call allocations and kernel choices
     times = []
@@ -244,7 +260,9 @@ def auto_dtype() -> torch.dtype:
     return torch.bfloat16 if cpu_has_bf16() else torch.float32
 
 
-def bench(label: str, folder: Path, size: int, steps: int, runs: int) -> None:
+def bench(
+    label: str, folder: Path, size: int, steps: int, runs: int, ov_python: str | None = None
+) -> None:
     auto = auto_dtype()
     print(f"\n{label}: {size}x{size}, {steps} steps, median of {runs} after a warm-up")
     name = str(auto).removeprefix("torch.")
@@ -260,9 +278,15 @@ def bench(label: str, folder: Path, size: int, steps: int, runs: int) -> None:
             folder, size, steps, runs, "openvino", vae="tiny"
         ),
     }
+    if ov_python:
+        direct = time_ov_direct(ov_python, folder, size, steps, runs)
+        timed["openvino via optimum-intel"] = direct
     base = timed[f"raw diffusers {name}"]
     for label, seconds in timed.items():
         print(f"  {label:38} {seconds:8.3f} s/picture  {seconds / base:6.3f} x raw {name}")
+    if ov_python:
+        ratio = timed["limner openvino"] / timed["openvino via optimum-intel"]
+        print(f"  limner's default path (openvino) / openvino via optimum-intel: {ratio:.3f}")
     print_decoders(size, runs)
     print_stages(size, runs)
 
@@ -282,6 +306,7 @@ def main() -> None:
     parser.add_argument("--only", choices=["tiny", "sd15", "decode", "stages"])
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--ov-python", help="a Python with optimum-intel: adds that path")
     args = parser.parse_args()
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, limner default precision: {auto_dtype()}"
@@ -295,13 +320,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="limner-bench-models-") as work:
         tiny = write_tiny_sd(Path(work) / "tiny", seed=0, ip_adapter=False, tiny_vae=True)
         if args.only in (None, "tiny"):
-            bench("tiny SD (SD 1.5 topology, tiny widths)", tiny, 64, args.steps, args.runs)
+            bench("tiny SD (SD 1.5 topology, tiny widths)", tiny, 64, args.steps, args.runs,
+                  args.ov_python)  # fmt: skip
         if args.only in (None, "sd15"):
             print("\nbuilding SD 1.5 with random weights (a minute)...")
             sd15 = write_sd15_random(Path(work) / "sd15", tiny)
-            bench(
-                "SD 1.5 architecture, random weights", sd15, 512, args.steps, max(1, args.runs - 2)
-            )
+            bench("SD 1.5 architecture, random weights", sd15, 512, args.steps,
+                  max(1, args.runs - 2), args.ov_python)  # fmt: skip
 
 
 if __name__ == "__main__":
