@@ -1,12 +1,13 @@
 """A vision family's processor: its text template, its picture tokens and its pixels.
 
-`AutoProcessor` builds transformers' own processor where it can. For Qwen2-VL, Qwen2.5-VL and
-Mistral 3 (Pixtral) it cannot without torchvision, which limner does not install: their
-processors also handle video (Qwen) or import the torchvision image processor (Pixtral). For
-those, `PicturesProcessor` does the same for pictures with the pieces transformers has without
-torchvision: the family's Pillow image processor (which `AutoImageProcessor` picks), the
-tokenizer and the chat template, and the family's rule for how many placeholder tokens a
-processed picture takes (`PICTURE_TOKENS`, as the family's processor writes them).
+`AutoProcessor` builds transformers' own processor where it can. Some families' processors
+need torchvision, which limner does not install:
+
+- Qwen2-VL, Qwen2.5-VL and MiniCPM-V 4.6 only for video: their own processor class is built
+  without its video processor (`_without_video`), with the Pillow image processor that
+  `AutoImageProcessor` picks, so pictures go through transformers' own code.
+- Mistral 3's PixtralProcessor imports the torchvision image processor: `PixtralPictures`
+  does what it does for pictures with the Pillow one.
 
     processor = load_processor(Path("tiny-qwen2-vl"), "qwen2_vl")
     inputs = processor(text=prompt, images=[picture], return_tensors="pt")
@@ -15,83 +16,87 @@ processed picture takes (`PICTURE_TOKENS`, as the family's processor writes them
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-import torch
 from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer, BatchFeature
 
 from limner.errors import InvalidRequest
 
 
-@dataclass(frozen=True)
-class _Family:
-    image_token: str
-    tokens: Callable[[PicturesProcessor, Any, int], list[str]]  # (processor, pixels, picture)
-    token_types: bool = False  # the model wants mm_token_type_ids (M-RoPE finds pictures so)
-
-
-def _qwen_tokens(processor: PicturesProcessor, pixels: Any, picture: int) -> list[str]:
-    """One `<|image_pad|>` per merged cell: the patch grid (t, h, w) over merge_size²."""
-    cells = int(pixels["image_grid_thw"][picture].prod())
-    return ["<|image_pad|>"] * (cells // processor.image_processor.merge_size**2)
-
-
-def _pixtral_tokens(processor: PicturesProcessor, pixels: Any, picture: int) -> list[str]:
-    """Row by row: `[IMG]` per merged cell, `[IMG_BREAK]` after each row, `[IMG_END]` last."""
-    side = _pixtral_cell(processor.settings)
-    height, width = (int(v) for v in pixels["image_sizes"][picture])
-    settings = processor.settings
-    row = ["[IMG]"] * (width // side) + [settings.get("image_break_token", "[IMG_BREAK]")]
-    tokens = row * (height // side)
-    tokens[-1] = settings.get("image_end_token", "[IMG_END]")
-    return tokens
-
-
-def _pixtral_cell(settings: dict[str, Any]) -> int:
-    """The side of one merged cell (PixtralProcessor's defaults: 16-px patches, no merge)."""
-    return int(settings.get("patch_size", 16)) * int(settings.get("spatial_merge_size", 1))
-
-
-FAMILIES = {
-    "qwen2_vl": _Family("<|image_pad|>", _qwen_tokens, token_types=True),
-    "qwen2_5_vl": _Family("<|image_pad|>", _qwen_tokens, token_types=True),
-    "mistral3": _Family("[IMG]", _pixtral_tokens),
-}
-
-
 def load_processor(folder: Path, family: str) -> Any:
-    """The family's processor: transformers' own, or `PicturesProcessor` where that needs
-    torchvision."""
+    """The family's processor: transformers' own, or one built without torchvision."""
     try:
         return AutoProcessor.from_pretrained(folder, local_files_only=True)  # type: ignore[no-untyped-call]
     except ImportError as error:
-        if "torchvision" not in str(error).lower() or family not in FAMILIES:
-            raise InvalidRequest(
-                f"the {family} processor cannot be loaded on this install: {error}"
-            ) from error
-    return PicturesProcessor(folder, family)
+        if "torchvision" not in str(error).lower():
+            raise InvalidRequest(f"the {family} processor cannot be loaded: {error}") from error
+        if family == "mistral3":
+            return PixtralPictures(folder)
+        return _without_video(folder, family, error)
 
 
-class PicturesProcessor:
-    """A family's processor for text and pictures, without video (see the module's text)."""
+def _without_video(folder: Path, family: str, error: ImportError) -> Any:
+    """transformers' own processor of `family`, built with no video processor."""
+    from transformers.models.auto.processing_auto import (
+        PROCESSOR_MAPPING_NAMES,
+        processor_class_from_name,
+    )
 
-    def __init__(self, folder: Path, family: str) -> None:
-        self.family = FAMILIES[family]
+    name = PROCESSOR_MAPPING_NAMES.get(family)
+    try:
+        kind = processor_class_from_name(name) if name else None
+    except ImportError:
+        kind = None
+    if kind is None or "video_processor" not in kind.get_attributes():
+        raise InvalidRequest(
+            f"the {family} processor needs torchvision, which limner does not install: {error}"
+        ) from error
+
+    class WithoutVideo(kind):  # type: ignore[misc, valid-type]
+        def check_argument_for_proper_class(self, argument_name: str, argument: Any) -> Any:
+            if argument_name == "video_processor":
+                return None  # pictures only: the video processor is what needs torchvision
+            return super().check_argument_for_proper_class(argument_name, argument)
+
+    settings = {k: v for k, v in _settings(folder).items() if k != "processor_class"}
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    pictures = AutoImageProcessor.from_pretrained(folder, local_files_only=True)
+    # MiniCPM-V reads its video processor's slicing settings when built: the pictures' stand in.
+    video = _VideoSettings(getattr(pictures, "slice_mode", False),
+                           getattr(pictures, "downsample_mode", "16x"))  # fmt: skip
+    try:
+        return WithoutVideo(image_processor=pictures, tokenizer=tokenizer, video_processor=video,
+                            chat_template=_chat_template(folder, tokenizer), **settings)  # fmt: skip
+    except (AttributeError, TypeError, ValueError) as built:
+        raise InvalidRequest(
+            f"the {family} processor needs torchvision, which limner does not install: {built}"
+        ) from error
+
+
+class _VideoSettings(NamedTuple):
+    """What a processor reads of its video processor when built; no video ever reaches it."""
+
+    slice_mode: bool
+    downsample_mode: str
+
+
+class PixtralPictures:
+    """PixtralProcessor for pictures, with the Pillow image processor: each picture is resized
+    to whole merged cells and written row by row, `[IMG]` per cell, `[IMG_BREAK]` after each
+    row, `[IMG_END]` last (PixtralProcessor's defaults: 16-px patches, no merge)."""
+
+    def __init__(self, folder: Path) -> None:
+        settings = _settings(folder)
         self.tokenizer: Any = AutoTokenizer.from_pretrained(folder, local_files_only=True)
         self.image_processor: Any = AutoImageProcessor.from_pretrained(
             folder, local_files_only=True
         )
-        self.settings = _json(folder / "processor_config.json")
-        self.image_token = self.family.image_token
-        self.image_token_id = self.tokenizer.convert_tokens_to_ids(self.image_token)
-        self.chat_template = _chat_template(folder) or self.tokenizer.chat_template
-        if not self.chat_template:
-            raise InvalidRequest(
-                f"{folder.name} has no chat template: add the model's chat_template.jinja"
-            )
+        self.cell = int(settings.get("patch_size", 16)) * int(settings.get("spatial_merge_size", 1))
+        self.image_token = settings.get("image_token", "[IMG]")
+        self.row_end = settings.get("image_break_token", "[IMG_BREAK]")
+        self.picture_end = settings.get("image_end_token", "[IMG_END]")
+        self.chat_template = _chat_template(folder, self.tokenizer)
 
     def apply_chat_template(self, conversation: list[dict[str, Any]], **kwargs: Any) -> Any:
         return self.tokenizer.apply_chat_template(
@@ -109,36 +114,42 @@ class PicturesProcessor:
             )
         pixels: Any = {}
         if pictures:
-            pixels = self.image_processor(pictures, return_tensors=return_tensors, **self._sizes())
+            pixels = self.image_processor(
+                pictures, return_tensors=return_tensors, patch_size=self.cell
+            )
         expanded = [pieces[0]]
         for number, piece in enumerate(pieces[1:]):
-            expanded += [*self.family.tokens(self, pixels, number), piece]
+            expanded += [*self._tokens(pixels["image_sizes"][number]), piece]
         encoded = self.tokenizer("".join(expanded), return_tensors=return_tensors)
-        data = {**encoded, **pixels}
-        if self.family.token_types:
-            data["mm_token_type_ids"] = (encoded["input_ids"] == self.image_token_id).to(
-                torch.int32
-            )
-        return BatchFeature(data)
+        return BatchFeature({**encoded, **pixels})
 
-    def _sizes(self) -> dict[str, Any]:
-        # Pixtral's pictures are resized to whole merged cells, as PixtralProcessor asks.
-        if self.family.tokens is _pixtral_tokens:
-            return {"patch_size": _pixtral_cell(self.settings)}
-        return {}
+    def _tokens(self, size: Any) -> list[str]:
+        height, width = (int(side) // self.cell for side in size)
+        tokens = ([self.image_token] * width + [self.row_end]) * height
+        tokens[-1] = self.picture_end
+        return tokens
 
 
-def _json(path: Path) -> dict[str, Any]:
+def _settings(folder: Path) -> dict[str, Any]:
+    """The processor's own settings (processor_config.json), as the Hub keeps them."""
+    path = folder / "processor_config.json"
     if not path.is_file():
         return {}
     loaded: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     return loaded
 
 
-def _chat_template(folder: Path) -> str | None:
-    """The chat template as the Hub keeps it beside a processor: a .jinja file or the json."""
-    jinja = folder / "chat_template.jinja"
+def _chat_template(folder: Path, tokenizer: Any) -> str:
+    """The chat template as the Hub keeps it beside a processor (a .jinja file or the json),
+    else the tokenizer's."""
+    jinja, stored = folder / "chat_template.jinja", folder / "chat_template.json"
+    template = tokenizer.chat_template
     if jinja.is_file():
-        return jinja.read_text(encoding="utf-8")
-    template = _json(folder / "chat_template.json").get("chat_template")
-    return template if isinstance(template, str) else None
+        template = jinja.read_text(encoding="utf-8")
+    elif stored.is_file():
+        template = json.loads(stored.read_text(encoding="utf-8")).get("chat_template")
+    if not isinstance(template, str) or not template:
+        raise InvalidRequest(
+            f"{folder.name} has no chat template: add the model's chat_template.jinja"
+        )
+    return template
