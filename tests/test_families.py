@@ -25,12 +25,13 @@ pytestmark = pytest.mark.slow
 # (engines/processors.py), and their expected counts come from their image processors here.
 VISION_FAMILIES = ["gemma3", "llava-next", "smolvlm", "qwen2-vl", "qwen2.5-vl", "mistral3"]
 QUESTION = "What is in this picture?"
+MINICPM = "minicpm-v4.6"  # its processor, too, is built without its video part
 
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("families")
-    return {f: write_tiny_family(f, root / f) for f in [*VISION_FAMILIES, "text"]}
+    return {f: write_tiny_family(f, root / f) for f in [*VISION_FAMILIES, MINICPM, "text"]}
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +123,29 @@ def test_a_follow_up_about_the_same_picture_reuses_the_cache(url: str, family: s
     ).json()
     assert again["prompt_cached_count"] >= answer["prompt_eval_count"]
     assert again["prompt_eval_count"] < answer["prompt_eval_count"]
+
+
+def test_minicpm_v46_answers_on_transformers_with_its_processors_picture_tokens(
+    url: str, folders: dict[str, Path]
+) -> None:
+    """The tiny model cuts pictures into 32-px slices of 4 tokens: a 64x48 picture is written
+    `<image_id>0</image_id>`, the overview in `<image>`..`</image>`, then 2x2 slices each in
+    `<slice>`..`</slice>`, a newline after the first row: 3 + 6 + 4 x 6 + 1 tokens where the
+    template wrote one placeholder (libmtmd makes the same 20 picture tokens of it)."""
+    from transformers import AutoTokenizer
+
+    client = ollama.Client(host=url)
+    assert client.show(MINICPM).capabilities == ["completion", "vision"]
+    message = {"role": "user", "content": QUESTION, "images": [picture(size=(64, 48))]}
+    options = {"num_predict": 4, "temperature": 0}
+    chunks = list(client.chat(model=MINICPM, messages=[message], stream=True, options=options))
+    assert len(chunks) >= 2 and chunks[-1].done and chunks[-1].eval_count == 4
+    tokenizer = AutoTokenizer.from_pretrained(folders[MINICPM])
+    parts = [{"type": "image"}, {"type": "text", "text": QUESTION}]
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": parts}], add_generation_prompt=True, tokenize=False
+    )
+    assert chunks[-1].prompt_eval_count == len(tokenizer(text)["input_ids"]) - 1 + 34
 
 
 def test_a_text_only_safetensors_model_chats_and_refuses_pictures(url: str) -> None:

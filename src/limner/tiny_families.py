@@ -9,10 +9,10 @@ loading and processing code of each family. Needs torch and transformers.
 
     >>> folder = write_tiny_family("gemma3", Path("tiny-gemma3"))
 
-Qwen2-VL and Qwen2.5-VL are built from their real model classes, but their processors need
-torchvision in transformers 5 (for video), which this project does not install: their folders
-hold the tokenizer and the image processor's preprocessor_config.json, as the Hub lays them
-out, without processor_config.json.
+Qwen2-VL, Qwen2.5-VL and MiniCPM-V 4.6 are built from their real model classes; their
+processors need torchvision in transformers 5 (for video), which this project does not install:
+their folders hold the tokenizer and the image processor's preprocessor_config.json, as the Hub
+lays them out, without processor_config.json (limner's engines/processors.py builds theirs).
 """
 
 from __future__ import annotations
@@ -22,7 +22,16 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-FAMILIES = ("gemma3", "llava-next", "mistral3", "qwen2-vl", "qwen2.5-vl", "smolvlm", "text")
+FAMILIES = (
+    "gemma3",
+    "llava-next",
+    "minicpm-v4.6",
+    "mistral3",
+    "qwen2-vl",
+    "qwen2.5-vl",
+    "smolvlm",
+    "text",
+)
 TEXT: dict[str, Any] = {
     "hidden_size": 64,
     "intermediate_size": 128,
@@ -529,9 +538,102 @@ def _tekken_split(tokenizer: Any) -> None:
     )
 
 
+# MiniCPM-V 4.6's template as Qwen3.5's turns (its language model's), shortened: no tools or
+# thinking branches; a picture is "<|image_pad|>" on its own line, which the processor expands
+# into the picture's <image>...</image> and <slice>...</slice> runs.
+MINICPMV46_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' or 'image' in part or 'image_url' in part %}<|image_pad|>\n"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def _minicpmv46(dest: Path) -> None:
+    """MiniCPM-V 4.6: a SigLIP tower with a 2x2 window-attention merger after block
+    `insert_layer_id`, a 2x2 merger MLP into a Qwen3.5 text model (Gated DeltaNet layers and
+    gated full attention). The tower's positions are a 70x70 grid, as the real model's (and
+    llama.cpp's); its pictures are cut into 32-px slices of 4x4-px patches (4 tokens each)."""
+    from transformers import (
+        MiniCPMV4_6Config,
+        MiniCPMV4_6ForConditionalGeneration,
+        MiniCPMV4_6ImageProcessorPil,
+    )
+
+    from limner.store.gguf_families import QWEN35_SPLIT
+
+    named = {
+        "image_token": "<|image_pad|>",
+        "video_token": "<|video_pad|>",
+        "image_start_token": "<image>",
+        "image_end_token": "</image>",
+        "slice_start_token": "<slice>",
+        "slice_end_token": "</slice>",
+        "image_id_start_token": "<image_id>",
+        "image_id_end_token": "</image_id>",
+    }
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>",
+                "<|vision_end|>", *named.values(), "<think>", "</think>"]  # fmt: skip
+    tokenizer = _tokenizer(
+        specials,
+        eos="<|im_end|>",
+        pad="<|endoftext|>",
+        named=named,
+        template=MINICPMV46_TEMPLATE,
+        split=QWEN35_SPLIT,
+    )
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in specials}
+    patch, slice_side = 4, 32  # 8x8 patches a slice, merged 4x4: 4 tokens
+    config = MiniCPMV4_6Config(
+        text_config={
+            **TEXT,
+            "model_type": "qwen3_5_text",
+            "vocab_size": len(tokenizer),
+            "num_hidden_layers": 4,
+            "full_attention_interval": 2,  # Gated DeltaNet, full attention, twice
+            "head_dim": 32,  # a quarter rotates: 4 pairs, split 2/1/1 as M-RoPE's sections
+            "rope_parameters": {
+                "rope_type": "default",
+                "rope_theta": 1e7,
+                "partial_rotary_factor": 0.25,
+                "mrope_section": [2, 1, 1],
+                "mrope_interleaved": True,
+            },
+            "linear_key_head_dim": 16,
+            "linear_value_head_dim": 16,
+            "linear_num_key_heads": 2,
+            "linear_num_value_heads": 4,  # two value heads a key head, as the real model's
+            "eos_token_id": ids["<|im_end|>"],
+            "pad_token_id": ids["<|endoftext|>"],
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "patch_size": patch,
+            "image_size": 70 * patch,  # the 70x70 position grid
+        },
+        insert_layer_id=0,
+        image_size=slice_side,
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+    )
+    model = MiniCPMV4_6ForConditionalGeneration(config)
+    model.generation_config.eos_token_id = ids["<|im_end|>"]
+    model.save_pretrained(dest)
+    tokenizer.save_pretrained(dest)
+    MiniCPMV4_6ImageProcessorPil(  # type: ignore[no-untyped-call]
+        scale_resolution=slice_side, patch_size=patch
+    ).save_pretrained(dest)
+
+
 WRITERS: dict[str, Callable[[Path], None]] = {
     "gemma3": _gemma3,
     "llava-next": _llava_next,
+    "minicpm-v4.6": _minicpmv46,
     "mistral3": _mistral3,
     "qwen2-vl": partial(_qwen_vl, version="2"),
     "qwen2.5-vl": partial(_qwen_vl, version="2.5"),

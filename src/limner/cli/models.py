@@ -32,9 +32,10 @@ if TYPE_CHECKING:
 
 SHOW_FIELDS = ("license", "modelfile", "parameters", "template", "system")
 # Vision families that limner.tiny_families writes as Hugging Face folders.
-TINY_FAMILIES = ("gemma3", "llava-next", "smolvlm", "mistral3", "qwen2-vl", "qwen2.5-vl")
-TINY_KINDS = ("llava", *TINY_FAMILIES, "text", "llava-gguf", "text-gguf", "embed", "embed-gguf",
-              "sd", "sd-inpaint", "sd-checkpoint")  # fmt: skip
+TINY_FAMILIES = ("gemma3", "llava-next", "smolvlm", "mistral3", "qwen2-vl", "qwen2.5-vl",
+                 "minicpm-v4.6")  # fmt: skip
+TINY_KINDS = ("llava", *TINY_FAMILIES, "text", "llava-gguf", "minicpm-v-gguf", "text-gguf",
+              "embed", "embed-gguf", "sd", "sd-inpaint", "sd-checkpoint")  # fmt: skip
 TOY_KINDS = ("see", "see-gguf", "draw")
 
 
@@ -70,14 +71,15 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         description="Create a model from a local Hugging Face LLaVA folder, GGUF files (a text "
         "model and its mmproj projector), a Stable Diffusion (diffusers) folder or single-file "
         ".safetensors checkpoint, a stored model, or a tiny random-weight one for tests: --tiny "
-        "llava (chat), --tiny llava-gguf (chat on llama.cpp), --tiny text-gguf (chat without "
-        "pictures), --tiny gemma3 / llava-next / smolvlm / mistral3 / qwen2-vl / qwen2.5-vl "
+        "llava (chat), --tiny llava-gguf (chat on llama.cpp), --tiny minicpm-v-gguf "
+        "(MiniCPM-V 2.6 on llama.cpp), --tiny text-gguf (chat without pictures), --tiny "
+        "gemma3 / llava-next / smolvlm / mistral3 / qwen2-vl / qwen2.5-vl / minicpm-v4.6 "
         "(other vision families; with --quantize, for llama.cpp), --tiny text "
         "(chat without pictures, transformers), --tiny embed / embed-gguf (embeddings), "
         "--tiny sd (draws, with an "
         "IP-Adapter for style pictures), --tiny sd-inpaint, --tiny sd-checkpoint (one file). "
         "--quantize converts a Hugging Face LLaVA, LLaVA-NeXT, Gemma 3, SmolVLM, Mistral Small "
-        "3.1, Qwen2-VL or Qwen2.5-VL to GGUF for llama.cpp, or quantizes a GGUF.",
+        "3.1, Qwen2-VL, Qwen2.5-VL or MiniCPM-V 4.6 to GGUF for llama.cpp, or quantizes a GGUF.",
     )  # fmt: skip
     create.add_argument("model")
     source = create.add_mutually_exclusive_group(required=True)
@@ -481,6 +483,10 @@ def write_tiny(kind: str, dest: Path) -> Path:
         return tiny.write_tiny_llava(dest, seed=0)
     if kind == "llava-gguf":
         return tiny.write_tiny_llava_gguf(dest, seed=0)
+    if kind == "minicpm-v-gguf":
+        from limner.tiny_minicpmv import write_tiny_minicpmv_gguf
+
+        return write_tiny_minicpmv_gguf(dest, seed=0)
     if kind == "text-gguf":  # the same text model without its projector: it cannot see
         (tiny.write_tiny_llava_gguf(dest, seed=0) / "mmproj.gguf").unlink()
         return dest

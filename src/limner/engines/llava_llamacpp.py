@@ -21,6 +21,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import ctypes
+import dataclasses
 import functools
 import hashlib
 import itertools
@@ -81,6 +82,7 @@ PICTURE_TEXT = {
     "qwen2vl_merger": QWEN_PICTURE,
     "qwen2.5vl_merger": QWEN_PICTURE,
     "pixtral": "[IMG]",  # libmtmd adds [IMG_BREAK] and [IMG_END] itself
+    "minicpmv4_6": "<|image_pad|>",  # libmtmd adds <image>, </image> and the <slice>s itself
 }
 
 
@@ -133,6 +135,11 @@ class LlavaLlamaCpp:
         self._json: LlamaGrammar | None = None
         self._schema: tuple[str, str] | None = None  # the last schema and its grammar
         self.cached: list[Any] = []  # the KV cache's contents, one key per position
+        # A recurrent state (Gated DeltaNet, Mamba) cannot be cut back to a shorter prompt:
+        # copies of it at the ends of the last prompt are what a follow-up restarts from.
+        kinds = (llama_cpp.llama_model_is_recurrent, llama_cpp.llama_model_is_hybrid)
+        recurrent = any(is_kind(self.llama.model) for is_kind in kinds)
+        self.checkpoints = _Checkpoints(self.llama) if recurrent else None
         self.answer = ("", "")  # the last answer as shown, and as its tokens spell it
 
     def memory_bytes(self) -> int:
@@ -248,9 +255,31 @@ class LlavaLlamaCpp:
         kind, source = self.template
         if kind == "go":
             return render_go(source, turns, MARKER + "\n", tools)
+        if self.vision is not None and not self._reads_parts:
+            # The template reads a message's content as one string, so it has no place for a
+            # picture (MiniCPM-V 2.6's, as its GGUF carries it): each picture goes before the
+            # text with a newline, where Go templates and MiniCPM-V's own chat() put it.
+            turns = [
+                dataclasses.replace(t, content=(MARKER + "\n") * t.pictures + t.content, pictures=0)
+                for t in turns
+            ]
+            return render_jinja(source, turns, MARKER, MARKER, self.bos, self.eos, tools, False)
         sees = self.vision is not None
         picture = self.vision.picture_text if self.vision is not None else "<image>"
         return render_jinja(source, turns, picture, MARKER, self.bos, self.eos, tools, sees)
+
+    @functools.cached_property
+    def _reads_parts(self) -> bool:
+        """Whether the Jinja template reads a message's content as parts and writes a picture
+        part; one that reads it as a string fails on parts, or writes them as a list."""
+        _, source = self.template
+        picture = self.vision.picture_text if self.vision is not None else "<image>"
+        probe = [Turn("user", "", 1)]
+        try:
+            text = render_jinja(source, probe, picture, MARKER, self.bos, self.eos)
+        except InvalidRequest:
+            return False
+        return MARKER in text
 
     def _count(self, messages: list[Message], pictures: _Pictures, tools: Sequence[Tool]) -> int:
         prompt = self._tokenize(messages, pictures, tools)
@@ -282,16 +311,33 @@ class LlavaLlamaCpp:
                 break
             same += 1
         reuse = prompt.boundary(min(same, len(keys) - 1))  # never inside a picture
+        if self.checkpoints is not None:
+            reuse = self.checkpoints.rewind(reuse, len(self.cached))
         self.cached = []  # until the new state is complete
         llama = self.llama
         # llama-cpp-python's n_tokens is the next position, and the cache is cut by position.
         llama.n_tokens = prompt.position(reuse)
         llama._ctx.kv_cache_seq_rm(-1, llama.n_tokens, -1)
-        if self.vision is None:
-            llama.eval(keys[reuse:])
-        else:
-            self.vision.eval(prompt, llama, reuse)
+        if self.checkpoints is None:
+            self._decode(prompt, reuse, len(keys))
+            return reuse
+        # The recurrent state is kept before and after the prompt's last token: the same
+        # prompt again restarts from the first, a follow-up from the second.
+        start, last = reuse, len(keys) - 1
+        if start < last and prompt.boundary(last) == last:
+            self._decode(prompt, start, last)
+            self.checkpoints.save(last)
+            start = last
+        self._decode(prompt, start, len(keys))
+        self.checkpoints.save(len(keys))
         return reuse
+
+    def _decode(self, prompt: _Prompt, start: int, stop: int) -> None:
+        """Decode the prompt's tokens from `start` to `stop` into the KV cache."""
+        if self.vision is None:
+            self.llama.eval(prompt.keys[start:stop])
+        else:
+            self.vision.eval(prompt, self.llama, start, stop)
 
     # --- decoding ---
 
@@ -392,18 +438,18 @@ class _Vision:
             raise
         return prompt
 
-    def eval(self, prompt: _Prompt, llama: llama_cpp.Llama, start: int) -> None:
-        """Decode the chunks from position `start` on: text through `Llama.eval` (which keeps
-        its own record of the ids), pictures through libmtmd."""
+    def eval(self, prompt: _Prompt, llama: llama_cpp.Llama, start: int, stop: int) -> None:
+        """Decode the tokens from `start` to `stop` (never inside a picture): text through
+        `Llama.eval` (which keeps its own record of the ids), pictures through libmtmd."""
         chunks = list(prompt)
         for i, (chunk, begin, end) in enumerate(
             zip(chunks, prompt.starts, prompt.starts[1:], strict=False)
         ):
-            if end <= start:
+            if end <= start or begin >= stop:
                 continue
-            last = i == len(chunks) - 1
+            last = i == len(chunks) - 1 and stop >= end
             if mtmd.mtmd_input_chunk_get_type(chunk) == mtmd.MTMD_INPUT_CHUNK_TYPE_TEXT:
-                llama.eval(prompt.keys[max(begin, start) : end])
+                llama.eval(prompt.keys[max(begin, start) : min(end, stop)])
                 continue
             n_past = llama_cpp.llama_pos(0)
             result = mtmd.mtmd_helper_eval_chunk_single(
@@ -416,6 +462,52 @@ class _Vision:
             llama.input_ids[llama.n_tokens : n_past.value] = -1
             llama.n_tokens = n_past.value
             llama._requires_eval = not last  # the last chunk's logits are live
+
+
+class _Checkpoints:
+    """Copies of the recurrent part of a hybrid (or recurrent) model's memory at a few prompt
+    lengths: llama.cpp cannot cut such a state back, so a prompt that shares only a prefix
+    with the cache restarts from the longest copy within that prefix, and the attention part
+    of the cache is cut there as usual. Each copy holds only the recurrent state (about 20 MB
+    for Qwen3.5-0.8B, MiniCPM-V 4.6's), never the KV cache."""
+
+    KEEP = 3  # the last prompt's two, and the one it restarted from
+    FLAGS = llama_cpp.LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY
+
+    def __init__(self, llama: llama_cpp.Llama) -> None:
+        self.llama = llama
+        self.saved: dict[int, bytes] = {}  # tokens of the prompt -> the state after them
+
+    def rewind(self, reuse: int, cached: int) -> int:
+        """Where to go on from, at most `reuse` tokens in: the state's own end when nothing
+        after `reuse` was decoded, else the longest copy within `reuse` (restored), else
+        nothing (the memory is cleared). Copies past `reuse` describe another prompt."""
+        self.saved = {n: state for n, state in self.saved.items() if n <= reuse}
+        if reuse >= cached:
+            return reuse
+        if not self.saved:
+            self.llama._ctx.kv_cache_seq_rm(-1, 0, -1)  # the whole state goes
+            return 0
+        tokens = max(self.saved)
+        state = self.saved[tokens]
+        data = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
+        ctx = self.llama._ctx.ctx
+        if not llama_cpp.llama_state_seq_set_data_ext(ctx, data, len(state), 0, self.FLAGS):
+            self.saved.clear()
+            self.llama._ctx.kv_cache_seq_rm(-1, 0, -1)
+            return 0
+        return tokens
+
+    def save(self, tokens: int) -> None:
+        """Copy the recurrent state as it stands after the prompt's first `tokens` tokens."""
+        ctx = self.llama._ctx.ctx
+        size = llama_cpp.llama_state_seq_get_size_ext(ctx, 0, self.FLAGS)
+        data = (ctypes.c_uint8 * size)()
+        if llama_cpp.llama_state_seq_get_data_ext(ctx, data, size, 0, self.FLAGS) != size:
+            return
+        self.saved[tokens] = bytes(data)
+        for old in sorted(self.saved)[: -self.KEEP]:
+            del self.saved[old]
 
 
 class _Pictures:

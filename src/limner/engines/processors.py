@@ -38,14 +38,12 @@ def load_processor(folder: Path, family: str) -> Any:
 
 def _without_video(folder: Path, family: str, error: ImportError) -> Any:
     """transformers' own processor of `family`, built with no video processor."""
-    from transformers.models.auto.processing_auto import (
-        PROCESSOR_MAPPING_NAMES,
-        processor_class_from_name,
-    )
+    from transformers.models.auto import processing_auto
 
-    name = PROCESSOR_MAPPING_NAMES.get(family)
+    names: dict[str, str] = getattr(processing_auto, "PROCESSOR_MAPPING_NAMES", {})
+    name = names.get(family)
     try:
-        kind = processor_class_from_name(name) if name else None
+        kind = processing_auto.processor_class_from_name(name) if name else None
     except ImportError:
         kind = None
     if kind is None or "video_processor" not in kind.get_attributes():

@@ -7,7 +7,8 @@ vocabulary) and `mmproj.gguf` (arch `clip`: the CLIP tower and the two-layer pro
 Only numpy, safetensors and gguf-py are used, and tensors are read, converted and written one
 at a time, so a 7B checkpoint needs about the memory of its largest tensor.
 `gguf_families.convert` takes the other families libmtmd runs (LLaVA-NeXT, Gemma 3,
-Idefics3/SmolVLM, Qwen2-VL, Qwen2.5-VL) with the same parts and guarantees (`convert_family`).
+Idefics3/SmolVLM, Qwen2-VL, Qwen2.5-VL, Mistral Small 3.1, MiniCPM-V 4.6) with the same parts
+and guarantees (`convert_family`).
 
 The projector is written in the "exact" layout: every vision block and an explicit feature
 layer. Published LLaVA-1.5/BakLLaVA projectors write `block_count = n_layer - 1`, and

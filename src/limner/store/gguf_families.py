@@ -17,10 +17,13 @@ libmtmd's clip loader read them:
   two-frame patch convolution is split into two 2-D ones, then the 2x2 merger MLP.
 - `mistral3` (Mistral Small 3.1): a `llama` text model and projector `pixtral`
   (`gguf_pixtral.py`).
+- `minicpmv4_6` (MiniCPM-V 4.6): text arch `qwen35` (Qwen3.5's Gated DeltaNet and gated
+  full attention) and projector `minicpmv4_6`: a SigLIP tower with a window-attention merger
+  inside and a merger MLP after it (`gguf_minicpmv.py`).
 
 Vocabularies are SentencePiece-style (byte-fallback BPE, gguf.py's `_vocab`) or byte-level
-BPE (GPT-2 style, here, with GPT-2's, SmolLM's or Qwen2's word split), whichever the folder's
-tokenizer.json holds.
+BPE (GPT-2 style, here, with GPT-2's, SmolLM's, Qwen2's, Qwen3.5's or tekken's word split),
+whichever the folder's tokenizer.json holds.
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ from limner.store.gguf import (
     llama_text,
     llava_files,
 )
+from limner.store.gguf_minicpmv import minicpmv46_files
 from limner.store.gguf_pixtral import mistral3_files
 
 # transformers' defaults for what a Gemma 3 config.json may leave out (gemma-3-4b-it's does).
@@ -94,7 +98,13 @@ TEKKEN_SPLIT = (
     r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*"
     r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
-SPLIT_PRE = {QWEN2_SPLIT: "qwen2", TEKKEN_SPLIT: "tekken"}
+# Qwen3.5's split (MiniCPM-V 4.6's language model): Qwen2's with combining marks in words,
+# llama.cpp's "qwen35".
+QWEN35_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}"
+    r"| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+SPLIT_PRE = {QWEN2_SPLIT: "qwen2", TEKKEN_SPLIT: "tekken", QWEN35_SPLIT: "qwen35"}
 
 
 def convert(src: Path, dest: Path, quantize: str = "f16") -> tuple[Path, Path]:
@@ -801,4 +811,11 @@ FAMILIES: dict[str, _Family] = {
     "qwen2_vl": qwen_vl_files,
     "qwen2_5_vl": qwen_vl_files,
     "mistral3": partial(mistral3_files, words=vocab),
+    "minicpmv4_6": partial(
+        minicpmv46_files,
+        words=vocab,
+        siglip=_siglip,
+        tower_tensors=_tower_tensors,
+        tower_metadata=_tower_metadata,
+    ),
 }
