@@ -908,6 +908,12 @@ def _vector(weights: _Checkpoint, name: str, key: str) -> _Tensor:
     return _Tensor(name, weights.shape(key), QType.F32, lambda: weights.get(key))
 
 
+def _plus_one(weights: _Checkpoint, name: str, key: str) -> _Tensor:
+    """A norm stored as w that scales by 1 + w (Gemma's, Qwen3.5's RMSNorm) as the plain scale
+    llama.cpp multiplies by, in f32."""
+    return _Tensor(name, weights.shape(key), QType.F32, lambda: weights.get(key) + np.float32(1))
+
+
 def _matrix(
     weights: _Checkpoint, name: str, key: str, qtype: QType, rope_heads: int = 0
 ) -> _Tensor:

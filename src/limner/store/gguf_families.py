@@ -54,6 +54,7 @@ from limner.store.gguf import (
     _layer,
     _matrix,
     _Metadata,
+    _plus_one,
     _read_json,
     _special_id,
     _Tensor,
@@ -508,11 +509,6 @@ def _gemma3_tensors(weights: _Checkpoint, text: _TextParams, qtype: QType) -> li
     if text.has_output:
         plan.append(_matrix(weights, "output.weight", "lm_head.weight", qtype))
     return plan
-
-
-def _plus_one(weights: _Checkpoint, name: str, key: str) -> _Tensor:
-    """A Gemma RMSNorm weight as the plain scale llama.cpp multiplies by: 1 + w, in f32."""
-    return _Tensor(name, weights.shape(key), QType.F32, lambda: weights.get(key) + np.float32(1))
 
 
 # --- Idefics3 / SmolVLM --------------------------------------------------------------------

@@ -44,6 +44,7 @@ from limner.store.gguf import (
     _count_layers,
     _layer,
     _matrix,
+    _plus_one,
     _read_json,
     _Tensor,
     _vector,
@@ -367,11 +368,6 @@ def _text_tensors(weights: _Checkpoint, text: _Qwen35, qtype: QType) -> list[_Te
     if text.has_output:
         plan.append(_matrix(weights, "output.weight", "lm_head.weight", qtype))
     return plan
-
-
-def _plus_one(weights: _Checkpoint, name: str, key: str) -> _Tensor:
-    """A Qwen3.5 RMSNorm weight as the plain scale llama.cpp multiplies by: 1 + w, in f32."""
-    return _Tensor(name, weights.shape(key), QType.F32, lambda: weights.get(key) + np.float32(1))
 
 
 def _delta_net(
