@@ -35,6 +35,8 @@ BODIES: dict[tuple[str, str], type[BaseModel]] = {
     ("/sdapi/v1/png-info", "post"): types.A1111PngInfoRequest,
 }
 
+# Operations that answer 200 with an empty body, as Ollama's do.
+EMPTY_ANSWERS = {("/api/copy", "post"), ("/api/delete", "delete")}
 
 # The JSON answers of the native API, by operation: documented so that a schema-based
 # checker can hold each answer to its model (tests/security/test_schema.py).
@@ -77,6 +79,8 @@ def openapi(app: FastAPI) -> dict[str, Any]:
             document["paths"][path][method]["responses"]["200"] = {
                 "description": model.__name__, "content": {"application/json": {"schema": reference}},
             }  # fmt: skip
+        for path, method in EMPTY_ANSWERS:
+            document["paths"][path][method]["responses"]["200"] = {"description": "done (no body)"}
         for path, operations in document["paths"].items():
             for operation in operations.values():
                 if path.startswith("/api/"):
