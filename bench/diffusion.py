@@ -2,32 +2,36 @@
 
     .venv/bin/python bench/diffusion.py              # tiny model, then SD 1.5 at 512x512
     .venv/bin/python bench/diffusion.py --only tiny  # seconds, for a quick look
+    .venv/bin/python bench/diffusion.py --only sd15 --ov-python ~/ovd/bin/python
 
-For each model, in one run and on the same machine:
-  raw fp32         StableDiffusionPipeline as diffusers loads it by default (float32)
-  raw auto         the same pipeline in limner's default precision (bf16 where the CPU has it)
-  raw auto + cl    the same with the UNet and VAE in channels_last memory layout
+For each model, in one run and on the same machine, with the model's Euler scheduler:
+  raw bf16         diffusers' StableDiffusionPipeline in limner's default precision (bf16
+                   where the CPU has it; float32 is diffusers' default, ~2x slower)
+  raw bf16 + cl    the same with the UNet and VAE in channels_last memory layout
   limner torch     `limner serve` + Client.generate_image, LIMNER_DRAW_ENGINE=torch
-  limner openvino  the same with LIMNER_DRAW_ENGINE=openvino (UNet and VAE decoder as
-                   OpenVINO graphs; converted before the timing, as a cached model is)
-  limner torch + tiny VAE, limner openvino + tiny VAE
-                   the same with `vae="tiny"`: the model's TAESD (diffusers' AutoencoderTiny,
-                   TAESD's real architecture) decodes instead of the VAE (on torch both ways)
-and prints each as a ratio of raw auto; then the VAE decode alone, full VAE vs TAESD, at the
-same size (`--only decode`: that stage only, at 512x512, in seconds); then each stage (a UNet
-call with guidance, the full VAE decode, TAESD) in seconds, TFLOP (counted by torch) and
-TFLOP/s as a fraction of a large matmul timed in the same run (`--only stages`: only that). Speed does not depend on weight values, so the SD 1.5
-architecture is built with random weights (~4 GB on disk in a temporary folder).
-With --ov-python PYTHON (a Python of its own venv with optimum-intel, which pins a transformers
-and a torch with torchvision that limner's environment does not take), one more path:
-  openvino via optimum-intel   OVStableDiffusionPipeline (bench/ov_direct.py), exported once
+  limner openvino  the same with LIMNER_DRAW_ENGINE=openvino, the default on CPUs (UNet and
+                   VAE decoder as OpenVINO graphs; converted before the timing, as a cached
+                   model is)
+  ... + tiny VAE   limner's two paths with `vae="tiny"`: the model's TAESD (diffusers'
+                   AutoencoderTiny) decodes instead of the VAE
+  openvino via optimum-intel
+                   with --ov-python PYTHON (a Python of its own venv with optimum-intel, which
+                   pins a transformers and a torch with torchvision that limner's environment
+                   does not take): OVStableDiffusionPipeline (bench/ov_direct.py), exported once
                    before the timing, OpenVINO's own defaults
-and limner's default path as a ratio of it.
+All paths are loaded first, each draws once to warm up, then they take turns for the rounds.
+Each prints seconds per UNet step (with guidance: a batch of two), for the decode (from the last
+step to the picture) and in all, and the ratio to raw bf16. For SD 1.5, each stage (a UNet call,
+the full VAE decode, TAESD) is first timed alone on torch and counted in FLOPs by torch, against
+a large matmul timed in the same run (`--only stages`: only that); the paths' steps and decodes
+are then given as fractions of that matmul too. Speed does not depend on weight values, so the
+SD 1.5 architecture is built with random weights (~4 GB on disk in a temporary folder).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -35,8 +39,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -44,7 +50,7 @@ import torch
 from diffusers import (
     AutoencoderKL,
     AutoencoderTiny,
-    PNDMScheduler,
+    EulerDiscreteScheduler,
     StableDiffusionPipeline,
     UNet2DConditionModel,
 )
@@ -76,9 +82,10 @@ def write_sd15_random(dest: Path, tokenizer_from: Path) -> Path:
             projection_dim=768,
         )
     )
-    scheduler = PNDMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True,
-        set_alpha_to_one=False, steps_offset=1,
+    # Euler, as the issue measured: one UNet call per step on every path (PNDM makes 5 of 4).
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
+        timestep_spacing="leading",
     )  # fmt: skip
     tokenizer = CLIPTokenizer.from_pretrained(tokenizer_from / "tokenizer")
     pipe = StableDiffusionPipeline(
@@ -96,25 +103,6 @@ def sd15_vae() -> AutoencoderKL:
         block_out_channels=(128, 256, 512, 512),
         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
     )  # fmt: skip
-
-
-def time_decoders(size: int, runs: int) -> dict[str, float]:
-    """One picture's latents decoded by SD 1.5's VAE and by TAESD (diffusers' AutoencoderTiny
-    with its default config, TAESD's real architecture), as limner runs them on a CPU: its
-    default precision, channels_last."""
-    torch.manual_seed(0)
-    latents = torch.randn(1, 4, size // 8, size // 8, dtype=auto_dtype())
-    timed = {}
-    diffusers_logging.set_verbosity_error()  # `to()` warns that no module stays in float32
-    for label, model in (("full VAE decode", sd15_vae()), ("TAESD decode", AutoencoderTiny())):
-        model = model.to(auto_dtype()).to(memory_format=torch.channels_last).eval()
-
-        def once(model: torch.nn.Module = model) -> None:
-            with torch.no_grad():
-                model.decode(latents)
-
-        timed[label] = best_of(once, runs)
-    return timed
 
 
 def sd15_unet() -> UNet2DConditionModel:
@@ -159,84 +147,150 @@ def time_stages(size: int, runs: int) -> list[tuple[str, float, float]]:
     return timed
 
 
-def print_stages(size: int, runs: int) -> None:
+def print_stages(size: int, runs: int) -> Ceiling:
     ceiling = matmul_ceiling(runs)
     print(f"\n  stages at {size}x{size} on limner's torch path, against a {auto_dtype()} matmul "
           f"(4096^3) at {ceiling / 1e12:.2f} TFLOP/s on these threads:")  # fmt: skip
-    for label, seconds, flops in time_stages(size, runs):
+    stages = time_stages(size, runs)
+    for label, seconds, flops in stages:
         achieved = flops / seconds
         print(f"  {label:38} {seconds:8.3f} s  {flops / 1e12:6.2f} TFLOP  "
               f"{achieved / 1e12:5.2f} TFLOP/s  {achieved / ceiling:5.0%} of the matmul")  # fmt: skip
+    unet, vae, taesd = (flops for _, _, flops in stages)
+    return Ceiling(ceiling, unet, vae, taesd)
 
 
-def time_raw(
-    folder: Path, dtype: torch.dtype, size: int, steps: int, runs: int, channels_last: bool = False
-) -> float:
-    pipe = StableDiffusionPipeline.from_pretrained(
-        folder,
-        torch_dtype=dtype,
-        safety_checker=None,
-        requires_safety_checker=False,
-        local_files_only=True,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    if channels_last:
-        pipe.unet.to(memory_format=torch.channels_last)
-        pipe.vae.to(memory_format=torch.channels_last)
+@dataclass(frozen=True)
+class Drawn:
+    """One picture's times: the whole call, one UNet step (the median between two steps' ends)
+    and the decode (from the last step's end to the picture: the VAE, plus making the picture)."""
 
-    def once() -> None:
-        generator = torch.Generator("cpu").manual_seed(1)
-        pipe(PROMPT, width=size, height=size, num_inference_steps=steps, generator=generator)
+    total: float
+    step: float
+    decode: float
 
-    return best_of(once, runs)
+    @classmethod
+    def from_times(cls, started: float, step_ends: Sequence[float], ended: float) -> Drawn:
+        between = [later - earlier for earlier, later in itertools.pairwise(step_ends)]
+        step = statistics.median(between) if between else step_ends[0] - started
+        return cls(ended - started, step, ended - step_ends[-1])
+
+    @classmethod
+    def median(cls, drawn: Sequence[Drawn]) -> Drawn:
+        return cls(
+            *(statistics.median(getattr(d, f) for d in drawn) for f in ("total", "step", "decode"))
+        )
 
 
-def time_limner(
-    folder: Path, size: int, steps: int, runs: int, engine: str, vae: str | None = None
-) -> float:
-    with tempfile.TemporaryDirectory(prefix="limner-bench-") as models:
+class RawDiffusers:
+    """diffusers' own StableDiffusionPipeline in one precision, drawing in either memory layout
+    (switched between calls, outside the timing)."""
+
+    def __init__(self, folder: Path, dtype: torch.dtype) -> None:
+        self.pipe = StableDiffusionPipeline.from_pretrained(
+            folder, dtype=dtype, safety_checker=None, requires_safety_checker=False,
+            local_files_only=True,
+        )  # fmt: skip
+        self.pipe.set_progress_bar_config(disable=True)
+
+    def draw(self, size: int, steps: int, channels_last: bool) -> Drawn:
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        self.pipe.unet.to(memory_format=layout)
+        self.pipe.vae.to(memory_format=layout)
+        step_ends: list[float] = []
+
+        def on_step(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> Any:
+            step_ends.append(time.perf_counter())
+            return tensors
+
+        started = time.perf_counter()
+        self.pipe(PROMPT, width=size, height=size, num_inference_steps=steps,
+                  generator=torch.Generator("cpu").manual_seed(1), callback_on_step_end=on_step)  # fmt: skip
+        return Drawn.from_times(started, step_ends, time.perf_counter())
+
+
+class LimnerServer:
+    """`limner serve` with one drawing engine and the model stored in it, loaded; each picture
+    is drawn through Client.generate_image (HTTP, scheduler, runner, PNG, base64)."""
+
+    def __init__(self, folder: Path, engine: str) -> None:
+        self.models = tempfile.TemporaryDirectory(prefix="limner-bench-")
         port = free_port()
-        env = {**os.environ, "LIMNER_MODELS": models, "LIMNER_HOST": f"127.0.0.1:{port}",
-               "LIMNER_DRAW_ENGINE": engine}  # fmt: skip
-        server = subprocess.Popen(
+        env = {**os.environ, "LIMNER_MODELS": self.models.name,
+               "LIMNER_HOST": f"127.0.0.1:{port}", "LIMNER_DRAW_ENGINE": engine}  # fmt: skip
+        self.server = subprocess.Popen(
             [sys.executable, "-m", "limner", "serve"], env=env, stderr=subprocess.DEVNULL
         )
-        try:
-            client = limner.Client(f"127.0.0.1:{port}")
-            while not client.is_running():
-                time.sleep(0.1)
-            files = {
-                str(p.relative_to(folder)): client.create_blob(p)
-                for p in folder.rglob("*")
-                if p.is_file()
-            }
-            client.create("bench", files=files)
-            client.generate("bench", "", keep_alive=-1)  # load once, outside the timing
+        self.client = limner.Client(f"127.0.0.1:{port}")
+        while not self.client.is_running():
+            time.sleep(0.1)
+        files = {str(p.relative_to(folder)): self.client.create_blob(p)
+                 for p in folder.rglob("*") if p.is_file()}  # fmt: skip
+        self.client.create("bench", files=files)
+        self.client.generate("bench", "", keep_alive=-1)  # loaded (and converted) before timing
 
-            def once() -> None:
-                client.generate_image(
-                    "bench", PROMPT, width=size, height=size, steps=steps, seed=1, vae=vae
-                )
+    def draw(self, size: int, steps: int, vae: str | None = None) -> Drawn:
+        step_ends: list[float] = []
+        started = time.perf_counter()
+        self.client.generate_image("bench", PROMPT, width=size, height=size, steps=steps, seed=1,
+                                   vae=vae, progress=lambda done, total: step_ends.append(
+                                       time.perf_counter()))  # fmt: skip
+        return Drawn.from_times(started, step_ends, time.perf_counter())
 
-            return best_of(once, runs)
-        finally:
-            server.terminate()
-            server.wait(30)
-
-
-def time_ov_direct(python: str, folder: Path, size: int, steps: int, runs: int) -> float:
-    """bench/ov_direct.py in optimum-intel's own venv: its warm-up and median, in seconds."""
-    script = Path(__file__).with_name("ov_direct.py")
-    command = [python, str(script), str(folder), "--size", str(size), "--steps", str(steps),
-               "--runs", str(runs)]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, check=True)
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    print(f"  (optimum-intel: OpenVINO {result['openvino']}, precision {result['precision']})")
-    seconds: float = result["seconds"]
-    return seconds
+    def close(self) -> None:
+        self.server.terminate()
+        self.server.wait(30)
+        self.models.cleanup()
 
 
-def best_of(call: Callable[[], None], runs: int) -> float:
+class OptimumIntel:
+    """bench/ov_direct.py kept running in optimum-intel's own venv: one picture per line."""
+
+    def __init__(self, python: str, folder: Path, size: int, steps: int) -> None:
+        script = Path(__file__).with_name("ov_direct.py")
+        self.process = subprocess.Popen(
+            [python, str(script), str(folder), "--size", str(size), "--steps", str(steps)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        ready = self._answer()
+        print(f"  (optimum-intel: OpenVINO {ready['openvino']}, precision {ready['precision']})")
+
+    def _answer(self) -> dict[str, Any]:
+        """The next JSON line it prints (libraries may print other lines first)."""
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            if line.startswith("{"):
+                answer: dict[str, Any] = json.loads(line)
+                return answer
+        raise RuntimeError(f"bench/ov_direct.py ended with {self.process.wait()}")
+
+    def draw(self) -> Drawn:
+        assert self.process.stdin is not None
+        self.process.stdin.write("draw\n")
+        self.process.stdin.flush()
+        times = self._answer()
+        return Drawn.from_times(times["started"], times["step_ends"], times["ended"])
+
+    def close(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        self.process.wait(60)
+
+
+def in_turns(paths: dict[str, Callable[[], Drawn]], runs: int) -> dict[str, Drawn]:
+    """Each path's median over `runs` rounds after one warm-up each; every round the paths take
+    turns, starting one further along, so a machine that speeds up or slows down weighs on all."""
+    for draw in paths.values():
+        draw()
+    drawn: dict[str, list[Drawn]] = {label: [] for label in paths}
+    labels = list(paths)
+    for round_ in range(runs):
+        for label in labels[round_ % len(labels) :] + labels[: round_ % len(labels)]:
+            drawn[label].append(paths[label]())
+    return {label: Drawn.median(times) for label, times in drawn.items()}
+
+
+def best_of(call: Callable[[], object], runs: int) -> float:
     call()  # warm-up: first-call allocations and kernel choices
     times = []
     for _ in range(runs):
@@ -260,60 +314,83 @@ def auto_dtype() -> torch.dtype:
     return torch.bfloat16 if cpu_has_bf16() else torch.float32
 
 
+@dataclass(frozen=True)
+class Ceiling:
+    """What a 512x512 picture's stages cost (FLOPs counted by torch) and what these threads can
+    do (a large matmul in limner's default precision, FLOP/s), from print_stages."""
+
+    matmul: float
+    unet_call: float
+    vae_decode: float
+    taesd_decode: float
+
+    def of(self, flops: float, seconds: float) -> str:
+        return f"{flops / seconds / self.matmul:4.0%}"
+
+
 def bench(
-    label: str, folder: Path, size: int, steps: int, runs: int, ov_python: str | None = None
-) -> None:
-    auto = auto_dtype()
-    print(f"\n{label}: {size}x{size}, {steps} steps, median of {runs} after a warm-up")
-    name = str(auto).removeprefix("torch.")
-    timed = {
-        "raw diffusers fp32": time_raw(folder, torch.float32, size, steps, runs),
-        f"raw diffusers {name}": time_raw(folder, auto, size, steps, runs),
-        f"raw diffusers {name} + channels_last": time_raw(folder, auto, size, steps, runs, True),
-        "limner torch": time_limner(folder, size, steps, runs, "torch"),
-        "limner openvino": time_limner(folder, size, steps, runs, "openvino"),
-        "limner torch + tiny VAE": time_limner(folder, size, steps, runs, "torch", vae="tiny"),
-        # limner's default path (OpenVINO's UNet) with TAESD decoding: "faster again".
-        "limner openvino + tiny VAE": time_limner(
-            folder, size, steps, runs, "openvino", vae="tiny"
-        ),
+    label: str, folder: Path, size: int, steps: int, runs: int, ov_python: str | None,
+    ceiling: Ceiling | None = None,
+) -> None:  # fmt: skip
+    name = str(auto_dtype()).removeprefix("torch.")
+    print(f"\n{label}: {size}x{size}, {steps} steps, median of {runs} rounds after a warm-up")
+    raw = RawDiffusers(folder, auto_dtype())
+    torch_path, openvino = LimnerServer(folder, "torch"), LimnerServer(folder, "openvino")
+    direct = OptimumIntel(ov_python, folder, size, steps) if ov_python else None
+    paths: dict[str, Callable[[], Drawn]] = {
+        f"raw diffusers {name}": lambda: raw.draw(size, steps, channels_last=False),
+        f"raw diffusers {name} + channels_last": lambda: raw.draw(size, steps, channels_last=True),
+        "limner torch": lambda: torch_path.draw(size, steps),
+        DEFAULT: lambda: openvino.draw(size, steps),
+        "limner torch + tiny VAE": lambda: torch_path.draw(size, steps, vae="tiny"),
+        TINY: lambda: openvino.draw(size, steps, vae="tiny"),
     }
-    if ov_python:
-        direct = time_ov_direct(ov_python, folder, size, steps, runs)
-        timed["openvino via optimum-intel"] = direct
-    base = timed[f"raw diffusers {name}"]
-    for label, seconds in timed.items():
-        print(f"  {label:38} {seconds:8.3f} s/picture  {seconds / base:6.3f} x raw {name}")
-    if ov_python:
-        ratio = timed["limner openvino"] / timed["openvino via optimum-intel"]
-        print(f"  limner's default path (openvino) / openvino via optimum-intel: {ratio:.3f}")
-    print_decoders(size, runs)
-    print_stages(size, runs)
+    if direct:
+        paths[DIRECT] = direct.draw
+    try:
+        timed = in_turns(paths, runs)
+    finally:
+        for path in (torch_path, openvino, direct):
+            if path:
+                path.close()
+    print_paths(timed, f"raw diffusers {name}", ceiling)
 
 
-def print_decoders(size: int, runs: int) -> None:
-    decoders = time_decoders(size, runs)
-    full = decoders["full VAE decode"]
-    print(f"  VAE decode alone at {size}x{size} (SD 1.5's VAE vs TAESD, random weights):")
-    for label, seconds in decoders.items():
-        print(f"  {label:38} {seconds:8.3f} s/picture  {full / seconds:6.1f} x faster than full")
+DEFAULT = "limner openvino (the default)"
+TINY = "limner openvino + tiny VAE"
+DIRECT = "openvino via optimum-intel"
+
+
+def print_paths(timed: dict[str, Drawn], base: str, ceiling: Ceiling | None) -> None:
+    print(f"  {'path':38} {'s/UNet step':>11} {'decode s':>9} {'total s':>8} {'vs ' + base:>20}"
+          + ("  step, decode of the matmul" if ceiling else ""))  # fmt: skip
+    for label, drawn in timed.items():
+        line = (f"  {label:38} {drawn.step:11.3f} {drawn.decode:9.3f} {drawn.total:8.2f} "
+                f"{drawn.total / timed[base].total:20.3f}")  # fmt: skip
+        if ceiling:
+            decode = ceiling.taesd_decode if "tiny" in label else ceiling.vae_decode
+            line += (f"  {ceiling.of(ceiling.unet_call, drawn.step)}, "
+                     f"{ceiling.of(decode, drawn.decode)}")  # fmt: skip
+        print(line)
+    if DIRECT in timed:
+        ratio = timed[DEFAULT].total / timed[DIRECT].total
+        print(f"  limner's default path / openvino via optimum-intel: {ratio:.3f}")
+    print(f"  limner's default path with vae=tiny: "
+          f"{timed[DEFAULT].total / timed[TINY].total:.2f}x faster")  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--only", choices=["tiny", "sd15", "decode", "stages"])
+    parser.add_argument("--only", choices=["tiny", "sd15", "stages"])
     parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=3, help="rounds for the tiny model")
+    parser.add_argument("--sd15-runs", type=int, default=2, help="rounds for SD 1.5")
     parser.add_argument("--ov-python", help="a Python with optimum-intel: adds that path")
     args = parser.parse_args()
-    print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, limner default precision: {auto_dtype()}"
-    )
-    if args.only == "decode":
-        print_decoders(512, args.runs)
-        return
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"limner default precision: {auto_dtype()}")  # fmt: skip
     if args.only == "stages":
         print_stages(512, args.runs)
         return
@@ -323,10 +400,11 @@ def main() -> None:
             bench("tiny SD (SD 1.5 topology, tiny widths)", tiny, 64, args.steps, args.runs,
                   args.ov_python)  # fmt: skip
         if args.only in (None, "sd15"):
+            ceiling = print_stages(512, args.sd15_runs)
             print("\nbuilding SD 1.5 with random weights (a minute)...")
             sd15 = write_sd15_random(Path(work) / "sd15", tiny)
-            bench("SD 1.5 architecture, random weights", sd15, 512, args.steps,
-                  max(1, args.runs - 2), args.ov_python)  # fmt: skip
+            bench("SD 1.5 architecture, random weights", sd15, 512, args.steps, args.sd15_runs,
+                  args.ov_python, ceiling)  # fmt: skip
 
 
 if __name__ == "__main__":
