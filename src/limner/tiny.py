@@ -15,9 +15,10 @@ same weights as one A1111/Civitai-style single-file checkpoint (LDM layout), whi
 the configs `write_tiny_sd_configs` writes (bundled with limner as `limner-tiny`).
 `write_tiny_taesd` writes a tiny autoencoder (diffusers' `AutoencoderTiny`, TAESD's
 architecture at tiny widths) in the folder layout of `madebyollin/taesd`; `write_tiny_sd(...,
-tiny_vae=True)` keeps one in the model's `vae_tiny/` folder.
+tiny_vae=True)` keeps one in the model's `vae_tiny/` folder. `write_tiny_sdxl` writes a tiny
+SDXL with diffusers' own classes (torch, for tests only).
 
-All need only numpy, safetensors and tokenizers (no torch, no transformers, no diffusers), run
+All others need only numpy, safetensors and tokenizers (no torch, no transformers, no diffusers), run
 offline in well under a second, and the same seed always gives byte-identical files.
 
     >>> from pathlib import Path
@@ -533,6 +534,77 @@ def write_tiny_taesd(dest: Path, seed: int = 0, latent_channels: int = 4) -> Pat
         _taesd_weights(_rng(seed, 5), config),
     )
     return Path(dest)
+
+
+def write_tiny_sdxl(dest: Path, tokenizer_folder: Path) -> Path:
+    """A tiny SDXL (diffusers' own tiny test components: two CLIP text encoders, "text_time"
+    conditioning, Euler) in the diffusers layout, with the tokenizer in `tokenizer_folder` (a
+    tiny SD's `tokenizer/`); returns `dest`."""
+    import torch  # built by diffusers' own classes, unlike the others here
+    from diffusers import (
+        AutoencoderKL,
+        EulerDiscreteScheduler,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import (
+        CLIPTextConfig,
+        CLIPTextModel,
+        CLIPTextModelWithProjection,
+        CLIPTokenizer,
+    )
+
+    torch.manual_seed(0)
+    tokenizer = CLIPTokenizer.from_pretrained(tokenizer_folder)
+    unet = UNet2DConditionModel(  # type: ignore[no-untyped-call]
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=80,  # 6 x 8 + 32
+        cross_attention_dim=64,  # the two encoders' widths side by side
+        norm_num_groups=1,
+    )
+    vae = AutoencoderKL(  # type: ignore[no-untyped-call]
+        block_out_channels=[32, 64],
+        down_block_types=["DownEncoderBlock2D"] * 2,
+        up_block_types=["UpDecoderBlock2D"] * 2,
+        latent_channels=4,
+        sample_size=128,
+    )
+    config = CLIPTextConfig(
+        hidden_size=32,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        projection_dim=32,
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    pipe = StableDiffusionXLPipeline(  # type: ignore[no-untyped-call]
+        vae=vae,
+        text_encoder=CLIPTextModel(config),
+        text_encoder_2=CLIPTextModelWithProjection(config),
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer,
+        unet=unet,
+        scheduler=EulerDiscreteScheduler(  # type: ignore[no-untyped-call]
+            beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1
+        ),
+        add_watermarker=False,
+    )
+    pipe.save_pretrained(dest)  # type: ignore[attr-defined]
+    return dest
 
 
 def write_tiny_sd_checkpoint(dest_file: Path, seed: int = 0, inpaint: bool = False) -> Path:

@@ -20,7 +20,7 @@ from safetensors.numpy import load_file
 
 from limner.engines import SCHEDULERS, ImageRequest, ImageResult, LoadOptions, Progress
 from limner.errors import InsufficientMemory, InvalidImage, InvalidRequest
-from limner.tiny import write_tiny_sd
+from limner.tiny import write_tiny_sd, write_tiny_sdxl
 
 pytest.importorskip("diffusers")
 
@@ -516,75 +516,6 @@ def test_a_picture_too_large_even_when_frugal_is_a_507_before_any_step(
 
 
 # --- SDXL -----------------------------------------------------------------------------------
-
-
-def write_tiny_sdxl(dest: Path, tokenizer_folder: Path) -> Path:
-    """diffusers' own tiny SDXL test components (two CLIP text encoders, "text_time"
-    conditioning), saved with save_pretrained."""
-    from diffusers import (
-        AutoencoderKL,
-        EulerDiscreteScheduler,
-        StableDiffusionXLPipeline,
-        UNet2DConditionModel,
-    )
-    from transformers import (
-        CLIPTextConfig,
-        CLIPTextModel,
-        CLIPTextModelWithProjection,
-        CLIPTokenizer,
-    )
-
-    torch.manual_seed(0)
-    tokenizer = CLIPTokenizer.from_pretrained(tokenizer_folder)
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=2,
-        sample_size=32,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=(2, 4),
-        use_linear_projection=True,
-        addition_embed_type="text_time",
-        addition_time_embed_dim=8,
-        transformer_layers_per_block=(1, 2),
-        projection_class_embeddings_input_dim=80,  # 6 x 8 + 32
-        cross_attention_dim=64,  # the two encoders' widths side by side
-        norm_num_groups=1,
-    )
-    vae = AutoencoderKL(
-        block_out_channels=[32, 64],
-        down_block_types=["DownEncoderBlock2D"] * 2,
-        up_block_types=["UpDecoderBlock2D"] * 2,
-        latent_channels=4,
-        sample_size=128,
-    )
-    config = CLIPTextConfig(
-        hidden_size=32,
-        intermediate_size=37,
-        num_attention_heads=4,
-        num_hidden_layers=2,
-        projection_dim=32,
-        vocab_size=len(tokenizer),
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    pipe = StableDiffusionXLPipeline(
-        vae=vae,
-        text_encoder=CLIPTextModel(config),
-        text_encoder_2=CLIPTextModelWithProjection(config),
-        tokenizer=tokenizer,
-        tokenizer_2=tokenizer,
-        unet=unet,
-        scheduler=EulerDiscreteScheduler(
-            beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1
-        ),
-        add_watermarker=False,
-    )
-    pipe.save_pretrained(dest)
-    return dest
 
 
 @pytest.fixture(scope="module")

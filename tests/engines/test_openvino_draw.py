@@ -13,7 +13,7 @@ from PIL import Image
 
 from limner.engines import ImageRequest, ImageResult, LoadOptions
 from limner.engines.diffusion import DiffusionEngine, load
-from limner.tiny import write_tiny_sd
+from limner.tiny import write_tiny_sd, write_tiny_sdxl
 
 pytest.importorskip("openvino")
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -87,6 +87,46 @@ def test_both_engines_draw_the_same_pictures_in_every_mode(
     fields = {"image": png(), "mask": png(mask=True), "strength": 1.0}
     difference = draw(inpaint["torch"], **fields) - draw(inpaint["openvino"], **fields)
     assert np.abs(difference).mean() < TOLERANCE
+
+
+def test_sdxl_draws_the_same_pictures_with_its_size_conditions_in_the_graph(
+    folders: dict[str, Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    xl = write_tiny_sdxl(tmp_path / "xl", folders["plain"] / "tokenizer")
+    both = engines(xl, folders["cache"] / "xl", monkeypatch)
+    graph = both["openvino"].openvino
+    assert graph is not None and graph.conditions == ("text_embeds", "time_ids")
+    ran: list[str] = []
+    run = graph._run
+    monkeypatch.setattr(graph, "_run", lambda name, inputs: ran.append(name) or run(name, inputs))
+    for fields in ({"steps": 2}, {"image": png((128, 128)), "strength": 0.6, "steps": 4}):
+        fields = {"width": 128, "height": 128, **fields}
+        torch_picture, ov_picture = (draw(both[name], **fields) for name in ("torch", "openvino"))
+        assert np.abs(torch_picture - ov_picture).mean() < TOLERANCE, fields
+    assert ran.count("unet") == 2 + 2 and "decoder" in ran  # strength 0.6 of 4 steps: 2
+
+
+def test_an_lcm_unet_takes_its_guidance_embedding_as_a_graph_input(
+    folders: dict[str, Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from diffusers import UNet2DConditionModel
+
+    lcm = write_tiny_sd(tmp_path / "lcm", seed=0, ip_adapter=False)
+    plain = UNet2DConditionModel.from_pretrained(lcm / "unet")
+    # An LCM-distilled UNet embeds the guidance scale (time_cond_proj_dim) instead of a batch of 2.
+    unet = UNet2DConditionModel.from_config(plain.config, time_cond_proj_dim=16)
+    unet.load_state_dict(plain.state_dict(), strict=False)
+    unet.save_pretrained(lcm / "unet")
+    both = engines(lcm, folders["cache"] / "lcm", monkeypatch)
+    graph = both["openvino"].openvino
+    assert graph is not None and graph.conditions == ("timestep_cond",)
+    ran: list[str] = []
+    run = graph._run
+    monkeypatch.setattr(graph, "_run", lambda name, inputs: ran.append(name) or run(name, inputs))
+    torch_picture, ov_picture = (draw(both[name], scheduler="lcm", steps=2, guidance_scale=4)
+                                 for name in ("torch", "openvino"))  # fmt: skip
+    assert np.abs(torch_picture - ov_picture).mean() < TOLERANCE
+    assert ran.count("unet") == 2
 
 
 def test_the_graphs_are_converted_once_and_kept_in_the_cache(

@@ -9,8 +9,9 @@ own compiled-model cache keeps those too). On CPUs with bf16 the graphs run in b
 
 What a graph cannot do falls back to the torch modules for that call: a LoRA given for one
 request, a tiled VAE for a picture too large for memory, a side the UNet's upsamplers do not
-divide (SD 1.5: not a multiple of 64 pixels). Models with an IP-Adapter, and SDXL, stay on
-torch for now (the IP-Adapter's image tokens and SDXL's added conditions are not in the graphs).
+divide (SD 1.5: not a multiple of 64 pixels). SDXL's added conditions (pooled text, size ids)
+and LCM's guidance embedding are inputs of the UNet's graph; models with an IP-Adapter stay on
+torch for now (its image tokens are not in the graphs).
 A model's tiny autoencoder (TAESD: `vae="tiny"` and previews) is no graph: it decodes on torch
 beside them, at ~0.14 TFLOP per 512x512 picture against the VAE decoder's 2.51.
 """
@@ -36,12 +37,34 @@ log = logging.getLogger("limner.openvino")
 
 
 class _UNetGraph(torch.nn.Module):
-    def __init__(self, unet: Any) -> None:
-        super().__init__()
-        self.unet = unet
+    """The UNet with its conditions beyond the text (`conditions`, by name) as inputs after it."""
 
-    def forward(self, sample: Any, timestep: Any, encoder_hidden_states: Any) -> Any:
-        return self.unet(sample, timestep, encoder_hidden_states, return_dict=False)[0]
+    def __init__(self, unet: Any, conditions: tuple[str, ...]) -> None:
+        super().__init__()
+        self.unet, self.conditions = unet, conditions
+
+    def forward(self, sample: Any, timestep: Any, encoder_hidden_states: Any, *more: Any) -> Any:
+        named = dict(zip(self.conditions, more, strict=True))
+        cond = named.pop("timestep_cond", None)
+        return self.unet(sample, timestep, encoder_hidden_states, timestep_cond=cond,
+                         added_cond_kwargs=named or None, return_dict=False)[0]  # fmt: skip
+
+
+def unet_conditions(unet: Any) -> dict[str, int]:
+    """What a UNet takes besides sample, timestep and text, by name, with each one's width:
+    LCM's guidance embedding (`timestep_cond`), SDXL's pooled text and size ids (`text_time`)."""
+    config, widths = unet.config, {}
+    if config.time_cond_proj_dim is not None:
+        widths["timestep_cond"] = config.time_cond_proj_dim
+    if config.addition_embed_type == "text_time":
+        # SDXL's 6 size ids (a refiner's 5), each embedded addition_time_embed_dim wide, beside
+        # the pooled text; the example only has to be consistent, each call reshapes.
+        ids = 6
+        widths["text_embeds"] = config.projection_class_embeddings_input_dim - (
+            ids * config.addition_time_embed_dim
+        )
+        widths["time_ids"] = ids
+    return widths
 
 
 class _DecoderGraph(torch.nn.Module):
@@ -66,11 +89,14 @@ class OpenVinoDrawing:
         self.unet, self.vae = pipe.unet, pipe.vae
         width = self.unet.config.sample_size
         channels, context = self.unet.config.in_channels, self.unet.config.cross_attention_dim
+        self.conditions = tuple(unet_conditions(self.unet))
         unet_example = (torch.randn(2, channels, width, width), torch.tensor(1.0),
-                        torch.randn(2, 77, context))  # fmt: skip
+                        torch.randn(2, 77, context),
+                        *(torch.randn(2, n) for n in unet_conditions(self.unet).values()))  # fmt: skip
         latents = torch.randn(1, self.vae.config.latent_channels, width, width)
+        unet_graph = _UNetGraph(self.unet, self.conditions)
         self.graphs = {
-            "unet": self._graph(folder / "unet.xml", _UNetGraph(self.unet), unet_example),
+            "unet": self._graph(folder / "unet.xml", unet_graph, unet_example),
             "decoder": self._graph(folder / "vae_decoder.xml", _DecoderGraph(self.vae), (latents,)),
         }
         self.compiled: dict[tuple[str, tuple[tuple[int, ...], ...]], Any] = {}
@@ -110,25 +136,34 @@ class OpenVinoDrawing:
         key = (name, tuple(array.shape for array in inputs))
         if key not in self.compiled:
             graph = self.graphs[name].clone()
-            graph.reshape({port.any_name: ov.PartialShape(list(array.shape))
-                           for port, array in zip(graph.inputs, inputs, strict=True)})  # fmt: skip
+            graph.reshape({index: ov.PartialShape(list(array.shape))
+                           for index, array in enumerate(inputs)})  # fmt: skip
             self.compiled[key] = self.core.compile_model(graph, "CPU")
         result: np.ndarray = self.compiled[key](inputs)[0]
         return result
 
     def _unet_call(self, sample: Any, timestep: Any, encoder_hidden_states: Any, *args: Any,
                    return_dict: bool = True, **kwargs: Any) -> Any:  # fmt: skip
-        extra = args or any(v is not None for v in kwargs.values())
+        conditions = None if args else self._conditions(kwargs)
         # The graph was traced at sides its upsamplers divide; other sides need torch's sizes.
         odd = any(side % 2**self.unet.num_upsamplers for side in sample.shape[-2:])
-        if self.torch_only or extra or odd:
+        if self.torch_only or conditions is None or odd:
             return self._unet_forward(sample, timestep, encoder_hidden_states, *args,
                                       return_dict=return_dict, **kwargs)  # fmt: skip
         steps = torch.as_tensor(timestep, dtype=torch.float32).reshape(-1)[:1].reshape(())
         out = self._run("unet", [sample.float().numpy(), steps.numpy(),
-                                 encoder_hidden_states.float().numpy()])  # fmt: skip
+                                 encoder_hidden_states.float().numpy(), *conditions])  # fmt: skip
         noise = torch.from_numpy(out).to(sample.dtype)
         return UNet2DConditionOutput(sample=noise) if return_dict else (noise,)
+
+    def _conditions(self, kwargs: dict[str, Any]) -> list[np.ndarray] | None:
+        """This call's inputs for the graph's conditions, or None where it carries anything
+        else (a LoRA's scale, an IP-Adapter's image tokens): torch draws that call."""
+        named = {k: v for k, v in kwargs.items() if v is not None and k != "added_cond_kwargs"}
+        named.update(kwargs.get("added_cond_kwargs") or {})
+        if set(named) != set(self.conditions):
+            return None
+        return [named[name].float().numpy() for name in self.conditions]
 
     def _decode_call(self, latents: Any, return_dict: bool = True, generator: Any = None) -> Any:
         if self.torch_only or self.vae.use_tiling:
@@ -145,7 +180,8 @@ def accelerate(
     if ip_adapter:
         log.info("drawing on torch: OpenVINO graphs do not carry this model's IP-Adapter yet")
         return None
-    if pipe.unet.config.addition_embed_type is not None:
-        log.info("drawing on torch: OpenVINO graphs of SDXL's added conditions are not built yet")
+    if pipe.unet.config.addition_embed_type not in (None, "text_time"):
+        log.info("drawing on torch: the UNet's %s conditions are not in OpenVINO graphs yet",
+                 pipe.unet.config.addition_embed_type)  # fmt: skip
         return None
     return OpenVinoDrawing(pipe, cache, bf16)
