@@ -24,7 +24,8 @@ Each prints seconds per UNet step (with guidance: a batch of two), for the decod
 step to the picture) and in all, and the ratio to raw bf16. For SD 1.5, each stage (a UNet call,
 the full VAE decode, TAESD) is first timed alone on torch and counted in FLOPs by torch, against
 a large matmul timed in the same run (`--only stages`: only that); the paths' steps and decodes
-are then given as fractions of that matmul too. Speed does not depend on weight values, so the
+are then given as fractions of that matmul too. `--only openvino-profile`: where OpenVINO's
+UNet call spends its time, by kind of layer. Speed does not depend on weight values, so the
 SD 1.5 architecture is built with random weights (~4 GB on disk in a temporary folder).
 """
 
@@ -180,6 +181,47 @@ def print_stages(size: int, runs: int) -> Ceiling:
               f"{achieved / 1e12:5.2f} TFLOP/s  {achieved / ceiling:5.0%} of the matmul")  # fmt: skip
     unet, vae, taesd = (flops for _, _, flops in stages)
     return Ceiling(ceiling, unet, vae, taesd)
+
+
+def print_openvino_profile(size: int) -> None:
+    """Where one UNet call with guidance spends its time on OpenVINO, by kind of layer, from the
+    CPU plugin's own counters: the SD 1.5 UNet traced and compiled as limner's engine does."""
+    import numpy as np
+    import openvino as ov
+
+    torch.manual_seed(0)
+    unet, side = sd15_unet().eval(), size // 8
+    inputs = (torch.randn(2, 4, side, side), torch.tensor(500.0), torch.randn(2, 77, 768))
+    with torch.no_grad():
+        graph = ov.convert_model(UNetCall(unet), example_input=inputs)
+    hint = "bf16" if auto_dtype() == torch.bfloat16 else "f32"
+    compiled = ov.Core().compile_model(graph, "CPU", {"INFERENCE_PRECISION_HINT": hint,
+                                                      "PERF_COUNT": True})  # fmt: skip
+    request = compiled.create_infer_request()
+    arrays = [np.asarray(tensor) for tensor in inputs]
+    request.infer(arrays)  # warm-up
+    request.infer(arrays)
+    by_kind: dict[str, float] = {}
+    for layer in request.profiling_info:
+        by_kind[layer.node_type] = by_kind.get(layer.node_type, 0.0) + (
+            layer.real_time.total_seconds()
+        )
+    total = sum(by_kind.values())
+    print(f"\n  OpenVINO's UNet call (CFG: batch 2) at {size}x{size}, {hint}, by kind of layer: "
+          f"{total:.3f} s")  # fmt: skip
+    for kind, seconds in sorted(by_kind.items(), key=lambda item: -item[1])[:6]:
+        print(f"  {kind:38} {seconds:8.3f} s  {seconds / total:5.1%}")
+
+
+class UNetCall(torch.nn.Module):
+    """The UNet's noise prediction alone, as a module to trace."""
+
+    def __init__(self, unet: UNet2DConditionModel) -> None:
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, sample: Any, timestep: Any, text: Any) -> Any:
+        return self.unet(sample, timestep, text, return_dict=False)[0]
 
 
 @dataclass(frozen=True)
@@ -405,7 +447,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--only", choices=["tiny", "sd15", "stages"])
+    parser.add_argument("--only", choices=["tiny", "sd15", "stages", "openvino-profile"])
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--runs", type=int, default=3, help="rounds for the tiny model")
     parser.add_argument("--sd15-runs", type=int, default=2, help="rounds for SD 1.5")
@@ -415,6 +457,9 @@ def main() -> None:
           f"limner default precision: {auto_dtype()}")  # fmt: skip
     if args.only == "stages":
         print_stages(512, args.runs)
+        return
+    if args.only == "openvino-profile":
+        print_openvino_profile(512)
         return
     with tempfile.TemporaryDirectory(prefix="limner-bench-models-") as work:
         tiny = write_tiny_sd(Path(work) / "tiny", seed=0, ip_adapter=False, tiny_vae=True)
