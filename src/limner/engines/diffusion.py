@@ -321,11 +321,6 @@ class DiffusionEngine:
         pipe.to(self.device)
         if self.tiny_vae is not None:
             self.tiny_vae.to(self.device)
-        if self.device == "cpu":  # oneDNN's convolutions run faster on NHWC (bench/diffusion.py)
-            self.unet.to(memory_format=torch.channels_last)
-            self.vae.to(memory_format=torch.channels_last)
-            if self.tiny_vae is not None:
-                self.tiny_vae.to(memory_format=torch.channels_last)
 
         # 3b. On a CPU, the UNet and the VAE decoder as OpenVINO graphs (openvino_draw.py).
         self.openvino: Any = None
@@ -335,6 +330,14 @@ class DiffusionEngine:
             cache = Path(options.cache) if options.cache else None
             bf16 = self.dtype == torch.bfloat16
             self.openvino = accelerate(pipe, cache, bf16, self.ip_adapter)
+        # oneDNN's convolutions run faster on NHWC (bench/diffusion.py). Not under graphs: they
+        # were traced from these weights, and OpenVINO reads bf16 weights in place, as NCHW.
+        if self.device == "cpu":
+            if self.openvino is None:
+                self.unet.to(memory_format=torch.channels_last)
+                self.vae.to(memory_format=torch.channels_last)
+            if self.tiny_vae is not None:
+                self.tiny_vae.to(memory_format=torch.channels_last)
 
         # 4. The other tasks share every module with the base pipeline (no second copy).
         self.pipes: dict[str, Any] = {

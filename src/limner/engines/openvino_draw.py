@@ -2,10 +2,11 @@
 
 Everything else stays diffusers' and limner's (text encoders, schedulers, seeds, progress and
 cancelling per step, masks pasted back, PNG parameters), so a request draws the same way on
-either engine. The two graphs are converted once from the loaded modules (in float32, after the
-model's own LoRAs are fused) and kept in the model's cache folder of the store, under the
-OpenVINO version, so no later start converts again; each picture size compiles once (OpenVINO's
-own compiled-model cache keeps those too). On CPUs with bf16 the graphs run in bf16.
+either engine. The two graphs are converted once from the loaded modules (with their weights as
+loaded, after the model's own LoRAs are fused) and kept in the model's cache folder of the store,
+under the OpenVINO version and the weights' precision, so no later start converts again; each
+picture size compiles once (OpenVINO's own compiled-model cache keeps those too). On CPUs with
+bf16 the weights are loaded, and the graphs run, in bf16.
 
 What a graph cannot do falls back to the torch modules for that call: a LoRA given for one
 request, a tiled VAE for a picture too large for memory, a side the UNet's upsamplers do not
@@ -18,7 +19,6 @@ beside them, at ~0.14 TFLOP per 512x512 picture against the VAE decoder's 2.51.
 
 from __future__ import annotations
 
-import copy
 import logging
 import shutil
 import tempfile
@@ -44,10 +44,12 @@ class _UNetGraph(torch.nn.Module):
         self.unet, self.conditions = unet, conditions
 
     def forward(self, sample: Any, timestep: Any, encoder_hidden_states: Any, *more: Any) -> Any:
-        named = dict(zip(self.conditions, more, strict=True))
+        dtype = self.unet.dtype  # float32 inputs and output; inside, the weights' precision
+        named = {name: value.to(dtype) for name, value in zip(self.conditions, more, strict=True)}
         cond = named.pop("timestep_cond", None)
-        return self.unet(sample, timestep, encoder_hidden_states, timestep_cond=cond,
-                         added_cond_kwargs=named or None, return_dict=False)[0]  # fmt: skip
+        return self.unet(sample.to(dtype), timestep, encoder_hidden_states.to(dtype),
+                         timestep_cond=cond, added_cond_kwargs=named or None,
+                         return_dict=False)[0].float()  # fmt: skip
 
 
 def unet_conditions(unet: Any) -> dict[str, int]:
@@ -73,7 +75,7 @@ class _DecoderGraph(torch.nn.Module):
         self.vae = vae
 
     def forward(self, latents: Any) -> Any:
-        return self.vae.decode(latents, return_dict=False)[0]
+        return self.vae.decode(latents.to(self.vae.dtype), return_dict=False)[0].float()
 
 
 class OpenVinoDrawing:
@@ -82,18 +84,23 @@ class OpenVinoDrawing:
     def __init__(self, pipe: Any, cache: Path | None, bf16: bool) -> None:
         self.core = ov.Core()
         self.core.set_property("CPU", {"INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32"})
+        self.unet, self.vae = pipe.unet, pipe.vae
+        # Graphs hold the weights as loaded (bf16 where the CPU computes in it), so a model
+        # converted at one precision is never read at the other.
+        weights = str(self.unet.dtype).removeprefix("torch.")
         folder = (cache or Path(tempfile.mkdtemp(prefix="limner-openvino-"))) / (
-            f"openvino-{ov.get_version().split('-')[0]}"
+            f"openvino-{ov.get_version().split('-')[0]}-{weights}"
         )
         self.core.set_property({"CACHE_DIR": str(folder / "compiled")})
-        self.unet, self.vae = pipe.unet, pipe.vae
-        width = self.unet.config.sample_size
+        # Traced at the smallest side the UNet's upsamplers divide: every call reshapes to its
+        # own size anyway, and a full-size trace of SDXL would hold gigabytes of activations.
+        side = max(8, 2**self.unet.num_upsamplers)
         channels, context = self.unet.config.in_channels, self.unet.config.cross_attention_dim
         self.conditions = tuple(unet_conditions(self.unet))
-        unet_example = (torch.randn(2, channels, width, width), torch.tensor(1.0),
+        unet_example = (torch.randn(2, channels, side, side), torch.tensor(1.0),
                         torch.randn(2, 77, context),
                         *(torch.randn(2, n) for n in unet_conditions(self.unet).values()))  # fmt: skip
-        latents = torch.randn(1, self.vae.config.latent_channels, width, width)
+        latents = torch.randn(1, self.vae.config.latent_channels, side, side)
         unet_graph = _UNetGraph(self.unet, self.conditions)
         self.graphs = {
             "unet": self._graph(folder / "unet.xml", unet_graph, unet_example),
@@ -111,16 +118,16 @@ class OpenVinoDrawing:
                    if op.get_type_name() == "Constant")  # fmt: skip
 
     def _graph(self, path: Path, module: torch.nn.Module, example: tuple[Any, ...]) -> Any:
-        """The graph kept at `path`, converted from `module` (in float32) the first time."""
+        """The graph kept at `path`, converted from `module` the first time. The module is traced
+        as loaded, not copied: a float32 copy of SDXL's UNet alone would take 10 GB."""
         if path.is_file():
             return self.core.read_model(path)
         log.info("converting %s to OpenVINO once (kept in %s)", path.stem, path.parent)
-        graph_module = copy.deepcopy(module).float().eval()
         # Tracing warns of every shape check it freezes; the sides it can draw are checked in
         # _unet_call, so the warnings would only fill the log.
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", TracerWarning)
-            graph = ov.convert_model(graph_module, example_input=example)
+            graph = ov.convert_model(module.eval(), example_input=example)
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = Path(tempfile.mkdtemp(prefix=".converting-", dir=path.parent))
         try:  # written whole, then moved: a killed conversion leaves no half graph
