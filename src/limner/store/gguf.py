@@ -501,7 +501,12 @@ class VocabWriter(Protocol):
     def write(self, w: GGUFWriter) -> None: ...
 
 
-def _text_metadata(text: _TextParams, vocab: VocabWriter, ftype: LlamaFileType) -> _Metadata:
+def _text_metadata(
+    text: _TextParams, vocab: VocabWriter, ftype: LlamaFileType, rope_dims: int | None = None
+) -> _Metadata:
+    """llama's keys for `text`; rotary embedding over `rope_dims` of each head (all of it by
+    default)."""
+
     def write(w: GGUFWriter) -> None:
         w.add_name(text.name)
         w.add_file_type(ftype)
@@ -513,7 +518,7 @@ def _text_metadata(text: _TextParams, vocab: VocabWriter, ftype: LlamaFileType) 
         w.add_head_count_kv(text.n_head_kv)
         w.add_layer_norm_rms_eps(text.rms_eps)
         w.add_rope_freq_base(text.rope_theta)
-        w.add_rope_dimension_count(text.head_dim)
+        w.add_rope_dimension_count(rope_dims or text.head_dim)
         w.add_key_length(text.head_dim)
         w.add_value_length(text.head_dim)
         w.add_vocab_size(text.n_vocab)

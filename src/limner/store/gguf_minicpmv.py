@@ -47,8 +47,10 @@ from limner.store.gguf import (
     _plus_one,
     _read_json,
     _Tensor,
+    _TextParams,
     _vector,
 )
+from limner.store.gguf import _text_metadata as _llama_metadata
 
 POSITION_GRID = 70  # clip.cpp buckets every picture onto 70x70 learned positions
 MERGE = 2  # the ViT merger's and the final merger's 2x2, fixed in clip.cpp's graph
@@ -83,28 +85,17 @@ SigLIP = Callable[[dict[str, Any], Path, _Checkpoint], Any]
 
 
 @dataclass(frozen=True)
-class _Qwen35:
-    """Qwen3.5's sizes: the full-attention blocks' and the Gated DeltaNet blocks'."""
+class _Qwen35(_TextParams):
+    """Qwen3.5's sizes: llama's, and the rotary part of a head, its sections, and the Gated
+    DeltaNet blocks'."""
 
-    name: str
-    n_vocab: int
-    n_embd: int
-    n_layer: int
-    n_ff: int
-    n_head: int
-    n_head_kv: int
-    head_dim: int
     n_rot: int
     sections: list[int]
-    context_length: int
-    rms_eps: float
-    rope_theta: float
     interval: int  # every interval-th block attends fully, the others are Gated DeltaNet
     conv_kernel: int
     state_size: int  # key (= value) head width of the linear blocks
     n_k_heads: int
     n_v_heads: int
-    has_output: bool
 
 
 def minicpmv46_files(
@@ -313,29 +304,17 @@ def _interval(text: dict[str, Any], n_layer: int) -> int:
 
 
 def _text_metadata(text: _Qwen35, vocab: VocabWriter, qtype: QType) -> Callable[[GGUFWriter], None]:
+    llama_like = _llama_metadata(text, vocab, CONVERTED_FTYPES[qtype], rope_dims=text.n_rot)
+
     def write(w: GGUFWriter) -> None:
-        w.add_name(text.name)
-        w.add_file_type(CONVERTED_FTYPES[qtype])
-        w.add_context_length(text.context_length)
-        w.add_embedding_length(text.n_embd)
-        w.add_block_count(text.n_layer)
-        w.add_feed_forward_length(text.n_ff)
-        w.add_head_count(text.n_head)
-        w.add_head_count_kv(text.n_head_kv)
-        w.add_layer_norm_rms_eps(text.rms_eps)
-        w.add_rope_freq_base(text.rope_theta)
-        w.add_rope_dimension_count(text.n_rot)
+        llama_like(w)
         w.add_rope_dimension_sections(text.sections)
-        w.add_key_length(text.head_dim)
-        w.add_value_length(text.head_dim)
         w.add_ssm_conv_kernel(text.conv_kernel)
         w.add_ssm_state_size(text.state_size)
         w.add_ssm_group_count(text.n_k_heads)
         w.add_ssm_time_step_rank(text.n_v_heads)
         w.add_ssm_inner_size(text.state_size * text.n_v_heads)
         w.add_full_attention_interval(text.interval)
-        w.add_vocab_size(text.n_vocab)
-        vocab.write(w)
 
     return write
 
