@@ -96,10 +96,11 @@ class OpenVinoDrawing:
         # own size anyway, and a full-size trace of SDXL would hold gigabytes of activations.
         side = max(8, 2**self.unet.num_upsamplers)
         channels, context = self.unet.config.in_channels, self.unet.config.cross_attention_dim
-        self.conditions = tuple(unet_conditions(self.unet))
+        widths = unet_conditions(self.unet)
+        self.conditions = tuple(widths)
         unet_example = (torch.randn(2, channels, side, side), torch.tensor(1.0),
                         torch.randn(2, 77, context),
-                        *(torch.randn(2, n) for n in unet_conditions(self.unet).values()))  # fmt: skip
+                        *(torch.randn(2, n) for n in widths.values()))  # fmt: skip
         latents = torch.randn(1, self.vae.config.latent_channels, side, side)
         unet_graph = _UNetGraph(self.unet, self.conditions)
         self.graphs = {
