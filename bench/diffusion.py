@@ -25,7 +25,8 @@ step to the picture) and in all, and the ratio to raw bf16. For SD 1.5, each sta
 the full VAE decode, TAESD) is first timed alone on torch and counted in FLOPs by torch, against
 a large matmul timed in the same run (`--only stages`: only that); the paths' steps and decodes
 are then given as fractions of that matmul too. `--only openvino-profile`: where OpenVINO's
-UNet call spends its time, by kind of layer. Speed does not depend on weight values, so the
+UNet call spends its time, by kind of layer. `--only torch-options`: fused QKV, torch.compile
+and plain-math attention on the torch path's UNet call, in turns. Speed does not depend on weight values, so the
 SD 1.5 architecture is built with random weights (~4 GB on disk in a temporary folder).
 """
 
@@ -211,6 +212,71 @@ def print_openvino_profile(size: int) -> None:
           f"{total:.3f} s")  # fmt: skip
     for kind, seconds in sorted(by_kind.items(), key=lambda item: -item[1])[:6]:
         print(f"  {kind:38} {seconds:8.3f} s  {seconds / total:5.1%}")
+
+
+def print_torch_options(size: int, runs: int) -> None:
+    """What else could speed up the torch path's UNet call (CFG, bf16, channels_last), in turns
+    in one process: diffusers' fused QKV projections, torch.compile (inductor) with and without
+    freezing the weights, and the plain-math attention that the fused kernel replaces. Prints
+    each one's first call (compiling) and its median, and how far its output is from eager's."""
+    import copy
+
+    torch.manual_seed(0)
+    dtype, side = auto_dtype(), size // 8
+    latents = torch.randn(2, 4, side, side, dtype=dtype)
+    words = torch.randn(2, 77, 768, dtype=dtype)
+    diffusers_logging.set_verbosity_error()
+    eager = sd15_unet().to(dtype).to(memory_format=torch.channels_last).eval()
+    fused = copy.deepcopy(eager)
+    fused.fuse_qkv_projections()
+    # Two separate lambdas: dynamo keeps its compiled graphs per code object, and would reuse the
+    # first graph for a second copy of the same module.
+    compiled = torch.compile(lambda: fused(latents, 500, words).sample)
+    frozen = torch.compile(lambda: fused(latents, 500, words).sample)
+
+    def frozen_call() -> Any:
+        import torch._inductor.config as inductor
+
+        # freezing folds the weights into the graph as constants; it is read when compiling
+        with inductor.patch(freezing=True):
+            return frozen()
+
+    def math_attention() -> Any:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        with sdpa_kernel([SDPBackend.MATH]):
+            return eager(latents, 500, words).sample
+
+    calls: dict[str, Callable[[], Any]] = {
+        "eager (fused attention)": lambda: eager(latents, 500, words).sample,
+        "fused QKV": lambda: fused(latents, 500, words).sample,
+        "fused QKV + torch.compile": compiled,
+        "fused QKV + torch.compile, frozen": frozen_call,
+        "plain-math attention": math_attention,
+    }
+    print(f"\n  the torch path's UNet call (CFG: batch 2) at {size}x{size}, {dtype}, "
+          f"median of {runs} in turns:")  # fmt: skip
+    with torch.no_grad():
+        reference = calls["eager (fused attention)"]().float()
+        first: dict[str, float] = {}
+        for label, call in calls.items():
+            started = time.perf_counter()
+            difference = (call().float() - reference).abs()
+            first[label] = time.perf_counter() - started
+            print(f"  {label:36} first call {first[label]:6.1f} s, from eager: "
+                  f"mean {difference.mean():.4f}, max {difference.max():.4f}")  # fmt: skip
+        times: dict[str, list[float]] = {label: [] for label in calls}
+        labels = list(calls)
+        for round_ in range(runs):
+            for label in labels[round_ % len(labels) :] + labels[: round_ % len(labels)]:
+                started = time.perf_counter()
+                calls[label]()
+                times[label].append(time.perf_counter() - started)
+    base = statistics.median(times[labels[0]])
+    for label, seconds in times.items():
+        median = statistics.median(seconds)
+        print(f"  {label:36} {median:8.3f} s  {median / base:6.3f} of eager")
+    print(f"  (eager's output: standard deviation {reference.std():.3f})")
 
 
 class UNetCall(torch.nn.Module):
@@ -447,7 +513,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--only", choices=["tiny", "sd15", "stages", "openvino-profile"])
+    parser.add_argument(
+        "--only", choices=["tiny", "sd15", "stages", "openvino-profile", "torch-options"]
+    )
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--runs", type=int, default=3, help="rounds for the tiny model")
     parser.add_argument("--sd15-runs", type=int, default=2, help="rounds for SD 1.5")
@@ -460,6 +528,9 @@ def main() -> None:
         return
     if args.only == "openvino-profile":
         print_openvino_profile(512)
+        return
+    if args.only == "torch-options":
+        print_torch_options(512, args.runs)
         return
     with tempfile.TemporaryDirectory(prefix="limner-bench-models-") as work:
         tiny = write_tiny_sd(Path(work) / "tiny", seed=0, ip_adapter=False, tiny_vae=True)
