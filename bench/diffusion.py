@@ -41,7 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -137,11 +137,20 @@ def openvino_matmul(n: int, runs: int) -> float:
     rng = np.random.default_rng(0)
     weights = ops.constant(rng.standard_normal((n, n), dtype=np.float32))
     left = ops.parameter([n, n], ov.Type.f32)
-    hint = "bf16" if auto_dtype() == torch.bfloat16 else "f32"
+    hint = openvino_hint()
     graph = ov.Model([ops.matmul(left, weights, False, False)], [left])
     compiled = ov.Core().compile_model(graph, "CPU", {"INFERENCE_PRECISION_HINT": hint})
     values = rng.standard_normal((n, n), dtype=np.float32)
     return best_of(lambda: compiled([values]), runs)
+
+
+def guided_inputs(size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded latents and text of one SD 1.5 UNet call with guidance (a batch of two) at
+    `size`, in limner's default precision."""
+    torch.manual_seed(0)
+    side = size // 8
+    return (torch.randn(2, 4, side, side, dtype=auto_dtype()),
+            torch.randn(2, 77, 768, dtype=auto_dtype()))  # fmt: skip
 
 
 def time_stages(size: int, runs: int) -> list[tuple[str, float, float]]:
@@ -150,10 +159,8 @@ def time_stages(size: int, runs: int) -> list[tuple[str, float, float]]:
     default precision, channels_last). FLOPs are counted by torch's FlopCounterMode."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    torch.manual_seed(0)
-    dtype, side = auto_dtype(), size // 8
-    latents = torch.randn(2, 4, side, side, dtype=dtype)
-    words = torch.randn(2, 77, 768, dtype=dtype)
+    dtype = auto_dtype()
+    latents, words = guided_inputs(size)
     diffusers_logging.set_verbosity_error()
     stages: list[tuple[str, Callable[[], object]]] = []
     unet = sd15_unet().to(dtype).to(memory_format=torch.channels_last).eval()
@@ -195,7 +202,7 @@ def print_openvino_profile(size: int) -> None:
     inputs = (torch.randn(2, 4, side, side), torch.tensor(500.0), torch.randn(2, 77, 768))
     with torch.no_grad():
         graph = ov.convert_model(UNetCall(unet), example_input=inputs)
-    hint = "bf16" if auto_dtype() == torch.bfloat16 else "f32"
+    hint = openvino_hint()
     compiled = ov.Core().compile_model(graph, "CPU", {"INFERENCE_PRECISION_HINT": hint,
                                                       "PERF_COUNT": True})  # fmt: skip
     request = compiled.create_infer_request()
@@ -221,10 +228,8 @@ def print_torch_options(size: int, runs: int) -> None:
     each one's first call (compiling) and its median, and how far its output is from eager's."""
     import copy
 
-    torch.manual_seed(0)
-    dtype, side = auto_dtype(), size // 8
-    latents = torch.randn(2, 4, side, side, dtype=dtype)
-    words = torch.randn(2, 77, 768, dtype=dtype)
+    dtype = auto_dtype()
+    latents, words = guided_inputs(size)
     diffusers_logging.set_verbosity_error()
     eager = sd15_unet().to(dtype).to(memory_format=torch.channels_last).eval()
     fused = copy.deepcopy(eager)
@@ -258,21 +263,18 @@ def print_torch_options(size: int, runs: int) -> None:
           f"median of {runs} in turns:")  # fmt: skip
     with torch.no_grad():
         reference = calls["eager (fused attention)"]().float()
-        first: dict[str, float] = {}
         for label, call in calls.items():
             started = time.perf_counter()
             difference = (call().float() - reference).abs()
-            first[label] = time.perf_counter() - started
-            print(f"  {label:36} first call {first[label]:6.1f} s, from eager: "
+            first = time.perf_counter() - started
+            print(f"  {label:36} first call {first:6.1f} s, from eager: "
                   f"mean {difference.mean():.4f}, max {difference.max():.4f}")  # fmt: skip
         times: dict[str, list[float]] = {label: [] for label in calls}
-        labels = list(calls)
-        for round_ in range(runs):
-            for label in labels[round_ % len(labels) :] + labels[: round_ % len(labels)]:
-                started = time.perf_counter()
-                calls[label]()
-                times[label].append(time.perf_counter() - started)
-    base = statistics.median(times[labels[0]])
+        for label in turns(list(calls), runs):
+            started = time.perf_counter()
+            calls[label]()
+            times[label].append(time.perf_counter() - started)
+    base = statistics.median(times["eager (fused attention)"])
     for label, seconds in times.items():
         median = statistics.median(seconds)
         print(f"  {label:36} {median:8.3f} s  {median / base:6.3f} of eager")
@@ -413,11 +415,15 @@ def in_turns(paths: dict[str, Callable[[], Drawn]], runs: int) -> dict[str, Draw
     for draw in paths.values():
         draw()
     drawn: dict[str, list[Drawn]] = {label: [] for label in paths}
-    labels = list(paths)
-    for round_ in range(runs):
-        for label in labels[round_ % len(labels) :] + labels[: round_ % len(labels)]:
-            drawn[label].append(paths[label]())
+    for label in turns(list(paths), runs):
+        drawn[label].append(paths[label]())
     return {label: Drawn.median(times) for label, times in drawn.items()}
+
+
+def turns(labels: list[str], runs: int) -> Iterator[str]:
+    """`runs` rounds of `labels`, each round starting one further along."""
+    for round_ in range(runs):
+        yield from labels[round_ % len(labels) :] + labels[: round_ % len(labels)]
 
 
 def best_of(call: Callable[[], object], runs: int) -> float:
@@ -442,6 +448,11 @@ def free_port() -> int:
 def auto_dtype() -> torch.dtype:
     """limner's default precision on this CPU (engines/diffusion.py picks the same)."""
     return torch.bfloat16 if cpu_has_bf16() else torch.float32
+
+
+def openvino_hint() -> str:
+    """OpenVINO's precision hint for limner's default precision, as its drawing graphs get."""
+    return "bf16" if auto_dtype() == torch.bfloat16 else "f32"
 
 
 @dataclass(frozen=True)
